@@ -1,0 +1,5 @@
+"""`python -m chatspace` entry point."""
+
+from chatspace.cli import main
+
+main()

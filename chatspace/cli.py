@@ -1,0 +1,278 @@
+"""The `chatspace` command line. Exit codes: 0 success, 1 a run or task failed, 2 bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from chatspace.config import DTYPES, EXTRACT_MODES, EmbedSpec, resolve_spec
+from chatspace.errors import BadInput, RunFailed
+from chatspace.runrecord import Run, default_root
+
+log = logging.getLogger("chatspace")
+
+# CLI flag -> (spec table, key); every spec key can be overridden on the command line.
+EMBED_FLAGS: list[tuple[str, str, str, dict[str, Any]]] = [
+    ("--dataset", "dataset", "name", {"help": "HF dataset name (local cache) or a local "
+                                              "file/directory (parquet, jsonl, csv, arrow)."}),
+    ("--subset", "dataset", "subset", {"help": "HF dataset configuration."}),
+    ("--split", "dataset", "split", {"help": "Dataset split (required for multi-split HF "
+                                             "datasets)."}),
+    ("--text-field", "dataset", "text_field", {"help": "Column holding the text to embed."}),
+    ("--messages-field", "dataset", "messages_field",
+     {"help": "Column holding chat messages (list of {role, content})."}),
+    ("--extract", "dataset", "extract", {"type": click.Choice(EXTRACT_MODES),
+                                         "help": "What to embed from a messages column."}),
+    ("--id-field", "dataset", "id_field", {"help": "Column with stable row ids "
+                                                   "(default: {file or split}:{row})."}),
+    ("--n", "sampling", "n", {"type": int, "help": "Sample exactly N rows."}),
+    ("--p", "sampling", "p", {"type": float, "help": "Sample a fraction P in (0, 1]."}),
+    ("--seed", "sampling", "seed", {"type": int, "help": "Sampling seed (default 0)."}),
+    ("--max-rows", "sampling", "max_rows", {"type": int, "help": "Cap on sampled rows."}),
+    ("--model", "model", "name", {"help": "SentenceTransformer path or cached hub name "
+                                          "(default: bundled all-MiniLM-L6-v2)."}),
+    ("--batch-size", "model", "batch_size", {"type": int, "help": "Rows per batch (64)."}),
+    ("--tokens-per-batch", "model", "tokens_per_batch",
+     {"type": int, "help": "Size batches by tokens instead of rows."}),
+    ("--bucket-min-tokens", "model", "bucket_min_tokens", {"type": int}),
+    ("--bucket-max-tokens", "model", "bucket_max_tokens", {"type": int}),
+    ("--compile-model/--no-compile-model", "model", "compile",
+     {"default": None, "help": "torch.compile the model (warm-up per bucket)."}),
+    ("--dtype", "model", "dtype", {"type": click.Choice(DTYPES)}),
+    ("--device", "model", "device", {"help": "auto, cpu, cuda or cuda:N."}),
+    ("--array", "run", "array", {"type": int, "help": "Number of tasks (slices)."}),
+    ("--part-rows", "run", "part_rows", {"type": int, "help": "Rows per committed part: the "
+                                                              "unit a killed task resumes from."}),
+]
+
+
+def _param_name(flag: str) -> str:
+    return flag.split("/")[0].lstrip("-").replace("-", "_")
+
+
+def embed_options(fn: Callable) -> Callable:
+    for flag, _, _, kwargs in reversed(EMBED_FLAGS):
+        fn = click.option(flag, _param_name(flag), **kwargs)(fn)
+    fn = click.argument("spec_file", required=False, type=click.Path(dir_okay=False))(fn)
+    return fn
+
+
+def spec_from_cli(spec_file: str | None, params: dict[str, Any]) -> EmbedSpec:
+    overrides: dict[str, dict[str, Any]] = {}
+    for flag, table, key, _ in EMBED_FLAGS:
+        overrides.setdefault(table, {})[key] = params.get(_param_name(flag))
+    return resolve_spec(spec_file, overrides)
+
+
+def root_option(fn: Callable) -> Callable:
+    return click.option("--root", type=click.Path(file_okay=False), default=None,
+                        help="Workspace root (default: $CHATSPACE_ROOT or /workspace).")(fn)
+
+
+def _root(root: str | None) -> Path:
+    return Path(root).expanduser().resolve() if root else default_root()
+
+
+def _emit(as_json: bool, data: dict[str, Any], lines: list[str]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        for line in lines:
+            click.echo(line)
+
+
+def _summary(run: Run) -> dict[str, Any]:
+    manifest = run.manifest_path
+    return {"run_id": run.run_id, "run_dir": str(run.dir),
+            "manifest": str(manifest) if manifest.exists() else None}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def cli(verbose: bool) -> None:
+    """chatspace: plan, run and check SLURM batch jobs that embed datasets.
+
+    \b
+    chatspace submit embed jobs/demo.toml --executor local
+    chatspace status RUN · chatspace verify RUN
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@cli.group()
+def plan() -> None:
+    """Plan a run: write its run record and sample, run nothing."""
+
+
+@plan.command("embed")
+@embed_options
+@root_option
+@click.option("--run-id", default=None, help="Run id (default: timestamp + random suffix).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def plan_embed_cmd(spec_file: str | None, root: str | None, run_id: str | None,
+                   as_json: bool, **params: Any) -> None:
+    """Plan an embedding run from SPEC_FILE (TOML) and/or flags; print the run directory."""
+    from chatspace.planner import plan_embed
+
+    run, _ = plan_embed(spec_from_cli(spec_file, params), _root(root), run_id)
+    _emit(as_json, _summary(run), [str(run.dir)])
+
+
+@cli.group()
+def submit() -> None:
+    """Plan a run and execute it (SLURM, local processes, or in-process)."""
+
+
+@submit.command("embed")
+@embed_options
+@root_option
+@click.option("--run-id", default=None, help="Run id; an existing id with the same spec "
+                                             "resumes that run.")
+@click.option("--executor", type=click.Choice(["slurm", "local", "debug"]), default=None,
+              help="Where tasks run (default: slurm when sbatch is on PATH).")
+@click.option("--parallelism", type=int, default=None,
+              help="local: at most K task processes at once (default: cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def submit_embed_cmd(spec_file: str | None, root: str | None, run_id: str | None,
+                     executor: str | None, parallelism: int | None, as_json: bool,
+                     **params: Any) -> None:
+    """Embed a dataset: plan it, run every task, then reduce to a manifest."""
+    from chatspace.executors import make_executor
+    from chatspace.planner import plan_embed
+
+    if executor is None:
+        executor = "slurm" if shutil.which("sbatch") else None
+    if executor is None:
+        raise BadInput("sbatch is not on PATH: use --executor local (or debug) to run here")
+    if parallelism is not None and parallelism < 1:
+        raise BadInput(f"--parallelism must be >= 1, got {parallelism}")
+    spec = spec_from_cli(spec_file, params)
+    run, new = plan_embed(spec, _root(root), run_id)
+    if not new:
+        log.info("run %s exists with this spec: running its unfinished tasks", run.run_id)
+    pending = [t for t in range(run.num_tasks) if run.completion(t) is None]
+    make_executor(executor, parallelism, progress=not as_json).execute(run, pending)
+    _emit(as_json, {**_summary(run), "executor": executor},
+          [f"run {run.run_id} done", f"run dir:  {run.dir}", f"manifest: {run.manifest_path}"])
+
+
+@cli.group("run")
+def run_group() -> None:
+    """Entry points that executors and sbatch templates call."""
+
+
+@run_group.command("embed-task")
+@click.argument("run_ref", metavar="RUN")
+@click.option("--task", type=int, required=True, help="Task (slice) index.")
+@root_option
+def run_embed_task_cmd(run_ref: str, task: int, root: str | None) -> None:
+    """Embed slice TASK of RUN and write its shard (a no-op if already complete)."""
+    from chatspace.pipeline import run_embed_task
+
+    run = Run.open(run_ref, _root(root))
+    if not 0 <= task < run.num_tasks:
+        raise BadInput(f"--task {task} is out of range: run {run.run_id} has tasks "
+                       f"0..{run.num_tasks - 1}")
+    run_embed_task(run, task)
+
+
+@run_group.command("reduce")
+@click.argument("run_ref", metavar="RUN")
+@root_option
+def run_reduce_cmd(run_ref: str, root: str | None) -> None:
+    """Check every shard of RUN and write its manifest; exit 1 naming missing tasks."""
+    from chatspace.reduce import reduce_run
+
+    run = Run.open(run_ref, _root(root))
+    reduce_run(run)
+    click.echo(str(run.manifest_path))
+
+
+@cli.command()
+@click.argument("run_ref", metavar="RUN")
+@root_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def status(run_ref: str, root: str | None, as_json: bool) -> None:
+    """Per-task states of RUN (a run id or run directory), rows done, failures and logs."""
+    from chatspace.status import run_status
+
+    run = Run.open(run_ref, _root(root))
+    state = run_status(run)
+    lines = [f"run {run.run_id}: {state['rows_done']}/{state['rows']} rows; "
+             + ", ".join(f"{n} {s}" for s, n in state["counts"].items()),
+             f"manifest: {state['manifest'] or '(not reduced yet)'}"]
+    for task in state["tasks"]:
+        if task["state"] != "done":
+            lines.append(f"  task {task['task']}: {task['state']} "
+                         f"({task['rows_done']}/{task['rows']} rows) log: {task['log']}")
+    _emit(as_json, state, lines)
+
+
+@cli.command()
+@click.argument("run_ref", metavar="RUN")
+@root_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def verify(run_ref: str, root: str | None, as_json: bool) -> None:
+    """Re-check every shard of RUN against its manifest (bytes, sha256, rows)."""
+    from chatspace.reduce import verify_run
+
+    run = Run.open(run_ref, _root(root))
+    problems = verify_run(run)
+    _emit(as_json, {**_summary(run), "ok": not problems, "problems": problems},
+          problems or [f"run {run.run_id}: all {run.num_tasks} shards match the manifest"])
+    if problems:
+        sys.exit(1)
+
+
+@cli.command("embed-hf")
+@embed_options
+@root_option
+@click.option("--run-id", default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def embed_hf(ctx: click.Context, **params: Any) -> None:
+    """Embed a dataset in this one process (the same run as `submit embed --array 1
+    --executor debug`)."""
+    params.update(array=1, executor="debug", parallelism=None)
+    ctx.invoke(submit_embed_cmd, **params)
+
+
+@cli.command("download-dataset")
+@click.argument("name")
+@click.option("--subset", default=None)
+@click.option("--split", default=None)
+@root_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def download_dataset(name: str, subset: str | None, split: str | None, root: str | None,
+                     as_json: bool) -> None:
+    """Record dataset NAME (HF cache or local files) under ROOT/datasets/raw/, as Parquet with
+    its row counts and features."""
+    from chatspace.download import record_dataset
+
+    info = record_dataset(name, subset, split, _root(root))
+    _emit(as_json, info, [info["path"]])
+
+
+def main() -> None:
+    try:
+        code = cli.main(prog_name="chatspace", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (BadInput, RunFailed) as exc:
+        click.echo(f"chatspace: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,206 @@
+"""The embedding spine end to end with the real bundled model and real Parquet files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from chatspace.pipeline import run_embed_task
+from chatspace.reduce import reduce_run, verify_run
+from chatspace.runrecord import read_json, sha256_file
+from chatspace.writer import shard_schema
+from tests.conftest import PYDOCS, REPO, chatspace
+from tests.helpers import embed, plan, read_run
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def vectors(table) -> np.ndarray:
+    return np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
+
+
+def test_embeddings_equal_sentence_transformer_encode(root, small_jsonl, st_model):
+    run = embed(root, small_jsonl, n=120, array=2, run={"part_rows": 50},
+                model={"batch_size": 16})
+    table = read_run(run)
+    assert table.schema.equals(shard_schema(384), check_metadata=False)
+    reference = st_model.encode(table.column("text").to_pylist(), batch_size=32)
+    assert cosines(vectors(table), reference).min() >= 0.9999
+    manifest = read_json(run.manifest_path)
+    assert manifest["rows_total"] == table.num_rows == 116
+    assert manifest["rows_skipped"] == {"total": 4, "reasons": {"empty": 2, "null": 1,
+                                                                "non-string": 1}}
+    assert manifest["embedding_dim"] == 384 and len(manifest["shards"]) == 2
+    meta = json.loads(table.column("metadata")[0].as_py())
+    assert meta["max_seq_length"] == 256 and meta["field"] == "text"
+    assert len(set(table.column("id").to_pylist())) == table.num_rows
+    assert table.column("run_id")[0].as_py() == run.run_id
+
+
+def test_long_texts_are_truncated_and_recorded(root, tmp_path, st_model):
+    long_text = " ".join(PYDOCS.read_text().split()[:2000])
+    data = tmp_path / "long.jsonl"
+    data.write_text(json.dumps({"text": long_text}) + "\n" + json.dumps({"text": "short"}) + "\n")
+    table = read_run(embed(root, data, n=2, array=1))
+    metas = [json.loads(m) for m in table.column("metadata").to_pylist()]
+    assert [m["truncated"] for m in metas] == [True, False]
+    assert metas[0]["tokens"] == 256
+    reference = st_model.encode(table.column("text").to_pylist())
+    assert cosines(vectors(table), reference).min() >= 0.9999
+
+
+def test_rerun_gives_byte_identical_shard(root):
+    run = embed(root, PYDOCS, n=80, array=2)
+    before = [sha256_file(run.shard_path(t)) for t in range(2)]
+    record_mtime = run.completion_path(0).stat().st_mtime
+    run_embed_task(run, 0)  # complete: a no-op
+    assert run.completion_path(0).stat().st_mtime == record_mtime
+    for t in range(2):
+        run.completion_path(t).unlink()
+        run.shard_path(t).unlink()
+        run_embed_task(run, t)
+    assert [sha256_file(run.shard_path(t)) for t in range(2)] == before
+
+
+def test_two_plans_of_one_spec_give_the_same_rows(root):
+    first = read_run(embed(root, PYDOCS, "first", n=50)).drop(["run_id", "created_at"])
+    second = read_run(embed(root, PYDOCS, "second", n=50)).drop(["run_id", "created_at"])
+    assert first.equals(second)
+
+
+def test_array_size_changes_neither_rows_nor_vectors(root):
+    one = read_run(embed(root, PYDOCS, "one", n=90, array=1))
+    three = read_run(embed(root, PYDOCS, "three", n=90, array=3))
+    assert one.column("id").to_pylist() == three.column("id").to_pylist()
+    assert cosines(vectors(one), vectors(three)).min() >= 0.99999
+
+
+def test_same_run_id_and_spec_reuses_the_plan(root):
+    run = plan(root, PYDOCS, "again", n=20)
+    assert plan(root, PYDOCS, "again", n=20).plan["created_at"] == run.plan["created_at"]
+
+
+def test_sigkill_midway_resumes_from_last_part(root):
+    run = plan(root, PYDOCS, "killed", n=400, array=1, run={"part_rows": 40},
+               model={"batch_size": 8})
+    log = root / "task.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "chatspace", "run", "embed-task",
+                                 str(run.dir), "--task", "0"], stdout=out, stderr=out, cwd=REPO)
+    parts_dir = run.parts_dir(0)
+    deadline = time.time() + 300
+    while len(list(parts_dir.glob("part-*.json"))) < 2 and time.time() < deadline:
+        assert proc.poll() is None, log.read_text()
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    committed = len(list(parts_dir.glob("part-*.json")))
+    assert 2 <= committed < 10, "the task should have been killed half-way"
+    assert not run.shard_path(0).exists() and not run.completion_path(0).exists()
+
+    resumed = chatspace("run", "embed-task", str(run.dir), "--task", "0")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming, {committed} of 10 parts already committed" in resumed.stderr
+    reduce_run(run)
+    killed_manifest = read_json(run.manifest_path)
+
+    fresh = embed(root, PYDOCS, "uninterrupted", n=400, array=1, run={"part_rows": 40},
+                  model={"batch_size": 8})
+    fresh_manifest = read_json(fresh.manifest_path)
+    assert sha256_file(run.shard_path(0)) != "" and pq.read_table(run.shard_path(0)).drop(
+        ["run_id", "created_at"]).equals(pq.read_table(fresh.shard_path(0)).drop(
+            ["run_id", "created_at"]))
+    ignore = {"run_id", "created_at", "shards", "totals", "run_config", "tool"}
+    assert {k: v for k, v in killed_manifest.items() if k not in ignore} == \
+        {k: v for k, v in fresh_manifest.items() if k not in ignore}
+    assert killed_manifest["totals"]["tokens"] == fresh_manifest["totals"]["tokens"]
+
+
+def test_killed_task_shard_matches_its_own_uninterrupted_rerun(root):
+    run = plan(root, PYDOCS, "same-plan", n=120, array=1, run={"part_rows": 30})
+    proc = subprocess.Popen([sys.executable, "-m", "chatspace", "run", "embed-task",
+                             str(run.dir), "--task", "0"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd=REPO)
+    deadline = time.time() + 300
+    while not list(run.parts_dir(0).glob("part-*.json")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    run_embed_task(run, 0)
+    interrupted = sha256_file(run.shard_path(0))
+    run.completion_path(0).unlink()
+    run.shard_path(0).unlink()
+    run_embed_task(run, 0)
+    assert sha256_file(run.shard_path(0)) == interrupted
+
+
+def test_reduce_names_deleted_and_corrupted_shards(root):
+    run = embed(root, PYDOCS, n=60, array=3)
+    run.shard_path(0).unlink()
+    data = bytearray(run.shard_path(2).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    run.shard_path(2).write_bytes(bytes(data))
+    result = chatspace("run", "reduce", str(run.dir))
+    assert result.returncode == 1
+    assert "task 0:" in result.stderr and "task 2:" in result.stderr
+    assert "task 1:" not in result.stderr
+
+
+def test_verify_catches_a_flipped_byte(root):
+    run = embed(root, PYDOCS, n=40, array=2)
+    assert verify_run(run) == []
+    ok = chatspace("verify", str(run.dir), "--json")
+    assert ok.returncode == 0 and json.loads(ok.stdout)["ok"] is True
+    data = bytearray(run.shard_path(1).read_bytes())
+    data[100] ^= 0x01
+    run.shard_path(1).write_bytes(bytes(data))
+    bad = chatspace("verify", str(run.dir), "--json")
+    assert bad.returncode == 1
+    report = json.loads(bad.stdout)
+    assert report["ok"] is False and "task 1" in report["problems"][0]
+
+
+def test_status_reports_partial_and_missing_tasks(root):
+    run = embed(root, PYDOCS, n=40, array=2)
+    run.completion_path(1).unlink()
+    result = chatspace("status", run.run_id, "--json", root=root)
+    assert result.returncode == 0, result.stderr
+    state = json.loads(result.stdout)
+    assert state["run_id"] == run.run_id and state["run_dir"] == str(run.dir)
+    assert [t["state"] for t in state["tasks"]] == ["done", "missing"]
+
+
+@pytest.mark.parametrize("executor", ["local", "debug"])
+def test_submit_cli_end_to_end(root, executor):
+    result = chatspace("submit", "embed", "--dataset", str(PYDOCS), "--text-field", "text",
+                       "--n", "40", "--array", "2", "--executor", executor, "--json",
+                       "--run-id", f"cli-{executor}", root=root)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert Path(out["manifest"]).exists() and out["run_id"] == f"cli-{executor}"
+    assert read_json(Path(out["manifest"]))["rows_total"] == 40
+
+
+def test_local_and_debug_executors_write_identical_shards(root):
+    run = plan(root, PYDOCS, "cross", n=60, array=2)
+    result = chatspace("submit", "embed", "--dataset", str(PYDOCS), "--text-field", "text",
+                       "--n", "60", "--seed", "1", "--array", "2", "--executor", "local",
+                       "--run-id", "cross", root=root)
+    assert result.returncode == 0, result.stderr
+    local = [sha256_file(run.shard_path(t)) for t in range(2)]
+    for t in range(2):
+        run.completion_path(t).unlink()
+        run.shard_path(t).unlink()
+        run_embed_task(run, t)
+    assert [sha256_file(run.shard_path(t)) for t in range(2)] == local
