@@ -14,9 +14,9 @@ from chatspace.planner import plan_embed
 from chatspace.runrecord import Run
 
 
-def plan(root: Path, dataset: Path, run_id: str | None = None, *, n: int = 60,
+def plan(root: Path, data: Path, run_id: str | None = None, *, n: int = 60,
          array: int = 2, **sections: dict[str, Any]) -> Run:
-    overrides = {"dataset": {"name": str(dataset), "text_field": "text"},
+    overrides = {"dataset": {"name": str(data), "text_field": "text"},
                  "sampling": {"n": n, "seed": 1}, "run": {"array": array}}
     for section, values in sections.items():
         overrides.setdefault(section, {}).update(values)
@@ -24,8 +24,8 @@ def plan(root: Path, dataset: Path, run_id: str | None = None, *, n: int = 60,
     return run
 
 
-def embed(root: Path, dataset: Path, run_id: str | None = None, **kwargs: Any) -> Run:
-    run = plan(root, dataset, run_id, **kwargs)
+def embed(root: Path, data: Path, run_id: str | None = None, **kwargs: Any) -> Run:
+    run = plan(root, data, run_id, **kwargs)
     DebugExecutor().execute(run, range(run.num_tasks))
     return run
 

@@ -1,0 +1,101 @@
+"""Bad input: exit code 2, one line naming the wrong field/file/value, and nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PYDOCS, chatspace, files_under
+
+BASE = ["submit", "embed", "--executor", "local", "--dataset", str(PYDOCS),
+        "--text-field", "text"]
+
+
+def assert_bad(args: list[str], root: Path, expected: str) -> None:
+    result = chatspace(*args, root=root)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("chatspace: error:") and expected in lines[0], lines[0]
+    assert files_under(root) == [], "bad input must write nothing"
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    (["--n", "10", "--dataset", "/no/such/file.jsonl"], "dataset file not found: /no/such"),
+    (["--n", "10", "--dataset", "no-such-org/no-such-dataset"],
+     "'no-such-org/no-such-dataset' is neither a local path nor in the local HF cache"),
+    (["--n", "10", "--text-field", "body"], "dataset.text_field 'body' is not a column"),
+    (["--n", "5000"], "sampling.n (--n) = 5000 is larger than the 2000 rows"),
+    (["--p", "0"], "sampling.p must be in (0, 1], got 0.0"),
+    (["--p", "1.5"], "sampling.p must be in (0, 1], got 1.5"),
+    (["--n", "10", "--p", "0.5"], "give exactly one of sampling.n (--n) and sampling.p"),
+    ([], "give exactly one of sampling.n (--n) and sampling.p"),
+    (["--n", "10", "--array", "0"], "run.array (--array) must be >= 1, got 0"),
+    (["--n", "10", "--array", "11"], "run.array (--array) = 11 is larger than the 10 sampled"),
+    (["--n", "10", "--model", "/no/such/model"], "model path not found: /no/such/model"),
+    (["--n", "10", "--model", "no-org/no-model"], "model 'no-org/no-model' is neither"),
+    (["--n", "10", "--batch-size", "0"], "model.batch_size must be >= 1, got 0"),
+    (["--n", "10", "--parallelism", "0"], "--parallelism must be >= 1, got 0"),
+])
+def test_bad_submit_input(root, extra, expected):
+    assert_bad(BASE + extra, root, expected)
+
+
+def test_text_field_error_lists_columns(root):
+    result = chatspace(*BASE, "--n", "3", "--text-field", "body", root=root)
+    assert "(columns: id, doc, text)" in result.stderr
+
+
+def test_messages_field_absent(root):
+    args = ["submit", "embed", "--executor", "local", "--dataset", str(PYDOCS),
+            "--messages-field", "messages", "--n", "3"]
+    assert_bad(args, root, "dataset.messages_field 'messages' is not a column")
+
+
+def test_model_directory_that_is_not_a_model(root, tmp_path):
+    (tmp_path / "empty-model").mkdir()
+    assert_bad(BASE + ["--n", "3", "--model", str(tmp_path / "empty-model")], root,
+               "has no modules.json or config.json")
+
+
+def test_unwritable_root(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = chatspace(*BASE, "--n", "3", root=blocker / "ws")
+    assert result.returncode == 2 and "is not writable" in result.stderr
+    assert blocker.read_text() == "not a directory"
+
+
+def test_existing_run_id_with_a_different_spec(root):
+    first = chatspace("plan", "embed", "--dataset", str(PYDOCS), "--text-field", "text",
+                      "--n", "5", "--run-id", "fixed", root=root)
+    assert first.returncode == 0, first.stderr
+    before = files_under(root)
+    result = chatspace(*BASE, "--n", "6", "--run-id", "fixed", root=root)
+    assert result.returncode == 2
+    assert "run id fixed already exists" in result.stderr and "different spec" in result.stderr
+    assert files_under(root) == before
+
+
+def test_spec_file_errors(root, tmp_path):
+    assert_bad(["submit", "embed", str(tmp_path / "missing.toml"), "--executor", "local"],
+               root, "spec file not found")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[dataset]\nname = "x"\ntext_field = "t"\ncolour = "blue"\n')
+    assert_bad(["submit", "embed", str(bad), "--executor", "local"], root,
+               "unknown key dataset.colour")
+
+
+def test_task_out_of_range(root):
+    planned = chatspace("plan", "embed", "--dataset", str(PYDOCS), "--text-field", "text",
+                        "--n", "5", "--array", "2", "--json", root=root)
+    run_dir = json.loads(planned.stdout)["run_dir"]
+    result = chatspace("run", "embed-task", run_dir, "--task", "2")
+    assert result.returncode == 2 and "--task 2 is out of range" in result.stderr
+
+
+def test_unknown_run(root):
+    result = chatspace("status", "nope", root=root)
+    assert result.returncode == 2 and "no planned run 'nope'" in result.stderr

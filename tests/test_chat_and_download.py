@@ -1,0 +1,70 @@
+"""Chat datasets (real chatterbot-corpus dialogues as a messages column) and
+`download-dataset` into the workspace layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import chatterbot_corpus
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from tests.conftest import PYDOCS, chatspace
+from tests.helpers import embed, read_run
+
+CORPUS = Path(chatterbot_corpus.__file__).parent / "data" / "english"
+
+
+@pytest.fixture
+def chat_jsonl(tmp_path: Path) -> tuple[Path, list[list[dict]]]:
+    dialogues = []
+    for path in sorted(CORPUS.glob("*.yml")):
+        for turns in yaml.safe_load(path.read_text()).get("conversations", []):
+            dialogues.append([{"role": "assistant" if k % 2 else "user", "content": str(t)}
+                              for k, t in enumerate(turns)])
+    dialogues.append([{"role": "user", "content": "Is anyone there?"}])  # no assistant turn
+    out = tmp_path / "chat.jsonl"
+    out.write_text("".join(json.dumps({"conv": i, "messages": m}) + "\n"
+                           for i, m in enumerate(dialogues)))
+    return out, dialogues
+
+
+def test_first_assistant_extraction(root, chat_jsonl):
+    path, dialogues = chat_jsonl
+    run = embed(root, path, n=len(dialogues), array=2,
+                dataset={"text_field": None, "messages_field": "messages",
+                         "id_field": "conv"})
+    table = read_run(run)
+    expected = {str(i): d[1]["content"] for i, d in enumerate(dialogues) if len(d) > 1}
+    got = dict(zip(table.column("id").to_pylist(), table.column("text").to_pylist(), strict=True))
+    assert got == expected
+    manifest = json.loads(run.manifest_path.read_text())
+    assert manifest["rows_skipped"]["reasons"] == {"no-assistant-turn": 1}
+    assert json.loads(table.column("metadata")[0].as_py())["extract"] == "first-assistant"
+
+
+def test_conversation_extraction(root, chat_jsonl):
+    path, dialogues = chat_jsonl
+    run = embed(root, path, n=40, array=1,
+                dataset={"text_field": None, "messages_field": "messages",
+                         "extract": "conversation", "id_field": "conv"})
+    for row_id, text in zip(read_run(run).column("id").to_pylist(),
+                            read_run(run).column("text").to_pylist(), strict=True):
+        turns = dialogues[int(row_id)]
+        assert text == "\n".join(f"{m['role']}: {m['content']}" for m in turns)
+
+
+def test_download_dataset_records_rows_and_features(root):
+    result = chatspace("download-dataset", str(PYDOCS), "--json", root=root)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    dest = Path(info["path"])
+    assert dest == root / "datasets" / "raw" / "local" / "pydocs"
+    assert info["rows"] == 2000 and set(info["features"]) == {"id", "doc", "text"}
+    assert pq.read_table(dest / info["files"][0]["path"]).num_rows == 2000
+    # the recorded copy is itself a dataset that chatspace can plan from
+    planned = chatspace("plan", "embed", "--dataset", str(dest), "--text-field", "text",
+                        "--n", "10", "--json", root=root)
+    assert planned.returncode == 0, planned.stderr
