@@ -54,22 +54,78 @@ EMBED_FLAGS: list[tuple[str, str, str, dict[str, Any]]] = [
 ]
 
 
+SLURM_FLAGS: list[tuple[str, str, str, dict[str, Any]]] = [
+    ("--partition", "slurm", "partition", {"help": "SLURM partition."}),
+    ("--account", "slurm", "account", {}),
+    ("--qos", "slurm", "qos", {}),
+    ("--time", "slurm", "time", {"help": "Per-task time limit, SLURM format (default 1:00:00)."}),
+    ("--mem", "slurm", "mem", {"help": "Memory per task, e.g. 16G."}),
+    ("--cpus-per-task", "slurm", "cpus_per_task", {"type": int}),
+    ("--gpus-per-task", "slurm", "gpus_per_task", {"type": int}),
+    ("--constraint", "slurm", "constraint", {}),
+    ("--exclude", "slurm", "exclude", {"help": "Nodes to avoid."}),
+    ("--array-parallelism", "slurm", "array_parallelism",
+     {"type": int, "help": "At most K array tasks at once (the %K throttle)."}),
+    ("--job-name", "slurm", "job_name", {}),
+    ("--sbatch-arg", "slurm", "sbatch_args",
+     {"multiple": True, "help": "Extra sbatch option as --key=value (repeatable)."}),
+    ("--container", "slurm", "container",
+     {"type": click.Path(dir_okay=False), "help": "Apptainer image (.sif) to run tasks in."}),
+]
+
+
 def _param_name(flag: str) -> str:
     return flag.split("/")[0].lstrip("-").replace("-", "_")
 
 
-def embed_options(fn: Callable) -> Callable:
-    for flag, _, _, kwargs in reversed(EMBED_FLAGS):
+def _add_options(fn: Callable, flags: list) -> Callable:
+    for flag, _, _, kwargs in reversed(flags):
         fn = click.option(flag, _param_name(flag), **kwargs)(fn)
-    fn = click.argument("spec_file", required=False, type=click.Path(dir_okay=False))(fn)
     return fn
 
 
-def spec_from_cli(spec_file: str | None, params: dict[str, Any]) -> EmbedSpec:
+def embed_options(fn: Callable) -> Callable:
+    fn = _add_options(fn, EMBED_FLAGS)
+    return click.argument("spec_file", required=False, type=click.Path(dir_okay=False))(fn)
+
+
+def slurm_options(fn: Callable) -> Callable:
+    return _add_options(fn, SLURM_FLAGS)
+
+
+def _overrides(params: dict[str, Any], flags: list) -> dict[str, dict[str, Any]]:
+    """Spec overrides from CLI params; an option not given (None, or empty for a repeatable
+    one) leaves the spec's value."""
     overrides: dict[str, dict[str, Any]] = {}
-    for flag, table, key, _ in EMBED_FLAGS:
-        overrides.setdefault(table, {})[key] = params.get(_param_name(flag))
-    return resolve_spec(spec_file, overrides)
+    for flag, table, key, _ in flags:
+        value = params.get(_param_name(flag))
+        if isinstance(value, tuple):  # a repeatable option
+            value = list(value) or None
+        overrides.setdefault(table, {})[key] = value
+    return overrides
+
+
+def spec_from_cli(spec_file: str | None, params: dict[str, Any]) -> EmbedSpec:
+    return resolve_spec(spec_file, _overrides(params, EMBED_FLAGS + SLURM_FLAGS))
+
+
+def _default_executor(executor: str | None) -> str:
+    if executor is not None:
+        return executor
+    if shutil.which("sbatch"):
+        return "slurm"
+    raise BadInput("sbatch is not on PATH: use --executor local (or debug) to run here")
+
+
+def executor_options(fn: Callable) -> Callable:
+    fn = click.option("--wait", is_flag=True,
+                      help="slurm: follow the run to its end; exit 0 on success, 1 on "
+                           "failure.")(fn)
+    fn = click.option("--parallelism", type=int, default=None,
+                      help="local: at most K task processes at once (default: cores).")(fn)
+    return click.option("--executor", type=click.Choice(["slurm", "local", "debug"]),
+                        default=None,
+                        help="Where tasks run (default: slurm when sbatch is on PATH).")(fn)
 
 
 def root_option(fn: Callable) -> Callable:
@@ -135,35 +191,118 @@ def submit() -> None:
 
 @submit.command("embed")
 @embed_options
+@slurm_options
 @root_option
 @click.option("--run-id", default=None, help="Run id; an existing id with the same spec "
                                              "resumes that run.")
-@click.option("--executor", type=click.Choice(["slurm", "local", "debug"]), default=None,
-              help="Where tasks run (default: slurm when sbatch is on PATH).")
-@click.option("--parallelism", type=int, default=None,
-              help="local: at most K task processes at once (default: cores).")
+@executor_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def submit_embed_cmd(spec_file: str | None, root: str | None, run_id: str | None,
-                     executor: str | None, parallelism: int | None, as_json: bool,
+                     executor: str | None, parallelism: int | None, wait: bool, as_json: bool,
                      **params: Any) -> None:
-    """Embed a dataset: plan it, run every task, then reduce to a manifest."""
-    from chatspace.executors import make_executor
+    """Embed a dataset: plan it, run or submit every task, then the reduce (a manifest).
+
+    With SLURM, one job array per MaxArraySize tasks and a reduce job (afterok) are submitted;
+    `submit` returns at once unless --wait."""
     from chatspace.planner import plan_embed
 
-    if executor is None:
-        executor = "slurm" if shutil.which("sbatch") else None
-    if executor is None:
-        raise BadInput("sbatch is not on PATH: use --executor local (or debug) to run here")
+    executor = _default_executor(executor)
     if parallelism is not None and parallelism < 1:
         raise BadInput(f"--parallelism must be >= 1, got {parallelism}")
     spec = spec_from_cli(spec_file, params)
+    if executor == "slurm":
+        from chatspace.slurm import check_slurm_options
+
+        check_slurm_options(spec.slurm)
     run, new = plan_embed(spec, _root(root), run_id)
     if not new:
         log.info("run %s exists with this spec: running its unfinished tasks", run.run_id)
-    pending = [t for t in range(run.num_tasks) if run.completion(t) is None]
-    make_executor(executor, parallelism, progress=not as_json).execute(run, pending)
-    _emit(as_json, {**_summary(run), "executor": executor},
-          [f"run {run.run_id} done", f"run dir:  {run.dir}", f"manifest: {run.manifest_path}"])
+    _launch(run, executor, spec.slurm, parallelism, wait, as_json)
+
+
+def _launch(run: Run, executor: str, slurm: Any, parallelism: int | None, wait: bool,
+            as_json: bool) -> None:
+    from chatspace.executors import launch
+
+    record = launch(run, executor, slurm=slurm, parallelism=parallelism, wait=wait,
+                    progress=not as_json)
+    summary = {**_summary(run), "executor": executor, "submission": record}
+    if run.manifest_path.exists():
+        lines = [f"run {run.run_id} done", f"run dir:  {run.dir}",
+                 f"manifest: {run.manifest_path}"]
+    else:
+        arrays = ", ".join(f"{a['job_id']} ({len(a['tasks'])} tasks)" for a in record["arrays"])
+        lines = [f"submitted run {run.run_id}: arrays {arrays or 'none'}, reduce job "
+                 f"{record['reduce_job_id']}", f"run dir: {run.dir}",
+                 f"watch:   chatspace status {run.dir}"]
+    _emit(as_json, summary, lines)
+
+
+@cli.command()
+@click.argument("run_ref", metavar="RUN")
+@slurm_options
+@root_option
+@executor_options
+@click.option("--force", is_flag=True, help="Cancel the run's queued or running jobs first.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def resume(run_ref: str, root: str | None, executor: str | None, parallelism: int | None,
+           wait: bool, force: bool, as_json: bool, **params: Any) -> None:
+    """Rerun only RUN's tasks without a valid completion record (one compacted array on
+    SLURM), then a new reduce. SLURM options default to the run's own."""
+    import dataclasses
+
+    from chatspace.config import build_section
+    from chatspace.slurm import cancel, check_slurm_options, live_jobs
+
+    run = Run.open(run_ref, _root(root))
+    history = run.submissions()
+    executor = executor or (history[-1]["executor"] if history else None)
+    executor = _default_executor(executor)
+    slurm = run.spec.slurm
+    changes = {k: v for k, v in _overrides(params, SLURM_FLAGS)["slurm"].items()
+               if v is not None}
+    if changes:
+        slurm = build_section(type(slurm), {**dataclasses.asdict(slurm), **changes}, "slurm")
+    if executor == "slurm":
+        check_slurm_options(slurm)
+    live = live_jobs(run) if history else []
+    if live and not force:
+        raise BadInput(f"run {run.run_id} still has queued or running jobs "
+                       f"({', '.join(live)}): wait, or use --force to cancel them first")
+    cancel(live)
+    _launch(run, executor, slurm, parallelism, wait, as_json)
+
+
+@cli.command("cancel")
+@click.argument("run_ref", metavar="RUN")
+@root_option
+def cancel_cmd(run_ref: str, root: str | None) -> None:
+    """Cancel RUN's queued and running SLURM jobs."""
+    from chatspace.slurm import cancel, live_jobs
+
+    run = Run.open(run_ref, _root(root))
+    live = live_jobs(run)
+    cancel(live)
+    click.echo(f"cancelled {len(live)} job(s) of run {run.run_id}"
+               + (f": {', '.join(live)}" if live else ""))
+
+
+@cli.command()
+@click.argument("run_ref", metavar="RUN")
+@click.option("--task", type=int, required=True, help="Task index.")
+@root_option
+def logs(run_ref: str, task: int, root: str | None) -> None:
+    """Print the stdout/stderr of TASK's latest attempt."""
+    run = Run.open(run_ref, _root(root))
+    if not 0 <= task < run.num_tasks:
+        raise BadInput(f"--task {task} is out of range: run {run.run_id} has tasks "
+                       f"0..{run.num_tasks - 1}")
+    found = run.task_logs(task)
+    if not found:
+        raise BadInput(f"task {task} of run {run.run_id} has no logs yet in {run.log_dir}")
+    for path in found:
+        click.echo(f"==> {path} <==")
+        click.echo(path.read_text(errors="replace"), nl=False)
 
 
 @cli.group("run")

@@ -4,7 +4,7 @@
 - `debug`: every task and the reduce in this process, one after another (pdb works).
 - `local`: each task as a `chatspace run embed-task` subprocess, at most K at a time, then the
   reduce; a progress bar follows the committed parts.
-- `slurm`: see `chatspace.slurm`.
+- `slurm`: arrays and an afterok reduce job through submitit (`chatspace.slurm`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from tqdm import tqdm
 
+from chatspace.commands import task_command
+from chatspace.config import SlurmConfig
 from chatspace.errors import RunFailed
 from chatspace.pipeline import run_embed_task
 from chatspace.reduce import reduce_run, task_problem
@@ -25,15 +29,6 @@ from chatspace.runrecord import Run
 from chatspace.status import run_status
 
 log = logging.getLogger(__name__)
-
-
-def task_command(run: Run, task: int | str) -> list[str]:
-    """The one command line that runs a task, for every executor and the sbatch templates."""
-    return ["chatspace", "run", "embed-task", str(run.dir), "--task", str(task)]
-
-
-def reduce_command(run: Run) -> list[str]:
-    return ["chatspace", "run", "reduce", str(run.dir)]
 
 
 class DebugExecutor:
@@ -92,11 +87,23 @@ class LocalExecutor:
         reduce_run(run)
 
 
-def make_executor(name: str, parallelism: int | None = None, progress: bool = True):
-    if name == "debug":
-        return DebugExecutor()
-    if name == "local":
-        return LocalExecutor(parallelism, progress)
-    from chatspace.slurm import SlurmExecutor
+def launch(run: Run, executor: str, *, slurm: SlurmConfig, parallelism: int | None = None,
+           wait: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Run (local, debug) or submit (slurm) every task of `run` without a valid completion
+    record, then its reduce; record the submission in the run record and return it."""
+    from chatspace.slurm import submit
 
-    return SlurmExecutor(parallelism=parallelism)
+    pending = [t for t in range(run.num_tasks) if run.completion(t) is None]
+    if executor == "slurm":
+        record = submit(run, pending, slurm)
+        if wait:
+            from chatspace.watch import follow
+
+            follow(run, progress)
+        return record
+    record = {"executor": executor, "tasks": pending,
+              "submitted_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    run.save_submission(record)
+    runner = DebugExecutor() if executor == "debug" else LocalExecutor(parallelism, progress)
+    runner.execute(run, pending)
+    return record

@@ -151,13 +151,35 @@ class Run:
             return None
         return record
 
+    @property
+    def submissions_path(self) -> Path:
+        return self.dir / "submissions.json"
+
+    def submissions(self) -> list[dict[str, Any]]:
+        """Every submission of this run (executor, job ids, sbatch parameters), oldest first."""
+        return read_json(self.submissions_path) if self.submissions_path.exists() else []
+
+    def save_submission(self, record: dict[str, Any]) -> None:
+        write_json(self.submissions_path, [*self.submissions(), record])
+
+    def task_jobs(self) -> dict[int, str]:
+        """The SLURM job id (``A_a``) of each task whose latest submission went to SLURM."""
+        jobs: dict[int, str] = {}
+        for record in self.submissions():
+            for task in record.get("tasks", []):  # a later local/debug attempt
+                jobs.pop(task, None)
+            for array in record.get("arrays", []):
+                for index, task in enumerate(array["tasks"]):
+                    jobs[task] = f"{array['job_id']}_{index}"
+        return jobs
+
     def task_logs(self, task: int) -> list[Path]:
-        """Log files of a task's attempts, oldest first: ``local-{task}.log`` from the local
-        executor, ``{job}_{task}_*log.out|err`` from SLURM (submitit's names)."""
-        found = list(self.log_dir.glob(f"local-{task:05d}.log"))
-        found += self.log_dir.glob(f"*_{task}_*log.err")
-        found += self.log_dir.glob(f"*_{task}_*log.out")
-        return sorted(found, key=lambda p: p.stat().st_mtime)
+        """Existing log files of the task's latest attempt: ``local-{task}.log`` from the local
+        executor, or submitit's ``{A}_{a}_0_log.out`` and ``.err`` (error output last)."""
+        job = self.task_jobs().get(task)
+        names = ([f"{job}_0_log.out", f"{job}_0_log.err"] if job
+                 else [f"local-{task:05d}.log"])
+        return [self.log_dir / n for n in names if (self.log_dir / n).exists()]
 
     @classmethod
     def open(cls, ref: str, root: Path | None = None) -> Run:

@@ -1,39 +1,70 @@
-"""What a run's files say about its tasks: done, partly done (committed parts), or missing."""
+"""What a run's files and its SLURM jobs say about its tasks.
+
+Files first: a task with a valid completion record is done whatever SLURM says. Otherwise the
+task's latest SLURM job (squeue, then sacct) tells pending / running / failed; with no job it
+is partial (committed parts) or missing. Nothing here waits on a job.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from chatspace.pipeline import committed_parts
 from chatspace.runrecord import Run, read_json
+from chatspace.slurm import FINISHED_BAD, LIVE_STATES, job_states
 
 
-def task_state(run: Run, task: int, verify: bool = False) -> dict[str, Any]:
-    """State of one task from its records. `verify` re-hashes a finished task's shard."""
+def tail(path: Path, lines: int = 5) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []
+
+
+def task_state(run: Run, task: int, job: dict[str, str] | None = None,
+               verify: bool = False) -> dict[str, Any]:
+    """State of one task. `job` is its SLURM job's state, if it has one; `verify` re-hashes a
+    finished task's shard."""
     start, stop = run.task_bounds(task)
     state: dict[str, Any] = {"task": task, "rows": stop - start}
     path = run.completion_path(task)
     record = run.completion(task) if verify else (read_json(path) if path.exists() else None)
-    if record is not None:
-        state.update(state="done", rows_done=record["rows"] + len(record["skipped_rows"]))
-    else:
-        parts = committed_parts(run.parts_dir(task))
-        done = sum(p["rows"] + len(p["skipped"]) for p in parts)
-        state.update(state="partial" if parts else "missing", rows_done=done)
     logs = run.task_logs(task)
     state["log"] = str(logs[-1]) if logs else None
+    if record is not None:
+        state.update(state="done", rows_done=record["rows"] + len(record["skipped_rows"]))
+        return state
+    parts = committed_parts(run.parts_dir(task))
+    state["rows_done"] = sum(p["rows"] + len(p["skipped"]) for p in parts)
+    state["state"] = "partial" if parts else "missing"
+    if job is not None:
+        state["slurm"] = job
+        if job["state"] in LIVE_STATES:
+            state["state"] = "pending" if job["state"] == "PENDING" else "running"
+        elif job["state"] in FINISHED_BAD or job["state"] == "COMPLETED":  # and no record
+            state["state"] = "failed"
+            state["error"] = tail(Path(state["log"])) if state["log"] else []
     return state
 
 
 def run_status(run: Run, verify: bool = False) -> dict[str, Any]:
-    tasks = [task_state(run, t, verify) for t in range(run.num_tasks)]
+    history = run.submissions()
+    jobs = run.task_jobs()
+    reduce_id = history[-1].get("reduce_job_id") if history else None
+    states = job_states(list(jobs.values()) + ([reduce_id] if reduce_id else []))
+    tasks = [task_state(run, t, states.get(jobs.get(t, "")), verify)
+             for t in range(run.num_tasks)]
     manifest = run.manifest_path if run.manifest_path.exists() else None
+    names = ("done", "running", "pending", "failed", "partial", "missing")
     return {
         "run_id": run.run_id,
         "run_dir": str(run.dir),
         "manifest": str(manifest) if manifest else None,
+        "executor": history[-1]["executor"] if history else None,
         "rows": run.plan["sampling"]["rows_sampled"],
         "rows_done": sum(t["rows_done"] for t in tasks),
         "tasks": tasks,
-        "counts": {s: sum(t["state"] == s for t in tasks) for s in ("done", "partial", "missing")},
+        "counts": {s: n for s in names if (n := sum(t["state"] == s for t in tasks))},
+        "reduce": {"job_id": reduce_id, **states.get(reduce_id, {})} if reduce_id else None,
     }

@@ -1,0 +1,27 @@
+# Set-up on a fresh machine: `make demo` runs a real embedding run; `make test` runs every test.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+ROOT ?= $(CURDIR)/workspace
+
+.PHONY: demo test lint venv
+
+venv: $(VENV)/.installed
+
+# torch first, pinned to the CPU build pip finds locally: a plain `torch` requirement would
+# otherwise resolve to the CUDA build and several GB of CUDA packages.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+demo: venv
+	$(BIN)/chatspace submit embed jobs/demo.toml --executor local --root $(ROOT)
+	$(BIN)/chatspace verify $$(ls -td $(ROOT)/runs/*/ | head -1)
+
+test: venv
+	PATH=$(CURDIR)/$(BIN):$$PATH scripts/test.sh
+
+lint: venv
+	$(BIN)/ruff check chatspace tests bench

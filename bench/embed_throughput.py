@@ -1,0 +1,63 @@
+"""Tokens/s of one embed task versus SentenceTransformer.encode at its best batch size, on the
+same real passages, measured in the same run.
+
+    python -m bench.embed_throughput [--rows 5000]
+
+Tokens are the real (unpadded, truncated) tokens of the texts; both sides embed the same texts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+
+from bench.common import timed, write_corpus
+from chatspace.config import resolve_spec
+from chatspace.model import resolve_model
+from chatspace.pipeline import run_embed_task
+from chatspace.planner import plan_embed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=5000)
+    parser.add_argument("--batch-sizes", default="32,64,128")
+    parser.add_argument("--task-batch-size", type=int, default=64)
+    args = parser.parse_args()
+
+    from sentence_transformers import SentenceTransformer
+
+    work = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
+    texts = write_corpus(work / "corpus.parquet", args.rows)
+    model = SentenceTransformer(resolve_model(None).path, device="cpu")
+    tokens = sum(len(ids) for ids in model.tokenizer(
+        texts, truncation=True, max_length=model.max_seq_length)["input_ids"])
+    print(f"{len(texts)} passages, {tokens} tokens, torch threads {torch.get_num_threads()}")
+
+    model.encode(texts[:256], batch_size=64)  # warm-up
+    best = 0.0
+    for size in (int(s) for s in args.batch_sizes.split(",")):
+        seconds, _ = timed(lambda size=size: model.encode(texts, batch_size=size))
+        rate = tokens / seconds
+        best = max(best, rate)
+        print(f"encode batch {size:4d}: {seconds:7.2f} s  {rate:8.0f} tok/s")
+
+    spec = resolve_spec(None, {
+        "dataset": {"name": str(work / "corpus.parquet"), "text_field": "text"},
+        "sampling": {"p": 1.0}, "model": {"batch_size": args.task_batch_size},
+        "run": {"array": 1}})
+    run, _ = plan_embed(spec, work / "root")
+    seconds, record = timed(lambda: run_embed_task(run, 0))
+    assert record["tokens"] == tokens, (record["tokens"], tokens)
+    rate = tokens / seconds
+    padding = 1 - record["tokens"] / record["padded_tokens"]
+    print(f"embed task       : {seconds:7.2f} s  {rate:8.0f} tok/s  (padding {padding:.1%}, "
+          "including model load, reading and writing the shard)")
+    print(f"ratio task / best encode: {rate / best:.2f}x (target >= 1.25x)")
+
+
+if __name__ == "__main__":
+    main()

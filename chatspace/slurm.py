@@ -1,0 +1,232 @@
+"""The SLURM executor: one job array per MaxArraySize tasks through submitit, then a reduce
+job with ``afterok`` on every array; plus the queries `status`, `resume` and `cancel` use.
+
+Jobs run the same `chatspace run …` commands as the sbatch templates (see `task_command`),
+in-process inside submitit's job wrapper, optionally inside the Apptainer image.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from chatspace.commands import reduce_command, task_command
+from chatspace.config import SlurmConfig
+from chatspace.errors import BadInput
+from chatspace.runrecord import Run
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIME_MINUTES = 60
+LIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING",
+               "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT"}
+FINISHED_BAD = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
+                "BOOT_FAIL", "DEADLINE"}
+_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+
+
+def parse_time(value: str) -> int:
+    """SLURM time (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) in whole minutes (rounded up)."""
+    match = _TIME.match(value.strip())
+    if not match:
+        raise BadInput(f"slurm.time (--time) {value!r} is not a SLURM time "
+                       "(e.g. 30, 2:00:00, 1-12:00:00)")
+    days, a, b, c = match.groups()
+    if days is not None:  # D-H[:M[:S]]
+        seconds = int(days) * 86400 + int(a) * 3600 + int(b or 0) * 60 + int(c or 0)
+    elif c is not None:  # H:M:S
+        seconds = int(a) * 3600 + int(b) * 60 + int(c)
+    elif b is not None:  # M:S
+        seconds = int(a) * 60 + int(b)
+    else:
+        seconds = int(a) * 60
+    if seconds <= 0:
+        raise BadInput(f"slurm.time (--time) {value!r} must be positive")
+    return -(-seconds // 60)
+
+
+def _scontrol_config() -> dict[str, str]:
+    out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
+                         timeout=30)
+    if out.returncode != 0:
+        raise BadInput(f"cannot reach the SLURM controller: {out.stderr.strip()}")
+    pairs = (line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def max_array_size() -> int:
+    return int(_scontrol_config().get("MaxArraySize", "1001"))
+
+
+def check_slurm_options(cfg: SlurmConfig) -> None:
+    """Validate SLURM options against the cluster before anything is planned or submitted."""
+    if shutil.which("sbatch") is None:
+        raise BadInput("sbatch is not on PATH: use --executor local (or debug) to run here")
+    if cfg.time is not None:
+        parse_time(cfg.time)
+    for name in ("array_parallelism", "cpus_per_task", "gpus_per_task"):
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            raise BadInput(f"slurm.{name} must be >= 1, got {value}")
+    if cfg.container is not None and not Path(cfg.container).is_file():
+        raise BadInput(f"container image not found: {cfg.container}")
+    for arg in cfg.sbatch_args:
+        if not arg.startswith("--") or "=" not in arg:
+            raise BadInput(f"--sbatch-arg {arg!r} must look like --key=value")
+    if cfg.partition is not None:
+        out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True,
+                             timeout=30)
+        partitions = [p.rstrip("*") for p in out.stdout.split()]
+        if cfg.partition not in partitions:
+            raise BadInput(f"slurm.partition (--partition) {cfg.partition!r} does not exist "
+                           f"(partitions: {', '.join(partitions) or 'none'})")
+
+
+def container_python(image: str, root: Path) -> str:
+    """The command submitit runs instead of `python` when tasks run inside the image."""
+    hf_home = os.environ.get("HF_HOME", str(Path.home() / ".cache" / "huggingface"))
+    return shlex.join(["apptainer", "exec", "--nv", "--bind", str(root), "--bind", hf_home,
+                       image, "python"])
+
+
+def _run_cli(args: list[str]) -> None:
+    from chatspace.cli import cli
+
+    cli.main(args=args, prog_name="chatspace", standalone_mode=False)
+
+
+class TaskJob(submitit.helpers.Checkpointable):
+    """An array element: `chatspace run embed-task RUN --task I`. On SLURM's pre-timeout or
+    preemption signal submitit requeues it, and the task resumes from its committed parts."""
+
+    def __call__(self, run_dir: str, task: int) -> None:
+        _run_cli(task_command(Run.open(run_dir), task)[1:])
+
+
+class ReduceJob:
+    def __call__(self, run_dir: str) -> None:
+        _run_cli(reduce_command(Run.open(run_dir))[1:])
+
+
+def submitit_parameters(cfg: SlurmConfig, name: str) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "job_name": cfg.job_name or f"chatspace-{name}",
+        "time": parse_time(cfg.time) if cfg.time else DEFAULT_TIME_MINUTES,
+        "signal_delay_s": 120,
+        "additional_parameters": {"requeue": True,
+                                  **{a[2:].split("=", 1)[0]: a.split("=", 1)[1]
+                                     for a in cfg.sbatch_args}},
+    }
+    for key in ("partition", "account", "qos", "mem", "cpus_per_task", "gpus_per_task",
+                "constraint", "exclude", "array_parallelism"):
+        value = getattr(cfg, key)
+        if value is not None:
+            params[key] = value
+    return params
+
+
+def _executor(cfg: SlurmConfig, run: Run) -> submitit.SlurmExecutor:
+    python = container_python(cfg.container, run.root) if cfg.container else None
+    return submitit.SlurmExecutor(folder=run.log_dir, python=python)
+
+
+def submit(run: Run, tasks: list[int], cfg: SlurmConfig) -> dict[str, Any]:
+    """Submit `tasks` as arrays (split at MaxArraySize) and a reduce job depending on them;
+    append the submission to the run record and return it."""
+    limit = max_array_size()
+    executor = _executor(cfg, run)
+    kind = run.plan["kind"]
+    task_params = submitit_parameters(cfg, kind)
+    arrays = []
+    for start in range(0, len(tasks), limit):
+        chunk = tasks[start : start + limit]
+        executor.update_parameters(**task_params)
+        with executor.batch():
+            jobs = [executor.submit(TaskJob(), str(run.dir), task) for task in chunk]
+        arrays.append({"job_id": jobs[0].job_id.split("_")[0], "tasks": chunk})
+        log.info("submitted array %s: %d tasks", arrays[-1]["job_id"], len(chunk))
+    reduce_params = submitit_parameters(cfg, f"{kind}-reduce")
+    reduce_params.pop("array_parallelism", None)
+    reduce_params.pop("gpus_per_task", None)
+    if arrays:
+        reduce_params["dependency"] = "afterok:" + ":".join(a["job_id"] for a in arrays)
+    executor.update_parameters(**reduce_params)
+    reduce_job = executor.submit(ReduceJob(), str(run.dir))
+    record = {
+        "executor": "slurm",
+        "submitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "arrays": arrays,
+        "reduce_job_id": reduce_job.job_id,
+        "sbatch_parameters": task_params,
+        "reduce_sbatch_parameters": reduce_params,
+        "python": executor.python,
+        "slurm_config": asdict(cfg),
+    }
+    run.save_submission(record)
+    return record
+
+
+def _expand(job_id: str) -> list[str]:
+    """``12_[0-3,7%2]`` -> ``12_0 … 12_3, 12_7``; other ids unchanged."""
+    match = re.match(r"^(\d+)_\[([^\]]+)\]$", job_id)
+    if not match:
+        return [job_id]
+    out = []
+    for part in match.group(2).split("%")[0].split(","):
+        lo, _, hi = part.partition("-")
+        out += [f"{match.group(1)}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
+    return out
+
+
+def job_states(job_ids: list[str]) -> dict[str, dict[str, str]]:
+    """Current state of each job id: squeue for live jobs, then sacct (when accounting
+    works) for finished ones. Never waits on a job."""
+    base = sorted({j.split("_")[0] for j in job_ids})
+    if not base:
+        return {}
+    states: dict[str, dict[str, str]] = {}
+    acct = subprocess.run(["sacct", "-n", "-P", "-X", "-j", ",".join(base), "-o",
+                           "JobID,State,ExitCode"], capture_output=True, text=True, timeout=30)
+    if acct.returncode == 0:
+        for line in acct.stdout.splitlines():
+            job, state, code = (line.split("|") + ["", ""])[:3]
+            for one in _expand(job):
+                states[one] = {"state": state.split()[0] if state else "UNKNOWN",
+                               "exit_code": code}
+    queue = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(base), "-o", "%i|%T|%r"],
+                           capture_output=True, text=True, timeout=30)
+    for line in queue.stdout.splitlines():
+        job, state, reason = (line.split("|") + ["", ""])[:3]
+        states[job] = {"state": state, "exit_code": "", "reason": reason}
+    return states
+
+
+def live_jobs(run: Run) -> list[str]:
+    ids = list(run.task_jobs().values())
+    ids += [r["reduce_job_id"] for r in run.submissions() if r.get("reduce_job_id")]
+    return [j for j, s in job_states(ids).items() if j in ids and s["state"] in LIVE_STATES]
+
+
+def cancel(job_ids: list[str]) -> None:
+    if job_ids:
+        subprocess.run(["scancel", *job_ids], check=False, capture_output=True, timeout=30)
+
+
+class SlurmExecutor:
+    name = "slurm"
+
+    def __init__(self, cfg: SlurmConfig):
+        self.cfg = cfg
+
+    def execute(self, run: Run, tasks: list[int]) -> dict[str, Any]:
+        return submit(run, list(tasks), self.cfg)
