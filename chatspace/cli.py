@@ -177,11 +177,19 @@ def plan() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def plan_embed_cmd(spec_file: str | None, root: str | None, run_id: str | None,
                    as_json: bool, **params: Any) -> None:
-    """Plan an embedding run from SPEC_FILE (TOML) and/or flags; print the run directory."""
+    """Plan an embedding run from SPEC_FILE (TOML) and/or flags; print the run directory,
+    then the sbatch commands that run it with the templates in hpc/."""
     from chatspace.planner import plan_embed
 
-    run, _ = plan_embed(spec_from_cli(spec_file, params), _root(root), run_id)
-    _emit(as_json, _summary(run), [str(run.dir)])
+    spec = spec_from_cli(spec_file, params)
+    run, _ = plan_embed(spec, _root(root), run_id)
+    throttle = f"%{spec.slurm.array_parallelism}" if spec.slurm.array_parallelism else ""
+    sbatch = [f"jid=$(sbatch --parsable --array=0-{run.num_tasks - 1}{throttle} "
+              f"hpc/embed.sbatch {run.dir})",
+              f"sbatch --dependency=afterok:$jid hpc/reduce.sbatch {run.dir}"]
+    _emit(as_json, {**_summary(run), "sbatch": sbatch},
+          [str(run.dir), "# run it with the sbatch templates, from the repository root:",
+           *sbatch])
 
 
 @cli.group()

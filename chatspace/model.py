@@ -69,6 +69,9 @@ class Encoder:
         from sentence_transformers import SentenceTransformer
 
         self.torch = torch
+        slurm_cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+        if slurm_cpus and "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(int(slurm_cpus))
         self.device = pick_device(cfg.device)
         try:
             self.model = SentenceTransformer(ref.path, device=self.device)

@@ -9,6 +9,7 @@ completion record makes the task a no-op on rerun. Nothing here knows which exec
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import queue
 import shutil
@@ -35,6 +36,10 @@ from chatspace.writer import build_table, shard_schema, write_parquet
 log = logging.getLogger(__name__)
 
 _DONE = object()
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL("libc.so.6")
+except OSError:  # not glibc
+    _LIBC = None
 
 
 @dataclass
@@ -58,6 +63,13 @@ def part_paths(parts_dir: Path, number: int) -> tuple[Path, Path]:
 def committed_parts(parts_dir: Path) -> list[dict[str, Any]]:
     """Sidecars of the parts a task has committed so far (for resuming and for progress)."""
     return [read_json(p) for p in sorted(parts_dir.glob("part-*.json"))]
+
+
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the OS after each part (glibc), so that a task's RSS
+    stays flat however many parts its slice has, instead of growing with fragmentation."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 class _Stage(threading.Thread):
@@ -177,6 +189,7 @@ class EmbedTask:
                     return
                 with self.timer.measure("write"):
                     self._write(*item, encoder.dim)
+                    release_free_memory()
                 log.info("task %d: part %d committed (%d rows)", self.task, item[0].number,
                          len(item[0].ids))
 

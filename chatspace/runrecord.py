@@ -163,14 +163,14 @@ class Run:
         write_json(self.submissions_path, [*self.submissions(), record])
 
     def task_jobs(self) -> dict[int, str]:
-        """The SLURM job id (``A_a``) of each task whose latest submission went to SLURM."""
+        """The SLURM job id (``A_a``, or ``A`` for a one-task array) of each task whose latest
+        submission went to SLURM."""
         jobs: dict[int, str] = {}
         for record in self.submissions():
             for task in record.get("tasks", []):  # a later local/debug attempt
                 jobs.pop(task, None)
             for array in record.get("arrays", []):
-                for index, task in enumerate(array["tasks"]):
-                    jobs[task] = f"{array['job_id']}_{index}"
+                jobs.update(zip(array["tasks"], array["jobs"], strict=True))
         return jobs
 
     def task_logs(self, task: int) -> list[Path]:

@@ -8,7 +8,6 @@ in-process inside submitit's job wrapper, optionally inside the Apptainer image.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shlex
 import shutil
@@ -92,11 +91,15 @@ def check_slurm_options(cfg: SlurmConfig) -> None:
                            f"(partitions: {', '.join(partitions) or 'none'})")
 
 
+CONTAINER_SH = Path(__file__).with_name("container.sh")
+
+
 def container_python(image: str, root: Path) -> str:
-    """The command submitit runs instead of `python` when tasks run inside the image."""
-    hf_home = os.environ.get("HF_HOME", str(Path.home() / ".cache" / "huggingface"))
-    return shlex.join(["apptainer", "exec", "--nv", "--bind", str(root), "--bind", hf_home,
-                       image, "python"])
+    """The command submitit runs instead of `python` when tasks run inside the image: the
+    same wrapper (container.sh) the sbatch templates use, so one place builds the
+    `apptainer exec` line."""
+    return shlex.join(["env", f"CHATSPACE_IMAGE={Path(image).resolve()}",
+                       f"CHATSPACE_ROOT={root}", str(CONTAINER_SH), "python"])
 
 
 def _run_cli(args: list[str]) -> None:
@@ -153,7 +156,8 @@ def submit(run: Run, tasks: list[int], cfg: SlurmConfig) -> dict[str, Any]:
         executor.update_parameters(**task_params)
         with executor.batch():
             jobs = [executor.submit(TaskJob(), str(run.dir), task) for task in chunk]
-        arrays.append({"job_id": jobs[0].job_id.split("_")[0], "tasks": chunk})
+        arrays.append({"job_id": jobs[0].job_id.split("_")[0], "tasks": chunk,
+                       "jobs": [job.job_id for job in jobs]})  # a 1-task "array" is a job
         log.info("submitted array %s: %d tasks", arrays[-1]["job_id"], len(chunk))
     reduce_params = submitit_parameters(cfg, f"{kind}-reduce")
     reduce_params.pop("array_parallelism", None)

@@ -57,7 +57,7 @@ write_config() {
     local host node
     host=$(hostname -s)
     node=$(slurmd -C | head -1 | sed 's/ UpTime=.*//')
-    cat >"$CONF" <<EOF
+    cat >"$CONF.new" <<EOF
 ClusterName=chatspace-dev
 SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
@@ -89,6 +89,12 @@ JobCompType=jobcomp/none
 $node NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
+    if cmp -s "$CONF.new" "$CONF"; then
+        rm "$CONF.new"
+    else
+        mv "$CONF.new" "$CONF"
+        CONFIG_CHANGED=1
+    fi
     cat >"$DIR/etc/slurmdbd.conf" <<EOF
 AuthType=auth/munge
 AuthInfo=socket=$MUNGE_SOCKET
@@ -143,6 +149,11 @@ start_slurm() {
     if ! sacctmgr -n -P list cluster format=cluster | grep -qx chatspace-dev; then
         sacctmgr -i add cluster chatspace-dev >/dev/null
     fi
+    if alive "$DIR/run/slurmctld.pid" && ((${CONFIG_CHANGED:-0})); then
+        say "configuration changed: restarting slurmctld and slurmd"
+        stop_one slurmd "$DIR/run/slurmd.pid"
+        stop_one slurmctld "$DIR/run/slurmctld.pid"
+    fi
     alive "$DIR/run/slurmctld.pid" || slurmctld
     wait_for 60 slurmctld scontrol ping
     alive "$DIR/run/slurmd.pid" || slurmd
@@ -165,10 +176,11 @@ start_slurm() {
 
 stop_one() {  # stop_one NAME PIDFILE
     if alive "$2"; then
-        kill "$(cat "$2")"
-        local deadline=$((SECONDS + 20))
-        while alive "$2" && ((SECONDS < deadline)); do sleep 0.2; done
-        alive "$2" && kill -9 "$(cat "$2")"
+        local pid deadline=$((SECONDS + 20))
+        pid=$(cat "$2")
+        kill "$pid" 2>/dev/null || true
+        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
+        kill -9 "$pid" 2>/dev/null || true
         say "stopped $1"
     fi
     rm -f "$2"

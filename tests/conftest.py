@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,37 @@ def chatspace(*args: str, root: Path | None = None, env: dict | None = None,
 
 def files_under(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file()) if path.exists() else []
+
+
+SLURM_MAX_ARRAY_SIZE = 5
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> str:
+    """Start (or reuse) the dev cluster with a small MaxArraySize and export SLURM_CONF; skip,
+    saying why, if it cannot start."""
+    env = {**os.environ, "CHATSPACE_SLURM_MAX_ARRAY_SIZE": str(SLURM_MAX_ARRAY_SIZE)}
+    try:
+        out = subprocess.run([str(REPO / "hpc" / "dev-cluster.sh"), "start"], env=env,
+                             capture_output=True, text=True, timeout=900)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"the dev SLURM cluster could not start: {exc}")
+    if out.returncode != 0:
+        pytest.skip(f"the dev SLURM cluster could not start: {out.stderr.strip()[-500:]}")
+    conf = out.stdout.strip().splitlines()[-1].split("=", 1)[1]
+    os.environ["SLURM_CONF"] = conf
+    return conf
+
+
+def wait_until(predicate, timeout: float = 300, poll: float = 0.5, what: str = ""):
+    """Poll `predicate` until it returns something truthy (returned), or fail."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+../chatspace/container.sh

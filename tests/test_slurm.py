@@ -1,0 +1,177 @@
+"""The SLURM path against a real single-node cluster (hpc/dev-cluster.sh, MaxArraySize=5):
+submission through submitit, status, resume, cancel, requeue, and bad SLURM input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from chatspace.pipeline import run_embed_task
+from chatspace.runrecord import Run, read_json, sha256_file
+from tests.conftest import PYDOCS, chatspace, files_under, wait_until
+from tests.helpers import embed, read_run
+
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
+
+
+def sh(*cmd: str) -> str:
+    return subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60).stdout
+
+
+def submit(root: Path, *args: str, n: int = 40, array: int = 4,
+           data: Path = PYDOCS) -> subprocess.CompletedProcess:
+    return chatspace("submit", "embed", "--dataset", str(data), "--text-field", "text",
+                     "--n", str(n), "--seed", "1", "--array", str(array),
+                     "--executor", "slurm", *args, root=root)
+
+
+def status(run_dir: str) -> dict:
+    out = chatspace("status", run_dir, "--json", timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_submit_wait_matches_local_rows_and_bytes(root):
+    result = submit(root, "--wait", "--json", "--run-id", "on-slurm")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert Path(out["manifest"]).exists()
+    assert chatspace("verify", out["run_dir"]).returncode == 0
+    record = out["submission"]
+    assert len(record["arrays"]) == 1 and record["arrays"][0]["tasks"] == [0, 1, 2, 3]
+    assert record["reduce_sbatch_parameters"]["dependency"] == \
+        f"afterok:{record['arrays'][0]['job_id']}"
+    assert read_json(Path(out["run_dir"]) / "submissions.json")[0]["reduce_job_id"]
+
+    slurm_run = Run.open(out["run_dir"])
+    local = embed(root, PYDOCS, "on-debug", n=40, array=4)
+    drop = ["run_id", "created_at"]
+    assert read_run(slurm_run).drop(drop).equals(read_run(local).drop(drop))
+
+    shas = [sha256_file(slurm_run.shard_path(t)) for t in range(4)]
+    for t in (0, 3):  # the same planned tasks, executed in-process: byte-identical shards
+        slurm_run.completion_path(t).unlink()
+        slurm_run.shard_path(t).unlink()
+        run_embed_task(slurm_run, t)
+    assert [sha256_file(slurm_run.shard_path(t)) for t in range(4)] == shas
+
+
+def test_large_array_is_split_at_max_array_size_and_reduce_waits(root):
+    result = submit(root, "--wait", "--json", n=24, array=12)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    arrays = out["submission"]["arrays"]
+    assert [a["tasks"] for a in arrays] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]]
+    assert read_json(Path(out["manifest"]))["rows_total"] == 24
+    dependency = out["submission"]["reduce_sbatch_parameters"]["dependency"]
+    assert dependency == "afterok:" + ":".join(a["job_id"] for a in arrays)
+
+    ids = ",".join([a["job_id"] for a in arrays] + [out["submission"]["reduce_job_id"]])
+    rows = [line.split("|") for line in sh("sacct", "-n", "-P", "-X", "-j", ids, "-o",
+                                           "JobID,Start,End").splitlines()]
+    times = {job: (datetime.fromisoformat(s), datetime.fromisoformat(e)) for job, s, e in rows}
+    reduce_start = times[out["submission"]["reduce_job_id"]][0]
+    task_ends = [end for job, (_, end) in times.items() if "_" in job]
+    assert len(task_ends) == 12
+    assert reduce_start >= max(task_ends)
+
+
+def test_failed_task_shows_in_status_and_resume_completes(root, tmp_path):
+    data = tmp_path / "two-files"
+    data.mkdir()
+    rows = [json.loads(line) for line in PYDOCS.read_text().splitlines()[:40]]
+    for k in range(2):
+        pq.write_table(pa.Table.from_pylist(rows[k * 20:(k + 1) * 20]),
+                       data / f"part-{k}.parquet")
+    planned = chatspace("plan", "embed", "--dataset", str(data), "--text-field", "text",
+                        "--p", "1", "--seed", "1", "--array", "2", "--json", root=root)
+    run_dir = json.loads(planned.stdout)["run_dir"]
+    good = (data / "part-1.parquet").read_bytes()
+    (data / "part-1.parquet").write_bytes(b"this is not parquet any more")  # task 1 fails
+
+    result = chatspace("resume", run_dir, "--executor", "slurm", "--wait", root=root)
+    assert result.returncode == 1
+    assert "task 1: failed" in result.stderr and "log:" in result.stderr
+    state = status(run_dir)
+    assert [t["state"] for t in state["tasks"]] == ["done", "failed"]
+    failed = state["tasks"][1]
+    assert failed["slurm"]["state"] == "FAILED" and Path(failed["log"]).exists()
+    assert any("Parquet" in line or "parquet" in line for line in failed["error"])
+    logs = chatspace("logs", run_dir, "--task", "1")
+    assert logs.returncode == 0 and "_0_log.err <==" in logs.stdout
+
+    (data / "part-1.parquet").write_bytes(good)
+    resumed = chatspace("resume", run_dir, "--wait", "--json", root=root)
+    assert resumed.returncode == 0, resumed.stderr
+    record = json.loads(resumed.stdout)["submission"]
+    assert [a["tasks"] for a in record["arrays"]] == [[1]]  # only the missing task
+    manifest = read_json(Path(json.loads(resumed.stdout)["manifest"]))
+
+    fresh = embed(root, data, "fresh", n=40, array=2, sampling={"n": None, "p": 1.0})
+    expected = read_json(fresh.manifest_path)
+    same = ("rows_total", "rows_skipped", "sampling", "embedding_dim", "model")
+    assert {k: manifest[k] for k in same} == {k: expected[k] for k in same}
+    drop = ["run_id", "created_at"]
+    assert read_run(Run.open(run_dir)).drop(drop).equals(read_run(fresh).drop(drop))
+
+
+def test_task_killed_without_result_is_reported_quickly(root):
+    result = submit(root, "--json", "--run-id", "to-kill", "--part-rows", "10",
+                    "--batch-size", "4", n=400, array=2)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    job = out["submission"]["arrays"][0]["jobs"][0]
+    wait_until(lambda: status(out["run_dir"])["tasks"][0]["state"] == "running",
+               what="task 0 running")
+    sh("scancel", "--signal=KILL", job)  # the task dies without writing a result
+    started = time.time()
+    state = wait_until(lambda: (s := status(out["run_dir"]))["tasks"][0]["state"] == "failed"
+                       and s, timeout=60, what="task 0 reported failed")
+    assert time.time() - started < 30
+    assert state["tasks"][0]["slurm"]["state"] in ("FAILED", "CANCELLED")
+    cancel = chatspace("cancel", out["run_dir"])
+    assert cancel.returncode == 0 and "cancelled" in cancel.stdout
+    wait_until(lambda: all(t["state"] not in ("running", "pending")
+                           for t in status(out["run_dir"])["tasks"]), timeout=60,
+               what="the run's jobs to leave the queue")
+
+
+def test_requeued_task_continues_from_its_last_part(root):
+    result = submit(root, "--json", "--run-id", "requeued", "--part-rows", "20",
+                    "--batch-size", "4", n=300, array=1)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    run = Run.open(out["run_dir"])
+    job = out["submission"]["arrays"][0]["jobs"][0]
+    assert job.isdigit(), "a one-task array is submitted as a plain job"
+    wait_until(lambda: len(list(run.parts_dir(0).glob("part-*.json"))) >= 2, what="2 parts")
+    sh("scontrol", "requeue", job)
+    wait_until(lambda: run.manifest_path.exists(), timeout=400, what="the manifest")
+    log_text = "".join(p.read_text() for p in run.task_logs(0))
+    assert "resuming, " in log_text and "of 15 parts already committed" in log_text
+    assert read_json(run.manifest_path)["rows_total"] == 300
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--partition", "no-such-partition"], "slurm.partition (--partition) 'no-such-partition'"),
+    (["--time", "ten minutes"], "slurm.time (--time) 'ten minutes' is not a SLURM time"),
+    (["--array", "0"], "run.array (--array) must be >= 1, got 0"),
+    (["--container", "/no/such/image.sif"], "container image not found: /no/such/image.sif"),
+    (["--sbatch-arg", "nodash"], "--sbatch-arg 'nodash' must look like --key=value"),
+])
+def test_bad_slurm_input_submits_nothing(root, args, expected):
+    before = sh("squeue", "-h", "-o", "%i")
+    result = chatspace("submit", "embed", "--dataset", str(PYDOCS), "--text-field", "text",
+                       "--n", "10", "--executor", "slurm", *args, root=root)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert files_under(root) == []
+    assert sh("squeue", "-h", "-o", "%i") == before
