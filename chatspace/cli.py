@@ -273,11 +273,11 @@ def resume(run_ref: str, root: str | None, executor: str | None, parallelism: in
         slurm = build_section(type(slurm), {**dataclasses.asdict(slurm), **changes}, "slurm")
     if executor == "slurm":
         check_slurm_options(slurm)
-    live = live_jobs(run) if history else []
+    live, stale = live_jobs(run) if history else ([], [])
     if live and not force:
         raise BadInput(f"run {run.run_id} still has queued or running jobs "
                        f"({', '.join(live)}): wait, or use --force to cancel them first")
-    cancel(live)
+    cancel(live + stale)
     _launch(run, executor, slurm, parallelism, wait, as_json)
 
 
@@ -289,10 +289,10 @@ def cancel_cmd(run_ref: str, root: str | None) -> None:
     from chatspace.slurm import cancel, live_jobs
 
     run = Run.open(run_ref, _root(root))
-    live = live_jobs(run)
-    cancel(live)
-    click.echo(f"cancelled {len(live)} job(s) of run {run.run_id}"
-               + (f": {', '.join(live)}" if live else ""))
+    jobs = [job for group in live_jobs(run) for job in group]
+    cancel(jobs)
+    click.echo(f"cancelled {len(jobs)} job(s) of run {run.run_id}"
+               + (f": {', '.join(jobs)}" if jobs else ""))
 
 
 @cli.command()
@@ -360,8 +360,15 @@ def status(run_ref: str, root: str | None, as_json: bool) -> None:
              f"manifest: {state['manifest'] or '(not reduced yet)'}"]
     for task in state["tasks"]:
         if task["state"] != "done":
-            lines.append(f"  task {task['task']}: {task['state']} "
+            slurm = task.get("slurm")
+            job = f" [{slurm['state']} exit {slurm.get('exit_code') or '-'}]" if slurm else ""
+            lines.append(f"  task {task['task']}: {task['state']}{job} "
                          f"({task['rows_done']}/{task['rows']} rows) log: {task['log']}")
+            lines += [f"      {line}" for line in task.get("error", [])]
+    if state["reduce"]:
+        reduce = state["reduce"]
+        lines.append(f"reduce: job {reduce['job_id']} {reduce.get('state', 'unknown')}"
+                     + (f" ({reduce['reason']})" if reduce.get("reason") else ""))
     _emit(as_json, state, lines)
 
 

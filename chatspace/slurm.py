@@ -215,10 +215,17 @@ def job_states(job_ids: list[str]) -> dict[str, dict[str, str]]:
     return states
 
 
-def live_jobs(run: Run) -> list[str]:
+def live_jobs(run: Run) -> tuple[list[str], list[str]]:
+    """The run's queued or running jobs, and apart from them its reduce jobs that wait on a
+    dependency that can no longer be satisfied (a task failed): those only need cancelling."""
     ids = list(run.task_jobs().values())
     ids += [r["reduce_job_id"] for r in run.submissions() if r.get("reduce_job_id")]
-    return [j for j, s in job_states(ids).items() if j in ids and s["state"] in LIVE_STATES]
+    live, stale = [], []
+    for job, state in job_states(ids).items():
+        if job in ids and state["state"] in LIVE_STATES:
+            never = state.get("reason") == "DependencyNeverSatisfied"
+            (stale if never else live).append(job)
+    return live, stale
 
 
 def cancel(job_ids: list[str]) -> None:

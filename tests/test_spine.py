@@ -204,3 +204,13 @@ def test_local_and_debug_executors_write_identical_shards(root):
         run.shard_path(t).unlink()
         run_embed_task(run, t)
     assert [sha256_file(run.shard_path(t)) for t in range(2)] == local
+
+
+def test_embed_hf_is_a_one_process_run(root):
+    result = chatspace("embed-hf", "--dataset", str(PYDOCS), "--text-field", "text", "--n",
+                       "12", "--json", root=root)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["executor"] == "debug"
+    manifest = read_json(Path(out["manifest"]))
+    assert manifest["rows_total"] == 12 and len(manifest["shards"]) == 1

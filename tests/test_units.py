@@ -17,7 +17,7 @@ from chatspace.dataset import RowReader, open_source
 from chatspace.errors import BadInput
 from chatspace.sampling import draw_sample, part_bounds, slice_bounds
 from chatspace.texts import extract
-from tests.conftest import PYDOCS
+from tests.conftest import PYDOCS, REPO
 
 
 def test_sample_is_deterministic_and_independent_of_array():
@@ -128,3 +128,10 @@ def test_extract_text_and_messages():
     assert extract(chat, conv) == ("user: q\nassistant: a", None)
     assert extract(chat[:1], first) == (None, "no-assistant-turn")
     assert extract("x", first) == (None, "messages-not-a-list")
+
+
+@pytest.mark.parametrize("spec_file", sorted((REPO / "jobs").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_shipped_job_specs_are_valid(spec_file: Path):
+    spec = resolve_spec(spec_file, {})
+    assert spec.dataset.name and spec.run.array >= 1

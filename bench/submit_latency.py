@@ -1,0 +1,57 @@
+"""Login-node latency of `chatspace submit embed --array 64 --executor slurm` on a 10M-row local
+Parquet dataset (no rows are read: metadata only), against a bare `sbatch --array=0-63` of a
+no-op measured in the same run. Needs a running cluster (hpc/dev-cluster.sh start) with
+MaxArraySize > 64; the submitted jobs are cancelled at once.
+
+    python -m bench.submit_latency [--rows 10000000] [--array 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bench.common import timed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--array", type=int, default=64)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-submit-"))
+    data = work / "big.parquet"
+    with pq.ParquetWriter(data, pa.schema([("text", pa.string())])) as writer:
+        for start in range(0, args.rows, 1_000_000):
+            count = min(1_000_000, args.rows - start)
+            writer.write_table(pa.table({"text": pa.array(["a passage"] * count)}))
+
+    baseline, out = timed(lambda: subprocess.run(
+        ["sbatch", "--parsable", f"--array=0-{args.array - 1}", "--wrap=true",
+         f"--output={work}/wrap-%A_%a.out"], capture_output=True, text=True, check=True))
+    subprocess.run(["scancel", out.stdout.strip()], check=False)
+
+    cmd = [sys.executable, "-m", "chatspace", "submit", "embed", "--dataset", str(data),
+           "--text-field", "text", "--p", "0.5", "--array", str(args.array),
+           "--executor", "slurm", "--root", str(work / "root"), "--json"]
+    seconds, done = timed(lambda: subprocess.run(cmd, capture_output=True, text=True))
+    if done.returncode != 0:
+        raise SystemExit(done.stderr)
+    run_dir = json.loads(done.stdout)["run_dir"]
+    subprocess.run([sys.executable, "-m", "chatspace", "cancel", run_dir], check=False,
+                   capture_output=True)
+    print(f"bare sbatch --array=0-{args.array - 1}: {baseline:.2f} s")
+    print(f"chatspace submit --array {args.array} on {args.rows:,} rows: {seconds:.2f} s "
+          "(target <= 2 s)")
+    print(f"ratio submit / bare sbatch: {seconds / baseline:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
