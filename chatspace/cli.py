@@ -5,137 +5,29 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import click
 
-from chatspace.config import DTYPES, EXTRACT_MODES, EmbedSpec, resolve_spec
 from chatspace.errors import BadInput, RunFailed
-from chatspace.runrecord import Run, default_root
+from chatspace.options import (
+    SLURM_FLAGS,
+    default_executor,
+    embed_options,
+    executor_options,
+    json_option,
+    open_run,
+    overrides_from,
+    resolve_root,
+    root_option,
+    run_argument,
+    slurm_options,
+    spec_from_cli,
+)
+from chatspace.runrecord import Run
 
 log = logging.getLogger("chatspace")
-
-# CLI flag -> (spec table, key); every spec key can be overridden on the command line.
-EMBED_FLAGS: list[tuple[str, str, str, dict[str, Any]]] = [
-    ("--dataset", "dataset", "name", {"help": "HF dataset name (local cache) or a local "
-                                              "file/directory (parquet, jsonl, csv, arrow)."}),
-    ("--subset", "dataset", "subset", {"help": "HF dataset configuration."}),
-    ("--split", "dataset", "split", {"help": "Dataset split (required for multi-split HF "
-                                             "datasets)."}),
-    ("--text-field", "dataset", "text_field", {"help": "Column holding the text to embed."}),
-    ("--messages-field", "dataset", "messages_field",
-     {"help": "Column holding chat messages (list of {role, content})."}),
-    ("--extract", "dataset", "extract", {"type": click.Choice(EXTRACT_MODES),
-                                         "help": "What to embed from a messages column."}),
-    ("--id-field", "dataset", "id_field", {"help": "Column with stable row ids "
-                                                   "(default: {file or split}:{row})."}),
-    ("--n", "sampling", "n", {"type": int, "help": "Sample exactly N rows."}),
-    ("--p", "sampling", "p", {"type": float, "help": "Sample a fraction P in (0, 1]."}),
-    ("--seed", "sampling", "seed", {"type": int, "help": "Sampling seed (default 0)."}),
-    ("--max-rows", "sampling", "max_rows", {"type": int, "help": "Cap on sampled rows."}),
-    ("--model", "model", "name", {"help": "SentenceTransformer path or cached hub name "
-                                          "(default: bundled all-MiniLM-L6-v2)."}),
-    ("--batch-size", "model", "batch_size", {"type": int, "help": "Rows per batch (64)."}),
-    ("--tokens-per-batch", "model", "tokens_per_batch",
-     {"type": int, "help": "Size batches by tokens instead of rows."}),
-    ("--bucket-min-tokens", "model", "bucket_min_tokens", {"type": int}),
-    ("--bucket-max-tokens", "model", "bucket_max_tokens", {"type": int}),
-    ("--compile-model/--no-compile-model", "model", "compile",
-     {"default": None, "help": "torch.compile the model (warm-up per bucket)."}),
-    ("--dtype", "model", "dtype", {"type": click.Choice(DTYPES)}),
-    ("--device", "model", "device", {"help": "auto, cpu, cuda or cuda:N."}),
-    ("--array", "run", "array", {"type": int, "help": "Number of tasks (slices)."}),
-    ("--part-rows", "run", "part_rows", {"type": int, "help": "Rows per committed part: the "
-                                                              "unit a killed task resumes from."}),
-]
-
-
-SLURM_FLAGS: list[tuple[str, str, str, dict[str, Any]]] = [
-    ("--partition", "slurm", "partition", {"help": "SLURM partition."}),
-    ("--account", "slurm", "account", {}),
-    ("--qos", "slurm", "qos", {}),
-    ("--time", "slurm", "time", {"help": "Per-task time limit, SLURM format (default 1:00:00)."}),
-    ("--mem", "slurm", "mem", {"help": "Memory per task, e.g. 16G."}),
-    ("--cpus-per-task", "slurm", "cpus_per_task", {"type": int}),
-    ("--gpus-per-task", "slurm", "gpus_per_task", {"type": int}),
-    ("--constraint", "slurm", "constraint", {}),
-    ("--exclude", "slurm", "exclude", {"help": "Nodes to avoid."}),
-    ("--array-parallelism", "slurm", "array_parallelism",
-     {"type": int, "help": "At most K array tasks at once (the %K throttle)."}),
-    ("--job-name", "slurm", "job_name", {}),
-    ("--sbatch-arg", "slurm", "sbatch_args",
-     {"multiple": True, "help": "Extra sbatch option as --key=value (repeatable)."}),
-    ("--container", "slurm", "container",
-     {"type": click.Path(dir_okay=False), "help": "Apptainer image (.sif) to run tasks in."}),
-]
-
-
-def _param_name(flag: str) -> str:
-    return flag.split("/")[0].lstrip("-").replace("-", "_")
-
-
-def _add_options(fn: Callable, flags: list) -> Callable:
-    for flag, _, _, kwargs in reversed(flags):
-        fn = click.option(flag, _param_name(flag), **kwargs)(fn)
-    return fn
-
-
-def embed_options(fn: Callable) -> Callable:
-    fn = _add_options(fn, EMBED_FLAGS)
-    return click.argument("spec_file", required=False, type=click.Path(dir_okay=False))(fn)
-
-
-def slurm_options(fn: Callable) -> Callable:
-    return _add_options(fn, SLURM_FLAGS)
-
-
-def _overrides(params: dict[str, Any], flags: list) -> dict[str, dict[str, Any]]:
-    """Spec overrides from CLI params; an option not given (None, or empty for a repeatable
-    one) leaves the spec's value."""
-    overrides: dict[str, dict[str, Any]] = {}
-    for flag, table, key, _ in flags:
-        value = params.get(_param_name(flag))
-        if isinstance(value, tuple):  # a repeatable option
-            value = list(value) or None
-        overrides.setdefault(table, {})[key] = value
-    return overrides
-
-
-def spec_from_cli(spec_file: str | None, params: dict[str, Any]) -> EmbedSpec:
-    return resolve_spec(spec_file, _overrides(params, EMBED_FLAGS + SLURM_FLAGS))
-
-
-def _default_executor(executor: str | None) -> str:
-    if executor is not None:
-        return executor
-    if shutil.which("sbatch"):
-        return "slurm"
-    raise BadInput("sbatch is not on PATH: use --executor local (or debug) to run here")
-
-
-def executor_options(fn: Callable) -> Callable:
-    fn = click.option("--wait", is_flag=True,
-                      help="slurm: follow the run to its end; exit 0 on success, 1 on "
-                           "failure.")(fn)
-    fn = click.option("--parallelism", type=int, default=None,
-                      help="local: at most K task processes at once (default: cores).")(fn)
-    return click.option("--executor", type=click.Choice(["slurm", "local", "debug"]),
-                        default=None,
-                        help="Where tasks run (default: slurm when sbatch is on PATH).")(fn)
-
-
-def root_option(fn: Callable) -> Callable:
-    return click.option("--root", type=click.Path(file_okay=False), default=None,
-                        help="Workspace root (default: $CHATSPACE_ROOT or /workspace).")(fn)
-
-
-def _root(root: str | None) -> Path:
-    return Path(root).expanduser().resolve() if root else default_root()
-
 
 def _emit(as_json: bool, data: dict[str, Any], lines: list[str]) -> None:
     if as_json:
@@ -174,7 +66,7 @@ def plan() -> None:
 @embed_options
 @root_option
 @click.option("--run-id", default=None, help="Run id (default: timestamp + random suffix).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_option
 def plan_embed_cmd(spec_file: str | None, root: str | None, run_id: str | None,
                    as_json: bool, **params: Any) -> None:
     """Plan an embedding run from SPEC_FILE (TOML) and/or flags; print the run directory,
@@ -182,7 +74,7 @@ def plan_embed_cmd(spec_file: str | None, root: str | None, run_id: str | None,
     from chatspace.planner import plan_embed
 
     spec = spec_from_cli(spec_file, params)
-    run, _ = plan_embed(spec, _root(root), run_id)
+    run, _ = plan_embed(spec, resolve_root(root), run_id)
     throttle = f"%{spec.slurm.array_parallelism}" if spec.slurm.array_parallelism else ""
     sbatch = [f"jid=$(sbatch --parsable --array=0-{run.num_tasks - 1}{throttle} "
               f"hpc/embed.sbatch {run.dir})",
@@ -204,7 +96,7 @@ def submit() -> None:
 @click.option("--run-id", default=None, help="Run id; an existing id with the same spec "
                                              "resumes that run.")
 @executor_options
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_option
 def submit_embed_cmd(spec_file: str | None, root: str | None, run_id: str | None,
                      executor: str | None, parallelism: int | None, wait: bool, as_json: bool,
                      **params: Any) -> None:
@@ -214,7 +106,7 @@ def submit_embed_cmd(spec_file: str | None, root: str | None, run_id: str | None
     `submit` returns at once unless --wait."""
     from chatspace.planner import plan_embed
 
-    executor = _default_executor(executor)
+    executor = default_executor(executor)
     if parallelism is not None and parallelism < 1:
         raise BadInput(f"--parallelism must be >= 1, got {parallelism}")
     spec = spec_from_cli(spec_file, params)
@@ -222,7 +114,7 @@ def submit_embed_cmd(spec_file: str | None, root: str | None, run_id: str | None
         from chatspace.slurm import check_slurm_options
 
         check_slurm_options(spec.slurm)
-    run, new = plan_embed(spec, _root(root), run_id)
+    run, new = plan_embed(spec, resolve_root(root), run_id)
     if not new:
         log.info("run %s exists with this spec: running its unfinished tasks", run.run_id)
     _launch(run, executor, spec.slurm, parallelism, wait, as_json)
@@ -252,7 +144,7 @@ def _launch(run: Run, executor: str, slurm: Any, parallelism: int | None, wait: 
 @root_option
 @executor_options
 @click.option("--force", is_flag=True, help="Cancel the run's queued or running jobs first.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_option
 def resume(run_ref: str, root: str | None, executor: str | None, parallelism: int | None,
            wait: bool, force: bool, as_json: bool, **params: Any) -> None:
     """Rerun only RUN's tasks without a valid completion record (one compacted array on
@@ -262,12 +154,12 @@ def resume(run_ref: str, root: str | None, executor: str | None, parallelism: in
     from chatspace.config import build_section
     from chatspace.slurm import cancel, check_slurm_options, live_jobs
 
-    run = Run.open(run_ref, _root(root))
+    run = open_run(run_ref, root)
     history = run.submissions()
     executor = executor or (history[-1]["executor"] if history else None)
-    executor = _default_executor(executor)
+    executor = default_executor(executor)
     slurm = run.spec.slurm
-    changes = {k: v for k, v in _overrides(params, SLURM_FLAGS)["slurm"].items()
+    changes = {k: v for k, v in overrides_from(params, SLURM_FLAGS)["slurm"].items()
                if v is not None}
     if changes:
         slurm = build_section(type(slurm), {**dataclasses.asdict(slurm), **changes}, "slurm")
@@ -282,13 +174,12 @@ def resume(run_ref: str, root: str | None, executor: str | None, parallelism: in
 
 
 @cli.command("cancel")
-@click.argument("run_ref", metavar="RUN")
-@root_option
+@run_argument
 def cancel_cmd(run_ref: str, root: str | None) -> None:
     """Cancel RUN's queued and running SLURM jobs."""
     from chatspace.slurm import cancel, live_jobs
 
-    run = Run.open(run_ref, _root(root))
+    run = open_run(run_ref, root)
     jobs = [job for group in live_jobs(run) for job in group]
     cancel(jobs)
     click.echo(f"cancelled {len(jobs)} job(s) of run {run.run_id}"
@@ -301,10 +192,7 @@ def cancel_cmd(run_ref: str, root: str | None) -> None:
 @root_option
 def logs(run_ref: str, task: int, root: str | None) -> None:
     """Print the stdout/stderr of TASK's latest attempt."""
-    run = Run.open(run_ref, _root(root))
-    if not 0 <= task < run.num_tasks:
-        raise BadInput(f"--task {task} is out of range: run {run.run_id} has tasks "
-                       f"0..{run.num_tasks - 1}")
+    run = open_run(run_ref, root, task)
     found = run.task_logs(task)
     if not found:
         raise BadInput(f"task {task} of run {run.run_id} has no logs yet in {run.log_dir}")
@@ -326,34 +214,29 @@ def run_embed_task_cmd(run_ref: str, task: int, root: str | None) -> None:
     """Embed slice TASK of RUN and write its shard (a no-op if already complete)."""
     from chatspace.pipeline import run_embed_task
 
-    run = Run.open(run_ref, _root(root))
-    if not 0 <= task < run.num_tasks:
-        raise BadInput(f"--task {task} is out of range: run {run.run_id} has tasks "
-                       f"0..{run.num_tasks - 1}")
+    run = open_run(run_ref, root, task)
     run_embed_task(run, task)
 
 
 @run_group.command("reduce")
-@click.argument("run_ref", metavar="RUN")
-@root_option
+@run_argument
 def run_reduce_cmd(run_ref: str, root: str | None) -> None:
     """Check every shard of RUN and write its manifest; exit 1 naming missing tasks."""
     from chatspace.reduce import reduce_run
 
-    run = Run.open(run_ref, _root(root))
+    run = open_run(run_ref, root)
     reduce_run(run)
     click.echo(str(run.manifest_path))
 
 
 @cli.command()
-@click.argument("run_ref", metavar="RUN")
-@root_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@run_argument
+@json_option
 def status(run_ref: str, root: str | None, as_json: bool) -> None:
     """Per-task states of RUN (a run id or run directory), rows done, failures and logs."""
     from chatspace.status import run_status
 
-    run = Run.open(run_ref, _root(root))
+    run = open_run(run_ref, root)
     state = run_status(run)
     lines = [f"run {run.run_id}: {state['rows_done']}/{state['rows']} rows; "
              + ", ".join(f"{n} {s}" for s, n in state["counts"].items()),
@@ -373,14 +256,13 @@ def status(run_ref: str, root: str | None, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("run_ref", metavar="RUN")
-@root_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@run_argument
+@json_option
 def verify(run_ref: str, root: str | None, as_json: bool) -> None:
     """Re-check every shard of RUN against its manifest (bytes, sha256, rows)."""
     from chatspace.reduce import verify_run
 
-    run = Run.open(run_ref, _root(root))
+    run = open_run(run_ref, root)
     problems = verify_run(run)
     _emit(as_json, {**_summary(run), "ok": not problems, "problems": problems},
           problems or [f"run {run.run_id}: all {run.num_tasks} shards match the manifest"])
@@ -392,7 +274,7 @@ def verify(run_ref: str, root: str | None, as_json: bool) -> None:
 @embed_options
 @root_option
 @click.option("--run-id", default=None)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_option
 @click.pass_context
 def embed_hf(ctx: click.Context, **params: Any) -> None:
     """Embed a dataset in this one process (the same run as `submit embed --array 1
@@ -406,14 +288,14 @@ def embed_hf(ctx: click.Context, **params: Any) -> None:
 @click.option("--subset", default=None)
 @click.option("--split", default=None)
 @root_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_option
 def download_dataset(name: str, subset: str | None, split: str | None, root: str | None,
                      as_json: bool) -> None:
     """Record dataset NAME (HF cache or local files) under ROOT/datasets/raw/, as Parquet with
     its row counts and features."""
     from chatspace.download import record_dataset
 
-    info = record_dataset(name, subset, split, _root(root))
+    info = record_dataset(name, subset, split, resolve_root(root))
     _emit(as_json, info, [info["path"]])
 
 

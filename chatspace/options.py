@@ -1,0 +1,153 @@
+"""Command-line options: the flags that override job-spec keys, and the shared decorators.
+
+Each `*_FLAGS` entry is (flag, spec table, key, click options); `spec_from_cli` turns the
+given flags into spec overrides, so every spec key has exactly one flag.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from chatspace.config import DTYPES, EXTRACT_MODES, EmbedSpec, resolve_spec
+from chatspace.errors import BadInput
+from chatspace.runrecord import Run, default_root
+
+# CLI flag -> (spec table, key); every spec key can be overridden on the command line.
+EMBED_FLAGS: list[tuple[str, str, str, dict[str, Any]]] = [
+    ("--dataset", "dataset", "name", {"help": "HF dataset name (local cache) or a local "
+                                              "file/directory (parquet, jsonl, csv, arrow)."}),
+    ("--subset", "dataset", "subset", {"help": "HF dataset configuration."}),
+    ("--split", "dataset", "split", {"help": "Dataset split (required for multi-split HF "
+                                             "datasets)."}),
+    ("--text-field", "dataset", "text_field", {"help": "Column holding the text to embed."}),
+    ("--messages-field", "dataset", "messages_field",
+     {"help": "Column holding chat messages (list of {role, content})."}),
+    ("--extract", "dataset", "extract", {"type": click.Choice(EXTRACT_MODES),
+                                         "help": "What to embed from a messages column."}),
+    ("--id-field", "dataset", "id_field", {"help": "Column with stable row ids "
+                                                   "(default: {file or split}:{row})."}),
+    ("--n", "sampling", "n", {"type": int, "help": "Sample exactly N rows."}),
+    ("--p", "sampling", "p", {"type": float, "help": "Sample a fraction P in (0, 1]."}),
+    ("--seed", "sampling", "seed", {"type": int, "help": "Sampling seed (default 0)."}),
+    ("--max-rows", "sampling", "max_rows", {"type": int, "help": "Cap on sampled rows."}),
+    ("--model", "model", "name", {"help": "SentenceTransformer path or cached hub name "
+                                          "(default: bundled all-MiniLM-L6-v2)."}),
+    ("--batch-size", "model", "batch_size", {"type": int, "help": "Rows per batch (64)."}),
+    ("--tokens-per-batch", "model", "tokens_per_batch",
+     {"type": int, "help": "Size batches by tokens instead of rows."}),
+    ("--bucket-min-tokens", "model", "bucket_min_tokens", {"type": int}),
+    ("--bucket-max-tokens", "model", "bucket_max_tokens", {"type": int}),
+    ("--compile-model/--no-compile-model", "model", "compile",
+     {"default": None, "help": "torch.compile the model (warm-up per bucket)."}),
+    ("--dtype", "model", "dtype", {"type": click.Choice(DTYPES)}),
+    ("--device", "model", "device", {"help": "auto, cpu, cuda or cuda:N."}),
+    ("--array", "run", "array", {"type": int, "help": "Number of tasks (slices)."}),
+    ("--part-rows", "run", "part_rows", {"type": int, "help": "Rows per committed part: the "
+                                                              "unit a killed task resumes from."}),
+]
+
+
+SLURM_FLAGS: list[tuple[str, str, str, dict[str, Any]]] = [
+    ("--partition", "slurm", "partition", {"help": "SLURM partition."}),
+    ("--account", "slurm", "account", {}),
+    ("--qos", "slurm", "qos", {}),
+    ("--time", "slurm", "time", {"help": "Per-task time limit, SLURM format (default 1:00:00)."}),
+    ("--mem", "slurm", "mem", {"help": "Memory per task, e.g. 16G."}),
+    ("--cpus-per-task", "slurm", "cpus_per_task", {"type": int}),
+    ("--gpus-per-task", "slurm", "gpus_per_task", {"type": int}),
+    ("--constraint", "slurm", "constraint", {}),
+    ("--exclude", "slurm", "exclude", {"help": "Nodes to avoid."}),
+    ("--array-parallelism", "slurm", "array_parallelism",
+     {"type": int, "help": "At most K array tasks at once (the %K throttle)."}),
+    ("--job-name", "slurm", "job_name", {}),
+    ("--sbatch-arg", "slurm", "sbatch_args",
+     {"multiple": True, "help": "Extra sbatch option as --key=value (repeatable)."}),
+    ("--container", "slurm", "container",
+     {"type": click.Path(dir_okay=False), "help": "Apptainer image (.sif) to run tasks in."}),
+]
+
+
+def _param_name(flag: str) -> str:
+    return flag.split("/")[0].lstrip("-").replace("-", "_")
+
+
+def _add_options(fn: Callable, flags: list) -> Callable:
+    for flag, _, _, kwargs in reversed(flags):
+        fn = click.option(flag, _param_name(flag), **kwargs)(fn)
+    return fn
+
+
+def embed_options(fn: Callable) -> Callable:
+    fn = _add_options(fn, EMBED_FLAGS)
+    return click.argument("spec_file", required=False, type=click.Path(dir_okay=False))(fn)
+
+
+def slurm_options(fn: Callable) -> Callable:
+    return _add_options(fn, SLURM_FLAGS)
+
+
+def overrides_from(params: dict[str, Any], flags: list) -> dict[str, dict[str, Any]]:
+    """Spec overrides from CLI params; an option not given (None, or empty for a repeatable
+    one) leaves the spec's value."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for flag, table, key, _ in flags:
+        value = params.get(_param_name(flag))
+        if isinstance(value, tuple):  # a repeatable option
+            value = list(value) or None
+        overrides.setdefault(table, {})[key] = value
+    return overrides
+
+
+def spec_from_cli(spec_file: str | None, params: dict[str, Any]) -> EmbedSpec:
+    return resolve_spec(spec_file, overrides_from(params, EMBED_FLAGS + SLURM_FLAGS))
+
+
+def default_executor(executor: str | None) -> str:
+    if executor is not None:
+        return executor
+    if shutil.which("sbatch"):
+        return "slurm"
+    raise BadInput("sbatch is not on PATH: use --executor local (or debug) to run here")
+
+
+def executor_options(fn: Callable) -> Callable:
+    fn = click.option("--wait", is_flag=True,
+                      help="slurm: follow the run to its end; exit 0 on success, 1 on "
+                           "failure.")(fn)
+    fn = click.option("--parallelism", type=int, default=None,
+                      help="local: at most K task processes at once (default: cores).")(fn)
+    return click.option("--executor", type=click.Choice(["slurm", "local", "debug"]),
+                        default=None,
+                        help="Where tasks run (default: slurm when sbatch is on PATH).")(fn)
+
+
+def root_option(fn: Callable) -> Callable:
+    return click.option("--root", type=click.Path(file_okay=False), default=None,
+                        help="Workspace root (default: $CHATSPACE_ROOT or /workspace).")(fn)
+
+
+def resolve_root(root: str | None) -> Path:
+    return Path(root).expanduser().resolve() if root else default_root()
+
+
+def json_option(fn: Callable) -> Callable:
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")(fn)
+
+
+def run_argument(fn: Callable) -> Callable:
+    """RUN (a run id under --root, or a run directory) and --root."""
+    return click.argument("run_ref", metavar="RUN")(root_option(fn))
+
+
+def open_run(run_ref: str, root: str | None, task: int | None = None) -> Run:
+    """The planned run RUN refers to; with `task`, also check that the task exists."""
+    run = Run.open(run_ref, resolve_root(root))
+    if task is not None and not 0 <= task < run.num_tasks:
+        raise BadInput(f"--task {task} is out of range: run {run.run_id} has tasks "
+                       f"0..{run.num_tasks - 1}")
+    return run
