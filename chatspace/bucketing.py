@@ -13,6 +13,7 @@ class Batch:
     rows: list[int]  # positions in the part, shortest first
     pad_to: int  # sequence length the batch is padded to
     bucket: int  # the bucket's power-of-two length (capped at the model's max)
+    rows_to: int  # rows the batch is padded to (compiled: the full batch, one shape a bucket)
 
 
 def bucket_length(tokens: int, cfg: ModelConfig, max_seq_length: int) -> int:
@@ -25,10 +26,10 @@ def make_batches(lengths: list[int], cfg: ModelConfig, max_seq_length: int) -> l
     """Batches over rows sorted by token length.
 
     Compiled: each batch stays within one power-of-two bucket and is padded to the bucket
-    length, so the compiled model sees few shapes (rows longer than bucket_max_tokens share
-    the last bucket). Uncompiled: consecutive rows of the sorted order, padded to the batch's
-    longest row. A batch holds `batch_size` rows, or as many as fit in `tokens_per_batch`
-    padded tokens when that is set."""
+    length and to a full batch of rows, so the compiled model sees one shape per bucket
+    (rows longer than bucket_max_tokens share the last bucket). Uncompiled: consecutive rows
+    of the sorted order, padded to the batch's longest row. A batch holds `batch_size` rows,
+    or as many as fit in `tokens_per_batch` padded tokens when that is set."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     batches: list[Batch] = []
     rows: list[int] = []
@@ -37,8 +38,13 @@ def make_batches(lengths: list[int], cfg: ModelConfig, max_seq_length: int) -> l
         if rows:
             longest = max(lengths[rows[-1]], 1)
             bucket = bucket_length(longest, cfg, max_seq_length)
-            pad_to = max(bucket, longest) if cfg.compile else longest
-            batches.append(Batch(list(rows), pad_to, bucket))
+            if cfg.compile:
+                pad_to = max(bucket, longest)
+                full = (max(1, cfg.tokens_per_batch // pad_to) if cfg.tokens_per_batch
+                        else cfg.batch_size)
+                batches.append(Batch(list(rows), pad_to, bucket, max(full, len(rows))))
+            else:
+                batches.append(Batch(list(rows), longest, bucket, len(rows)))
             rows.clear()
 
     for i in order:

@@ -105,11 +105,15 @@ class Encoder:
                 ids[sample] = row
         return ids, truncated
 
-    def encode_batch(self, ids: list[list[int]], pad_to: int) -> np.ndarray:
-        """Embed one batch of token id lists padded to `pad_to`; float32 [len(ids), dim]."""
+    def encode_batch(self, ids: list[list[int]], pad_to: int,
+                     rows_to: int | None = None) -> np.ndarray:
+        """Embed one batch of token id lists padded to `pad_to` tokens (and `rows_to` rows,
+        whose extra outputs are dropped); float32 [len(ids), dim]."""
         torch = self.torch
-        input_ids = np.full((len(ids), pad_to), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(ids), pad_to), dtype=np.int64)
+        rows = max(rows_to or 0, len(ids))
+        input_ids = np.full((rows, pad_to), self.pad_id, dtype=np.int64)
+        mask = np.zeros((rows, pad_to), dtype=np.int64)
+        mask[:, 0] = 1  # padding rows attend to one token, so pooling stays finite
         for i, row in enumerate(ids):
             input_ids[i, : len(row)] = row
             mask[i, : len(row)] = 1
@@ -121,4 +125,8 @@ class Encoder:
             features["token_type_ids"] = torch.zeros_like(features["input_ids"])
         with torch.inference_mode():
             out = self.forward(features)["sentence_embedding"]
-        return out.float().cpu().numpy()
+        return out[: len(ids)].float().cpu().numpy()
+
+    def warm_up(self, rows: int, pad_to: int) -> None:
+        """Run one batch of this shape so that compilation happens outside the timed work."""
+        self.encode_batch([[self.pad_id]] * rows, pad_to)

@@ -111,6 +111,7 @@ class EmbedTask:
         self.spec = run.spec
         self.parts_dir = run.parts_dir(task)
         self.timer = StageTimer()
+        self.warm: set[tuple[int, int]] = set()  # compiled batch shapes already run
         plan = run.plan
         self.constants = {
             "source": run.source.origin, "dataset": run.source.dataset,
@@ -146,14 +147,22 @@ class EmbedTask:
         work.batches = make_batches(lengths, self.spec.model, encoder.max_seq_length)
         return work
 
+    def _warm_up(self, work: PartWork, encoder: Encoder) -> None:
+        """Compiled: run each new batch shape once, so compilation is timed on its own."""
+        for shape in sorted({(b.rows_to, b.pad_to) for b in work.batches} - self.warm):
+            with self.timer.measure("compile_warmup"):
+                encoder.warm_up(*shape)
+            self.warm.add(shape)
+
     def _encode(self, work: PartWork, encoder: Encoder) -> tuple[int, int]:
         work.embeddings = np.empty((len(work.ids), encoder.dim), dtype=np.float32)
         real = padded = 0
         for batch in work.batches:
             rows = [work.token_ids[i] for i in batch.rows]
-            work.embeddings[batch.rows] = encoder.encode_batch(rows, batch.pad_to)
+            work.embeddings[batch.rows] = encoder.encode_batch(rows, batch.pad_to,
+                                                               batch.rows_to)
             real += sum(len(r) for r in rows)
-            padded += batch.pad_to * len(rows)
+            padded += batch.pad_to * batch.rows_to
         return real, padded
 
     def _write(self, work: PartWork, tokens: tuple[int, int], dim: int) -> None:
@@ -202,6 +211,8 @@ class EmbedTask:
                     work = _get(loaded, stop)
                 if work is _DONE:
                     break
+                if self.spec.model.compile:
+                    self._warm_up(work, encoder)
                 with self.timer.measure("encode"):
                     tokens = self._encode(work, encoder)
                 _put(encoded, (work, tokens), stop)

@@ -214,3 +214,15 @@ def test_embed_hf_is_a_one_process_run(root):
     assert out["executor"] == "debug"
     manifest = read_json(Path(out["manifest"]))
     assert manifest["rows_total"] == 12 and len(manifest["shards"]) == 1
+
+
+def test_compiled_model_matches_eager(root):
+    """torch.compile path (CPU inductor here): one warm-up per bucket shape, same vectors."""
+    compiled = embed(root, PYDOCS, "compiled", n=24, array=1,
+                     model={"compile": True, "batch_size": 8, "bucket_max_tokens": 64})
+    eager = embed(root, PYDOCS, "eager", n=24, array=1, model={"batch_size": 8})
+    assert cosines(vectors(read_run(compiled)), vectors(read_run(eager))).min() >= 0.9999
+    record = read_json(compiled.completion_path(0))
+    assert record["timings"]["compile_warmup"]["busy"] > 0
+    # every compiled batch is a full 8 rows of a power-of-two bucket length
+    assert record["padded_tokens"] % 8 == 0 and record["padded_tokens"] > record["tokens"]
