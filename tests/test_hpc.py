@@ -107,6 +107,7 @@ def test_apptainer_pins_agree_with_pyproject_lock_and_build_script():
     assert python >= minimum
     assert lock["requires-python"] == project["project"]["requires-python"]
     assert args["PYTHON_VERSION"].startswith((REPO / ".python-version").read_text().strip())
+    assert project["tool"]["uv"]["required-version"] == f"=={args['UV_VERSION']}"
     root = next(p for p in lock["package"] if p["name"] == "chatspace")
     locked = {r["name"] for r in root["metadata"]["requires-dist"]}
     declared = {re.split(r"[<>=!~\[ ]", d)[0] for d in project["project"]["dependencies"]}
