@@ -99,3 +99,14 @@ def test_task_out_of_range(root):
 def test_unknown_run(root):
     result = chatspace("status", "nope", root=root)
     assert result.returncode == 2 and "no planned run 'nope'" in result.stderr
+
+
+def test_default_executor_without_sbatch_suggests_local(root, tmp_path):
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    result = chatspace("submit", "embed", "--dataset", str(PYDOCS), "--text-field", "text",
+                       "--n", "3", root=root, env={"PATH": str(bare)})
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("chatspace: error: sbatch is not on PATH: use "
+                                     "--executor local (or debug) to run here")
+    assert files_under(root) == []
