@@ -23,8 +23,13 @@ export SLURM_CONF=$CONF
 
 say() { echo "dev-cluster: $*" >&2; }
 
-alive() {  # alive PIDFILE
-    [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null
+alive() {  # alive PIDFILE: its process runs and is the daemon named by the file (no reused pid)
+    local pid name
+    [[ -s $1 ]] || return 1
+    pid=$(cat "$1")
+    name=$(basename "$1" .pid)
+    [[ $name == mysqld ]] && name=mariadbd
+    [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$name" ]]
 }
 
 wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
