@@ -192,21 +192,46 @@ def _expand(job_id: str) -> list[str]:
     return out
 
 
+def _sacct(base: list[str]) -> dict[str, dict[str, str]] | None:
+    """Finished and live jobs from accounting; None when accounting does not answer."""
+    out = subprocess.run(["sacct", "-n", "-P", "-X", "-j", ",".join(base), "-o",
+                          "JobID,State,ExitCode"], capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:
+        return None
+    states = {}
+    for line in out.stdout.splitlines():
+        job, state, code = (line.split("|") + ["", ""])[:3]
+        for one in _expand(job):
+            states[one] = {"state": state.split()[0] if state else "UNKNOWN", "exit_code": code}
+    return states
+
+
+def _scontrol(base: list[str]) -> dict[str, dict[str, str]]:
+    """Jobs the controller still remembers (MinJobAge), for clusters without accounting."""
+    states = {}
+    for job in base:
+        out = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True,
+                             text=True, timeout=30)
+        for line in out.stdout.splitlines():
+            fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+            task = fields.get("ArrayTaskId")
+            name = f"{fields['ArrayJobId']}_{task}" if task and task.isdigit() else \
+                fields.get("JobId", job)
+            states[name] = {"state": fields.get("JobState", "UNKNOWN"),
+                            "exit_code": fields.get("ExitCode", "")}
+    return states
+
+
 def job_states(job_ids: list[str]) -> dict[str, dict[str, str]]:
-    """Current state of each job id: squeue for live jobs, then sacct (when accounting
-    works) for finished ones. Never waits on a job."""
+    """Current state of each job id: sacct when accounting works, else scontrol; then squeue
+    (authoritative for queued and running jobs). Never waits on a job."""
     base = sorted({j.split("_")[0] for j in job_ids})
     if not base:
         return {}
-    states: dict[str, dict[str, str]] = {}
-    acct = subprocess.run(["sacct", "-n", "-P", "-X", "-j", ",".join(base), "-o",
-                           "JobID,State,ExitCode"], capture_output=True, text=True, timeout=30)
-    if acct.returncode == 0:
-        for line in acct.stdout.splitlines():
-            job, state, code = (line.split("|") + ["", ""])[:3]
-            for one in _expand(job):
-                states[one] = {"state": state.split()[0] if state else "UNKNOWN",
-                               "exit_code": code}
+    states = _sacct(base)
+    if states is None:
+        log.debug("sacct unavailable: using scontrol for finished jobs")
+        states = _scontrol(base)
     queue = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(base), "-o", "%i|%T|%r"],
                            capture_output=True, text=True, timeout=30)
     for line in queue.stdout.splitlines():

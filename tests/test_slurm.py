@@ -4,6 +4,7 @@ submission through submitit, status, resume, cancel, requeue, and bad SLURM inpu
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from datetime import datetime
@@ -175,3 +176,27 @@ def test_bad_slurm_input_submits_nothing(root, args, expected):
     assert len(lines) == 1 and expected in lines[0], result.stderr
     assert files_under(root) == []
     assert set(sh("squeue", "-h", "-o", "%i").split()) - before == set()
+
+
+def test_job_states_without_accounting_fall_back_to_scontrol(slurm_cluster, tmp_path,
+                                                              monkeypatch):
+    from chatspace.slurm import job_states
+
+    array = sh("sbatch", "--parsable", "--array=0-1", "--wrap", "exit 3",
+               f"--output={tmp_path}/%A_%a.out").strip()
+    single = sh("sbatch", "--parsable", "--wrap", "true", f"--output={tmp_path}/%j.out").strip()
+    ids = [f"{array}_0", f"{array}_1", single]
+    with_acct = wait_until(lambda: (s := job_states(ids)) and all(
+        s.get(j, {}).get("state") in ("FAILED", "COMPLETED") for j in ids) and s,
+        timeout=60, what="the jobs to finish in sacct")
+    no_acct = tmp_path / "slurm.conf"
+    no_acct.write_text(re.sub(r"(?m)^AccountingStorageType=.*$",
+                              "AccountingStorageType=accounting_storage/none",
+                              Path(slurm_cluster).read_text()))
+    monkeypatch.setenv("SLURM_CONF", str(no_acct))
+    assert subprocess.run(["sacct", "-n", "-j", single], capture_output=True).returncode != 0
+    without = job_states(ids)
+    for job in ids:
+        assert without[job]["state"] == with_acct[job]["state"]
+        assert without[job]["exit_code"] == with_acct[job]["exit_code"]
+    assert without[f"{array}_0"] == {"state": "FAILED", "exit_code": "3:0"}
