@@ -37,9 +37,9 @@ log = logging.getLogger(__name__)
 
 _DONE = object()
 try:
-    _LIBC: ctypes.CDLL | None = ctypes.CDLL("libc.so.6")
+    _MALLOC_TRIM = getattr(ctypes.CDLL("libc.so.6"), "malloc_trim", None)
 except OSError:  # not glibc
-    _LIBC = None
+    _MALLOC_TRIM = None
 
 
 @dataclass
@@ -68,8 +68,8 @@ def committed_parts(parts_dir: Path) -> list[dict[str, Any]]:
 def release_free_memory() -> None:
     """Hand freed heap pages back to the OS after each part (glibc), so that a task's RSS
     stays flat however many parts its slice has, instead of growing with fragmentation."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 class _Stage(threading.Thread):
@@ -232,6 +232,7 @@ class EmbedTask:
         if done is not None:
             log.info("task %d already complete (%d rows); nothing to do", self.task, done["rows"])
             return done
+        self._remove_stale_temporaries()
         start, stop = self.run.task_bounds(self.task)
         parts = list(enumerate(part_bounds(start, stop, self.spec.run.part_rows)))
         pending = [(n, s, e) for n, (s, e) in parts
@@ -241,6 +242,15 @@ class EmbedTask:
                      len(parts) - len(pending), len(parts))
         dim = self._run_parts(pending) if pending else None
         return self._finish([n for n, _ in parts], dim)
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temp files of an attempt that was killed mid-write (SIGKILL skips their cleanup)."""
+        shard = self.run.shard_path(self.task)
+        stale = list(shard.parent.glob(f".tmp-*-{shard.name}"))
+        stale += self.parts_dir.glob(".tmp-*")
+        for path in stale:
+            log.info("task %d: removing %s left by an interrupted attempt", self.task, path)
+            path.unlink(missing_ok=True)
 
     def _finish(self, numbers: list[int], dim: int | None) -> dict[str, Any]:
         data = [part_paths(self.parts_dir, n)[0] for n in numbers]

@@ -109,8 +109,13 @@ def test_sigkill_midway_resumes_from_last_part(root):
     assert 2 <= committed < 10, "the task should have been killed half-way"
     assert not run.shard_path(0).exists() and not run.completion_path(0).exists()
 
+    stale = run.shard_path(0).parent / f".tmp-99999-{run.shard_path(0).name}"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"PAR1 half a shard from a killed assembly")
+
     resumed = chatspace("run", "embed-task", str(run.dir), "--task", "0")
     assert resumed.returncode == 0, resumed.stderr
+    assert sorted(p.name for p in run.shard_path(0).parent.iterdir()) == ["shard-00000.parquet"]
     assert f"resuming, {committed} of 10 parts already committed" in resumed.stderr
     reduce_run(run)
     killed_manifest = read_json(run.manifest_path)
