@@ -91,11 +91,11 @@ def launch(run: Run, executor: str, *, slurm: SlurmConfig, parallelism: int | No
            wait: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run (local, debug) or submit (slurm) every task of `run` without a valid completion
     record, then its reduce; record the submission in the run record and return it."""
-    from chatspace.slurm import submit
-
     pending = [t for t in range(run.num_tasks) if run.completion(t) is None]
     if executor == "slurm":
-        record = submit(run, pending, slurm)
+        from chatspace.slurm import SlurmExecutor
+
+        record = SlurmExecutor(slurm).execute(run, pending)
         if wait:
             from chatspace.watch import follow
 

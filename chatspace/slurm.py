@@ -173,6 +173,8 @@ def submit(run: Run, tasks: list[int], cfg: SlurmConfig) -> dict[str, Any]:
         "reduce_job_id": reduce_job.job_id,
         "sbatch_parameters": task_params,
         "reduce_sbatch_parameters": reduce_params,
+        "sbatch_scripts": [str(run.log_dir / f"{job}_submission.sh")
+                           for job in [a["job_id"] for a in arrays] + [reduce_job.job_id]],
         "python": executor.python,
         "slurm_config": asdict(cfg),
     }

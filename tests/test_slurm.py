@@ -50,6 +50,9 @@ def test_submit_wait_matches_local_rows_and_bytes(root):
     assert record["reduce_sbatch_parameters"]["dependency"] == \
         f"afterok:{record['arrays'][0]['job_id']}"
     assert read_json(Path(out["run_dir"]) / "submissions.json")[0]["reduce_job_id"]
+    scripts = [Path(p).read_text() for p in record["sbatch_scripts"]]
+    assert "#SBATCH --array=0-3" in scripts[0] and "#SBATCH --requeue" in scripts[0]
+    assert "#SBATCH --dependency=afterok:" in scripts[1]
 
     slurm_run = Run.open(out["run_dir"])
     local = embed(root, PYDOCS, "on-debug", n=40, array=4)
