@@ -36,13 +36,16 @@ def redact(value: Any) -> Any:
     return value
 
 
-def _check_shard(run: Run, task: int, record: dict[str, Any]) -> tuple[list[str], pa.Array]:
-    """Problems with one shard (empty if none), and its ids."""
+def _check_shard(run: Run, task: int,
+                 record: dict[str, Any]) -> tuple[list[str], pa.Array, int]:
+    """Problems with one shard (empty if none), its ids and its embedding dimension."""
     start, stop = run.task_bounds(task)
-    table = pq.read_table(run.shard_path(task))
-    dim = table.schema.field("embedding").type.list_size
-    if not table.schema.equals(shard_schema(dim), check_metadata=False):
-        return [f"schema differs from the shard schema: {table.schema}"], pa.array([], pa.string())
+    schema = pq.read_schema(run.shard_path(task))
+    dim = schema.field("embedding").type.list_size
+    if not schema.equals(shard_schema(dim), check_metadata=False):
+        return [f"schema differs from the shard schema: {schema}"], pa.array([], pa.string()), dim
+    table = pq.read_table(run.shard_path(task), columns=["id", "metadata", "embedding",
+                                                          "run_id"])
     problems = []
     if table.num_rows != record["rows"]:
         problems.append(f"{table.num_rows} rows but its completion record says {record['rows']}")
@@ -56,7 +59,7 @@ def _check_shard(run: Run, task: int, record: dict[str, Any]) -> tuple[list[str]
     if len(set(table.column("run_id").to_pylist())) > 1 or (
             table.num_rows and table.column("run_id")[0].as_py() != run.run_id):
         problems.append("holds rows of another run")
-    return problems, table.column("id").combine_chunks()
+    return problems, table.column("id").combine_chunks(), dim
 
 
 def task_problem(run: Run, task: int) -> str:
@@ -79,9 +82,9 @@ def reduce_run(run: Run) -> dict[str, Any]:
         if record is None:
             problems.append(task_problem(run, task))
             continue
-        shard_problems, ids = _check_shard(run, task, record)
+        shard_problems, ids, dim = _check_shard(run, task, record)
         problems.extend(f"task {task}: shard {run.shard_path(task)} {p}" for p in shard_problems)
-        dims.add(pq.read_schema(run.shard_path(task)).field("embedding").type.list_size)
+        dims.add(dim)
         records.append(record)
         id_chunks.append(ids)
     if len(dims) > 1:
