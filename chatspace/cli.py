@@ -13,7 +13,7 @@ import click
 from chatspace.errors import BadInput, RunFailed
 from chatspace.options import (
     SLURM_FLAGS,
-    default_executor,
+    check_executor,
     embed_options,
     executor_options,
     json_option,
@@ -106,9 +106,7 @@ def submit_embed_cmd(spec_file: str | None, root: str | None, run_id: str | None
     `submit` returns at once unless --wait."""
     from chatspace.planner import plan_embed
 
-    executor = default_executor(executor)
-    if parallelism is not None and parallelism < 1:
-        raise BadInput(f"--parallelism must be >= 1, got {parallelism}")
+    executor = check_executor(executor, parallelism)
     spec = spec_from_cli(spec_file, params)
     if executor == "slurm":
         from chatspace.slurm import check_slurm_options
@@ -156,8 +154,8 @@ def resume(run_ref: str, root: str | None, executor: str | None, parallelism: in
 
     run = open_run(run_ref, root)
     history = run.submissions()
-    executor = executor or (history[-1]["executor"] if history else None)
-    executor = default_executor(executor)
+    executor = check_executor(executor or (history[-1]["executor"] if history else None),
+                              parallelism)
     slurm = run.spec.slurm
     changes = {k: v for k, v in overrides_from(params, SLURM_FLAGS)["slurm"].items()
                if v is not None}

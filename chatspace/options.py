@@ -6,7 +6,6 @@ given flags into spec overrides, so every spec key has exactly one flag.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -107,12 +106,12 @@ def spec_from_cli(spec_file: str | None, params: dict[str, Any]) -> EmbedSpec:
     return resolve_spec(spec_file, overrides_from(params, EMBED_FLAGS + SLURM_FLAGS))
 
 
-def default_executor(executor: str | None) -> str:
-    if executor is not None:
-        return executor
-    if shutil.which("sbatch"):
-        return "slurm"
-    raise BadInput("sbatch is not on PATH: use --executor local (or debug) to run here")
+def check_executor(executor: str | None, parallelism: int | None) -> str:
+    """The executor to use (default slurm) once --parallelism is checked. SLURM itself
+    (sbatch on PATH, its options) is checked by `chatspace.slurm.check_slurm_options`."""
+    if parallelism is not None and parallelism < 1:
+        raise BadInput(f"--parallelism must be >= 1, got {parallelism}")
+    return executor or "slurm"
 
 
 def executor_options(fn: Callable) -> Callable:
