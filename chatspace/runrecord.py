@@ -173,10 +173,11 @@ class Run:
                 jobs.update(zip(array["tasks"], array["jobs"], strict=True))
         return jobs
 
-    def task_logs(self, task: int) -> list[Path]:
+    def task_logs(self, task: int, jobs: dict[int, str] | None = None) -> list[Path]:
         """Existing log files of the task's latest attempt: ``local-{task}.log`` from the local
-        executor, or submitit's ``{A}_{a}_0_log.out`` and ``.err`` (error output last)."""
-        job = self.task_jobs().get(task)
+        executor, or submitit's ``{A}_{a}_0_log.out`` and ``.err`` (error output last).
+        `jobs` is `task_jobs()` when the caller has it already."""
+        job = (self.task_jobs() if jobs is None else jobs).get(task)
         names = ([f"{job}_0_log.out", f"{job}_0_log.err"] if job
                  else [f"local-{task:05d}.log"])
         return [self.log_dir / n for n in names if (self.log_dir / n).exists()]

@@ -22,15 +22,16 @@ def tail(path: Path, lines: int = 5) -> list[str]:
         return []
 
 
-def task_state(run: Run, task: int, job: dict[str, str] | None = None,
-               verify: bool = False) -> dict[str, Any]:
-    """State of one task. `job` is its SLURM job's state, if it has one; `verify` re-hashes a
-    finished task's shard."""
+def task_state(run: Run, task: int, jobs: dict[int, str],
+               states: dict[str, dict[str, str]], verify: bool = False) -> dict[str, Any]:
+    """State of one task, given the run's `task_jobs()` and their SLURM `states`; `verify`
+    re-hashes a finished task's shard."""
     start, stop = run.task_bounds(task)
     state: dict[str, Any] = {"task": task, "rows": stop - start}
     path = run.completion_path(task)
     record = run.completion(task) if verify else (read_json(path) if path.exists() else None)
-    logs = run.task_logs(task)
+    job = states.get(jobs.get(task, ""))
+    logs = run.task_logs(task, jobs)
     state["log"] = str(logs[-1]) if logs else None
     if record is not None:
         state.update(state="done", rows_done=record["rows"] + len(record["skipped_rows"]))
@@ -53,8 +54,7 @@ def run_status(run: Run, verify: bool = False) -> dict[str, Any]:
     jobs = run.task_jobs()
     reduce_id = history[-1].get("reduce_job_id") if history else None
     states = job_states(list(jobs.values()) + ([reduce_id] if reduce_id else []))
-    tasks = [task_state(run, t, states.get(jobs.get(t, "")), verify)
-             for t in range(run.num_tasks)]
+    tasks = [task_state(run, t, jobs, states, verify) for t in range(run.num_tasks)]
     manifest = run.manifest_path if run.manifest_path.exists() else None
     names = ("done", "running", "pending", "failed", "partial", "missing")
     return {
