@@ -14,11 +14,9 @@ from pathlib import Path
 
 import torch
 
-from bench.common import timed, write_corpus
-from chatspace.config import resolve_spec
-from chatspace.model import resolve_model
-from chatspace.pipeline import run_embed_task
-from chatspace.planner import plan_embed
+from bench.common import plan_embed, timed, write_corpus
+from chatspace.jobs.embed.st_model import resolve_model
+from chatspace.runs.task import run_task
 
 
 def main() -> None:
@@ -45,12 +43,11 @@ def main() -> None:
         best = max(best, rate)
         print(f"encode batch {size:4d}: {seconds:7.2f} s  {rate:8.0f} tok/s")
 
-    spec = resolve_spec(None, {
+    run = plan_embed({
         "dataset": {"name": str(work / "corpus.parquet"), "text_field": "text"},
         "sampling": {"p": 1.0}, "model": {"batch_size": args.task_batch_size},
-        "run": {"array": 1}})
-    run, _ = plan_embed(spec, work / "root")
-    seconds, record = timed(lambda: run_embed_task(run, 0))
+        "run": {"array": 1}}, work / "root")
+    seconds, record = timed(lambda: run_task(run, 0))
     assert record["tokens"] == tokens, (record["tokens"], tokens)
     rate = tokens / seconds
     padding = 1 - record["tokens"] / record["padded_tokens"]

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from bench.common import timed, write_corpus
-from chatspace.model import resolve_model
+from chatspace.jobs.embed.st_model import resolve_model
 
 
 def main() -> None:

@@ -12,24 +12,20 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import write_corpus
-from chatspace.config import resolve_spec
-from chatspace.planner import plan_embed
+from bench.common import plan_embed, write_corpus
 
 CHILD = """
 import resource, sys
-from chatspace.runrecord import Run
-from chatspace.pipeline import run_embed_task
-run_embed_task(Run.open(sys.argv[1]), 0)
+from chatspace.jobs import open_run
+from chatspace.runs.task import run_task
+run_task(open_run(sys.argv[1], None), 0)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
 def peak_rss_mb(work: Path, rows: int) -> float:
-    spec = resolve_spec(None, {"dataset": {"name": str(work / "corpus.parquet"),
-                                           "text_field": "text"},
-                               "sampling": {"n": rows}, "run": {"array": 1}})
-    run, _ = plan_embed(spec, work / "root")
+    run = plan_embed({"dataset": {"name": str(work / "corpus.parquet"), "text_field": "text"},
+                      "sampling": {"n": rows}, "run": {"array": 1}}, work / "root")
     out = subprocess.run([sys.executable, "-c", CHILD, str(run.dir)], capture_output=True,
                          text=True, check=True)
     return int(out.stdout.split()[-1]) / 1024

@@ -71,7 +71,7 @@ def root(tmp_path: Path) -> Path:
 def st_model():
     from sentence_transformers import SentenceTransformer
 
-    from chatspace.model import resolve_model
+    from chatspace.jobs.embed.st_model import resolve_model
 
     return SentenceTransformer(resolve_model(None).path, device="cpu")
 

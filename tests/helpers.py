@@ -8,10 +8,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from chatspace.config import resolve_spec
-from chatspace.executors import DebugExecutor
-from chatspace.planner import plan_embed
-from chatspace.runrecord import Run
+from chatspace.jobs import JOB_TYPES
+from chatspace.jobs.embed.spec import EmbedSpec
+from chatspace.runs.executors import DebugExecutor
+from chatspace.runs.plan import plan_run
+from chatspace.runs.record import Run
+from chatspace.specs import resolve_spec
 
 
 def plan(root: Path, data: Path, run_id: str | None = None, *, n: int = 60,
@@ -20,8 +22,8 @@ def plan(root: Path, data: Path, run_id: str | None = None, *, n: int = 60,
                  "sampling": {"n": n, "seed": 1}, "run": {"array": array}}
     for section, values in sections.items():
         overrides.setdefault(section, {}).update(values)
-    run, _ = plan_embed(resolve_spec(None, overrides), root, run_id)
-    return run
+    return plan_run(JOB_TYPES["embed"], resolve_spec(EmbedSpec, None, overrides), root,
+                    run_id).run
 
 
 def embed(root: Path, data: Path, run_id: str | None = None, **kwargs: Any) -> Run:
@@ -30,5 +32,13 @@ def embed(root: Path, data: Path, run_id: str | None = None, **kwargs: Any) -> R
     return run
 
 
+def shard(run: Run, task: int) -> Path:
+    return run.output_paths(task)["shard"]
+
+
+def open_run(ref: str | Path) -> Run:
+    return Run.open(str(ref), Path("/nonexistent"), JOB_TYPES)
+
+
 def read_run(run: Run) -> pa.Table:
-    return pa.concat_tables(pq.read_table(run.shard_path(t)) for t in range(run.num_tasks))
+    return pa.concat_tables(pq.read_table(shard(run, t)) for t in range(run.num_tasks))

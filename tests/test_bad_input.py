@@ -33,7 +33,7 @@ def assert_bad(args: list[str], root: Path, expected: str) -> None:
     (["--n", "10", "--p", "0.5"], "give exactly one of sampling.n (--n) and sampling.p"),
     ([], "give exactly one of sampling.n (--n) and sampling.p"),
     (["--n", "10", "--array", "0"], "run.array (--array) must be >= 1, got 0"),
-    (["--n", "10", "--array", "11"], "run.array (--array) = 11 is larger than the 10 sampled"),
+    (["--n", "10", "--array", "11"], "run.array (--array) = 11 is larger than the 10 rows to run"),
     (["--n", "10", "--model", "/no/such/model"], "model path not found: /no/such/model"),
     (["--n", "10", "--model", "no-org/no-model"], "model 'no-org/no-model' is neither"),
     (["--n", "10", "--batch-size", "0"], "model.batch_size must be >= 1, got 0"),

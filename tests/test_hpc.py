@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from chatspace.commands import reduce_command, task_command
-from chatspace.runrecord import Run, read_json, sha256_file
+from chatspace.jobs import JOB_TYPES
+from chatspace.runs.commands import reduce_command, task_command
+from chatspace.runs.record import Run, read_json, sha256_file
 from tests.conftest import PYDOCS, REPO, chatspace, wait_until
-from tests.helpers import read_run
+from tests.helpers import open_run, read_run, shard
 
 DEF = REPO / "Apptainer.def"
 SECTIONS = {"arguments", "setup", "files", "post", "environment", "runscript", "startscript",
@@ -120,8 +121,8 @@ def test_apptainer_pins_agree_with_pyproject_lock_and_build_script():
 
 
 def test_templates_run_the_shared_task_and_reduce_commands():
-    run = Run(Path("/r"), "x")
-    embed = (REPO / "hpc" / "embed.sbatch").read_text()
+    run = Run(Path("/r"), "x", JOB_TYPES["embed"])
+    embed = (REPO / "hpc" / "task.sbatch").read_text()
     reduce = (REPO / "hpc" / "reduce.sbatch").read_text()
     task_line = " ".join(task_command(run, "$SLURM_ARRAY_TASK_ID")).replace(
         "/r/runs/x", '"$RUN"').replace("--task $SLURM_ARRAY_TASK_ID",
@@ -176,7 +177,7 @@ def test_templates_on_the_cluster_match_the_submitit_path(slurm_cluster, root, a
               "--array", "2"]
     planned = chatspace("plan", "embed", *common, "--json", "--run-id", "by-template",
                         root=root)
-    run = Run.open(json.loads(planned.stdout)["run_dir"])
+    run = open_run(json.loads(planned.stdout)["run_dir"])
     env = {**os.environ, "CHATSPACE_IMAGE": str(image), "CHATSPACE_ROOT": str(root)}
     job = sbatch("--array=0-1", "hpc/embed.sbatch", str(run.dir), env=env)
     sbatch(f"--dependency=afterok:{job}", "hpc/reduce.sbatch", str(run.dir), env=env)
@@ -192,20 +193,20 @@ def test_templates_on_the_cluster_match_the_submitit_path(slurm_cluster, root, a
     via_submitit = chatspace("submit", "embed", *common, "--executor", "slurm", "--wait",
                              "--json", "--container", str(image), root=root)
     assert via_submitit.returncode == 0, via_submitit.stderr
-    other = Run.open(json.loads(via_submitit.stdout)["run_dir"])
+    other = open_run(json.loads(via_submitit.stdout)["run_dir"])
     drop = ["run_id", "created_at"]
     assert read_run(run).drop(drop).equals(read_run(other).drop(drop))
     assert any("python -u -m submitit.core._submit" in c
                for c in apptainer_shim.read_text().splitlines()[3:])
 
     # the same planned run executed by submitit: byte-identical shards
-    shas = [sha256_file(run.shard_path(t)) for t in range(2)]
+    shas = [sha256_file(shard(run, t)) for t in range(2)]
     for t in range(2):
         run.completion_path(t).unlink()
-        run.shard_path(t).unlink()
+        shard(run, t).unlink()
     resumed = chatspace("resume", str(run.dir), "--executor", "slurm", "--wait", root=root)
     assert resumed.returncode == 0, resumed.stderr
-    assert [sha256_file(run.shard_path(t)) for t in range(2)] == shas
+    assert [sha256_file(shard(run, t)) for t in range(2)] == shas
     assert read_json(run.manifest_path)["rows_total"] == 30
 
 

@@ -14,10 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from chatspace.pipeline import run_embed_task
-from chatspace.runrecord import Run, read_json, sha256_file
+from chatspace.runs.record import read_json, sha256_file
+from chatspace.runs.task import run_task as run_embed_task
 from tests.conftest import PYDOCS, chatspace, files_under, wait_until
-from tests.helpers import embed, read_run
+from tests.helpers import embed, open_run, read_run, shard
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
@@ -54,17 +54,17 @@ def test_submit_wait_matches_local_rows_and_bytes(root):
     assert "#SBATCH --array=0-3" in scripts[0] and "#SBATCH --requeue" in scripts[0]
     assert "#SBATCH --dependency=afterok:" in scripts[1]
 
-    slurm_run = Run.open(out["run_dir"])
+    slurm_run = open_run(out["run_dir"])
     local = embed(root, PYDOCS, "on-debug", n=40, array=4)
     drop = ["run_id", "created_at"]
     assert read_run(slurm_run).drop(drop).equals(read_run(local).drop(drop))
 
-    shas = [sha256_file(slurm_run.shard_path(t)) for t in range(4)]
+    shas = [sha256_file(shard(slurm_run, t)) for t in range(4)]
     for t in (0, 3):  # the same planned tasks, executed in-process: byte-identical shards
         slurm_run.completion_path(t).unlink()
-        slurm_run.shard_path(t).unlink()
+        shard(slurm_run, t).unlink()
         run_embed_task(slurm_run, t)
-    assert [sha256_file(slurm_run.shard_path(t)) for t in range(4)] == shas
+    assert [sha256_file(shard(slurm_run, t)) for t in range(4)] == shas
 
 
 def test_large_array_is_split_at_max_array_size_and_reduce_waits(root):
@@ -123,7 +123,7 @@ def test_failed_task_shows_in_status_and_resume_completes(root, tmp_path):
     same = ("rows_total", "rows_skipped", "sampling", "embedding_dim", "model")
     assert {k: manifest[k] for k in same} == {k: expected[k] for k in same}
     drop = ["run_id", "created_at"]
-    assert read_run(Run.open(run_dir)).drop(drop).equals(read_run(fresh).drop(drop))
+    assert read_run(open_run(run_dir)).drop(drop).equals(read_run(fresh).drop(drop))
 
 
 def test_task_killed_without_result_is_reported_quickly(root):
@@ -152,7 +152,7 @@ def test_requeued_task_continues_from_its_last_part(root):
                     "--batch-size", "4", n=1000, array=1)
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    run = Run.open(out["run_dir"])
+    run = open_run(out["run_dir"])
     job = out["submission"]["arrays"][0]["jobs"][0]
     assert job.isdigit(), "a one-task array is submitted as a plain job"
     wait_until(lambda: len(list(run.parts_dir(0).glob("part-*.json"))) >= 2, what="2 parts")
@@ -183,7 +183,7 @@ def test_bad_slurm_input_submits_nothing(root, args, expected):
 
 def test_job_states_without_accounting_fall_back_to_scontrol(slurm_cluster, tmp_path,
                                                               monkeypatch):
-    from chatspace.slurm import job_states
+    from chatspace.runs.slurm import job_states
 
     array = sh("sbatch", "--parsable", "--array=0-1", "--wrap", "exit 3",
                f"--output={tmp_path}/%A_%a.out").strip()

@@ -14,12 +14,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from chatspace.pipeline import run_embed_task
-from chatspace.reduce import reduce_run, verify_run
-from chatspace.runrecord import read_json, sha256_file
-from chatspace.writer import shard_schema
+from chatspace.jobs.embed.schema import shard_schema
+from chatspace.runs.record import read_json, sha256_file
+from chatspace.runs.reduce import reduce_run, verify_run
+from chatspace.runs.task import run_task as run_embed_task
 from tests.conftest import PYDOCS, REPO, chatspace
-from tests.helpers import embed, plan, read_run
+from tests.helpers import embed, plan, read_run, shard
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -62,15 +62,15 @@ def test_long_texts_are_truncated_and_recorded(root, tmp_path, st_model):
 
 def test_rerun_gives_byte_identical_shard(root):
     run = embed(root, PYDOCS, n=80, array=2)
-    before = [sha256_file(run.shard_path(t)) for t in range(2)]
+    before = [sha256_file(shard(run, t)) for t in range(2)]
     record_mtime = run.completion_path(0).stat().st_mtime
     run_embed_task(run, 0)  # complete: a no-op
     assert run.completion_path(0).stat().st_mtime == record_mtime
     for t in range(2):
         run.completion_path(t).unlink()
-        run.shard_path(t).unlink()
+        shard(run, t).unlink()
         run_embed_task(run, t)
-    assert [sha256_file(run.shard_path(t)) for t in range(2)] == before
+    assert [sha256_file(shard(run, t)) for t in range(2)] == before
 
 
 def test_two_plans_of_one_spec_give_the_same_rows(root):
@@ -107,15 +107,15 @@ def test_sigkill_midway_resumes_from_last_part(root):
     proc.wait()
     committed = len(list(parts_dir.glob("part-*.json")))
     assert 2 <= committed < 10, "the task should have been killed half-way"
-    assert not run.shard_path(0).exists() and not run.completion_path(0).exists()
+    assert not shard(run, 0).exists() and not run.completion_path(0).exists()
 
-    stale = run.shard_path(0).parent / f".tmp-99999-{run.shard_path(0).name}"
+    stale = shard(run, 0).parent / f".tmp-99999-{shard(run, 0).name}"
     stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_bytes(b"PAR1 half a shard from a killed assembly")
 
     resumed = chatspace("run", "embed-task", str(run.dir), "--task", "0")
     assert resumed.returncode == 0, resumed.stderr
-    assert sorted(p.name for p in run.shard_path(0).parent.iterdir()) == ["shard-00000.parquet"]
+    assert sorted(p.name for p in shard(run, 0).parent.iterdir()) == ["shard-00000.parquet"]
     assert f"resuming, {committed} of 10 parts already committed" in resumed.stderr
     reduce_run(run)
     killed_manifest = read_json(run.manifest_path)
@@ -123,10 +123,10 @@ def test_sigkill_midway_resumes_from_last_part(root):
     fresh = embed(root, PYDOCS, "uninterrupted", n=400, array=1, run={"part_rows": 40},
                   model={"batch_size": 8})
     fresh_manifest = read_json(fresh.manifest_path)
-    assert sha256_file(run.shard_path(0)) != "" and pq.read_table(run.shard_path(0)).drop(
-        ["run_id", "created_at"]).equals(pq.read_table(fresh.shard_path(0)).drop(
+    assert sha256_file(shard(run, 0)) != "" and pq.read_table(shard(run, 0)).drop(
+        ["run_id", "created_at"]).equals(pq.read_table(shard(fresh, 0)).drop(
             ["run_id", "created_at"]))
-    ignore = {"run_id", "created_at", "shards", "totals", "run_config", "tool"}
+    ignore = {"run_id", "created_at", "shards", "files", "totals", "run_config", "tool"}
     assert {k: v for k, v in killed_manifest.items() if k not in ignore} == \
         {k: v for k, v in fresh_manifest.items() if k not in ignore}
     assert killed_manifest["totals"]["tokens"] == fresh_manifest["totals"]["tokens"]
@@ -143,19 +143,19 @@ def test_killed_task_shard_matches_its_own_uninterrupted_rerun(root):
     proc.kill()
     proc.wait()
     run_embed_task(run, 0)
-    interrupted = sha256_file(run.shard_path(0))
+    interrupted = sha256_file(shard(run, 0))
     run.completion_path(0).unlink()
-    run.shard_path(0).unlink()
+    shard(run, 0).unlink()
     run_embed_task(run, 0)
-    assert sha256_file(run.shard_path(0)) == interrupted
+    assert sha256_file(shard(run, 0)) == interrupted
 
 
 def test_reduce_names_deleted_and_corrupted_shards(root):
     run = embed(root, PYDOCS, n=60, array=3)
-    run.shard_path(0).unlink()
-    data = bytearray(run.shard_path(2).read_bytes())
+    shard(run, 0).unlink()
+    data = bytearray(shard(run, 2).read_bytes())
     data[len(data) // 2] ^= 0xFF
-    run.shard_path(2).write_bytes(bytes(data))
+    shard(run, 2).write_bytes(bytes(data))
     result = chatspace("run", "reduce", str(run.dir))
     assert result.returncode == 1
     assert "task 0:" in result.stderr and "task 2:" in result.stderr
@@ -167,9 +167,9 @@ def test_verify_catches_a_flipped_byte(root):
     assert verify_run(run) == []
     ok = chatspace("verify", str(run.dir), "--json")
     assert ok.returncode == 0 and json.loads(ok.stdout)["ok"] is True
-    data = bytearray(run.shard_path(1).read_bytes())
+    data = bytearray(shard(run, 1).read_bytes())
     data[100] ^= 0x01
-    run.shard_path(1).write_bytes(bytes(data))
+    shard(run, 1).write_bytes(bytes(data))
     bad = chatspace("verify", str(run.dir), "--json")
     assert bad.returncode == 1
     report = json.loads(bad.stdout)
@@ -203,12 +203,12 @@ def test_local_and_debug_executors_write_identical_shards(root):
                        "--n", "60", "--seed", "1", "--array", "2", "--executor", "local",
                        "--run-id", "cross", root=root)
     assert result.returncode == 0, result.stderr
-    local = [sha256_file(run.shard_path(t)) for t in range(2)]
+    local = [sha256_file(shard(run, t)) for t in range(2)]
     for t in range(2):
         run.completion_path(t).unlink()
-        run.shard_path(t).unlink()
+        shard(run, t).unlink()
         run_embed_task(run, t)
-    assert [sha256_file(run.shard_path(t)) for t in range(2)] == local
+    assert [sha256_file(shard(run, t)) for t in range(2)] == local
 
 
 def test_embed_hf_is_a_one_process_run(root):

@@ -11,12 +11,16 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from chatspace.bucketing import make_batches
-from chatspace.config import DatasetConfig, ModelConfig, SamplingConfig, resolve_spec
-from chatspace.dataset import RowReader, open_source
+from chatspace.data.config import DatasetConfig, SamplingConfig
+from chatspace.data.sampling import draw_sample
+from chatspace.data.sources import RowReader, open_source
+from chatspace.data.texts import extract
 from chatspace.errors import BadInput
-from chatspace.sampling import draw_sample, part_bounds, slice_bounds
-from chatspace.texts import extract
+from chatspace.jobs.embed.bucketing import make_batches
+from chatspace.jobs.embed.spec import EmbedSpec, ModelConfig
+from chatspace.runs.plan import slice_bounds
+from chatspace.runs.task import part_bounds
+from chatspace.specs import resolve_spec
 from tests.conftest import PYDOCS, REPO
 
 
@@ -42,9 +46,9 @@ def test_slices_are_contiguous_and_balanced():
     assert bounds == [(0, 3), (3, 6), (6, 10)]
     sizes = [e - s for s, e in slice_bounds(1001, 64)]
     assert max(sizes) - min(sizes) <= 1 and sum(sizes) == 1001
-    with pytest.raises(BadInput, match="larger than the 5 sampled rows"):
+    with pytest.raises(BadInput, match="larger than the 5 rows"):
         slice_bounds(5, 6)
-    assert part_bounds(10, 25, 10) == [(10, 20), (20, 25)]
+    assert [(p.start, p.stop) for p in part_bounds(10, 25, 10)] == [(10, 20), (20, 25)]
 
 
 def test_batches_sorted_and_sized():
@@ -71,14 +75,15 @@ def test_spec_file_and_flag_overrides(tmp_path: Path):
     spec_file = tmp_path / "s.toml"
     spec_file.write_text('[dataset]\nname = "x.jsonl"\ntext_field = "text"\n'
                          '[sampling]\nn = 5\nseed = 3\n[run]\narray = 2\n')
-    spec = resolve_spec(spec_file, {"sampling": {"seed": 9, "n": None}, "run": {"array": 4}})
+    spec = resolve_spec(EmbedSpec, spec_file,
+                        {"sampling": {"seed": 9, "n": None}, "run": {"array": 4}})
     assert (spec.sampling.seed, spec.sampling.n, spec.run.array) == (9, 5, 4)
     spec_file.write_text('[dataset]\nname = "x"\ntext_field = "t"\nbogus = 1\n')
     with pytest.raises(BadInput, match="unknown key dataset.bogus"):
-        resolve_spec(spec_file, {})
+        resolve_spec(EmbedSpec, spec_file, {})
     spec_file.write_text('[sampling]\nn = "five"\n')
     with pytest.raises(BadInput, match="sampling.n must be int"):
-        resolve_spec(spec_file, {})
+        resolve_spec(EmbedSpec, spec_file, {})
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "csv", "arrow", "jsonl"])
@@ -133,5 +138,5 @@ def test_extract_text_and_messages():
 @pytest.mark.parametrize("spec_file", sorted((REPO / "jobs").glob("*.toml")),
                          ids=lambda p: p.name)
 def test_shipped_job_specs_are_valid(spec_file: Path):
-    spec = resolve_spec(spec_file, {})
+    spec = resolve_spec(EmbedSpec, spec_file, {})
     assert spec.dataset.name and spec.run.array >= 1

@@ -11,9 +11,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from chatspace.dataset import open_source, read_file_table
-from chatspace.planner import check_writable
-from chatspace.runrecord import tool_info, write_json
+from chatspace.data.sources import open_source, read_file_table
+from chatspace.runs.record import check_writable, tool_info, write_json
 
 
 def record_dataset(name: str, subset: str | None, split: str | None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from chatspace.config import ModelConfig
+from chatspace.jobs.embed.spec import ModelConfig
 
 
 @dataclass(frozen=True)

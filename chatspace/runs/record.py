@@ -1,8 +1,10 @@
 """The run record: one directory per run under ``{root}/runs/{run_id}`` holding the resolved
-spec, the plan, the sample, per-task completion records, in-progress parts, the submission
-record and the logs. Outputs live beside it under the seeds' layout, always keyed by run id.
+spec, the plan, per-task completion records, in-progress parts, the submission record and the
+logs. Outputs live where the job type's plan put them, always keyed by run id.
 
-Every file is written atomically (temp name in the same directory, fsync, rename).
+Every file is written atomically (temp name in the same directory, fsync, rename). A task is
+*done* when its completion record exists and every output file it lists is there with its
+recorded size (and, where it matters, its recorded sha256).
 """
 
 from __future__ import annotations
@@ -12,17 +14,19 @@ import hashlib
 import json
 import os
 import subprocess
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from chatspace import __version__
-from chatspace.config import EmbedSpec, spec_from_dict
-from chatspace.dataset import SourceInfo
 from chatspace.errors import BadInput
+from chatspace.runs.job import JobType
+from chatspace.specs import JobSpec, spec_from_dict
 
 DEFAULT_ROOT = "/workspace"
 
@@ -31,8 +35,17 @@ def default_root() -> Path:
     return Path(os.environ.get("CHATSPACE_ROOT", DEFAULT_ROOT))
 
 
+def check_writable(root: Path) -> None:
+    probe = root
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise BadInput(f"root {root} is not writable (checked {probe}); "
+                       "choose another with --root or CHATSPACE_ROOT")
+
+
 @contextlib.contextmanager
-def atomic_path(path: Path):
+def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
@@ -54,6 +67,15 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
+def write_parquet(path: Path, tables: Iterable[pa.Table], schema: pa.Schema,
+                  options: dict[str, Any]) -> None:
+    """Write tables (one row group each) to `path` atomically: a reader never sees a partial
+    file, and a failure leaves nothing behind."""
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, **options) as writer:
+        for table in tables:
+            writer.write_table(table, row_group_size=max(table.num_rows, 1))
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -62,7 +84,26 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def spec_hash(spec: EmbedSpec) -> str:
+def file_entry(path: Path, **extra: Any) -> dict[str, Any]:
+    """A file as completion records and manifests list it: path, bytes, sha256."""
+    return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path),
+            **extra}
+
+
+def file_problem(entry: dict[str, Any], check_hash: bool = True) -> str | None:
+    """Why a listed file no longer matches its entry (None if it does)."""
+    path = Path(entry["path"])
+    if not path.exists():
+        return f"{path} is missing"
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        return f"{path} has {size} bytes, its record says {entry['bytes']}"
+    if check_hash and sha256_file(path) != entry["sha256"]:
+        return f"{path} sha256 differs from its record"
+    return None
+
+
+def spec_hash(spec: JobSpec) -> str:
     text = json.dumps(spec.work_dict(), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -80,10 +121,11 @@ def tool_info() -> dict[str, str | None]:
 
 @dataclass(frozen=True)
 class Run:
-    """Paths and records of one planned run. Construct with `Run.open` or the planner."""
+    """Paths and records of one planned run, and the job type that runs it."""
 
     root: Path
     run_id: str
+    job: JobType = field(compare=False)
 
     @property
     def dir(self) -> Path:
@@ -102,20 +144,16 @@ class Run:
         return read_json(self.plan_path)
 
     @cached_property
-    def spec(self) -> EmbedSpec:
-        return spec_from_dict(self.plan["spec"])
-
-    @cached_property
-    def source(self) -> SourceInfo:
-        return SourceInfo.from_dict(self.plan["source"])
-
-    @cached_property
-    def sample(self) -> np.ndarray:
-        return np.load(self.dir / "sample.npy")
+    def spec(self) -> Any:
+        return spec_from_dict(self.job.spec_type, self.plan["spec"])
 
     @property
     def num_tasks(self) -> int:
         return len(self.plan["tasks"])
+
+    @property
+    def rows(self) -> int:
+        return self.plan["tasks"][-1]["stop"]
 
     def task_bounds(self, task: int) -> tuple[int, int]:
         entry = self.plan["tasks"][task]
@@ -129,8 +167,10 @@ class Run:
     def manifest_path(self) -> Path:
         return Path(self.plan["manifest_path"])
 
-    def shard_path(self, task: int) -> Path:
-        return self.output_dir / f"shard-{task:05d}.parquet"
+    def output_paths(self, task: int) -> dict[str, Path]:
+        """Output name -> the file the task writes."""
+        return {name: self.output_dir / pattern.format(task=task)
+                for name, pattern in self.plan["outputs"].items()}
 
     def completion_path(self, task: int) -> Path:
         return self.dir / "tasks" / f"task-{task:05d}.json"
@@ -138,16 +178,14 @@ class Run:
     def parts_dir(self, task: int) -> Path:
         return self.dir / "parts" / f"task-{task:05d}"
 
-    def completion(self, task: int) -> dict[str, Any] | None:
-        """The task's completion record, if it exists and its shard still matches it."""
+    def completion(self, task: int, check_hash: bool = True) -> dict[str, Any] | None:
+        """The task's completion record if the task is done: every output it lists is there
+        with its recorded size (and sha256 unless `check_hash` is False)."""
         path = self.completion_path(task)
         if not path.exists():
             return None
         record = read_json(path)
-        shard = self.shard_path(task)
-        if not shard.exists() or shard.stat().st_size != record["bytes"]:
-            return None
-        if sha256_file(shard) != record["sha256"]:
+        if any(file_problem(e, check_hash) for e in record["outputs"]):
             return None
         return record
 
@@ -183,14 +221,19 @@ class Run:
         return [self.log_dir / n for n in names if (self.log_dir / n).exists()]
 
     @classmethod
-    def open(cls, ref: str, root: Path | None = None) -> Run:
-        """Resolve RUN (a run directory or a run id under root) to a planned run."""
+    def open(cls, ref: str, root: Path, job_types: Mapping[str, JobType]) -> Run:
+        """Resolve RUN (a run directory or a run id under root) to a planned run of one of
+        `job_types`."""
         path = Path(ref).expanduser()
         if (path / "plan.json").exists():
             path = path.resolve()
-            return cls(path.parent.parent, path.name)
-        run = cls(root or default_root(), ref)
-        if not run.plan_path.exists():
+            root, ref = path.parent.parent, path.name
+        plan_path = root / "runs" / ref / "plan.json"
+        if not plan_path.exists():
             raise BadInput(f"no planned run {ref!r} (looked for {path}/plan.json and "
-                           f"{run.plan_path})")
-        return run
+                           f"{plan_path})")
+        kind = read_json(plan_path).get("kind")
+        if kind not in job_types:
+            raise BadInput(f"run {ref} is of kind {kind!r}, which this chatspace does not know "
+                           f"(known: {', '.join(job_types)})")
+        return cls(root, ref, job_types[kind])

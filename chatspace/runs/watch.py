@@ -10,15 +10,15 @@ from typing import Any
 from tqdm import tqdm
 
 from chatspace.errors import RunFailed
-from chatspace.runrecord import Run
-from chatspace.slurm import FINISHED_BAD, cancel
-from chatspace.status import run_status
+from chatspace.runs.record import Run
+from chatspace.runs.slurm import FINISHED_BAD, cancel
+from chatspace.runs.status import run_status
 
 
 def describe_failures(status: dict[str, Any]) -> str:
     lines = []
     for task in status["tasks"]:
-        if task["state"] in ("failed", "missing", "partial"):
+        if task["state"] in ("failed", "lost", "missing", "partial"):
             slurm = task.get("slurm", {})
             lines.append(f"task {task['task']}: {task['state']} "
                          f"{slurm.get('state', '')} exit {slurm.get('exit_code', '?')} "

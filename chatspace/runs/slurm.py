@@ -1,8 +1,8 @@
 """The SLURM executor: one job array per MaxArraySize tasks through submitit, then a reduce
 job with ``afterok`` on every array; plus the queries `status`, `resume` and `cancel` use.
 
-Jobs run the same `chatspace run …` commands as the sbatch templates (see `task_command`),
-in-process inside submitit's job wrapper, optionally inside the Apptainer image.
+Jobs call the same task and reduce entry points as `chatspace run …` (what the sbatch
+templates run), in-process inside submitit's job wrapper, optionally inside the Apptainer image.
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ from typing import Any
 
 import submitit
 
-from chatspace.commands import reduce_command, task_command
-from chatspace.config import SlurmConfig
 from chatspace.errors import BadInput
-from chatspace.runrecord import Run
+from chatspace.runs.job import JobType
+from chatspace.runs.record import Run
+from chatspace.runs.reduce import reduce_run
+from chatspace.runs.task import run_task
+from chatspace.specs import SlurmConfig
 
 log = logging.getLogger(__name__)
 
@@ -102,23 +104,33 @@ def container_python(image: str, root: Path) -> str:
                        f"CHATSPACE_ROOT={root}", str(CONTAINER_SH), "python"])
 
 
-def _run_cli(args: list[str]) -> None:
-    from chatspace.cli import cli
-
-    cli.main(args=args, prog_name="chatspace", standalone_mode=False)
+def _open(run_dir: str, job: JobType) -> Run:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                                                   "%(message)s")
+    return Run.open(run_dir, Path(run_dir).parent.parent, {job.kind: job})
 
 
 class TaskJob(submitit.helpers.Checkpointable):
-    """An array element: `chatspace run embed-task RUN --task I`. On SLURM's pre-timeout or
-    preemption signal submitit requeues it, and the task resumes from its committed parts."""
+    """An array element: the same entry point as `chatspace run task RUN --task I`, called
+    with the run's job type (pickled by submitit) instead of through the CLI. On SLURM's
+    pre-timeout or preemption signal submitit requeues it, and the task resumes from its
+    committed parts."""
+
+    def __init__(self, job: JobType):
+        self.job = job
 
     def __call__(self, run_dir: str, task: int) -> None:
-        _run_cli(task_command(Run.open(run_dir), task)[1:])
+        run_task(_open(run_dir, self.job), task)
 
 
 class ReduceJob:
+    """The reduce: the same entry point as `chatspace run reduce RUN`."""
+
+    def __init__(self, job: JobType):
+        self.job = job
+
     def __call__(self, run_dir: str) -> None:
-        _run_cli(reduce_command(Run.open(run_dir))[1:])
+        reduce_run(_open(run_dir, self.job))
 
 
 def submitit_parameters(cfg: SlurmConfig, name: str) -> dict[str, Any]:
@@ -155,7 +167,7 @@ def submit(run: Run, tasks: list[int], cfg: SlurmConfig) -> dict[str, Any]:
         chunk = tasks[start : start + limit]
         executor.update_parameters(**task_params)
         with executor.batch():
-            jobs = [executor.submit(TaskJob(), str(run.dir), task) for task in chunk]
+            jobs = [executor.submit(TaskJob(run.job), str(run.dir), task) for task in chunk]
         arrays.append({"job_id": jobs[0].job_id.split("_")[0], "tasks": chunk,
                        "jobs": [job.job_id for job in jobs]})  # a 1-task "array" is a job
         log.info("submitted array %s: %d tasks", arrays[-1]["job_id"], len(chunk))
@@ -165,7 +177,7 @@ def submit(run: Run, tasks: list[int], cfg: SlurmConfig) -> dict[str, Any]:
     if arrays:
         reduce_params["dependency"] = "afterok:" + ":".join(a["job_id"] for a in arrays)
     executor.update_parameters(**reduce_params)
-    reduce_job = executor.submit(ReduceJob(), str(run.dir))
+    reduce_job = executor.submit(ReduceJob(run.job), str(run.dir))
     record = {
         "executor": "slurm",
         "submitted_at": datetime.now(UTC).isoformat(timespec="seconds"),

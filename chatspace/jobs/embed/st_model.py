@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from chatspace.config import ModelConfig
 from chatspace.errors import BadInput
+from chatspace.jobs.embed.spec import ModelConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
 """Command-line options: the flags that override job-spec keys, and the shared decorators.
 
-Each `*_FLAGS` entry is (flag, spec table, key, click options); `spec_from_cli` turns the
+A flag is (flag, spec table, key, click options): a job type lists the flags of its own tables,
+this module those of the shared ``[run]`` and ``[slurm]`` tables; `spec_from_cli` turns the
 given flags into spec overrides, so every spec key has exactly one flag.
 """
 
@@ -12,46 +13,19 @@ from typing import Any
 
 import click
 
-from chatspace.config import DTYPES, EXTRACT_MODES, EmbedSpec, resolve_spec
 from chatspace.errors import BadInput
-from chatspace.runrecord import Run, default_root
+from chatspace.jobs import open_run as open_job_run
+from chatspace.runs.job import Flag, JobType
+from chatspace.runs.record import Run, default_root
+from chatspace.specs import JobSpec, resolve_spec
 
-# CLI flag -> (spec table, key); every spec key can be overridden on the command line.
-EMBED_FLAGS: list[tuple[str, str, str, dict[str, Any]]] = [
-    ("--dataset", "dataset", "name", {"help": "HF dataset name (local cache) or a local "
-                                              "file/directory (parquet, jsonl, csv, arrow)."}),
-    ("--subset", "dataset", "subset", {"help": "HF dataset configuration."}),
-    ("--split", "dataset", "split", {"help": "Dataset split (required for multi-split HF "
-                                             "datasets)."}),
-    ("--text-field", "dataset", "text_field", {"help": "Column holding the text to embed."}),
-    ("--messages-field", "dataset", "messages_field",
-     {"help": "Column holding chat messages (list of {role, content})."}),
-    ("--extract", "dataset", "extract", {"type": click.Choice(EXTRACT_MODES),
-                                         "help": "What to embed from a messages column."}),
-    ("--id-field", "dataset", "id_field", {"help": "Column with stable row ids "
-                                                   "(default: {file or split}:{row})."}),
-    ("--n", "sampling", "n", {"type": int, "help": "Sample exactly N rows."}),
-    ("--p", "sampling", "p", {"type": float, "help": "Sample a fraction P in (0, 1]."}),
-    ("--seed", "sampling", "seed", {"type": int, "help": "Sampling seed (default 0)."}),
-    ("--max-rows", "sampling", "max_rows", {"type": int, "help": "Cap on sampled rows."}),
-    ("--model", "model", "name", {"help": "SentenceTransformer path or cached hub name "
-                                          "(default: bundled all-MiniLM-L6-v2)."}),
-    ("--batch-size", "model", "batch_size", {"type": int, "help": "Rows per batch (64)."}),
-    ("--tokens-per-batch", "model", "tokens_per_batch",
-     {"type": int, "help": "Size batches by tokens instead of rows."}),
-    ("--bucket-min-tokens", "model", "bucket_min_tokens", {"type": int}),
-    ("--bucket-max-tokens", "model", "bucket_max_tokens", {"type": int}),
-    ("--compile-model/--no-compile-model", "model", "compile",
-     {"default": None, "help": "torch.compile the model (warm-up per bucket)."}),
-    ("--dtype", "model", "dtype", {"type": click.Choice(DTYPES)}),
-    ("--device", "model", "device", {"help": "auto, cpu, cuda or cuda:N."}),
+RUN_FLAGS: list[Flag] = [
     ("--array", "run", "array", {"type": int, "help": "Number of tasks (slices)."}),
     ("--part-rows", "run", "part_rows", {"type": int, "help": "Rows per committed part: the "
                                                               "unit a killed task resumes from."}),
 ]
 
-
-SLURM_FLAGS: list[tuple[str, str, str, dict[str, Any]]] = [
+SLURM_FLAGS: list[Flag] = [
     ("--partition", "slurm", "partition", {"help": "SLURM partition."}),
     ("--account", "slurm", "account", {}),
     ("--qos", "slurm", "qos", {}),
@@ -81,9 +55,12 @@ def _add_options(fn: Callable, flags: list) -> Callable:
     return fn
 
 
-def embed_options(fn: Callable) -> Callable:
-    fn = _add_options(fn, EMBED_FLAGS)
-    return click.argument("spec_file", required=False, type=click.Path(dir_okay=False))(fn)
+def spec_options(job: JobType) -> Callable[[Callable], Callable]:
+    """SPEC_FILE and the job type's flags, then --array and --part-rows."""
+    def decorate(fn: Callable) -> Callable:
+        fn = _add_options(fn, job.flags + RUN_FLAGS)
+        return click.argument("spec_file", required=False, type=click.Path(dir_okay=False))(fn)
+    return decorate
 
 
 def slurm_options(fn: Callable) -> Callable:
@@ -102,8 +79,9 @@ def overrides_from(params: dict[str, Any], flags: list) -> dict[str, dict[str, A
     return overrides
 
 
-def spec_from_cli(spec_file: str | None, params: dict[str, Any]) -> EmbedSpec:
-    return resolve_spec(spec_file, overrides_from(params, EMBED_FLAGS + SLURM_FLAGS))
+def spec_from_cli(job: JobType, spec_file: str | None, params: dict[str, Any]) -> JobSpec:
+    return resolve_spec(job.spec_type, spec_file,
+                        overrides_from(params, job.flags + RUN_FLAGS + SLURM_FLAGS))
 
 
 def check_executor(executor: str | None, parallelism: int | None) -> str:
@@ -145,7 +123,7 @@ def run_argument(fn: Callable) -> Callable:
 
 def open_run(run_ref: str, root: str | None, task: int | None = None) -> Run:
     """The planned run RUN refers to; with `task`, also check that the task exists."""
-    run = Run.open(run_ref, resolve_root(root))
+    run = open_job_run(run_ref, resolve_root(root))
     if task is not None and not 0 <= task < run.num_tasks:
         raise BadInput(f"--task {task} is out of range: run {run.run_id} has tasks "
                        f"0..{run.num_tasks - 1}")

@@ -2,7 +2,7 @@
 `chatspace run …` entry points everywhere.
 
 - `debug`: every task and the reduce in this process, one after another (pdb works).
-- `local`: each task as a `chatspace run embed-task` subprocess, at most K at a time, then the
+- `local`: each task as a `chatspace run task` subprocess, at most K at a time, then the
   reduce; a progress bar follows the committed parts.
 - `slurm`: arrays and an afterok reduce job through submitit (`chatspace.slurm`).
 """
@@ -20,13 +20,13 @@ from typing import Any
 
 from tqdm import tqdm
 
-from chatspace.commands import task_command
-from chatspace.config import SlurmConfig
 from chatspace.errors import RunFailed
-from chatspace.pipeline import run_embed_task
-from chatspace.reduce import reduce_run, task_problem
-from chatspace.runrecord import Run
-from chatspace.status import run_status
+from chatspace.runs.commands import task_command
+from chatspace.runs.record import Run
+from chatspace.runs.reduce import reduce_run, task_problem
+from chatspace.runs.status import run_status
+from chatspace.runs.task import run_task
+from chatspace.specs import SlurmConfig
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class DebugExecutor:
 
     def execute(self, run: Run, tasks: Sequence[int]) -> None:
         for task in tasks:
-            run_embed_task(run, task)
+            run_task(run, task)
         reduce_run(run)
 
 
@@ -47,9 +47,10 @@ class LocalExecutor:
         self.parallelism = max(1, parallelism or os.cpu_count() or 1)
         self.progress = progress
 
-    def _start(self, run: Run, task: int, threads: int) -> subprocess.Popen:
+    def _start(self, run: Run, task: int, threads: int, workers: int) -> subprocess.Popen:
         run.log_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads),
+               "CHATSPACE_TASKS_AT_ONCE": str(workers)}
         cmd = [sys.executable, "-m", "chatspace", *task_command(run, task)[1:]]
         with open(run.log_dir / f"local-{task:05d}.log", "ab") as out:
             return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
@@ -61,14 +62,14 @@ class LocalExecutor:
         threads = max(1, (os.cpu_count() or 1) // workers)
         running: dict[int, subprocess.Popen] = {}
         failed: list[int] = []
-        total = run.plan["sampling"]["rows_sampled"]
+        total = run.rows
         bar = tqdm(total=total, unit="rows", disable=not self.progress, desc=run.run_id,
                    file=sys.stderr)
         try:
             while queue or running:
                 while queue and len(running) < workers:
                     task = queue.pop(0)
-                    running[task] = self._start(run, task, threads)
+                    running[task] = self._start(run, task, threads, workers)
                 time.sleep(0.5)
                 for task, proc in list(running.items()):
                     if proc.poll() is not None:
@@ -93,11 +94,11 @@ def launch(run: Run, executor: str, *, slurm: SlurmConfig, parallelism: int | No
     record, then its reduce; record the submission in the run record and return it."""
     pending = [t for t in range(run.num_tasks) if run.completion(t) is None]
     if executor == "slurm":
-        from chatspace.slurm import SlurmExecutor
+        from chatspace.runs.slurm import SlurmExecutor
 
         record = SlurmExecutor(slurm).execute(run, pending)
         if wait:
-            from chatspace.watch import follow
+            from chatspace.runs.watch import follow
 
             follow(run, progress)
         return record

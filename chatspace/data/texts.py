@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chatspace.config import DatasetConfig
+from chatspace.data.config import DatasetConfig
 
 
 def _render_conversation(messages: list[dict[str, Any]]) -> str:

@@ -3,11 +3,11 @@ executor, the SLURM jobs and the sbatch templates in hpc/."""
 
 from __future__ import annotations
 
-from chatspace.runrecord import Run
+from chatspace.runs.record import Run
 
 
 def task_command(run: Run, task: int | str) -> list[str]:
-    return ["chatspace", "run", "embed-task", str(run.dir), "--task", str(task)]
+    return ["chatspace", "run", "task", str(run.dir), "--task", str(task)]
 
 
 def reduce_command(run: Run) -> list[str]:

@@ -1,4 +1,4 @@
-"""The embedding shard format (DESIGN.md schema) and its atomic Parquet writing.
+"""The embedding shard format (DESIGN.md schema), the same for every backend.
 
 Repeated string columns are dictionary-encoded, the float vectors byte-stream-split and zstd
 compressed: the smallest and fastest layout measured for MiniLM-sized vectors.
@@ -7,16 +7,11 @@ compressed: the smallest and fastest layout measured for MiniLM-sized vectors.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
-
-from chatspace.runrecord import atomic_path
 
 DICTIONARY_COLUMNS = ["source", "dataset", "split", "model", "run_id"]
 WRITE_OPTIONS: dict[str, Any] = {
@@ -73,11 +68,3 @@ def build_table(
         "run_id": repeat(constants["run_id"], pa.string()),
     }
     return pa.table(columns, schema=shard_schema(dim))
-
-
-def write_parquet(path: Path, tables: Iterable[pa.Table], schema: pa.Schema) -> None:
-    """Write tables (one row group each) to `path` atomically: a reader never sees a partial
-    file, and a failure leaves nothing behind."""
-    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, **WRITE_OPTIONS) as writer:
-        for table in tables:
-            writer.write_table(table, row_group_size=max(table.num_rows, 1))

@@ -1,14 +1,11 @@
-"""Deterministic sampling and slicing.
-
-The sample is a function of (seed, n | p, max_rows, rows available) only; the array size
-decides nothing but where the sorted sample is cut into contiguous, balanced slices.
-"""
+"""Deterministic sampling: the sample is a function of (seed, n | p, max_rows, rows available)
+only, never of the array size (the run machinery cuts it into slices afterwards)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from chatspace.config import SamplingConfig
+from chatspace.data.config import SamplingConfig
 from chatspace.errors import BadInput
 
 
@@ -30,16 +27,3 @@ def draw_sample(cfg: SamplingConfig, rows_available: int) -> np.ndarray:
         return np.arange(rows_available, dtype=np.int64)
     rng = np.random.default_rng(cfg.seed)
     return np.sort(rng.choice(rows_available, size=size, replace=False)).astype(np.int64)
-
-
-def slice_bounds(rows: int, tasks: int) -> list[tuple[int, int]]:
-    """[start, stop) positions in the sample for each task; sizes differ by at most one."""
-    if tasks > rows:
-        raise BadInput(f"run.array (--array) = {tasks} is larger than the {rows} sampled rows")
-    cuts = [(i * rows) // tasks for i in range(tasks + 1)]
-    return list(zip(cuts[:-1], cuts[1:], strict=True))
-
-
-def part_bounds(start: int, stop: int, part_rows: int) -> list[tuple[int, int]]:
-    """Fixed parts of one slice: the unit a task commits and resumes from."""
-    return [(s, min(s + part_rows, stop)) for s in range(start, stop, part_rows)]

@@ -1,0 +1,300 @@
+"""Commands of the run machinery, the same for every job type: ``plan KIND``, ``submit KIND``
+(one subcommand per registered job type), ``status``, ``logs``, ``verify``, ``resume``,
+``cancel``, and the ``run task`` / ``run reduce`` entry points that executors and the sbatch
+templates call."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from chatspace.cli.options import (
+    SLURM_FLAGS,
+    check_executor,
+    executor_options,
+    json_option,
+    open_run,
+    overrides_from,
+    resolve_root,
+    root_option,
+    run_argument,
+    slurm_options,
+    spec_from_cli,
+    spec_options,
+)
+from chatspace.cli.output import emit, run_summary
+from chatspace.errors import BadInput
+from chatspace.jobs import JOB_TYPES
+from chatspace.runs.job import JobType
+from chatspace.runs.plan import Planned, plan_run
+from chatspace.runs.record import Run
+from chatspace.specs import SlurmConfig, build_section
+
+log = logging.getLogger("chatspace")
+
+
+def run_id_option(fn: Callable) -> Callable:
+    return click.option("--run-id", default=None,
+                        help="Run id (default: timestamp + random suffix); an existing id "
+                             "with the same spec resumes that run.")(fn)
+
+
+def execute_option(fn: Callable) -> Callable:
+    return click.option("--execute", is_flag=True,
+                        help="Run work that costs money (API backends); without it such a run "
+                             "is only estimated and nothing is written.")(fn)
+
+
+def _dry_run(planned: Planned, as_json: bool) -> None:
+    emit(as_json, {"dry_run": True, "estimate": planned.estimate},
+         [*planned.estimate, "dry run: nothing written; add --execute to run it"])
+
+
+def _sbatch_lines(run: Run) -> list[str]:
+    slurm = run.spec.slurm
+    throttle = f"%{slurm.array_parallelism}" if slurm.array_parallelism else ""
+    return [f"jid=$(sbatch --parsable --array=0-{run.num_tasks - 1}{throttle} "
+            f"hpc/task.sbatch {run.dir})",
+            f"sbatch --dependency=afterok:$jid hpc/reduce.sbatch {run.dir}"]
+
+
+def plan_command(job: JobType) -> click.Command:
+    @click.command(job.kind, help=f"Plan a {job.kind} run from SPEC_FILE (TOML) and/or flags; "
+                                  "print the run directory, then the sbatch commands that run "
+                                  "it with the templates in hpc/.")
+    @spec_options(job)
+    @slurm_options
+    @root_option
+    @run_id_option
+    @execute_option
+    @json_option
+    def command(spec_file: str | None, root: str | None, run_id: str | None, execute: bool,
+                as_json: bool, **params: Any) -> None:
+        spec = spec_from_cli(job, spec_file, params)
+        planned = plan_run(job, spec, resolve_root(root), run_id, execute)
+        if planned.run is None or (planned.estimate and not execute):
+            _dry_run(planned, as_json)
+            return
+        run = planned.run
+        sbatch = _sbatch_lines(run)
+        emit(as_json, {**run_summary(run), "sbatch": sbatch, "estimate": planned.estimate},
+             [str(run.dir), "# run it with the sbatch templates, from the repository root:",
+              *sbatch])
+    return command
+
+
+def submit_command(job: JobType) -> click.Command:
+    @click.command(job.kind, help=job.help() + "\n\nWith SLURM, one job array per MaxArraySize "
+                   "tasks and a reduce job (afterok) are submitted; `submit` returns at once "
+                   "unless --wait.")
+    @spec_options(job)
+    @slurm_options
+    @root_option
+    @run_id_option
+    @execute_option
+    @executor_options
+    @json_option
+    def command(spec_file: str | None, root: str | None, run_id: str | None, execute: bool,
+                executor: str | None, parallelism: int | None, wait: bool, as_json: bool,
+                **params: Any) -> None:
+        executor = check_executor(executor, parallelism)
+        spec = spec_from_cli(job, spec_file, params)
+        if executor == "slurm":
+            from chatspace.runs.slurm import check_slurm_options
+
+            check_slurm_options(spec.slurm)
+        planned = plan_run(job, spec, resolve_root(root), run_id, execute)
+        if planned.run is None or (planned.estimate and not execute):
+            _dry_run(planned, as_json)
+            return
+        for line in planned.estimate:
+            log.info("%s", line)
+        if not planned.new:
+            log.info("run %s exists with this spec: running its unfinished tasks",
+                     planned.run.run_id)
+        launch_run(planned.run, executor, spec.slurm, parallelism, wait, as_json)
+    return command
+
+
+def launch_run(run: Run, executor: str, slurm: SlurmConfig, parallelism: int | None,
+               wait: bool, as_json: bool) -> None:
+    from chatspace.runs.executors import launch
+
+    record = launch(run, executor, slurm=slurm, parallelism=parallelism, wait=wait,
+                    progress=not as_json)
+    summary = {**run_summary(run), "executor": executor, "submission": record}
+    if run.manifest_path.exists():
+        lines = [f"run {run.run_id} done", f"run dir:  {run.dir}",
+                 f"manifest: {run.manifest_path}"]
+    else:
+        arrays = ", ".join(f"{a['job_id']} ({len(a['tasks'])} tasks)" for a in record["arrays"])
+        lines = [f"submitted run {run.run_id}: arrays {arrays or 'none'}, reduce job "
+                 f"{record['reduce_job_id']}", f"run dir: {run.dir}",
+                 f"watch:   chatspace status {run.dir}"]
+    emit(as_json, summary, lines)
+
+
+@click.group("plan")
+def plan_group() -> None:
+    """Plan a run: write its run record, run nothing."""
+
+
+@click.group("submit")
+def submit_group() -> None:
+    """Plan a run and execute it (SLURM, local processes, or in-process)."""
+
+
+for _job in JOB_TYPES.values():
+    plan_group.add_command(plan_command(_job))
+    submit_group.add_command(submit_command(_job))
+
+
+@click.command()
+@click.argument("run_ref", metavar="RUN")
+@slurm_options
+@root_option
+@executor_options
+@click.option("--force", is_flag=True, help="Cancel the run's queued or running jobs first.")
+@json_option
+def resume(run_ref: str, root: str | None, executor: str | None, parallelism: int | None,
+           wait: bool, force: bool, as_json: bool, **params: Any) -> None:
+    """Rerun only RUN's tasks that are not done (missing, failed, partial or lost outputs; one
+    compacted array on SLURM), then a new reduce. SLURM options default to the run's own."""
+    from chatspace.runs.slurm import cancel, check_slurm_options, live_jobs
+
+    run = open_run(run_ref, root)
+    history = run.submissions()
+    executor = check_executor(executor or (history[-1]["executor"] if history else None),
+                              parallelism)
+    slurm = run.spec.slurm
+    changes = {k: v for k, v in overrides_from(params, SLURM_FLAGS)["slurm"].items()
+               if v is not None}
+    if changes:
+        slurm = build_section(type(slurm), {**dataclasses.asdict(slurm), **changes}, "slurm")
+    if executor == "slurm":
+        check_slurm_options(slurm)
+    live, stale = live_jobs(run) if history else ([], [])
+    if live and not force:
+        raise BadInput(f"run {run.run_id} still has queued or running jobs "
+                       f"({', '.join(live)}): wait, or use --force to cancel them first")
+    cancel(live + stale)
+    launch_run(run, executor, slurm, parallelism, wait, as_json)
+
+
+@click.command("cancel")
+@run_argument
+def cancel_cmd(run_ref: str, root: str | None) -> None:
+    """Cancel RUN's queued and running SLURM jobs."""
+    from chatspace.runs.slurm import cancel, live_jobs
+
+    run = open_run(run_ref, root)
+    jobs = [job for group in live_jobs(run) for job in group]
+    cancel(jobs)
+    click.echo(f"cancelled {len(jobs)} job(s) of run {run.run_id}"
+               + (f": {', '.join(jobs)}" if jobs else ""))
+
+
+@click.command()
+@click.argument("run_ref", metavar="RUN")
+@click.option("--task", type=int, required=True, help="Task index.")
+@root_option
+def logs(run_ref: str, task: int, root: str | None) -> None:
+    """Print the stdout/stderr of TASK's latest attempt."""
+    run = open_run(run_ref, root, task)
+    found = run.task_logs(task)
+    if not found:
+        raise BadInput(f"task {task} of run {run.run_id} has no logs yet in {run.log_dir}")
+    for path in found:
+        click.echo(f"==> {path} <==")
+        click.echo(path.read_text(errors="replace"), nl=False)
+
+
+@click.group("run")
+def run_group() -> None:
+    """Entry points that executors and sbatch templates call."""
+
+
+def _task_entry(run_ref: str, task: int, root: str | None) -> None:
+    from chatspace.runs.task import run_task
+
+    run_task(open_run(run_ref, root, task), task)
+
+
+@run_group.command("task")
+@click.argument("run_ref", metavar="RUN")
+@click.option("--task", type=int, required=True, help="Task (slice) index.")
+@root_option
+def run_task_cmd(run_ref: str, task: int, root: str | None) -> None:
+    """Run slice TASK of RUN, whatever its kind, and write its outputs (a no-op if done)."""
+    _task_entry(run_ref, task, root)
+
+
+@run_group.command("embed-task", hidden=True)
+@click.argument("run_ref", metavar="RUN")
+@click.option("--task", type=int, required=True, help="Task (slice) index.")
+@root_option
+def run_embed_task_cmd(run_ref: str, task: int, root: str | None) -> None:
+    """Alias of `run task`, kept for runs and templates that call it."""
+    _task_entry(run_ref, task, root)
+
+
+@run_group.command("reduce")
+@run_argument
+def run_reduce_cmd(run_ref: str, root: str | None) -> None:
+    """Check every task's outputs and write RUN's manifest; exit 1 naming bad tasks."""
+    from chatspace.runs.reduce import reduce_run
+
+    run = open_run(run_ref, root)
+    reduce_run(run)
+    click.echo(str(run.manifest_path))
+
+
+@click.command()
+@run_argument
+@json_option
+def status(run_ref: str, root: str | None, as_json: bool) -> None:
+    """Per-task states of RUN (a run id or run directory), rows done, failures and logs.
+    A done task whose outputs are gone or changed size shows as lost."""
+    from chatspace.runs.status import run_status
+
+    run = open_run(run_ref, root)
+    state = run_status(run)
+    lines = [f"run {run.run_id} ({run.job.kind}): {state['rows_done']}/{state['rows']} rows; "
+             + ", ".join(f"{n} {s}" for s, n in state["counts"].items()),
+             f"manifest: {state['manifest'] or '(not reduced yet)'}"]
+    for task in state["tasks"]:
+        if task["state"] != "done":
+            slurm = task.get("slurm")
+            job = f" [{slurm['state']} exit {slurm.get('exit_code') or '-'}]" if slurm else ""
+            lines.append(f"  task {task['task']}: {task['state']}{job} "
+                         f"({task['rows_done']}/{task['rows']} rows) log: {task['log']}")
+            lines += [f"      {line}" for line in task.get("error", [])]
+    if state["reduce"]:
+        reduce = state["reduce"]
+        lines.append(f"reduce: job {reduce['job_id']} {reduce.get('state', 'unknown')}"
+                     + (f" ({reduce['reason']})" if reduce.get("reason") else ""))
+    emit(as_json, state, lines)
+
+
+@click.command()
+@run_argument
+@json_option
+def verify(run_ref: str, root: str | None, as_json: bool) -> None:
+    """Re-check every output file of RUN against its manifest (bytes, sha256, rows)."""
+    from chatspace.runs.reduce import verify_run
+
+    run = open_run(run_ref, root)
+    problems = verify_run(run)
+    emit(as_json, {**run_summary(run), "ok": not problems, "problems": problems},
+         problems or [f"run {run.run_id}: all outputs of {run.num_tasks} tasks match the "
+                      "manifest"])
+    if problems:
+        sys.exit(1)
+
+
+COMMANDS = [plan_group, submit_group, resume, cancel_cmd, logs, run_group, status, verify]

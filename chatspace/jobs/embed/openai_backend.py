@@ -1,0 +1,122 @@
+"""The OpenAI backend: embed parts of a task with the embeddings API.
+
+Each part's rows become inputs (tiktoken counts; long inputs truncated or chunked), inputs are
+packed into requests, and every request of the part is in flight together, bounded by
+`max_in_flight` and the task's share of the rate limits. Vectors are placed by the response's
+`index`; a chunked row's vector is the token-weighted mean of its chunks, re-normalised. A row
+the API rejects is skipped with reason ``rejected``. Parts are committed by the run machinery,
+so a rerun never requests a committed part again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from chatspace.data.sources import RowReader, SourceInfo
+from chatspace.errors import RunFailed
+from chatspace.jobs.embed.openai_client import Sender, SendStats
+from chatspace.jobs.embed.openai_plan import api_key, make_inputs, pack_requests
+from chatspace.jobs.embed.rows import read_part_rows
+from chatspace.jobs.embed.schema import build_table
+from chatspace.runs.job import Part, PartOutput
+from chatspace.runs.record import Run
+from chatspace.runs.timing import StageTimer
+
+
+def tasks_at_once(run: Run) -> int:
+    """How many tasks of this run share the rate limits: the local executor says so in the
+    environment; on SLURM the array throttle (or the array size) bounds it."""
+    given = os.environ.get("CHATSPACE_TASKS_AT_ONCE")
+    if given and given.isdigit() and int(given) > 0:
+        return int(given)
+    throttle = run.spec.slurm.array_parallelism or run.num_tasks
+    return max(1, min(throttle, run.num_tasks))
+
+
+class OpenAIParts:
+    def __init__(self, run: Run, source: SourceInfo, sample: np.ndarray, constants: dict,
+                 timer: StageTimer):
+        self.run, self.spec, self.timer = run, run.spec, timer
+        self.source, self.sample, self.constants = source, sample, constants
+        self.model = run.plan["model"]
+
+    def _client(self) -> Any:
+        import openai
+
+        key = api_key()
+        if not key:
+            raise RunFailed("OPENAI_API_KEY is not set in the task's environment or ./.env")
+        return openai.AsyncOpenAI(api_key=key, base_url=self.model["base_url"],
+                                  timeout=self.model["timeout"], max_retries=0)
+
+    async def _embed(self, sender: Sender, part: Part) -> PartOutput:
+        cfg = self.spec.openai
+        with self.timer.measure("load"):
+            rows = read_part_rows(RowReader(self.source), self.sample[part.start:part.stop],
+                                  self.spec.dataset)
+            inputs = make_inputs(rows.texts, cfg.long_inputs)
+            requests = pack_requests(inputs.tokens, cfg.max_inputs_per_request,
+                                     cfg.max_tokens_per_request)
+        before = SendStats(**vars(sender.stats))
+        with self.timer.measure("encode"):
+            replies = await asyncio.gather(*(
+                sender.embed([inputs.values[i] for i in req], [inputs.tokens[i] for i in req])
+                for req in requests))
+        vectors: list[np.ndarray | None] = [v for reply in replies for v in reply]
+        embeddings, rejected = self._rows(inputs, vectors, len(rows.texts))
+        for meta, extra in zip(rows.metadata, inputs.row_meta, strict=True):
+            meta.update(extra)
+        for position in sorted(rejected, reverse=True):
+            rows.skip(position, "rejected")
+        keep = [i for i in range(len(embeddings)) if i not in rejected]
+        table = build_table(ids=rows.ids, texts=rows.texts, metadata=rows.metadata,
+                            embeddings=embeddings[keep], constants=self.constants)
+        price = self.model["price_per_million"] or 0.0
+        tokens = sender.stats.tokens - before.tokens
+        stats = {"skipped_rows": rows.skipped, "embedding_dim": embeddings.shape[1],
+                 "tokens": tokens, "requests": sender.stats.requests - before.requests,
+                 "retries": sender.stats.retries - before.retries,
+                 "cost_usd": tokens * price / 1e6}
+        return PartOutput(part, {"shard": table}, stats)
+
+    def _rows(self, inputs: Any, vectors: list[np.ndarray | None],
+              rows: int) -> tuple[np.ndarray, set[int]]:
+        """One vector per row (chunks averaged by tokens, re-normalised) and the positions of
+        rows with a rejected input."""
+        dims = {v.size for v in vectors if v is not None}
+        if len(dims) > 1:
+            raise RunFailed(f"the API returned embeddings of different sizes: {sorted(dims)}")
+        dim = dims.pop() if dims else (self.model["dimensions"] or 1)
+        sums = np.zeros((rows, dim), dtype=np.float64)
+        weights = np.zeros(rows, dtype=np.float64)
+        rejected: set[int] = set()
+        for vector, row, tokens in zip(vectors, inputs.row_of, inputs.tokens, strict=True):
+            if vector is None:
+                rejected.add(row)
+            else:
+                sums[row] += vector * tokens
+                weights[row] += tokens
+        chunked = [i for i, m in enumerate(inputs.row_meta) if "chunks" in m]
+        out = sums / np.maximum(weights, 1)[:, None]
+        if chunked:
+            norms = np.linalg.norm(out[chunked], axis=1, keepdims=True)
+            out[chunked] /= np.maximum(norms, 1e-12)
+        return out.astype(np.float32), rejected
+
+    def __call__(self, parts: list[Part]) -> Iterator[PartOutput]:
+        with asyncio.Runner() as loop:
+            client = self._client()
+            sender = loop.run(self._sender(client))
+            try:
+                for part in parts:
+                    yield loop.run(self._embed(sender, part))
+            finally:
+                loop.run(client.close())
+
+    async def _sender(self, client: Any) -> Sender:
+        return Sender(client, self.model, self.spec.openai, tasks_at_once(self.run))

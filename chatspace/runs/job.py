@@ -1,0 +1,107 @@
+"""The interface between the run machinery and a job type.
+
+A job type says what its spec is, how a spec becomes rows to run (`plan`), how one task turns
+its parts of those rows into tables (`run_parts`), what a finished task's outputs must satisfy
+(`check_task`), and what the manifest says about the whole run (`summarize`). The machinery does
+the rest the same way for every kind: slicing, part commits, assembly, completion records,
+reduce, status, resume and the executors.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from chatspace.specs import JobSpec
+
+if TYPE_CHECKING:
+    from chatspace.runs.record import Run
+    from chatspace.runs.timing import StageTimer
+
+# A CLI flag that overrides one spec key: (flag, table, key, click option keywords).
+Flag = tuple[str, str, str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """What a job type resolved from a spec, before the machinery slices and records it."""
+
+    rows: int  # rows the tasks split between them (contiguous, balanced slices)
+    details: dict[str, Any]  # the job's section of plan.json (sources, model, sampling, ...)
+    output_dir: Path  # where the tasks' outputs go (includes the run id)
+    manifest_path: Path
+    outputs: dict[str, str]  # output name -> file name pattern in output_dir, with {task:05d}
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # saved as {name}.npy
+
+
+@dataclass(frozen=True)
+class Part:
+    """Rows [start, stop) of the plan: the unit a task commits and resumes from."""
+
+    number: int
+    start: int
+    stop: int
+
+
+@dataclass
+class PartOutput:
+    """One part's results: a table per output name, and JSON stats for its sidecar."""
+
+    part: Part
+    tables: dict[str, pa.Table]
+    stats: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TaskCheck:
+    """What reduce found in one finished task's outputs: problems (empty when none) and the
+    row keys it holds, which must be unique across the run."""
+
+    problems: list[str]
+    keys: pa.Array
+
+
+class JobType(ABC):
+    kind: ClassVar[str]
+    spec_type: ClassVar[type[JobSpec]]
+    flags: ClassVar[list[Flag]]  # one CLI flag per key of the job's own tables
+
+    def help(self) -> str:
+        return self.__class__.__doc__ or self.kind
+
+    @abstractmethod
+    def plan(self, spec: JobSpec, root: Path, run_id: str) -> JobPlan:
+        """Resolve inputs from metadata (no heavy reads on a login node); BadInput if wrong."""
+
+    def estimate(self, spec: JobSpec, plan: JobPlan, execute: bool) -> list[str]:
+        """Lines saying what running `plan` costs, for work that runs only with --execute
+        (an empty list: nothing to confirm). Raise BadInput if it cannot run as asked."""
+        return []
+
+    @abstractmethod
+    def run_parts(self, run: Run, task: int, parts: list[Part],
+                  timer: StageTimer) -> Iterator[PartOutput]:
+        """Process `parts` of `task` in order, yielding each part's tables as soon as they are
+        ready (the machinery commits them while the next part runs)."""
+
+    def write_options(self, output: str) -> dict[str, Any]:
+        """pyarrow ParquetWriter keywords for an output."""
+        return {"compression": "zstd"}
+
+    def task_stats(self, run: Run, task: int, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        """The job's section of a completion record, from its parts' stats."""
+        return {}
+
+    @abstractmethod
+    def check_task(self, run: Run, task: int, record: dict[str, Any]) -> TaskCheck:
+        """Check one task's outputs (whose bytes already match its completion record)."""
+
+    @abstractmethod
+    def summarize(self, run: Run, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """The job's section of the manifest, from every task's completion record."""

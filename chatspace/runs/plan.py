@@ -1,0 +1,101 @@
+"""Plan a run on the login node: the job type resolves its inputs from metadata, the machinery
+cuts the rows into slices and writes the run record. Everything is checked before anything is
+written, and ``plan.json`` is written last: its presence means "planned"."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from chatspace.errors import BadInput
+from chatspace.runs.job import JobPlan, JobType
+from chatspace.runs.record import (
+    Run,
+    atomic_path,
+    check_writable,
+    read_json,
+    spec_hash,
+    tool_info,
+    write_json,
+)
+from chatspace.specs import JobSpec
+
+log = logging.getLogger(__name__)
+
+
+def new_run_id() -> str:
+    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def slice_bounds(rows: int, tasks: int) -> list[tuple[int, int]]:
+    """[start, stop) positions in the plan's rows for each task; sizes differ by at most one."""
+    if tasks > rows:
+        raise BadInput(f"run.array (--array) = {tasks} is larger than the {rows} rows to run")
+    cuts = [(i * rows) // tasks for i in range(tasks + 1)]
+    return list(zip(cuts[:-1], cuts[1:], strict=True))
+
+
+@dataclass(frozen=True)
+class Planned:
+    """The outcome of `plan_run`: a run on disk, or a dry run's estimate (nothing written)."""
+
+    run: Run | None
+    new: bool  # False: an existing run id with this same spec was reused
+    estimate: list[str]
+
+
+def plan_run(job: JobType, spec: JobSpec, root: Path, run_id: str | None = None,
+             execute: bool = True) -> Planned:
+    """Plan `spec` under `root`. Work that the job type says must be confirmed (`estimate`)
+    is only estimated unless `execute`."""
+    check_writable(root)
+    digest = spec_hash(spec)
+    if run_id is not None:
+        if not run_id or "/" in run_id or run_id.startswith("."):
+            raise BadInput(f"run id {run_id!r} is not a valid directory name")
+        existing = Run(root, run_id, job)
+        if existing.plan_path.exists():
+            if read_json(existing.plan_path)["spec_hash"] != digest:
+                raise BadInput(f"run id {run_id} already exists at {existing.dir} with a "
+                               "different spec; choose another --run-id")
+            return Planned(existing, False, job.estimate(spec, existing_plan(existing), execute))
+    run = Run(root, run_id or new_run_id(), job)
+    resolved = job.plan(spec, root, run.run_id)
+    slices = slice_bounds(resolved.rows, spec.run.array)
+    estimate = job.estimate(spec, resolved, execute)
+    if estimate and not execute:
+        return Planned(None, False, estimate)
+    plan = {
+        "run_id": run.run_id,
+        "kind": job.kind,
+        "created_at": datetime.now(UTC).isoformat(timespec="microseconds"),
+        "spec": spec.to_dict(),
+        "spec_hash": digest,
+        **resolved.details,
+        "tasks": [{"task": i, "start": s, "stop": e} for i, (s, e) in enumerate(slices)],
+        "output_dir": str(resolved.output_dir),
+        "outputs": resolved.outputs,
+        "manifest_path": str(resolved.manifest_path),
+        "tool": tool_info(),
+    }
+    for name, array in resolved.arrays.items():
+        with atomic_path(run.dir / f"{name}.npy") as tmp, open(tmp, "wb") as fh:
+            np.save(fh, array)
+    write_json(run.dir / "spec.json", spec.to_dict())
+    write_json(run.plan_path, plan)  # written last: its presence means "planned"
+    log.info("planned %s run %s: %d rows in %d tasks", job.kind, run.run_id, resolved.rows,
+             len(slices))
+    return Planned(run, True, estimate)
+
+
+def existing_plan(run: Run) -> JobPlan:
+    """A reused run's plan in the form `JobType.estimate` takes."""
+    plan = run.plan
+    arrays = {p.stem: np.load(p) for p in run.dir.glob("*.npy")}
+    return JobPlan(rows=run.rows, details=plan, output_dir=run.output_dir,
+                   manifest_path=run.manifest_path, outputs=plan["outputs"], arrays=arrays)

@@ -1,0 +1,98 @@
+"""Reduce and verify: check every task's outputs against its completion record and the job
+type's own checks, write the checksummed manifest, and re-check a finished run against it."""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from chatspace.errors import RunFailed
+from chatspace.runs.record import Run, file_problem, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+SECRET_KEY = re.compile(r"(^|_)(key|token|secret|password|credentials?)$", re.IGNORECASE)
+
+
+def redact(value: Any) -> Any:
+    """A copy of a config tree with secret-looking keys' values replaced."""
+    if isinstance(value, dict):
+        return {k: "<redacted>" if SECRET_KEY.search(k) and v is not None else redact(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def task_problem(run: Run, task: int) -> str:
+    """Why a task is not done, with where to look."""
+    logs = run.task_logs(task)
+    where = f" (log: {logs[-1]})" if logs else ""
+    path = run.completion_path(task)
+    if not path.exists():
+        return f"task {task}: missing, no completion record{where}"
+    found = [p for e in read_json(path)["outputs"] if (p := file_problem(e))]
+    return f"task {task}: output {'; '.join(found)}{where}"
+
+
+def reduce_run(run: Run) -> dict[str, Any]:
+    """Validate every task's outputs and write manifest.json; RunFailed names each bad task."""
+    started = datetime.now(UTC)
+    problems: list[str] = []
+    records, keys = [], []
+    for task in range(run.num_tasks):
+        record = run.completion(task)
+        if record is None:
+            problems.append(task_problem(run, task))
+            continue
+        check = run.job.check_task(run, task, record)
+        problems.extend(f"task {task}: {p}" for p in check.problems)
+        records.append(record)
+        keys.append(check.keys)
+    if keys:
+        all_keys = pa.chunked_array(keys, pa.string())
+        if pc.count_distinct(all_keys).as_py() != len(all_keys):
+            problems.append("row ids are not unique across tasks")
+    if problems:
+        raise RunFailed(f"reduce of run {run.run_id} failed:\n  " + "\n  ".join(problems))
+    manifest = {
+        "run_id": run.run_id,
+        "kind": run.job.kind,
+        **run.job.summarize(run, records),
+        "files": [{"task": r["task"], **e} for r in records for e in r["outputs"]],
+        "created_at": run.plan["created_at"],
+        "tool": run.plan["tool"],
+        "run_config": redact(run.plan["spec"]),
+    }
+    manifest.setdefault("totals", {})["reduce_seconds"] = round(
+        (datetime.now(UTC) - started).total_seconds(), 3)
+    write_json(run.manifest_path, manifest)
+    log.info("manifest written: %s", run.manifest_path)
+    return manifest
+
+
+def verify_run(run: Run) -> list[str]:
+    """Re-check every file the manifest lists (bytes, sha256, Parquet rows); [] when all
+    match."""
+    if not run.manifest_path.exists():
+        return [f"no manifest at {run.manifest_path}: the run has not been reduced"]
+    problems = []
+    manifest = read_json(run.manifest_path)
+    for entry in manifest["files"]:
+        problem = file_problem(entry)
+        if problem is None and entry.get("rows") is not None and \
+                pq.ParquetFile(entry["path"]).metadata.num_rows != entry["rows"]:
+            problem = f"{entry['path']} row count differs from the manifest"
+        if problem:
+            problems.append(f"task {entry['task']}: {problem}")
+    tasks = {e["task"] for e in manifest["files"]}
+    if tasks != set(range(run.num_tasks)):
+        problems.append(f"manifest lists outputs of {len(tasks)} tasks, "
+                        f"the plan has {run.num_tasks} tasks")
+    return problems

@@ -1,0 +1,159 @@
+"""One task of any job type: process slice i of a planned run, part by part.
+
+The job type yields each part's tables; a writer thread commits them (Parquet files, then a
+sidecar JSON written last) while the job works on the next part. A task that is killed and run
+again skips its committed parts. At the end each output's parts are joined into one file
+atomically and a completion record lists every output with bytes and sha256, which makes the
+task a no-op on rerun. Nothing here knows which executor runs it, nor what the job computes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import queue
+import shutil
+import threading
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from chatspace.runs.job import Part, PartOutput
+from chatspace.runs.record import Run, file_entry, read_json, write_json, write_parquet
+from chatspace.runs.stages import DONE, Stage, get, put
+from chatspace.runs.timing import StageTimer
+
+log = logging.getLogger(__name__)
+
+try:
+    _MALLOC_TRIM = getattr(ctypes.CDLL("libc.so.6"), "malloc_trim", None)
+except OSError:  # not glibc
+    _MALLOC_TRIM = None
+
+
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the OS after each part (glibc), so that a task's RSS
+    stays flat however many parts its slice has, instead of growing with fragmentation."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def part_bounds(start: int, stop: int, part_rows: int) -> list[Part]:
+    """Fixed parts of one slice: the unit a task commits and resumes from."""
+    return [Part(n, s, min(s + part_rows, stop))
+            for n, s in enumerate(range(start, stop, part_rows))]
+
+
+def sidecar_path(run: Run, task: int, part: int) -> Any:
+    return run.parts_dir(task) / f"part-{part:05d}.json"
+
+
+def part_file(run: Run, task: int, part: int, output: str) -> Any:
+    return run.parts_dir(task) / f"part-{part:05d}.{output}.parquet"
+
+
+def committed_parts(run: Run, task: int) -> list[dict[str, Any]]:
+    """Sidecars of the parts a task has committed so far (for resuming and for progress)."""
+    return [read_json(p) for p in sorted(run.parts_dir(task).glob("part-*.json"))]
+
+
+class TaskRunner:
+    def __init__(self, run: Run, task: int):
+        self.run, self.task, self.job = run, task, run.job
+        self.timer = StageTimer()
+
+    def _commit(self, out: PartOutput) -> None:
+        for name, table in out.tables.items():
+            write_parquet(part_file(self.run, self.task, out.part.number, name), [table],
+                          table.schema, self.job.write_options(name))
+        write_json(sidecar_path(self.run, self.task, out.part.number),
+                   {"part": out.part.number, "rows_in": out.part.stop - out.part.start,
+                    "rows": {n: t.num_rows for n, t in out.tables.items()}, "stats": out.stats})
+        release_free_memory()
+        log.info("task %d: part %d committed (%d rows)", self.task, out.part.number,
+                 out.part.stop - out.part.start)
+
+    def _run_parts(self, pending: list[Part]) -> None:
+        stop = threading.Event()
+        made: queue.Queue = queue.Queue(maxsize=2)
+
+        def write_all() -> None:
+            while True:
+                with self.timer.measure("write", "idle"):
+                    item = get(made, stop)
+                if item is DONE:
+                    return
+                with self.timer.measure("write"):
+                    self._commit(item)
+
+        writer = Stage("writer", write_all, stop)
+        writer.start()
+        outputs = self.job.run_parts(self.run, self.task, pending, self.timer)
+        try:
+            for out in outputs:
+                put(made, out, stop)
+                if stop.is_set():
+                    break
+            put(made, DONE, stop)
+            writer.join()
+        finally:
+            outputs.close()
+            stop.set()
+            writer.join()
+        if writer.error is not None:
+            raise writer.error
+
+    def execute(self) -> dict[str, Any]:
+        done = self.run.completion(self.task)
+        if done is not None:
+            log.info("task %d already complete (%d rows); nothing to do", self.task, done["rows"])
+            return done
+        self._remove_stale_temporaries()
+        start, stop = self.run.task_bounds(self.task)
+        parts = part_bounds(start, stop, self.run.spec.run.part_rows)
+        pending = [p for p in parts if not sidecar_path(self.run, self.task, p.number).exists()]
+        if len(pending) < len(parts):
+            log.info("task %d: resuming, %d of %d parts already committed", self.task,
+                     len(parts) - len(pending), len(parts))
+        if pending:
+            self._run_parts(pending)
+        return self._finish(parts)
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temp files of an attempt that was killed mid-write (SIGKILL skips their cleanup)."""
+        stale = [tmp for path in self.run.output_paths(self.task).values()
+                 for tmp in path.parent.glob(f".tmp-*-{path.name}")]
+        stale += self.run.parts_dir(self.task).glob(".tmp-*")
+        for path in stale:
+            log.info("task %d: removing %s left by an interrupted attempt", self.task, path)
+            path.unlink(missing_ok=True)
+
+    def _finish(self, parts: list[Part]) -> dict[str, Any]:
+        sidecars = [read_json(sidecar_path(self.run, self.task, p.number)) for p in parts]
+        entries = []
+        for name, path in self.run.output_paths(self.task).items():
+            files = [part_file(self.run, self.task, p.number, name) for p in parts]
+            schema = pq.read_schema(files[0])
+            with self.timer.measure("assemble"):
+                write_parquet(path, (pq.read_table(f, schema=schema) for f in files), schema,
+                              self.job.write_options(name))
+            rows = sum(sc["rows"][name] for sc in sidecars)
+            entries.append(file_entry(path, name=name, rows=rows))
+        record = {
+            "task": self.task,
+            "rows": entries[0]["rows"],
+            "rows_in": sum(sc["rows_in"] for sc in sidecars),
+            "outputs": entries,
+            **self.job.task_stats(self.run, self.task, [sc["stats"] for sc in sidecars]),
+            "timings": self.timer.summary(),
+        }
+        write_json(self.run.completion_path(self.task), record)
+        shutil.rmtree(self.run.parts_dir(self.task), ignore_errors=True)
+        log.info("task %d done: %d rows -> %s", self.task, record["rows"],
+                 ", ".join(e["path"] for e in entries))
+        return record
+
+
+def run_task(run: Run, task: int) -> dict[str, Any]:
+    """The task entry point shared by every executor and the sbatch templates."""
+    return TaskRunner(run, task).execute()

@@ -1,0 +1,140 @@
+"""Job specs: TOML files with one table per concern, overridden by CLI flags, validated once.
+
+Every job type's spec is a frozen dataclass of section dataclasses that ends with the shared
+``[run]`` and ``[slurm]`` tables (`JobSpec`). This module reads a spec file, type-checks each
+key against its dataclass field and builds the spec; the job type's `validate` checks what
+types cannot say. Everything downstream trusts the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from chatspace.errors import BadInput
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    array: int = 1
+    part_rows: int = 2048
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str | None = None
+    mem: str | None = None
+    cpus_per_task: int | None = None
+    gpus_per_task: int | None = None
+    constraint: str | None = None
+    exclude: str | None = None
+    array_parallelism: int | None = None
+    job_name: str | None = None
+    sbatch_args: list[str] = field(default_factory=list)
+    container: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobSpec:
+    """The tables every job type shares; a job type's spec subclasses this."""
+
+    run: RunConfig = RunConfig()
+    slurm: SlurmConfig = SlurmConfig()
+
+    def validate(self) -> None:
+        """Raise BadInput naming the first wrong field (beyond what types can say)."""
+        if self.run.array < 1:
+            raise BadInput(f"run.array (--array) must be >= 1, got {self.run.array}")
+        if self.run.part_rows < 1:
+            raise BadInput(f"run.part_rows must be >= 1, got {self.run.part_rows}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def work_dict(self) -> dict[str, Any]:
+        """The part of the spec that determines the outputs (not where they run)."""
+        out = self.to_dict()
+        del out["slurm"]
+        return out
+
+
+Spec = TypeVar("Spec", bound=JobSpec)
+
+
+def sections(spec_type: type[JobSpec]) -> dict[str, type]:
+    """Table name -> section dataclass, for a spec type."""
+    hints = typing.get_type_hints(spec_type)
+    return {f.name: hints[f.name] for f in dataclasses.fields(spec_type)}
+
+
+def read_spec_file(path: str | Path, known: dict[str, type]) -> dict[str, dict[str, Any]]:
+    """Read a TOML job spec into ``{section: {key: value}}``."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise BadInput(f"spec file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise BadInput(f"spec file {path} is not valid TOML: {exc}") from None
+    for section, table in raw.items():
+        if section not in known or not isinstance(table, dict):
+            raise BadInput(f"{path}: unknown table [{section}] (known: {', '.join(known)})")
+    return raw
+
+
+def _check_type(where: str, value: Any, hint: Any) -> Any:
+    """Check one value against a dataclass field's type hint (str/int/float/bool/list/dict,
+    or Optional of them)."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    for kind in allowed:
+        origin = typing.get_origin(kind) or kind
+        if origin is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if origin is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if origin in (str, bool, list, dict) and isinstance(value, origin):
+            return value
+    names = " or ".join(getattr(k, "__name__", str(k)) for k in allowed if k is not type(None))
+    raise BadInput(f"{where} must be {names}, got {value!r}")
+
+
+def build_section(cls: type, values: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in known:
+            raise BadInput(f"unknown key {where}.{key} (known: {', '.join(sorted(known))})")
+    checked = {k: _check_type(f"{where}.{k}", v, hints[k]) for k, v in values.items()}
+    return cls(**checked)
+
+
+def resolve_spec(spec_type: type[Spec], spec_path: str | Path | None,
+                 overrides: dict[str, dict[str, Any]]) -> Spec:
+    """Merge a spec file (optional) with CLI overrides (``None`` values are ignored), then
+    validate every field that can be checked without touching the data."""
+    known = sections(spec_type)
+    merged: dict[str, dict[str, Any]] = {s: {} for s in known}
+    if spec_path is not None:
+        for section, table in read_spec_file(spec_path, known).items():
+            merged[section].update(table)
+    for section, table in overrides.items():
+        merged[section].update({k: v for k, v in table.items() if v is not None})
+    spec = spec_type(**{s: build_section(cls, merged[s], s) for s, cls in known.items()})
+    spec.validate()
+    return spec
+
+
+def spec_from_dict(spec_type: type[Spec], data: dict[str, Any]) -> Spec:
+    """Rebuild a spec saved in a run record (validated when it was planned); a table that a
+    later version added takes its defaults."""
+    return spec_type(**{s: cls(**data.get(s, {})) for s, cls in sections(spec_type).items()})

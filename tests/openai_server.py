@@ -1,0 +1,207 @@
+"""A local HTTP server that plays OpenAI's ``/v1/embeddings`` for tests and benchmarks.
+
+It enforces the API's input limits (≤ 2,048 inputs, ≤ 300k tokens per request, ≤ 8,191 tokens
+per input, no empty input), answers with deterministic vectors derived from each input
+(`vector_for`), reports ``usage`` and ``x-ratelimit-*`` headers, can enforce a tokens/min limit
+(a one-second token bucket, answering 429 with ``retry-after-ms``), logs every request, and
+injects scripted faults. Only 127.0.0.1 is used.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+
+from chatspace.jobs.embed.tokens import encoding
+
+FAULTS = ("429", "500", "503", "slow", "drop", "truncated", "shuffle", "count")
+POISON = "POISON-ROW"  # an input containing this gets a 400, like a policy rejection
+
+
+def vector_for(value: str | list[int], dim: int) -> np.ndarray:
+    """The server's embedding of one input: a unit float32 vector seeded by its content."""
+    key = value if isinstance(value, str) else "tokens:" + json.dumps(value)
+    seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
+    vector = np.random.default_rng(seed).standard_normal(dim)
+    return (vector / np.linalg.norm(vector)).astype(np.float32)
+
+
+class FakeOpenAI:
+    def __init__(self, *, key: str = "sk-test-0123456789", dim: int = 64,
+                 latency: float = 0.0, jitter: float = 0.0,
+                 tokens_per_minute: int | None = None,
+                 fault: Callable[[int], str | None] | None = None, slow_seconds: float = 3.0):
+        self.key, self.dim, self.latency, self.jitter = key, dim, latency, jitter
+        self.tokens_per_minute, self.fault, self.slow_seconds = (tokens_per_minute, fault,
+                                                                 slow_seconds)
+        self.log: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        self.count = 0
+        self.bucket = (tokens_per_minute or 0) / 60.0  # one second's worth
+        self.stamp = time.monotonic()
+        self.encoding = encoding("cl100k_base")
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                server.handle(self)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self) -> FakeOpenAI:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def env(self) -> dict[str, str]:
+        return {"OPENAI_BASE_URL": self.url, "OPENAI_API_KEY": self.key}
+
+    def ok_requests(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [e for e in self.log if e["status"] == 200 and e["fault"] is None]
+
+    # -- request handling ------------------------------------------------------------------
+    def _send(self, h: BaseHTTPRequestHandler, status: int, body: Any,
+              headers: dict[str, str] | None = None, cut: bool = False) -> None:
+        data = json.dumps(body).encode()
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data) // 2 if cut else len(data)))
+        for name, value in (headers or {}).items():
+            h.send_header(name, value)
+        h.end_headers()
+        h.wfile.write(data[: len(data) // 2] if cut else data)
+
+    def _error(self, h: BaseHTTPRequestHandler, status: int, message: str, code: str | None,
+               headers: dict[str, str] | None = None) -> None:
+        self._send(h, status, {"error": {"message": message, "type": "invalid_request_error",
+                                         "param": None, "code": code}}, headers)
+
+    def _take_tokens(self, tokens: int) -> float:
+        """Seconds to wait before `tokens` fit the tokens/min bucket (0: taken now)."""
+        if not self.tokens_per_minute:
+            return 0.0
+        rate = self.tokens_per_minute / 60.0
+        with self.lock:
+            now = time.monotonic()
+            self.bucket = min(rate, self.bucket + (now - self.stamp) * rate)
+            self.stamp = now
+            if self.bucket >= min(tokens, rate):
+                self.bucket -= tokens
+                return 0.0
+            return (min(tokens, rate) - self.bucket) / rate
+
+    def handle(self, h: BaseHTTPRequestHandler) -> None:
+        body = h.rfile.read(int(h.headers.get("Content-Length", 0)))
+        with self.lock:
+            self.count += 1
+            number = self.count
+        entry: dict[str, Any] = {"n": number, "time": time.time(), "status": None,
+                                 "fault": None, "inputs": [], "tokens": 0,
+                                 "headers": dict(h.headers)}
+        try:
+            self._answer(h, body, entry, number)
+        finally:
+            with self.lock:
+                self.log.append(entry)
+
+    def _answer(self, h: BaseHTTPRequestHandler, raw: bytes, entry: dict[str, Any],
+                number: int) -> None:
+        if h.path.rstrip("/") != "/v1/embeddings":
+            entry["status"] = 404
+            return self._error(h, 404, f"no route {h.path}", "unknown_url")
+        if h.headers.get("Authorization") != f"Bearer {self.key}":
+            entry["status"] = 401
+            return self._error(h, 401, "Incorrect API key provided.", "invalid_api_key")
+        request = json.loads(raw)
+        inputs = request["input"] if isinstance(request["input"], list) else [request["input"]]
+        if inputs and isinstance(inputs[0], int):
+            inputs = [inputs]
+        entry["inputs"] = inputs
+        tokens = [len(self.encoding.encode(v, disallowed_special=())) if isinstance(v, str)
+                  else len(v) for v in inputs]
+        entry["tokens"] = sum(tokens)
+        problem = (f"{len(inputs)} inputs: at most 2048" if len(inputs) > 2048 else
+                   f"{sum(tokens)} tokens: at most 300000 per request"
+                   if sum(tokens) > 300_000 else
+                   "an input is empty" if any(v in ("", []) for v in inputs) else
+                   "an input exceeds 8191 tokens" if max(tokens, default=0) > 8191 else
+                   "the input was rejected" if any(isinstance(v, str) and POISON in v
+                                                   for v in inputs) else None)
+        if problem:
+            entry["status"] = 400
+            return self._error(h, 400, problem, None)
+        fault = self.fault(number) if self.fault else None
+        entry["fault"] = fault if fault in FAULTS or fault in ("quota",) else None
+        if fault == "quota":
+            entry["status"] = 429
+            return self._error(h, 429, "You exceeded your current quota.", "insufficient_quota")
+        if fault == "429":
+            entry["status"] = 429
+            return self._error(h, 429, "Rate limit reached.", "rate_limit_exceeded",
+                               {"retry-after": "0.2"})
+        if fault in ("500", "503"):
+            entry["status"] = int(fault)
+            return self._error(h, int(fault), "The server had an error.", None)
+        if fault == "drop":
+            entry["status"] = 0
+            h.close_connection = True
+            h.connection.shutdown(socket.SHUT_RDWR)
+            return None
+        wait = self._take_tokens(sum(tokens))
+        if wait > 0:
+            entry["status"], entry["fault"] = 429, "rate-limited"
+            return self._error(h, 429, "Rate limit reached for tokens per min.",
+                               "rate_limit_exceeded", {"retry-after-ms": f"{wait * 1000:.0f}"})
+        time.sleep(self.latency + random.uniform(-self.jitter, self.jitter) if self.latency
+                   else 0)
+        if fault == "slow":
+            time.sleep(self.slow_seconds)
+        dim = request.get("dimensions") or self.dim
+        data = []
+        for index, value in enumerate(inputs):
+            vector = vector_for(value, dim)
+            embedding = (base64.b64encode(vector.tobytes()).decode()
+                         if request.get("encoding_format") == "base64" else vector.tolist())
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
+        if fault == "shuffle":
+            random.Random(number).shuffle(data)
+        if fault == "count":
+            data = data[:-1]
+        entry["status"] = 200
+        limit = str(self.tokens_per_minute or 1_000_000)
+        refill_ms = (1000 * max(0.0, 1 - self.bucket * 60 / self.tokens_per_minute)
+                     if self.tokens_per_minute else 0.0)
+        headers = {"x-ratelimit-limit-requests": "10000", "x-ratelimit-remaining-requests": "9999",
+                   "x-ratelimit-reset-requests": "6ms", "x-ratelimit-limit-tokens": limit,
+                   "x-ratelimit-remaining-tokens": str(max(0, int(self.bucket))),
+                   "x-ratelimit-reset-tokens": f"{refill_ms:.0f}ms"}
+        self._send(h, 200, {"object": "list", "data": data, "model": request["model"],
+                            "usage": {"prompt_tokens": sum(tokens),
+                                      "total_tokens": sum(tokens)}},
+                   headers, cut=fault == "truncated")
+        return None
