@@ -122,12 +122,10 @@ class FakeOpenAI:
             number = self.count
         entry: dict[str, Any] = {"n": number, "time": time.time(), "status": None,
                                  "fault": None, "inputs": [], "tokens": 0,
-                                 "headers": dict(h.headers)}
-        try:
-            self._answer(h, body, entry, number)
-        finally:
-            with self.lock:
-                self.log.append(entry)
+                                 "headers": {k.lower(): v for k, v in h.headers.items()}}
+        with self.lock:
+            self.log.append(entry)  # filled in as the request is answered
+        self._answer(h, body, entry, number)
 
     def _answer(self, h: BaseHTTPRequestHandler, raw: bytes, entry: dict[str, Any],
                 number: int) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -57,24 +56,28 @@ def test_local_run_verifies_and_vectors_are_the_servers(root):
     assert manifest["totals"]["tokens"] == billed > 0
     assert manifest["totals"]["cost_usd"] == pytest.approx(billed * 0.02 / 1e6)
     assert manifest["backend"] == "openai" and manifest["embedding_dim"] == DIM
-    assert all(e["headers"]["Authorization"] == f"Bearer {server.key}" for e in server.log)
+    assert all(e["headers"]["authorization"] == f"Bearer {server.key}" for e in server.log)
 
 
 def test_faults_on_30_percent_of_requests_lose_nothing(root):
-    rng = random.Random(7)
-    faults = {n: rng.choice(FAULTS) for n in range(1, 400) if rng.random() < 0.3}
-    with FakeOpenAI(dim=DIM, fault=faults.get, slow_seconds=2.5) as server:
+    def fault(n: int) -> str | None:  # every third request, each kind in turn
+        return FAULTS[(n // 3) % len(FAULTS)] if n % 3 == 0 else None
+
+    with FakeOpenAI(dim=DIM, fault=fault, slow_seconds=2.5) as server:
         run = run_of(submit(root, server, "--executor", "local", "--array", "2", "--n", "150",
-                            "--part-rows", "25", "--json", env={"OPENAI_TIMEOUT": "1"}))
-    seen = {server.log[i]["fault"] for i in range(len(server.log))} - {None}
-    assert {"429", "500", "503", "slow", "drop", "truncated", "count"} <= seen, seen
+                            "--part-rows", "25", "--max-inputs-per-request", "5", "--json",
+                            env={"OPENAI_TIMEOUT": "1"}))
+    faulty = [e for e in server.log if e["fault"] is not None]
+    assert {e["fault"] for e in faulty} == set(FAULTS)
+    assert 0.25 <= len(faulty) / len(server.log) <= 0.4
     assert chatspace("verify", str(run.dir)).returncode == 0
     table = read_run(run)
     sample = np.load(run.dir / "sample.npy")
     ids = table.column("id").to_pylist()
     assert sorted(ids) == sorted(f"pydocs:{r}" for r in sample.tolist())  # none lost or twice
     assert_vectors_are_the_servers(table)
-    assert read_json(run.manifest_path)["totals"]["retries"] >= 20
+    failed = [e for e in faulty if e["fault"] != "shuffle"]  # a shuffled index is no failure
+    assert read_json(run.manifest_path)["totals"]["retries"] == len(failed)
 
 
 def test_killed_task_requests_only_missing_parts(root):

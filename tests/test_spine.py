@@ -231,3 +231,23 @@ def test_compiled_model_matches_eager(root):
     assert record["timings"]["compile_warmup"]["busy"] > 0
     # every compiled batch is a full 8 rows of a power-of-two bucket length
     assert record["padded_tokens"] % 8 == 0 and record["padded_tokens"] > record["tokens"]
+
+
+def test_a_done_task_whose_output_is_gone_is_lost_and_resume_reruns_only_it(root):
+    run = embed(root, PYDOCS, "lost", n=90, array=3)
+    sums = [sha256_file(shard(run, t)) for t in range(3)]
+    shard(run, 1).unlink()
+    with open(shard(run, 2), "ab") as fh:  # same name, other size
+        fh.write(b"x")
+    status = json.loads(chatspace("status", str(run.dir), "--json").stdout)
+    assert status["counts"] == {"done": 1, "lost": 2}
+    assert [t["state"] for t in status["tasks"]] == ["done", "lost", "lost"]
+    assert "is missing" in status["tasks"][1]["error"][0]
+    assert "bytes, its record says" in status["tasks"][2]["error"][0]
+    assert status["rows_done"] == 30
+    assert chatspace("verify", str(run.dir)).returncode == 1
+    resumed = chatspace("resume", str(run.dir), "--executor", "debug", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["submission"]["tasks"] == [1, 2]
+    assert [sha256_file(shard(run, t)) for t in range(3)] == sums
+    assert chatspace("verify", str(run.dir)).returncode == 0

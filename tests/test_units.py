@@ -140,3 +140,17 @@ def test_extract_text_and_messages():
 def test_shipped_job_specs_are_valid(spec_file: Path):
     spec = resolve_spec(EmbedSpec, spec_file, {})
     assert spec.dataset.name and spec.run.array >= 1
+
+
+def test_the_run_machinery_imports_no_job_package_and_no_cli():
+    import ast
+
+    lower = {"runs": ("chatspace.jobs", "chatspace.cli"), "data": ("chatspace.jobs",
+                                                                   "chatspace.cli")}
+    for folder, banned in lower.items():
+        for path in (REPO / "chatspace" / folder).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                         [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                bad = [n for n in names if n.startswith(banned)]
+                assert not bad, f"{path.relative_to(REPO)} imports {bad}"

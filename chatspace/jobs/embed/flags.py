@@ -55,4 +55,14 @@ EMBED_FLAGS: list[Flag] = [
      {"type": click.Choice(LONG_INPUTS),
       "help": "openai: inputs over 8,191 tokens are truncated (default) or embedded in chunks "
               "and averaged."}),
+    ("--max-inputs-per-request", "openai", "max_inputs_per_request",
+     {"type": int, "help": "openai: inputs packed into one request (at most 2048)."}),
+    ("--max-tokens-per-request", "openai", "max_tokens_per_request",
+     {"type": int, "help": "openai: tokens packed into one request (270,000)."}),
+    ("--openai-timeout", "openai", "timeout",
+     {"type": float, "help": "openai: seconds per request (default $OPENAI_TIMEOUT or 60)."}),
+    ("--max-attempts", "openai", "max_attempts",
+     {"type": int, "help": "openai: tries per request before the task fails (8)."}),
+    ("--price-per-million", "openai", "price_per_million",
+     {"type": float, "help": "openai: USD per 1M tokens (default: the price table)."}),
 ]

@@ -109,8 +109,6 @@ class EmbedJob(JobType):
         for key in ("tokens", "padded_tokens", "requests", "retries", "cost_usd"):
             if key in parts[0]:
                 stats[key] = sum(p[key] for p in parts)
-        if "cost_usd" in stats:
-            stats["cost_usd"] = round(stats["cost_usd"], 6)
         return stats
 
     def check_task(self, run: Run, task: int, record: dict[str, Any]) -> TaskCheck:

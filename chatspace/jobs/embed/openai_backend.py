@@ -86,27 +86,26 @@ class OpenAIParts:
 
     def _rows(self, inputs: Any, vectors: list[np.ndarray | None],
               rows: int) -> tuple[np.ndarray, set[int]]:
-        """One vector per row (chunks averaged by tokens, re-normalised) and the positions of
-        rows with a rejected input."""
+        """One vector per row (the API's own, or for a chunked row the token-weighted mean of
+        its chunks, re-normalised) and the positions of rows with a rejected input."""
         dims = {v.size for v in vectors if v is not None}
         if len(dims) > 1:
             raise RunFailed(f"the API returned embeddings of different sizes: {sorted(dims)}")
         dim = dims.pop() if dims else (self.model["dimensions"] or 1)
-        sums = np.zeros((rows, dim), dtype=np.float64)
-        weights = np.zeros(rows, dtype=np.float64)
+        out = np.zeros((rows, dim), dtype=np.float32)
+        sums = np.zeros((rows, dim), dtype=np.float64)  # chunked rows only
         rejected: set[int] = set()
         for vector, row, tokens in zip(vectors, inputs.row_of, inputs.tokens, strict=True):
             if vector is None:
                 rejected.add(row)
-            else:
+            elif "chunks" in inputs.row_meta[row]:
                 sums[row] += vector * tokens
-                weights[row] += tokens
-        chunked = [i for i, m in enumerate(inputs.row_meta) if "chunks" in m]
-        out = sums / np.maximum(weights, 1)[:, None]
-        if chunked:
-            norms = np.linalg.norm(out[chunked], axis=1, keepdims=True)
-            out[chunked] /= np.maximum(norms, 1e-12)
-        return out.astype(np.float32), rejected
+            else:
+                out[row] = vector
+        for row, meta in enumerate(inputs.row_meta):
+            if "chunks" in meta and row not in rejected:
+                out[row] = sums[row] / max(np.linalg.norm(sums[row]), 1e-12)
+        return out, rejected
 
     def __call__(self, parts: list[Part]) -> Iterator[PartOutput]:
         with asyncio.Runner() as loop:
