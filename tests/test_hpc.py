@@ -159,7 +159,7 @@ def test_plan_prints_the_sbatch_commands(root):
     lines = out.stdout.splitlines()
     run_dir = lines[0]
     assert Path(run_dir, "plan.json").exists()
-    assert f"jid=$(sbatch --parsable --array=0-3 hpc/embed.sbatch {run_dir})" in out.stdout
+    assert f"jid=$(sbatch --parsable --array=0-3 hpc/task.sbatch {run_dir})" in out.stdout
     assert f"sbatch --dependency=afterok:$jid hpc/reduce.sbatch {run_dir}" in out.stdout
 
 
@@ -179,16 +179,16 @@ def test_templates_on_the_cluster_match_the_submitit_path(slurm_cluster, root, a
                         root=root)
     run = open_run(json.loads(planned.stdout)["run_dir"])
     env = {**os.environ, "CHATSPACE_IMAGE": str(image), "CHATSPACE_ROOT": str(root)}
-    job = sbatch("--array=0-1", "hpc/embed.sbatch", str(run.dir), env=env)
+    job = sbatch("--array=0-1", "hpc/task.sbatch", str(run.dir), env=env)
     sbatch(f"--dependency=afterok:{job}", "hpc/reduce.sbatch", str(run.dir), env=env)
     wait_until(lambda: run.manifest_path.exists(), timeout=300, what="the template run")
     calls = apptainer_shim.read_text().splitlines()
     hf_home = os.environ.get("HF_HOME", str(Path.home() / ".cache" / "huggingface"))
     prefix = f"apptainer exec --nv --bind {root} --bind {hf_home} {image} chatspace run "
-    assert sorted(calls) == sorted([f"{prefix}embed-task {run.dir} --task 0",
-                                    f"{prefix}embed-task {run.dir} --task 1",
+    assert sorted(calls) == sorted([f"{prefix}task {run.dir} --task 0",
+                                    f"{prefix}task {run.dir} --task 1",
                                     f"{prefix}reduce {run.dir}"])
-    assert (REPO / "logs" / f"chatspace-embed-{job}_0.out").exists()
+    assert (REPO / "logs" / f"chatspace-task-{job}_0.out").exists()
 
     via_submitit = chatspace("submit", "embed", *common, "--executor", "slurm", "--wait",
                              "--json", "--container", str(image), root=root)

@@ -234,7 +234,7 @@ def test_request_packing_and_rate_helpers():
 def test_slurm_run_with_the_api(root, slurm_cluster):
     with FakeOpenAI(dim=DIM, fault=lambda n: "503" if n % 5 == 0 else None) as server:
         run = run_of(submit(root, server, "--executor", "slurm", "--array", "3", "--wait",
-                            "--json"))
+                            "--max-inputs-per-request", "5", "--json"))
         assert any(e["status"] == 503 for e in server.log)
     assert chatspace("verify", str(run.dir)).returncode == 0
     table = read_run(run)

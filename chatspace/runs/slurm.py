@@ -93,7 +93,7 @@ def check_slurm_options(cfg: SlurmConfig) -> None:
                            f"(partitions: {', '.join(partitions) or 'none'})")
 
 
-CONTAINER_SH = Path(__file__).with_name("container.sh")
+CONTAINER_SH = Path(__file__).parent.parent / "container.sh"
 
 
 def container_python(image: str, root: Path) -> str:
