@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import tempfile
 from pathlib import Path
 
@@ -22,8 +23,9 @@ from tests.openai_server import FAULTS, FakeOpenAI
 
 
 def measure(work: Path, name: str, args: argparse.Namespace, faulty: bool) -> float:
-    def fault(n: int) -> str | None:  # 30 %: three requests in ten, each kind in turn
-        return FAULTS[(n // 10 * 3 + n % 10) % len(FAULTS)] if faulty and n % 10 < 3 else None
+    def fault(n: int) -> str | None:  # each request fails with probability 0.3, any kind
+        draw = random.Random(n)
+        return draw.choice(FAULTS) if faulty and draw.random() < 0.3 else None
 
     with FakeOpenAI(latency=0.15, jitter=0.05, tokens_per_minute=args.tpm, fault=fault,
                     slow_seconds=2.0) as server:

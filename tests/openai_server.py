@@ -94,7 +94,10 @@ class FakeOpenAI:
         for name, value in (headers or {}).items():
             h.send_header(name, value)
         h.end_headers()
-        h.wfile.write(data[: len(data) // 2] if cut else data)
+        try:
+            h.wfile.write(data[: len(data) // 2] if cut else data)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
+            h.close_connection = True
 
     def _error(self, h: BaseHTTPRequestHandler, status: int, message: str, code: str | None,
                headers: dict[str, str] | None = None) -> None:
