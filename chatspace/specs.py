@@ -26,6 +26,17 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class ReduceConfig:
+    """The reduce job's own small CPU resources (``[slurm.reduce]``): never the tasks' GPU
+    partition, constraint or time unless asked."""
+
+    partition: str | None = None  # default: the cluster's default partition
+    time: str = "0:30:00"
+    mem: str = "4G"
+    cpus: int = 1
+
+
+@dataclass(frozen=True)
 class SlurmConfig:
     partition: str | None = None
     account: str | None = None
@@ -40,6 +51,7 @@ class SlurmConfig:
     job_name: str | None = None
     sbatch_args: list[str] = field(default_factory=list)
     container: str | None = None
+    reduce: ReduceConfig = ReduceConfig()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,6 +116,8 @@ def _check_type(where: str, value: Any, hint: Any) -> Any:
             return value
         if origin in (str, bool, list, dict) and isinstance(value, origin):
             return value
+        if dataclasses.is_dataclass(origin) and isinstance(value, dict):
+            return build_section(origin, value, where)
     names = " or ".join(getattr(k, "__name__", str(k)) for k in allowed if k is not type(None))
     raise BadInput(f"{where} must be {names}, got {value!r}")
 
@@ -128,7 +142,9 @@ def resolve_spec(spec_type: type[Spec], spec_path: str | Path | None,
         for section, table in read_spec_file(spec_path, known).items():
             merged[section].update(table)
     for section, table in overrides.items():
-        merged[section].update({k: v for k, v in table.items() if v is not None})
+        top, _, sub = section.partition(".")  # "slurm.reduce": a table inside [slurm]
+        into = merged[top].setdefault(sub, {}) if sub else merged[top]
+        into.update({k: v for k, v in table.items() if v is not None})
     spec = spec_type(**{s: build_section(cls, merged[s], s) for s, cls in known.items()})
     spec.validate()
     return spec
@@ -137,4 +153,5 @@ def resolve_spec(spec_type: type[Spec], spec_path: str | Path | None,
 def spec_from_dict(spec_type: type[Spec], data: dict[str, Any]) -> Spec:
     """Rebuild a spec saved in a run record (validated when it was planned); a table that a
     later version added takes its defaults."""
-    return spec_type(**{s: cls(**data.get(s, {})) for s, cls in sections(spec_type).items()})
+    return spec_type(**{s: build_section(cls, data.get(s, {}), s)
+                        for s, cls in sections(spec_type).items()})

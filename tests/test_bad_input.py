@@ -38,6 +38,10 @@ def assert_bad(args: list[str], root: Path, expected: str) -> None:
     (["--n", "10", "--model", "no-org/no-model"], "model 'no-org/no-model' is neither"),
     (["--n", "10", "--batch-size", "0"], "model.batch_size must be >= 1, got 0"),
     (["--n", "10", "--parallelism", "0"], "--parallelism must be >= 1, got 0"),
+    (["--n", "10", "--executor", "debug", "--parallelism", "2"],
+     "--parallelism applies to --executor local only, not debug"),
+    (["--n", "10", "--container", "x.sif"],
+     "--container applies to --executor slurm only, not local"),
 ])
 def test_bad_submit_input(root, extra, expected):
     assert_bad(BASE + extra, root, expected)

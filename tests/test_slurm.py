@@ -51,8 +51,20 @@ def test_submit_wait_matches_local_rows_and_bytes(root):
         f"afterok:{record['arrays'][0]['job_id']}"
     assert read_json(Path(out["run_dir"]) / "submissions.json")[0]["reduce_job_id"]
     scripts = [Path(p).read_text() for p in record["sbatch_scripts"]]
-    assert "#SBATCH --array=0-3" in scripts[0] and "#SBATCH --requeue" in scripts[0]
+    assert "#SBATCH --array=0-3%4" in scripts[0] and "#SBATCH --requeue" in scripts[0]
+    assert record["sbatch_parameters"]["array_parallelism"] == 4  # the throttle in force
     assert "#SBATCH --dependency=afterok:" in scripts[1]
+    reduce = record["reduce_sbatch_parameters"]  # its own small CPU job
+    assert (reduce["mem"], reduce["time"], reduce["cpus_per_task"]) == ("4G", 30, 1)
+    assert "#SBATCH --mem=4G" in scripts[1] and "gpus" not in scripts[1]
+
+    manifest = Path(out["manifest"])
+    before = (sha256_file(manifest), manifest.stat().st_mtime_ns)
+    again = chatspace("resume", out["run_dir"], "--json")  # finished and verified: a no-op
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["submission"]["nothing_to_do"] is True
+    assert (sha256_file(manifest), manifest.stat().st_mtime_ns) == before
+    assert len(read_json(Path(out["run_dir"]) / "submissions.json")) == 1
 
     slurm_run = open_run(out["run_dir"])
     local = embed(root, PYDOCS, "on-debug", n=40, array=4)
@@ -141,10 +153,15 @@ def test_task_killed_without_result_is_reported_quickly(root):
     assert time.time() - started < 30
     assert state["tasks"][0]["slurm"]["state"] in ("FAILED", "CANCELLED")
     cancel = chatspace("cancel", out["run_dir"])
-    assert cancel.returncode == 0 and "cancelled" in cancel.stdout
+    assert cancel.returncode == 0, cancel.stderr
+    cancelled = re.match(r"cancelled (\d+) job\(s\) of run to-kill: (.+)$", cancel.stdout.strip())
+    assert cancelled and int(cancelled.group(1)) >= 2, cancel.stdout  # task 1 and the reduce
+    assert out["submission"]["reduce_job_id"] in cancelled.group(2).split(", ")
     wait_until(lambda: all(t["state"] not in ("running", "pending")
                            for t in status(out["run_dir"])["tasks"]), timeout=60,
                what="the run's jobs to leave the queue")
+    wait_until(lambda: "no queued or running jobs" in chatspace("cancel", out["run_dir"]).stdout,
+               timeout=60, what="cancel to find nothing left")
 
 
 def test_requeued_task_continues_from_its_last_part(root):
@@ -183,7 +200,7 @@ def test_bad_slurm_input_submits_nothing(root, args, expected):
 
 def test_job_states_without_accounting_fall_back_to_scontrol(slurm_cluster, tmp_path,
                                                               monkeypatch):
-    from chatspace.runs.slurm import job_states
+    from chatspace.runs.slurm_cli import job_states
 
     array = sh("sbatch", "--parsable", "--array=0-1", "--wrap", "exit 3",
                f"--output={tmp_path}/%A_%a.out").strip()
@@ -203,3 +220,24 @@ def test_job_states_without_accounting_fall_back_to_scontrol(slurm_cluster, tmp_
         assert without[job]["state"] == with_acct[job]["state"]
         assert without[job]["exit_code"] == with_acct[job]["exit_code"]
     assert without[f"{array}_0"] == {"state": "FAILED", "exit_code": "3:0"}
+
+
+def test_a_reduce_that_fails_to_submit_leaves_its_arrays_visible_and_cancellable(root):
+    result = submit(root, "--run-id", "no-reduce", "--reduce-mem", "100T", "--part-rows", "10",
+                    "--batch-size", "4", n=400, array=2)
+    assert result.returncode == 1
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("chatspace: error: submission of run no-reduce stopped: ")
+    assert "Requested node configuration is not available" in error
+    assert "arrays already queued: " in error and "Traceback" not in result.stderr
+    run_dir = str(root / "runs" / "no-reduce")
+    record = read_json(Path(run_dir) / "submissions.json")[-1]
+    assert len(record["arrays"]) == 1 and record["reduce_job_id"] is None and record["error"]
+    assert record["arrays"][0]["job_id"] in error
+    states = [t["state"] for t in status(run_dir)["tasks"]]
+    assert set(states) <= {"pending", "running", "partial", "done"}, states
+    cancel = chatspace("cancel", run_dir)
+    assert cancel.returncode == 0, cancel.stderr
+    assert cancel.stdout.startswith("cancelled ") and "no-reduce" in cancel.stdout
+    assert set(cancel.stdout.strip().split(": ")[1].split(", ")) <= set(
+        record["arrays"][0]["jobs"])

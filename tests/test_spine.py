@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -107,6 +108,9 @@ def test_sigkill_midway_resumes_from_last_part(root):
     proc.wait()
     committed = len(list(parts_dir.glob("part-*.json")))
     assert 2 <= committed < 10, "the task should have been killed half-way"
+    partial = json.loads(chatspace("status", str(run.dir), "--json").stdout)
+    assert partial["tasks"][0]["state"] == "partial"
+    assert partial["tasks"][0]["rows_done"] == partial["rows_done"] == 40 * committed
     assert not shard(run, 0).exists() and not run.completion_path(0).exists()
 
     stale = shard(run, 0).parent / f".tmp-99999-{shard(run, 0).name}"
@@ -123,7 +127,9 @@ def test_sigkill_midway_resumes_from_last_part(root):
     fresh = embed(root, PYDOCS, "uninterrupted", n=400, array=1, run={"part_rows": 40},
                   model={"batch_size": 8})
     fresh_manifest = read_json(fresh.manifest_path)
-    assert sha256_file(shard(run, 0)) != "" and pq.read_table(shard(run, 0)).drop(
+    recorded = read_json(run.completion_path(0))["outputs"][0]
+    assert recorded["sha256"] == sha256_file(shard(run, 0)) and recorded["rows"] == 400
+    assert pq.read_table(shard(run, 0)).drop(
         ["run_id", "created_at"]).equals(pq.read_table(shard(fresh, 0)).drop(
             ["run_id", "created_at"]))
     ignore = {"run_id", "created_at", "shards", "files", "totals", "run_config", "tool"}
@@ -176,7 +182,7 @@ def test_verify_catches_a_flipped_byte(root):
     assert report["ok"] is False and "task 1" in report["problems"][0]
 
 
-def test_status_reports_partial_and_missing_tasks(root):
+def test_status_reports_done_and_missing_tasks(root):
     run = embed(root, PYDOCS, n=40, array=2)
     run.completion_path(1).unlink()
     result = chatspace("status", run.run_id, "--json", root=root)
@@ -251,3 +257,17 @@ def test_a_done_task_whose_output_is_gone_is_lost_and_resume_reruns_only_it(root
     assert json.loads(resumed.stdout)["submission"]["tasks"] == [1, 2]
     assert [sha256_file(shard(run, t)) for t in range(3)] == sums
     assert chatspace("verify", str(run.dir)).returncode == 0
+
+
+def test_local_executor_gives_each_worker_its_own_gpu(root):
+    result = chatspace("submit", "embed", "--dataset", str(PYDOCS), "--text-field", "text",
+                       "--n", "40", "--array", "3", "--executor", "local", "--device", "cpu",
+                       "--json", root=root, env={"CUDA_VISIBLE_DEVICES": "5,7"})
+    assert result.returncode == 0, result.stderr
+    run_dir = Path(json.loads(result.stdout)["run_dir"])
+    seen = []
+    for task in range(3):
+        log = (run_dir / "logs" / f"local-{task:05d}.log").read_text()
+        seen.append(re.search(r"starting on \S+ \(CUDA_VISIBLE_DEVICES=(\S+)\)", log).group(1))
+    assert set(seen) == {"5", "7"}  # two GPUs: two workers, one device each
+    assert seen[0] != seen[1]

@@ -7,6 +7,7 @@ given flags into spec overrides, so every spec key has exactly one flag.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from chatspace.errors import BadInput
 from chatspace.jobs import open_run as open_job_run
 from chatspace.runs.job import Flag, JobType
 from chatspace.runs.record import Run, default_root
-from chatspace.specs import JobSpec, resolve_spec
+from chatspace.specs import JobSpec, SlurmConfig, build_section, resolve_spec
 
 RUN_FLAGS: list[Flag] = [
     ("--array", "run", "array", {"type": int, "help": "Number of tasks (slices)."}),
@@ -36,12 +37,18 @@ SLURM_FLAGS: list[Flag] = [
     ("--constraint", "slurm", "constraint", {}),
     ("--exclude", "slurm", "exclude", {"help": "Nodes to avoid."}),
     ("--array-parallelism", "slurm", "array_parallelism",
-     {"type": int, "help": "At most K array tasks at once (the %K throttle)."}),
+     {"type": int, "help": "At most K array tasks at once (the %K throttle; default: no "
+                           "throttle, all tasks may run at once)."}),
     ("--job-name", "slurm", "job_name", {}),
     ("--sbatch-arg", "slurm", "sbatch_args",
      {"multiple": True, "help": "Extra sbatch option as --key=value (repeatable)."}),
     ("--container", "slurm", "container",
      {"type": click.Path(dir_okay=False), "help": "Apptainer image (.sif) to run tasks in."}),
+    ("--reduce-partition", "slurm.reduce", "partition",
+     {"help": "The reduce job's partition (default: the cluster's default, not the tasks')."}),
+    ("--reduce-time", "slurm.reduce", "time", {"help": "The reduce job's time limit (0:30:00)."}),
+    ("--reduce-mem", "slurm.reduce", "mem", {"help": "The reduce job's memory (4G)."}),
+    ("--reduce-cpus", "slurm.reduce", "cpus", {"type": int, "help": "The reduce job's CPUs (1)."}),
 ]
 
 
@@ -79,25 +86,43 @@ def overrides_from(params: dict[str, Any], flags: list) -> dict[str, dict[str, A
     return overrides
 
 
+def slurm_from_cli(current: SlurmConfig, params: dict[str, Any]) -> SlurmConfig:
+    """`current` with the SLURM flags that were given (for `resume`)."""
+    given = overrides_from(params, SLURM_FLAGS)
+    values = dataclasses.asdict(current)
+    values.update({k: v for k, v in given["slurm"].items() if v is not None})
+    values["reduce"].update({k: v for k, v in given["slurm.reduce"].items() if v is not None})
+    return build_section(SlurmConfig, values, "slurm")
+
+
 def spec_from_cli(job: JobType, spec_file: str | None, params: dict[str, Any]) -> JobSpec:
     return resolve_spec(job.spec_type, spec_file,
                         overrides_from(params, job.flags + RUN_FLAGS + SLURM_FLAGS))
 
 
-def check_executor(executor: str | None, parallelism: int | None) -> str:
-    """The executor to use (default slurm) once --parallelism is checked. SLURM itself
-    (sbatch on PATH, its options) is checked by `chatspace.slurm.check_slurm_options`."""
+def check_executor(executor: str | None, parallelism: int | None,
+                   container: str | None = None) -> str:
+    """The executor to use (default slurm), refusing flags it would ignore. SLURM itself
+    (sbatch on PATH, its options) is checked by `chatspace.runs.slurm.check_slurm_options`."""
+    executor = executor or "slurm"
     if parallelism is not None and parallelism < 1:
         raise BadInput(f"--parallelism must be >= 1, got {parallelism}")
-    return executor or "slurm"
+    if parallelism is not None and executor != "local":
+        raise BadInput(f"--parallelism applies to --executor local only, not {executor} "
+                       "(on SLURM use --array-parallelism)")
+    if container is not None and executor != "slurm":
+        raise BadInput(f"--container applies to --executor slurm only, not {executor} "
+                       "(local and debug tasks run in this environment)")
+    return executor
 
 
 def executor_options(fn: Callable) -> Callable:
     fn = click.option("--wait", is_flag=True,
                       help="slurm: follow the run to its end; exit 0 on success, 1 on "
-                           "failure.")(fn)
+                           "failure (local and debug always run to the end).")(fn)
     fn = click.option("--parallelism", type=int, default=None,
-                      help="local: at most K task processes at once (default: cores).")(fn)
+                      help="local: at most K task processes at once (default: one per GPU, "
+                           "each on its own, else one per core).")(fn)
     return click.option("--executor", type=click.Choice(["slurm", "local", "debug"]),
                         default=None,
                         help="Where tasks run (default: slurm when sbatch is on PATH).")(fn)

@@ -5,7 +5,6 @@ templates call."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 from collections.abc import Callable
@@ -14,26 +13,25 @@ from typing import Any
 import click
 
 from chatspace.cli.options import (
-    SLURM_FLAGS,
     check_executor,
     executor_options,
     json_option,
     open_run,
-    overrides_from,
     resolve_root,
     root_option,
     run_argument,
+    slurm_from_cli,
     slurm_options,
     spec_from_cli,
     spec_options,
 )
 from chatspace.cli.output import emit, run_summary
-from chatspace.errors import BadInput
+from chatspace.errors import BadInput, RunFailed
 from chatspace.jobs import JOB_TYPES
 from chatspace.runs.job import JobType
 from chatspace.runs.plan import Planned, plan_run
 from chatspace.runs.record import Run
-from chatspace.specs import SlurmConfig, build_section
+from chatspace.specs import SlurmConfig
 
 log = logging.getLogger("chatspace")
 
@@ -102,12 +100,13 @@ def submit_command(job: JobType) -> click.Command:
     def command(spec_file: str | None, root: str | None, run_id: str | None, execute: bool,
                 executor: str | None, parallelism: int | None, wait: bool, as_json: bool,
                 **params: Any) -> None:
-        executor = check_executor(executor, parallelism)
+        executor = check_executor(executor, parallelism, params.get("container"))
         spec = spec_from_cli(job, spec_file, params)
+        max_array = 0
         if executor == "slurm":
             from chatspace.runs.slurm import check_slurm_options
 
-            check_slurm_options(spec.slurm)
+            max_array = check_slurm_options(spec.slurm)
         planned = plan_run(job, spec, resolve_root(root), run_id, execute)
         if planned.run is None or (planned.estimate and not execute):
             _dry_run(planned, as_json)
@@ -117,18 +116,21 @@ def submit_command(job: JobType) -> click.Command:
         if not planned.new:
             log.info("run %s exists with this spec: running its unfinished tasks",
                      planned.run.run_id)
-        launch_run(planned.run, executor, spec.slurm, parallelism, wait, as_json)
+        launch_run(planned.run, executor, spec.slurm, max_array, parallelism, wait, as_json)
     return command
 
 
-def launch_run(run: Run, executor: str, slurm: SlurmConfig, parallelism: int | None,
-               wait: bool, as_json: bool) -> None:
+def launch_run(run: Run, executor: str, slurm: SlurmConfig, max_array: int,
+               parallelism: int | None, wait: bool, as_json: bool) -> None:
     from chatspace.runs.executors import launch
 
-    record = launch(run, executor, slurm=slurm, parallelism=parallelism, wait=wait,
-                    progress=not as_json)
+    record = launch(run, executor, slurm=slurm, max_array=max_array, parallelism=parallelism,
+                    wait=wait, progress=not as_json)
     summary = {**run_summary(run), "executor": executor, "submission": record}
-    if run.manifest_path.exists():
+    if record.get("nothing_to_do"):
+        lines = [f"run {run.run_id} is complete and its manifest verifies: nothing to do",
+                 f"manifest: {run.manifest_path}"]
+    elif run.manifest_path.exists():
         lines = [f"run {run.run_id} done", f"run dir:  {run.dir}",
                  f"manifest: {run.manifest_path}"]
     else:
@@ -165,38 +167,40 @@ def resume(run_ref: str, root: str | None, executor: str | None, parallelism: in
            wait: bool, force: bool, as_json: bool, **params: Any) -> None:
     """Rerun only RUN's tasks that are not done (missing, failed, partial or lost outputs; one
     compacted array on SLURM), then a new reduce. SLURM options default to the run's own."""
-    from chatspace.runs.slurm import cancel, check_slurm_options, live_jobs
+    from chatspace.runs.slurm import check_slurm_options
+    from chatspace.runs.slurm_cli import SlurmUnavailable, cancel, live_jobs
 
     run = open_run(run_ref, root)
     history = run.submissions()
     executor = check_executor(executor or (history[-1]["executor"] if history else None),
-                              parallelism)
-    slurm = run.spec.slurm
-    changes = {k: v for k, v in overrides_from(params, SLURM_FLAGS)["slurm"].items()
-               if v is not None}
-    if changes:
-        slurm = build_section(type(slurm), {**dataclasses.asdict(slurm), **changes}, "slurm")
-    if executor == "slurm":
-        check_slurm_options(slurm)
-    live, stale = live_jobs(run) if history else ([], [])
-    if live and not force:
-        raise BadInput(f"run {run.run_id} still has queued or running jobs "
-                       f"({', '.join(live)}): wait, or use --force to cancel them first")
-    cancel(live + stale)
-    launch_run(run, executor, slurm, parallelism, wait, as_json)
+                              parallelism, params.get("container"))
+    slurm = slurm_from_cli(run.spec.slurm, params)
+    max_array = check_slurm_options(slurm) if executor == "slurm" else 0
+    try:
+        live, stale = live_jobs(run)
+        if live and not force:
+            raise BadInput(f"run {run.run_id} still has queued or running jobs "
+                           f"({', '.join(live)}): wait, or use --force to cancel them first")
+        cancel(live + stale)
+    except SlurmUnavailable as exc:
+        raise BadInput(f"cannot ask SLURM about run {run.run_id}'s jobs: {exc}") from None
+    launch_run(run, executor, slurm, max_array, parallelism, wait, as_json)
 
 
 @click.command("cancel")
 @run_argument
 def cancel_cmd(run_ref: str, root: str | None) -> None:
     """Cancel RUN's queued and running SLURM jobs."""
-    from chatspace.runs.slurm import cancel, live_jobs
+    from chatspace.runs.slurm_cli import SlurmUnavailable, cancel, live_jobs
 
     run = open_run(run_ref, root)
-    jobs = [job for group in live_jobs(run) for job in group]
-    cancel(jobs)
-    click.echo(f"cancelled {len(jobs)} job(s) of run {run.run_id}"
-               + (f": {', '.join(jobs)}" if jobs else ""))
+    try:
+        jobs = [job for group in live_jobs(run) for job in group]
+        cancel(jobs)
+    except SlurmUnavailable as exc:
+        raise RunFailed(f"cannot cancel run {run.run_id}'s jobs: {exc}") from None
+    click.echo(f"cancelled {len(jobs)} job(s) of run {run.run_id}: {', '.join(jobs)}" if jobs
+               else f"run {run.run_id} has no queued or running jobs: nothing to cancel")
 
 
 @click.command()
@@ -267,6 +271,8 @@ def status(run_ref: str, root: str | None, as_json: bool) -> None:
     lines = [f"run {run.run_id} ({run.job.kind}): {state['rows_done']}/{state['rows']} rows; "
              + ", ".join(f"{n} {s}" for s, n in state["counts"].items()),
              f"manifest: {state['manifest'] or '(not reduced yet)'}"]
+    if state["slurm_error"]:
+        lines.append(f"SLURM cannot be asked ({state['slurm_error']}): job states unknown")
     for task in state["tasks"]:
         if task["state"] != "done":
             slurm = task.get("slurm")

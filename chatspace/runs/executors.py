@@ -23,7 +23,7 @@ from tqdm import tqdm
 from chatspace.errors import RunFailed
 from chatspace.runs.commands import task_command
 from chatspace.runs.record import Run
-from chatspace.runs.reduce import reduce_run, task_problem
+from chatspace.runs.reduce import reduce_run, task_problem, verify_run
 from chatspace.runs.status import run_status
 from chatspace.runs.task import run_task
 from chatspace.specs import SlurmConfig
@@ -40,17 +40,37 @@ class DebugExecutor:
         reduce_run(run)
 
 
+def visible_gpus() -> list[str]:
+    """This machine's GPUs as CUDA_VISIBLE_DEVICES entries (that variable when set, else
+    `nvidia-smi -L`); no torch import."""
+    given = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if given is not None:
+        return [d.strip() for d in given.split(",") if d.strip() and d.strip() != "-1"]
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU")]
+
+
 class LocalExecutor:
+    """Tasks as local processes, at most `parallelism` at once (default: one per GPU, else
+    one per core); with GPUs each running task gets its own (CUDA_VISIBLE_DEVICES)."""
+
     name = "local"
 
     def __init__(self, parallelism: int | None = None, progress: bool = True):
-        self.parallelism = max(1, parallelism or os.cpu_count() or 1)
+        self.gpus = visible_gpus()
+        self.parallelism = max(1, parallelism or len(self.gpus) or os.cpu_count() or 1)
         self.progress = progress
 
-    def _start(self, run: Run, task: int, threads: int, workers: int) -> subprocess.Popen:
+    def _start(self, run: Run, task: int, threads: int, workers: int,
+               gpu: str | None) -> subprocess.Popen:
         run.log_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads),
                "CHATSPACE_TASKS_AT_ONCE": str(workers)}
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
         cmd = [sys.executable, "-m", "chatspace", *task_command(run, task)[1:]]
         with open(run.log_dir / f"local-{task:05d}.log", "ab") as out:
             return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
@@ -61,6 +81,8 @@ class LocalExecutor:
         workers = min(self.parallelism, max(len(queue), 1))
         threads = max(1, (os.cpu_count() or 1) // workers)
         running: dict[int, subprocess.Popen] = {}
+        held: dict[int, str] = {}  # task -> its GPU
+        free = list(self.gpus)
         failed: list[int] = []
         total = run.rows
         bar = tqdm(total=total, unit="rows", disable=not self.progress, desc=run.run_id,
@@ -69,11 +91,15 @@ class LocalExecutor:
             while queue or running:
                 while queue and len(running) < workers:
                     task = queue.pop(0)
-                    running[task] = self._start(run, task, threads, workers)
+                    if free:
+                        held[task] = free.pop(0)
+                    running[task] = self._start(run, task, threads, workers, held.get(task))
                 time.sleep(0.5)
                 for task, proc in list(running.items()):
                     if proc.poll() is not None:
                         del running[task]
+                        if task in held:
+                            free.append(held.pop(task))
                         if proc.returncode != 0:
                             failed.append(task)
                             log.error("task %d exited with %d", task, proc.returncode)
@@ -88,15 +114,20 @@ class LocalExecutor:
         reduce_run(run)
 
 
-def launch(run: Run, executor: str, *, slurm: SlurmConfig, parallelism: int | None = None,
-           wait: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Run (local, debug) or submit (slurm) every task of `run` without a valid completion
-    record, then its reduce; record the submission in the run record and return it."""
+def launch(run: Run, executor: str, *, slurm: SlurmConfig, max_array: int = 1001,
+           parallelism: int | None = None, wait: bool = False,
+           progress: bool = True) -> dict[str, Any]:
+    """Run (local, debug) or submit (slurm) every task of `run` that is not done, then its
+    reduce; record the submission in the run record and return it. A finished run whose
+    manifest verifies is left as it is (nothing run, nothing rewritten)."""
     pending = [t for t in range(run.num_tasks) if run.completion(t) is None]
+    if not pending and run.manifest_path.exists() and not verify_run(run):
+        log.info("run %s is complete and its manifest verifies: nothing to do", run.run_id)
+        return {"executor": executor, "tasks": [], "arrays": [], "nothing_to_do": True}
     if executor == "slurm":
         from chatspace.runs.slurm import SlurmExecutor
 
-        record = SlurmExecutor(slurm).execute(run, pending)
+        record = SlurmExecutor(slurm, max_array).execute(run, pending)
         if wait:
             from chatspace.runs.watch import follow
 

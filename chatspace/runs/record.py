@@ -197,8 +197,10 @@ class Run:
         """Every submission of this run (executor, job ids, sbatch parameters), oldest first."""
         return read_json(self.submissions_path) if self.submissions_path.exists() else []
 
-    def save_submission(self, record: dict[str, Any]) -> None:
-        write_json(self.submissions_path, [*self.submissions(), record])
+    def save_submission(self, record: dict[str, Any], replace_last: bool = False) -> None:
+        """Append a submission, or update the latest one as its jobs get queued."""
+        history = self.submissions()
+        write_json(self.submissions_path, [*history[:-1 if replace_last else None], record])
 
     def task_jobs(self) -> dict[int, str]:
         """The SLURM job id (``A_a``, or ``A`` for a one-task array) of each task whose latest

@@ -2,20 +2,41 @@
 
 Files first: a task whose completion record exists is *done* if every output it lists is there
 with its recorded size, and *lost* if one is missing or changed size (resume reruns it).
-Otherwise the task's latest SLURM job (squeue, then sacct) tells pending / running / failed;
-with no job it is partial (committed parts) or missing. Nothing here waits on a job.
+Otherwise the task's latest SLURM job (squeue, then sacct) tells pending / running / requeued
+(preempted or requeued, it will run again) / failed; a job that COMPLETED less than
+`SETTLE_SECONDS` ago without a visible completion record is *completing* (the shared
+filesystem may not show the record yet). With no job a task is partial (committed parts) or
+missing; when SLURM cannot be asked, a task that has a job is *unknown*, never missing.
+Nothing here waits on a job.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from chatspace.runs.record import Run, file_problem, read_json
-from chatspace.runs.slurm import FINISHED_BAD, LIVE_STATES, job_states
+from chatspace.runs.slurm_cli import (
+    FINISHED_BAD,
+    LIVE_STATES,
+    REQUEUED_STATES,
+    SlurmUnavailable,
+    job_states,
+)
 from chatspace.runs.task import committed_parts
 
-STATES = ("done", "lost", "running", "pending", "failed", "partial", "missing")
+STATES = ("done", "lost", "completing", "running", "requeued", "pending", "failed", "partial",
+          "missing", "unknown")
+SETTLE_SECONDS = 30.0
+
+
+def _ended_seconds_ago(end: str | None) -> float | None:
+    try:
+        ended = datetime.fromisoformat(end) if end else None
+    except ValueError:  # "Unknown", "None"
+        return None
+    return None if ended is None else (datetime.now() - ended).total_seconds()
 
 
 def tail(path: Path, lines: int = 5) -> list[str]:
@@ -25,8 +46,8 @@ def tail(path: Path, lines: int = 5) -> list[str]:
         return []
 
 
-def task_state(run: Run, task: int, jobs: dict[int, str],
-               states: dict[str, dict[str, str]], verify: bool = False) -> dict[str, Any]:
+def task_state(run: Run, task: int, jobs: dict[int, str], states: dict[str, dict[str, str]],
+               verify: bool = False, slurm_error: str | None = None) -> dict[str, Any]:
     """State of one task, given the run's `task_jobs()` and their SLURM `states`. Every output
     of a done task is stat'ed against its completion record; `verify` also re-hashes it."""
     start, stop = run.task_bounds(task)
@@ -46,14 +67,23 @@ def task_state(run: Run, task: int, jobs: dict[int, str],
         parts = committed_parts(run, task)
         state["rows_done"] = sum(p["rows_in"] for p in parts)
         state["state"] = "partial" if parts else "missing"
-    if job is not None:
-        state["slurm"] = job
-        if job["state"] in LIVE_STATES:
-            state["state"] = "pending" if job["state"] == "PENDING" else "running"
-        elif state["state"] != "lost" and (job["state"] in FINISHED_BAD
-                                           or job["state"] == "COMPLETED"):  # and no record
-            state["state"] = "failed"
-            state["error"] = tail(Path(state["log"])) if state["log"] else []
+    if job is None:
+        if slurm_error and task in jobs and state["state"] in ("partial", "missing"):
+            state["state"] = "unknown"
+        return state
+    state["slurm"] = job
+    name = job["state"]
+    if name in REQUEUED_STATES or job.get("reason", "").startswith("BeginTime"):
+        state["state"] = "requeued"
+    elif name in LIVE_STATES:
+        state["state"] = "pending" if name == "PENDING" else "running"
+    elif state["state"] == "lost":
+        pass
+    elif name == "COMPLETED" and (_ended_seconds_ago(job.get("end")) or 0.0) < SETTLE_SECONDS:
+        state["state"] = "completing"
+    elif name in FINISHED_BAD or name == "COMPLETED":  # and, long after, no record
+        state["state"] = "failed"
+        state["error"] = tail(Path(state["log"])) if state["log"] else []
     return state
 
 
@@ -61,8 +91,13 @@ def run_status(run: Run, verify: bool = False) -> dict[str, Any]:
     history = run.submissions()
     jobs = run.task_jobs()
     reduce_id = history[-1].get("reduce_job_id") if history else None
-    states = job_states(list(jobs.values()) + ([reduce_id] if reduce_id else []))
-    tasks = [task_state(run, t, jobs, states, verify) for t in range(run.num_tasks)]
+    try:
+        states = job_states(list(jobs.values()) + ([reduce_id] if reduce_id else []))
+        slurm_error = None
+    except SlurmUnavailable as exc:
+        states, slurm_error = {}, str(exc)
+    tasks = [task_state(run, t, jobs, states, verify, slurm_error)
+             for t in range(run.num_tasks)]
     manifest = run.manifest_path if run.manifest_path.exists() else None
     return {
         "run_id": run.run_id,
@@ -75,4 +110,5 @@ def run_status(run: Run, verify: bool = False) -> dict[str, Any]:
         "tasks": tasks,
         "counts": {s: n for s in STATES if (n := sum(t["state"] == s for t in tasks))},
         "reduce": {"job_id": reduce_id, **states.get(reduce_id, {})} if reduce_id else None,
+        "slurm_error": slurm_error,
     }

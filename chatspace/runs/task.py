@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import queue
 import shutil
+import socket
 import threading
 from typing import Any
 
@@ -109,6 +111,9 @@ class TaskRunner:
             log.info("task %d already complete (%d rows); nothing to do", self.task, done["rows"])
             return done
         self._remove_stale_temporaries()
+        log.info("task %d of run %s starting on %s (CUDA_VISIBLE_DEVICES=%s)", self.task,
+                 self.run.run_id, socket.gethostname(),
+                 os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
         start, stop = self.run.task_bounds(self.task)
         parts = part_bounds(start, stop, self.run.spec.run.part_rows)
         pending = [p for p in parts if not sidecar_path(self.run, self.task, p.number).exists()]

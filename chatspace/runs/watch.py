@@ -11,8 +11,10 @@ from tqdm import tqdm
 
 from chatspace.errors import RunFailed
 from chatspace.runs.record import Run
-from chatspace.runs.slurm import FINISHED_BAD, cancel
+from chatspace.runs.slurm_cli import FINISHED_BAD, cancel
 from chatspace.runs.status import run_status
+
+LIVE = ("pending", "running", "requeued", "completing", "unknown")  # may still finish
 
 
 def describe_failures(status: dict[str, Any]) -> str:
@@ -36,7 +38,7 @@ def follow(run: Run, progress: bool = True, poll_seconds: float = 2.0) -> dict[s
             reduce = status["reduce"] or {}
             if reduce.get("state") == "COMPLETED" and status["manifest"]:
                 return status
-            live = [t for t in status["tasks"] if t["state"] in ("pending", "running")]
+            live = [t for t in status["tasks"] if t["state"] in LIVE]
             if reduce.get("state") in FINISHED_BAD or reduce.get("state") == "COMPLETED":
                 raise RunFailed(f"run {run.run_id}: reduce job {reduce['job_id']} ended "
                                 f"{reduce['state']}:\n  " + describe_failures(status))

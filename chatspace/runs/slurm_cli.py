@@ -1,0 +1,146 @@
+"""SLURM's own commands: run them with a timeout and turn a missing, hanging or failing command
+into one line (`SlurmUnavailable`), and read what they say about a run's jobs.
+
+Callers decide what that line means: bad input before anything is submitted (exit 2), a
+failure after (exit 1), or "SLURM cannot be asked" in `status`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+
+from chatspace.runs.record import Run
+
+log = logging.getLogger(__name__)
+
+# How long a SLURM command may take before it counts as hanging.
+TIMEOUT_SECONDS = float(os.environ.get("CHATSPACE_SLURM_TIMEOUT", "30"))
+LIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING",
+               "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT"}
+REQUEUED_STATES = {"PREEMPTED", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"}
+FINISHED_BAD = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
+                "DEADLINE"}
+
+
+class SlurmUnavailable(Exception):
+    """A SLURM command is missing, did not answer in time, or failed (one-line message)."""
+
+
+def slurm_command(args: list[str], timeout: float = TIMEOUT_SECONDS) -> str:
+    """The stdout of a SLURM command, or SlurmUnavailable saying in one line what went wrong."""
+    try:
+        out = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
+                             stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise SlurmUnavailable(f"{args[0]} is not on PATH") from None
+    except subprocess.TimeoutExpired:
+        raise SlurmUnavailable(f"`{' '.join(args[:2])}` did not answer within "
+                               f"{timeout:.0f} s") from None
+    if out.returncode != 0:
+        lines = out.stderr.strip().splitlines() or [f"exit status {out.returncode}"]
+        raise SlurmUnavailable(f"`{' '.join(args[:2])}` failed: {lines[0].strip()}")
+    return out.stdout
+
+
+def cluster_config() -> dict[str, str]:
+    """`scontrol show config` as a dict."""
+    text = slurm_command(["scontrol", "show", "config"])
+    pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line)
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def partitions() -> list[str]:
+    return [p.rstrip("*") for p in slurm_command(["sinfo", "-h", "-o", "%P"]).split()]
+
+
+def _expand(job_id: str) -> list[str]:
+    """``12_[0-3,7%2]`` -> ``12_0 … 12_3, 12_7``; other ids unchanged."""
+    match = re.match(r"^(\d+)_\[([^\]]+)\]$", job_id)
+    if not match:
+        return [job_id]
+    out = []
+    for part in match.group(2).split("%")[0].split(","):
+        lo, _, hi = part.partition("-")
+        out += [f"{match.group(1)}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
+    return out
+
+
+def parse_sacct(text: str) -> dict[str, dict[str, str]]:
+    """`sacct -n -P -X -o JobID,State,ExitCode,End` lines -> {job id: {state, exit_code,
+    end}}."""
+    states = {}
+    for line in text.splitlines():
+        job, state, code, end = (line.split("|") + ["", "", ""])[:4]
+        for one in _expand(job):
+            states[one] = {"state": state.split()[0] if state else "UNKNOWN", "exit_code": code,
+                           "end": end}
+    return states
+
+
+def parse_scontrol(text: str, job: str) -> dict[str, dict[str, str]]:
+    """`scontrol -o show job` lines -> {job id: {state, exit_code}}."""
+    states = {}
+    for line in text.splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        task = fields.get("ArrayTaskId")
+        name = (f"{fields['ArrayJobId']}_{task}" if task and task.isdigit()
+                else fields.get("JobId", job))
+        states[name] = {"state": fields.get("JobState", "UNKNOWN"),
+                        "exit_code": fields.get("ExitCode", "")}
+    return states
+
+
+def parse_squeue(text: str) -> dict[str, dict[str, str]]:
+    """`squeue -h -r -o %i|%T|%r` lines -> {job id: {state, exit_code, reason}}."""
+    states = {}
+    for line in text.splitlines():
+        job, state, reason = (line.split("|") + ["", ""])[:3]
+        states[job] = {"state": state, "exit_code": "", "reason": reason}
+    return states
+
+
+def job_states(job_ids: list[str]) -> dict[str, dict[str, str]]:
+    """Current state of each job id: sacct when accounting works, else scontrol; then squeue
+    (authoritative for queued and running jobs). Never waits on a job; SlurmUnavailable when
+    the controller cannot be asked."""
+    base = sorted({j.split("_")[0] for j in job_ids})
+    if not base:
+        return {}
+    try:
+        states = parse_sacct(slurm_command(["sacct", "-n", "-P", "-X", "-j", ",".join(base),
+                                            "-o", "JobID,State,ExitCode,End"]))
+    except SlurmUnavailable as exc:
+        log.debug("sacct unavailable (%s): using scontrol for finished jobs", exc)
+        states = {}
+        for job in base:
+            try:
+                states.update(parse_scontrol(slurm_command(["scontrol", "-o", "show", "job",
+                                                            job]), job))
+            except SlurmUnavailable as missing:
+                if "Invalid job id" not in str(missing):  # forgotten by the controller
+                    raise
+    states.update(parse_squeue(slurm_command(["squeue", "-h", "-r", "-j", ",".join(base),
+                                              "-o", "%i|%T|%r"])))
+    return states
+
+
+def live_jobs(run: Run) -> tuple[list[str], list[str]]:
+    """The run's queued or running jobs, and apart from them its reduce jobs that wait on a
+    dependency that can no longer be satisfied (a task failed): those only need cancelling."""
+    ids = list(run.task_jobs().values())
+    ids += [r["reduce_job_id"] for r in run.submissions() if r.get("reduce_job_id")]
+    live, stale = [], []
+    for job, state in job_states(ids).items():
+        if job in ids and state["state"] in LIVE_STATES:
+            never = state.get("reason") == "DependencyNeverSatisfied"
+            (stale if never else live).append(job)
+    return live, stale
+
+
+def cancel(job_ids: list[str]) -> None:
+    if job_ids:
+        slurm_command(["scancel", *job_ids])
+
