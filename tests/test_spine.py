@@ -271,3 +271,15 @@ def test_local_executor_gives_each_worker_its_own_gpu(root):
         seen.append(re.search(r"starting on \S+ \(CUDA_VISIBLE_DEVICES=(\S+)\)", log).group(1))
     assert set(seen) == {"5", "7"}  # two GPUs: two workers, one device each
     assert seen[0] != seen[1]
+
+
+def test_a_model_that_fails_to_load_in_a_task_is_a_task_failure(root, tmp_path):
+    model = tmp_path / "broken-model"
+    model.mkdir()
+    (model / "config.json").write_text("{not json")
+    run = plan(root, PYDOCS, n=10, array=1, model={"name": str(model)})
+    result = chatspace("run", "task", str(run.dir), "--task", "0")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"chatspace: error: model {model} does not load:")
+    assert not run.completion_path(0).exists()

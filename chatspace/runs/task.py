@@ -16,6 +16,7 @@ import queue
 import shutil
 import socket
 import threading
+from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -46,11 +47,11 @@ def part_bounds(start: int, stop: int, part_rows: int) -> list[Part]:
             for n, s in enumerate(range(start, stop, part_rows))]
 
 
-def sidecar_path(run: Run, task: int, part: int) -> Any:
+def sidecar_path(run: Run, task: int, part: int) -> Path:
     return run.parts_dir(task) / f"part-{part:05d}.json"
 
 
-def part_file(run: Run, task: int, part: int, output: str) -> Any:
+def part_file(run: Run, task: int, part: int, output: str) -> Path:
     return run.parts_dir(task) / f"part-{part:05d}.{output}.parquet"
 
 

@@ -44,6 +44,7 @@ class OpenAIParts:
         self.run, self.spec, self.timer = run, run.spec, timer
         self.source, self.sample, self.constants = source, sample, constants
         self.model = run.plan["model"]
+        self.reader = RowReader(source)  # keeps the last block read: parts are consecutive
 
     def _client(self) -> Any:
         import openai
@@ -57,7 +58,7 @@ class OpenAIParts:
     async def _embed(self, sender: Sender, part: Part) -> PartOutput:
         cfg = self.spec.openai
         with self.timer.measure("load"):
-            rows = read_part_rows(RowReader(self.source), self.sample[part.start:part.stop],
+            rows = read_part_rows(self.reader, self.sample[part.start:part.stop],
                                   self.spec.dataset)
             inputs = make_inputs(rows.texts, cfg.long_inputs)
             requests = pack_requests(inputs.tokens, cfg.max_inputs_per_request,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chatspace.errors import BadInput
+from chatspace.errors import BadInput, RunFailed
 from chatspace.jobs.embed.spec import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,8 @@ class Encoder:
         try:
             self.model = SentenceTransformer(ref.path, device=self.device)
         except Exception as exc:
-            raise BadInput(f"model {ref.path} does not load: {exc}") from None
+            # a task failure (exit 1, in the task's log), not bad input: planning checked it
+            raise RunFailed(f"model {ref.path} does not load: {exc}") from None
         self.model.eval()
         if cfg.dtype != "float32":
             self.model.to(getattr(torch, cfg.dtype))
