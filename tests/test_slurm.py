@@ -122,12 +122,21 @@ def test_failed_task_shows_in_status_and_resume_completes(root, tmp_path):
     assert any("Parquet" in line or "parquet" in line for line in failed["error"])
     logs = chatspace("logs", run_dir, "--task", "1")
     assert logs.returncode == 0 and "_0_log.err <==" in logs.stdout
+    assert re.search(r"run \S+: \d+/40 rows; ", result.stderr)  # no terminal: plain lines
+    only_failed = json.loads(chatspace("status", run_dir, "--failed", "--json").stdout)
+    assert [t["task"] for t in only_failed["tasks"]] == [1]
+    tailed = chatspace("logs", run_dir, "--task", "1", "--tail", "2")
+    sections = [s for s in tailed.stdout.split("==> ") if s]
+    assert len(sections) == 2 and all(len(s.splitlines()) <= 3 for s in sections)
 
     (data / "part-1.parquet").write_bytes(good)
     resumed = chatspace("resume", run_dir, "--wait", "--json", root=root)
     assert resumed.returncode == 0, resumed.stderr
     record = json.loads(resumed.stdout)["submission"]
     assert [a["tasks"] for a in record["arrays"]] == [[1]]  # only the missing task
+    reduce_logs = chatspace("logs", run_dir, "--reduce")
+    assert f"{record['reduce_job_id']}_0_log.err <==" in reduce_logs.stdout
+    assert "manifest written" in reduce_logs.stdout
     manifest = read_json(Path(json.loads(resumed.stdout)["manifest"]))
 
     fresh = embed(root, data, "fresh", n=40, array=2, sampling={"n": None, "p": 1.0})

@@ -5,6 +5,7 @@ PATH."""
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from chatspace.runs.slurm_cli import parse_sacct, parse_scontrol, parse_squeue
 from chatspace.runs.status import task_state
+from chatspace.runs.watch import POLL_FIRST, POLL_MAX, next_poll
 from tests.conftest import PYDOCS, chatspace, files_under
 from tests.helpers import plan
 
@@ -117,3 +119,26 @@ def test_status_says_when_slurm_cannot_be_asked(root, fake_slurm):
     cancel = chatspace("cancel", str(run.dir), root=root, env=env, timeout=60)
     assert cancel.returncode == 1 and len(cancel.stderr.strip().splitlines()) == 1
     assert "cannot cancel run" in cancel.stderr
+
+
+def test_polling_backs_off_while_nothing_changes():
+    delays, delay = [], POLL_FIRST
+    for _ in range(12):
+        delay = next_poll(delay, changed=False)
+        delays.append(delay)
+    assert delays[0] == 3.0 and delays[-1] == POLL_MAX == 60.0
+    assert delays == sorted(delays)
+    assert next_poll(60.0, changed=True) == POLL_FIRST
+
+
+def test_status_filters_and_local_reduce_logs(root):
+    run = plan(root, PYDOCS, n=20, array=2)
+    only = json.loads(chatspace("status", str(run.dir), "--state", "missing", "--json",
+                                root=root).stdout)
+    assert [t["task"] for t in only["tasks"]] == [0, 1]
+    none = json.loads(chatspace("status", str(run.dir), "--failed", "--json").stdout)
+    assert none["tasks"] == [] and none["counts"] == {"missing": 2}
+    result = chatspace("logs", str(run.dir), "--reduce")
+    assert result.returncode == 2 and "has no logs yet" in result.stderr
+    both = chatspace("logs", str(run.dir), "--reduce", "--task", "0")
+    assert both.returncode == 2 and "exactly one of --task I and --reduce" in both.stderr

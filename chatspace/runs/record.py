@@ -222,6 +222,13 @@ class Run:
                  else [f"local-{task:05d}.log"])
         return [self.log_dir / n for n in names if (self.log_dir / n).exists()]
 
+    def reduce_logs(self) -> list[Path]:
+        """Log files of the latest SLURM reduce job (local and debug reduce in-process)."""
+        history = self.submissions()
+        job = history[-1].get("reduce_job_id") if history else None
+        names = [f"{job}_0_log.out", f"{job}_0_log.err"] if job else []
+        return [self.log_dir / n for n in names if (self.log_dir / n).exists()]
+
     @classmethod
     def open(cls, ref: str, root: Path, job_types: Mapping[str, JobType]) -> Run:
         """Resolve RUN (a run directory or a run id under root) to a planned run of one of

@@ -99,6 +99,11 @@ def run_status(run: Run, verify: bool = False) -> dict[str, Any]:
     tasks = [task_state(run, t, jobs, states, verify, slurm_error)
              for t in range(run.num_tasks)]
     manifest = run.manifest_path if run.manifest_path.exists() else None
+    rows_done = sum(t["rows_done"] for t in tasks)
+    first = history[0].get("submitted_at") if history else None
+    started = datetime.fromisoformat(first) if first else None
+    elapsed = (datetime.now(started.tzinfo) - started).total_seconds() if started else None
+    rate = rows_done / elapsed if elapsed and rows_done else None
     return {
         "run_id": run.run_id,
         "kind": run.job.kind,
@@ -106,7 +111,9 @@ def run_status(run: Run, verify: bool = False) -> dict[str, Any]:
         "manifest": str(manifest) if manifest else None,
         "executor": history[-1]["executor"] if history else None,
         "rows": run.rows,
-        "rows_done": sum(t["rows_done"] for t in tasks),
+        "rows_done": rows_done,
+        "rows_per_second": round(rate, 2) if rate else None,
+        "eta_seconds": round((run.rows - rows_done) / rate) if rate else None,
         "tasks": tasks,
         "counts": {s: n for s in STATES if (n := sum(t["state"] == s for t in tasks))},
         "reduce": {"job_id": reduce_id, **states.get(reduce_id, {})} if reduce_id else None,

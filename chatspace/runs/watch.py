@@ -3,6 +3,7 @@ when the reduce job completes, failure as soon as a task has failed and none is 
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from typing import Any
@@ -13,6 +14,8 @@ from chatspace.errors import RunFailed
 from chatspace.runs.record import Run
 from chatspace.runs.slurm_cli import FINISHED_BAD, cancel
 from chatspace.runs.status import run_status
+
+log = logging.getLogger(__name__)
 
 LIVE = ("pending", "running", "requeued", "completing", "unknown")  # may still finish
 
@@ -28,13 +31,33 @@ def describe_failures(status: dict[str, Any]) -> str:
     return "\n  ".join(lines)
 
 
-def follow(run: Run, progress: bool = True, poll_seconds: float = 2.0) -> dict[str, Any]:
+POLL_FIRST, POLL_MAX, POLL_GROWTH = 2.0, 60.0, 1.5
+
+
+def next_poll(delay: float, changed: bool) -> float:
+    """Poll often while the run changes, backing off to a minute while it does not (a queue
+    that waits for hours is asked ~60 times an hour, not 1,800)."""
+    return POLL_FIRST if changed else min(POLL_MAX, delay * POLL_GROWTH)
+
+
+def progress_line(status: dict[str, Any]) -> str:
+    counts = ", ".join(f"{n} {s}" for s, n in status["counts"].items())
+    return f"run {status['run_id']}: {status['rows_done']}/{status['rows']} rows; {counts}"
+
+
+def follow(run: Run, progress: bool = True) -> dict[str, Any]:
+    """Wait for the run's end: a progress bar on a terminal, else one line per poll."""
     status = run_status(run)
-    bar = tqdm(total=status["rows"], unit="rows", desc=run.run_id, disable=not progress,
-               file=sys.stderr)
+    bar = tqdm(total=status["rows"], unit="rows", desc=run.run_id, file=sys.stderr,
+               disable=not (progress and sys.stderr.isatty()))
+    delay, seen = POLL_FIRST, None
     try:
         while True:
             bar.update(status["rows_done"] - bar.n)
+            now = (status["rows_done"], status["counts"], (status["reduce"] or {}).get("state"))
+            if progress and bar.disable and now != seen:
+                log.info("%s", progress_line(status))
+            delay, seen = next_poll(delay, now != seen), now
             reduce = status["reduce"] or {}
             if reduce.get("state") == "COMPLETED" and status["manifest"]:
                 return status
@@ -46,7 +69,7 @@ def follow(run: Run, progress: bool = True, poll_seconds: float = 2.0) -> dict[s
                 cancel([reduce["job_id"]] if reduce.get("job_id") else [])
                 raise RunFailed(f"run {run.run_id} failed (resume it with `chatspace resume "
                                 f"{run.run_id}`):\n  " + describe_failures(status))
-            time.sleep(poll_seconds)
+            time.sleep(delay)
             status = run_status(run)
     finally:
         bar.close()
