@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -117,7 +118,7 @@ class EmbedJob(JobType):
         dim = schema.field("embedding").type.list_size
         if not schema.equals(shard_schema(dim), check_metadata=False):
             return TaskCheck([f"shard {path} schema differs from the shard schema: {schema}"],
-                             pc.cast([], "string"))
+                             pa.array([], pa.string()))
         table = pq.read_table(path, columns=["id", "metadata", "embedding", "run_id"])
         problems = []
         if dim != record["embedding_dim"]:
