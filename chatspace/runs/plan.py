@@ -95,7 +95,6 @@ def plan_run(job: JobType, spec: JobSpec, root: Path, run_id: str | None = None,
 
 def existing_plan(run: Run) -> JobPlan:
     """A reused run's plan in the form `JobType.estimate` takes."""
-    plan = run.plan
-    arrays = {p.stem: np.load(p) for p in run.dir.glob("*.npy")}
-    return JobPlan(rows=run.rows, details=plan, output_dir=run.output_dir,
-                   manifest_path=run.manifest_path, outputs=plan["outputs"], arrays=arrays)
+    return JobPlan(rows=run.rows, details=run.plan, output_dir=run.output_dir,
+                   manifest_path=run.manifest_path, outputs=run.plan["outputs"],
+                   arrays=run.arrays)

@@ -20,6 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -103,6 +104,11 @@ def file_problem(entry: dict[str, Any], check_hash: bool = True) -> str | None:
     return None
 
 
+def output_problems(record: dict[str, Any], check_hash: bool = True) -> list[str]:
+    """Why the outputs a completion record lists no longer match it ([] when they all do)."""
+    return [p for entry in record["outputs"] if (p := file_problem(entry, check_hash))]
+
+
 def spec_hash(spec: JobSpec) -> str:
     text = json.dumps(spec.work_dict(), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -147,6 +153,11 @@ class Run:
     def spec(self) -> Any:
         return spec_from_dict(self.job.spec_type, self.plan["spec"])
 
+    @cached_property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays the job type's plan saved beside plan.json (e.g. the sample), by name."""
+        return {path.stem: np.load(path) for path in sorted(self.dir.glob("*.npy"))}
+
     @property
     def num_tasks(self) -> int:
         return len(self.plan["tasks"])
@@ -185,9 +196,7 @@ class Run:
         if not path.exists():
             return None
         record = read_json(path)
-        if any(file_problem(e, check_hash) for e in record["outputs"]):
-            return None
-        return record
+        return None if output_problems(record, check_hash) else record
 
     @property
     def submissions_path(self) -> Path:

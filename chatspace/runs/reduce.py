@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from chatspace.errors import RunFailed
-from chatspace.runs.record import Run, file_problem, read_json, write_json
+from chatspace.runs.record import Run, file_problem, output_problems, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,7 @@ def task_problem(run: Run, task: int) -> str:
     path = run.completion_path(task)
     if not path.exists():
         return f"task {task}: missing, no completion record{where}"
-    found = [p for e in read_json(path)["outputs"] if (p := file_problem(e))]
-    return f"task {task}: output {'; '.join(found)}{where}"
+    return f"task {task}: output {'; '.join(output_problems(read_json(path)))}{where}"
 
 
 def reduce_run(run: Run) -> dict[str, Any]:

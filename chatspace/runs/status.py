@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from chatspace.runs.record import Run, file_problem, read_json
+from chatspace.runs.record import Run, output_problems, read_json
 from chatspace.runs.slurm_cli import (
     FINISHED_BAD,
     LIVE_STATES,
@@ -58,7 +58,7 @@ def task_state(run: Run, task: int, jobs: dict[int, str], states: dict[str, dict
     state["log"] = str(logs[-1]) if logs else None
     if path.exists():
         record = read_json(path)
-        lost = [p for e in record["outputs"] if (p := file_problem(e, check_hash=verify))]
+        lost = output_problems(record, check_hash=verify)
         if not lost:
             state.update(state="done", rows_done=stop - start)
             return state

@@ -84,7 +84,7 @@ class EmbedJob(JobType):
                   timer: StageTimer) -> Iterator[PartOutput]:
         plan = run.plan
         source = SourceInfo.from_dict(plan["source"])
-        sample = np.load(run.dir / "sample.npy")
+        sample = run.arrays["sample"]
         constants = {"source": source.origin, "dataset": source.dataset,
                      "split": run.spec.dataset.split, "model": plan["model"]["label"],
                      "created_at": plan["created_at"], "run_id": run.run_id}
@@ -130,7 +130,7 @@ class EmbedJob(JobType):
         start, stop = run.task_bounds(task)
         rows = [json.loads(m)["row"] for m in table.column("metadata").to_pylist()]
         covered = np.sort(np.array(rows + [s["row"] for s in record["skipped_rows"]], np.int64))
-        if not np.array_equal(covered, np.load(run.dir / "sample.npy")[start:stop]):
+        if not np.array_equal(covered, run.arrays["sample"][start:stop]):
             problems.append(f"shard {path} rows do not cover its slice [{start}, {stop}) "
                             "of the plan")
         values = pc.list_flatten(table.column("embedding"))
