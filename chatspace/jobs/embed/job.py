@@ -24,6 +24,10 @@ from chatspace.runs.job import JobPlan, JobType, Part, PartOutput, TaskCheck
 from chatspace.runs.record import Run
 from chatspace.runs.timing import StageTimer, add_timings
 
+# Per-part stats that add up over parts into completion records and the manifest's totals
+# (tokens for both backends, padding for sentence-transformers, the rest for OpenAI).
+SUMMED_STATS = ("tokens", "padded_tokens", "requests", "retries", "cost_usd")
+
 
 def _check_fields(spec: EmbedSpec, columns: tuple[str, ...]) -> None:
     cfg = spec.dataset
@@ -107,7 +111,7 @@ class EmbedJob(JobType):
             "min_norm": bounds["min"], "max_norm": bounds["max"],
             "skipped": dict(Counter(s["reason"] for s in skipped)), "skipped_rows": skipped,
         }
-        for key in ("tokens", "padded_tokens", "requests", "retries", "cost_usd"):
+        for key in SUMMED_STATS:
             if key in parts[0]:
                 stats[key] = sum(p[key] for p in parts)
         return stats
@@ -154,7 +158,7 @@ class EmbedJob(JobType):
                 reasons[reason] = reasons.get(reason, 0) + count
             add_timings(timings, record["timings"])
         totals: dict[str, Any] = {"bytes": sum(r["outputs"][0]["bytes"] for r in records)}
-        for key in ("tokens", "padded_tokens", "requests", "retries", "cost_usd"):
+        for key in SUMMED_STATS:
             if records and key in records[0]:
                 totals[key] = sum(r[key] for r in records)
         totals["stage_timings"] = timings

@@ -20,8 +20,7 @@ import numpy as np
 from chatspace.data.sources import RowReader, SourceInfo
 from chatspace.errors import RunFailed
 from chatspace.jobs.embed.openai_client import Sender, SendStats
-from chatspace.jobs.embed.openai_plan import api_key, make_inputs, pack_requests
-from chatspace.jobs.embed.rows import read_part_rows
+from chatspace.jobs.embed.openai_plan import Inputs, api_key, part_requests
 from chatspace.jobs.embed.schema import build_table
 from chatspace.runs.job import Part, PartOutput
 from chatspace.runs.record import Run
@@ -56,13 +55,9 @@ class OpenAIParts:
                                   timeout=self.model["timeout"], max_retries=0)
 
     async def _embed(self, sender: Sender, part: Part) -> PartOutput:
-        cfg = self.spec.openai
         with self.timer.measure("load"):
-            rows = read_part_rows(self.reader, self.sample[part.start:part.stop],
-                                  self.spec.dataset)
-            inputs = make_inputs(rows.texts, cfg.long_inputs)
-            requests = pack_requests(inputs.tokens, cfg.max_inputs_per_request,
-                                     cfg.max_tokens_per_request)
+            rows, inputs, requests = part_requests(self.reader,
+                                                   self.sample[part.start:part.stop], self.spec)
         before = SendStats(**vars(sender.stats))
         with self.timer.measure("encode"):
             replies = await asyncio.gather(*(
@@ -85,7 +80,7 @@ class OpenAIParts:
                  "cost_usd": tokens * price / 1e6}
         return PartOutput(part, {"shard": table}, stats)
 
-    def _rows(self, inputs: Any, vectors: list[np.ndarray | None],
+    def _rows(self, inputs: Inputs, vectors: list[np.ndarray | None],
               rows: int) -> tuple[np.ndarray, set[int]]:
         """One vector per row (the API's own, or for a chunked row the token-weighted mean of
         its chunks, re-normalised) and the positions of rows with a rejected input."""
@@ -94,18 +89,18 @@ class OpenAIParts:
             raise RunFailed(f"the API returned embeddings of different sizes: {sorted(dims)}")
         dim = dims.pop() if dims else (self.model["dimensions"] or 1)
         out = np.zeros((rows, dim), dtype=np.float32)
-        sums = np.zeros((rows, dim), dtype=np.float64)  # chunked rows only
+        sums: dict[int, np.ndarray] = {}  # chunked rows: token-weighted sum of their chunks
         rejected: set[int] = set()
         for vector, row, tokens in zip(vectors, inputs.row_of, inputs.tokens, strict=True):
             if vector is None:
                 rejected.add(row)
             elif "chunks" in inputs.row_meta[row]:
-                sums[row] += vector * tokens
+                sums[row] = sums.get(row, 0.0) + vector.astype(np.float64) * tokens
             else:
                 out[row] = vector
-        for row, meta in enumerate(inputs.row_meta):
-            if "chunks" in meta and row not in rejected:
-                out[row] = sums[row] / max(np.linalg.norm(sums[row]), 1e-12)
+        for row, total in sums.items():
+            if row not in rejected:
+                out[row] = total / max(np.linalg.norm(total), 1e-12)
         return out, rejected
 
     def __call__(self, parts: list[Part]) -> Iterator[PartOutput]:

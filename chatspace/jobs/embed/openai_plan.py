@@ -14,9 +14,9 @@ import numpy as np
 
 from chatspace.data.sources import RowReader, SourceInfo
 from chatspace.errors import BadInput
-from chatspace.jobs.embed.rows import read_part_rows
+from chatspace.jobs.embed.rows import PartRows, read_part_rows
 from chatspace.jobs.embed.spec import EmbedSpec
-from chatspace.jobs.embed.tokens import count_tokens
+from chatspace.jobs.embed.tokens import token_ids
 from chatspace.runs.job import JobPlan
 from chatspace.runs.plan import slice_bounds
 from chatspace.runs.task import part_bounds
@@ -80,7 +80,7 @@ class Inputs:
 
 def make_inputs(texts: list[str], long_inputs: str) -> Inputs:
     out = Inputs()
-    for position, ids in enumerate(count_tokens(texts, ENCODING)):
+    for position, ids in enumerate(token_ids(texts, ENCODING)):
         meta: dict[str, Any] = {"tokens": len(ids), "truncated": False}
         if len(ids) <= MAX_INPUT_TOKENS:
             pieces: list[str | list[int]] = [texts[position]]
@@ -115,6 +115,16 @@ def pack_requests(tokens: list[int], max_inputs: int, max_tokens: int) -> list[l
     return requests
 
 
+def part_requests(reader: RowReader, indices: np.ndarray,
+                  spec: EmbedSpec) -> tuple[PartRows, Inputs, list[list[int]]]:
+    """A part's rows, their API inputs, and the requests (input positions) that send them:
+    the one place both the estimate and the tasks pack requests."""
+    rows = read_part_rows(reader, indices, spec.dataset)
+    inputs = make_inputs(rows.texts, spec.openai.long_inputs)
+    return rows, inputs, pack_requests(inputs.tokens, spec.openai.max_inputs_per_request,
+                                       spec.openai.max_tokens_per_request)
+
+
 def estimate_run(spec: EmbedSpec, plan: JobPlan, execute: bool) -> list[str]:
     """Read every sampled row, count its tokens exactly and pack the requests each part will
     send; BadInput if executing without an API key."""
@@ -127,15 +137,13 @@ def estimate_run(spec: EmbedSpec, plan: JobPlan, execute: bool) -> list[str]:
     rows = tokens = requests = truncated = chunked = skipped = 0
     for start, stop in slice_bounds(plan.rows, spec.run.array):
         for part in part_bounds(start, stop, spec.run.part_rows):
-            part_rows = read_part_rows(reader, sample[part.start:part.stop], spec.dataset)
-            inputs = make_inputs(part_rows.texts, cfg.long_inputs)
+            part_rows, inputs, packed = part_requests(reader, sample[part.start:part.stop], spec)
             rows += len(part_rows.texts)
             skipped += len(part_rows.skipped)
             tokens += sum(inputs.tokens)
             truncated += sum(m["truncated"] for m in inputs.row_meta)
             chunked += sum("chunks" in m for m in inputs.row_meta)
-            requests += len(pack_requests(inputs.tokens, cfg.max_inputs_per_request,
-                                          cfg.max_tokens_per_request))
+            requests += len(packed)
     price = model["price_per_million"]
     cost = (f"${tokens * price / 1e6:,.4f} standard, "
             f"${tokens * price * BATCH_DISCOUNT / 1e6:,.4f} with the Batch API"

@@ -39,6 +39,6 @@ def encoding(name: str = "cl100k_base") -> Any:
     return tiktoken.get_encoding(name)
 
 
-def count_tokens(texts: list[str], name: str = "cl100k_base") -> list[list[int]]:
+def token_ids(texts: list[str], name: str = "cl100k_base") -> list[list[int]]:
     """Token ids of each text (special-token text is counted as plain text, as the API does)."""
     return encoding(name).encode_batch(texts, disallowed_special=())
