@@ -18,6 +18,7 @@ from chatspace.data.texts import extract
 from chatspace.errors import BadInput
 from chatspace.jobs.embed.bucketing import make_batches
 from chatspace.jobs.embed.spec import EmbedSpec, ModelConfig
+from chatspace.runs.job import PartOutput
 from chatspace.runs.plan import slice_bounds
 from chatspace.runs.task import part_bounds
 from chatspace.specs import resolve_spec
@@ -154,3 +155,27 @@ def test_the_run_machinery_imports_no_job_package_and_no_cli():
                          [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
                 bad = [n for n in names if n.startswith(banned)]
                 assert not bad, f"{path.relative_to(REPO)} imports {bad}"
+
+
+def test_parts_made_before_a_job_fails_are_committed(tmp_path):
+    """A job that fails on its fourth part (say, an API quota) keeps its first three."""
+    import pyarrow as pa
+
+    from chatspace.jobs import JOB_TYPES
+    from chatspace.runs.record import Run
+    from chatspace.runs.task import TaskRunner
+    from tests.helpers import plan
+
+    class FailsOnFourthPart(type(JOB_TYPES["embed"])):
+        def run_parts(self, run, task, parts, timer):
+            for part in parts[:3]:
+                yield PartOutput(part, {"shard": pa.table({"n": [part.number]})},
+                                 {"skipped_rows": []})
+            raise RuntimeError("quota exhausted")
+
+    planned = plan(tmp_path / "ws", PYDOCS, n=60, array=1, run={"part_rows": 10})
+    run = Run(planned.root, planned.run_id, FailsOnFourthPart())
+    with pytest.raises(RuntimeError, match="quota exhausted"):
+        TaskRunner(run, 0).execute()
+    assert sorted(p.name for p in run.parts_dir(0).glob("*.json")) == [
+        "part-00000.json", "part-00001.json", "part-00002.json"]

@@ -95,13 +95,13 @@ class TaskRunner:
         try:
             for out in outputs:
                 put(made, out, stop)
-                if stop.is_set():
+                if stop.is_set():  # the writer failed
                     break
-            put(made, DONE, stop)
-            writer.join()
         finally:
             outputs.close()
-            stop.set()
+            # The writer commits every part the job made, also when the job then failed:
+            # those parts are what a rerun resumes from. (It stops early only on its own error.)
+            put(made, DONE, stop)
             writer.join()
         if writer.error is not None:
             raise writer.error
