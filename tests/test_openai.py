@@ -63,10 +63,10 @@ def test_faults_on_30_percent_of_requests_lose_nothing(root):
     def fault(n: int) -> str | None:  # every third request, each kind in turn
         return FAULTS[(n // 3) % len(FAULTS)] if n % 3 == 0 else None
 
-    with FakeOpenAI(dim=DIM, fault=fault, slow_seconds=2.5) as server:
+    with FakeOpenAI(dim=DIM, fault=fault, slow_seconds=5.0) as server:
         run = run_of(submit(root, server, "--executor", "local", "--array", "2", "--n", "150",
                             "--part-rows", "25", "--max-inputs-per-request", "5", "--json",
-                            env={"OPENAI_TIMEOUT": "1"}))
+                            env={"OPENAI_TIMEOUT": "3"}))
     faulty = [e for e in server.log if e["fault"] is not None]
     assert {e["fault"] for e in faulty} == set(FAULTS)
     assert 0.25 <= len(faulty) / len(server.log) <= 0.4
