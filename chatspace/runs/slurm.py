@@ -175,18 +175,19 @@ def submit(run: Run, tasks: list[int], cfg: SlurmConfig, max_array: int) -> dict
     to status, cancel and resume if a later sbatch fails (RunFailed says so)."""
     executor = _executor(cfg, run)
     kind = run.plan["kind"]
+    params = task_parameters(cfg, kind, min(len(tasks), max_array))  # every array's
     record: dict[str, Any] = {
         "executor": "slurm",
         "submitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "arrays": [], "reduce_job_id": None, "sbatch_scripts": [],
-        "sbatch_parameters": task_parameters(cfg, kind, len(tasks)),
+        "sbatch_parameters": params,
         "python": executor.python, "slurm_config": asdict(cfg),
     }
     run.save_submission(record)
     try:
+        executor.update_parameters(**params)
         for start in range(0, len(tasks), max_array):
             chunk = tasks[start : start + max_array]
-            executor.update_parameters(**task_parameters(cfg, kind, len(chunk)))
             with executor.batch():
                 jobs = [executor.submit(TaskJob(run.job), str(run.dir), task) for task in chunk]
             array = jobs[0].job_id.split("_")[0]  # a 1-task "array" is a plain job
@@ -195,9 +196,9 @@ def submit(run: Run, tasks: list[int], cfg: SlurmConfig, max_array: int) -> dict
             record["sbatch_scripts"].append(str(run.log_dir / f"{array}_submission.sh"))
             run.save_submission(record, replace_last=True)
             log.info("submitted array %s: %d tasks", array, len(chunk))
-        params = reduce_parameters(cfg, kind, [a["job_id"] for a in record["arrays"]])
-        record["reduce_sbatch_parameters"] = params
-        executor.update_parameters(**params)
+        reduce_params = reduce_parameters(cfg, kind, [a["job_id"] for a in record["arrays"]])
+        record["reduce_sbatch_parameters"] = reduce_params
+        executor.update_parameters(**reduce_params)
         reduce_job = executor.submit(ReduceJob(run.job), str(run.dir))
     except Exception as exc:  # noqa: BLE001 - sbatch's errors come in many types
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
