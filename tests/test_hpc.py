@@ -124,15 +124,15 @@ def test_templates_run_the_shared_task_and_reduce_commands():
     run = Run(Path("/r"), "x", JOB_TYPES["embed"])
     embed = (REPO / "hpc" / "task.sbatch").read_text()
     reduce = (REPO / "hpc" / "reduce.sbatch").read_text()
-    task_line = " ".join(task_command(run, "$SLURM_ARRAY_TASK_ID")).replace(
-        "/r/runs/x", '"$RUN"').replace("--task $SLURM_ARRAY_TASK_ID",
-                                       '--task "$SLURM_ARRAY_TASK_ID"')
+    task_line = " ".join(task_command(run, '"$TASK"')).replace("/r/runs/x", '"$RUN"')
     assert task_line in embed
+    assert 'TASK=$(( ${2:-0} + SLURM_ARRAY_TASK_ID ))' in embed  # the array's offset
     assert " ".join(reduce_command(run)).replace("/r/runs/x", '"$RUN"') in reduce
     for template in (embed, reduce):
         assert '"$HOME_DIR/containers/run.sh" chatspace' in template
     for default in ("--job-name=", "--time=", "--cpus-per-task=", "--mem=",
-                    "--output=logs/%x-%A_%a.out", "--requeue", "--signal=B:USR2@"):
+                    "--output=logs/%x-%A_%a.out", "--requeue", "--open-mode=append",
+                    "--signal=B:USR2@"):
         assert f"#SBATCH {default}" in embed
     assert "##SBATCH --gpus-per-task=1" in embed
 
@@ -152,15 +152,49 @@ def test_container_wrapper_builds_the_apptainer_line(tmp_path, apptainer_shim):
     assert plain.stdout == "host\n" and apptainer_shim.read_text().count("\n") == 1
 
 
-def test_plan_prints_the_sbatch_commands(root):
-    out = chatspace("plan", "embed", "--dataset", str(PYDOCS), "--text-field", "text",
-                    "--n", "20", "--array", "4", root=root)
+def test_plan_prints_sbatch_lines_with_the_specs_resources(root, tmp_path):
+    spec = tmp_path / "spec.toml"
+    spec.write_text(f"""
+[dataset]
+name = "{PYDOCS}"
+text_field = "text"
+[sampling]
+n = 20
+[run]
+array = 4
+[slurm]
+partition = "gpu"
+time = "2:00:00"
+gpus_per_task = 1
+cpus_per_task = 8
+mem = "32G"
+constraint = "a100"
+array_parallelism = 2
+[slurm.reduce]
+mem = "2G"
+""")
+    env = {"PATH": f"{tmp_path}:{os.environ['PATH']}"}  # a controller that cannot be asked
+    (tmp_path / "scontrol").write_text("#!/bin/sh\necho 'unable to contact' >&2; exit 1\n")
+    (tmp_path / "scontrol").chmod(0o755)
+    out = chatspace("plan", "embed", str(spec), "--json", root=root, env=env)
     assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
-    run_dir = lines[0]
+    planned = json.loads(out.stdout)
+    run_dir, lines = planned["run_dir"], planned["sbatch"]
     assert Path(run_dir, "plan.json").exists()
-    assert f"jid=$(sbatch --parsable --array=0-3 hpc/task.sbatch {run_dir})" in out.stdout
-    assert f"sbatch --dependency=afterok:$jid hpc/reduce.sbatch {run_dir}" in out.stdout
+    assert lines[0].startswith("# SLURM cannot be asked (`scontrol show` failed: unable to "
+                               "contact): arrays split at SLURM's default MaxArraySize of 1001")
+    task, reduce = lines[2], lines[3]
+    assert task.startswith("a0=$(sbatch --parsable --array=0-3%2 ")
+    for flag in ("--partition=gpu", "--time=120", "--gpus-per-task=1", "--cpus-per-task=8",
+                 "--mem=32G", "--constraint=a100", "--requeue", "--open-mode=append",
+                 f"--output={run_dir}/logs/task-%A_%a.out",
+                 f"--error={run_dir}/logs/task-%A_%a.err"):
+        assert f" {flag} " in task, flag
+    assert task.endswith(f" hpc/task.sbatch {run_dir} 0)")
+    assert reduce.startswith("sbatch --parsable --dependency=afterok:$a0 ")
+    assert " --mem=2G " in reduce and " --time=30 " in reduce and "gpu" not in reduce
+    assert reduce.endswith(f" hpc/reduce.sbatch {run_dir}")
+    assert out.stderr.count("\n") == 1  # only the plan's log line
 
 
 def sbatch(*args: str, env: dict | None = None) -> str:

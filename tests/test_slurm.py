@@ -184,9 +184,15 @@ def test_requeued_task_continues_from_its_last_part(root):
     wait_until(lambda: len(list(run.parts_dir(0).glob("part-*.json"))) >= 2, what="2 parts")
     sh("scontrol", "requeue", job)
     wait_until(lambda: run.manifest_path.exists(), timeout=400, what="the manifest")
-    log_text = "".join(p.read_text() for p in run.task_logs(0))
-    assert "resuming, " in log_text and "of 20 parts already committed" in log_text
     assert read_json(run.manifest_path)["rows_total"] == 1000
+    assert status(out["run_dir"])["tasks"][0]["attempts"] == 2
+    # both attempts wrote to the same log (appended): each shows only its own part
+    first, second = (chatspace("logs", out["run_dir"], "--task", "0", "--attempt", k).stdout
+                     for k in ("1", "2"))
+    assert "task 0 of run requeued starting on" in first and "resuming, " not in first
+    assert "task 0 of run requeued starting on" in second
+    assert "resuming, " in second and "of 20 parts already committed" in second
+    assert "task 0 done" in second and "task 0 done" not in first
 
 
 @pytest.mark.parametrize(("args", "expected"), [

@@ -106,7 +106,8 @@ def test_unreachable_controller_is_exit_2_before_anything_is_written(root, fake_
 def test_status_says_when_slurm_cannot_be_asked(root, fake_slurm):
     behave, env = fake_slurm
     run = plan(root, PYDOCS, n=20, array=2)
-    run.save_submission({"executor": "slurm", "arrays": [{"job_id": "77", "tasks": [0, 1],
+    run.save_submission({"executor": "slurm", "submitted_at": "2026-01-01T00:00:00+00:00",
+                         "arrays": [{"job_id": "77", "tasks": [0, 1],
                                                           "jobs": ["77_0", "77_1"]}],
                          "reduce_job_id": "78"})
     behave("sacct", "exit 1")

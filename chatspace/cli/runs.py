@@ -1,12 +1,10 @@
-"""Commands of the run machinery, the same for every job type: ``plan KIND``, ``submit KIND``
-(one subcommand per registered job type), ``status``, ``logs``, ``verify``, ``resume``,
-``cancel``, and the ``run task`` / ``run reduce`` entry points that executors and the sbatch
-templates call."""
+"""Commands that start and stop runs, the same for every job type: ``plan KIND``, ``submit
+KIND`` (one subcommand per registered job type), ``resume``, ``cancel``, and the ``run task`` /
+``run reduce`` entry points that executors and the sbatch templates call."""
 
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -31,7 +29,6 @@ from chatspace.jobs import JOB_TYPES
 from chatspace.runs.job import JobType
 from chatspace.runs.plan import Planned, plan_run
 from chatspace.runs.record import Run
-from chatspace.runs.status import STATES
 from chatspace.specs import SlurmConfig
 
 log = logging.getLogger("chatspace")
@@ -55,11 +52,16 @@ def _dry_run(planned: Planned, as_json: bool) -> None:
 
 
 def _sbatch_lines(run: Run) -> list[str]:
-    slurm = run.spec.slurm
-    throttle = f"%{slurm.array_parallelism}" if slurm.array_parallelism else ""
-    return [f"jid=$(sbatch --parsable --array=0-{run.num_tasks - 1}{throttle} "
-            f"hpc/task.sbatch {run.dir})",
-            f"sbatch --dependency=afterok:$jid hpc/reduce.sbatch {run.dir}"]
+    """The sbatch lines for the templates, split at the cluster's MaxArraySize when SLURM can be
+    asked (else at SLURM's default, 1001, said in a comment)."""
+    from chatspace.runs.slurm import sbatch_lines
+    from chatspace.runs.slurm_cli import SlurmUnavailable, cluster_config
+
+    try:
+        return sbatch_lines(run, int(cluster_config().get("MaxArraySize", "1001")))
+    except SlurmUnavailable as exc:
+        return [f"# SLURM cannot be asked ({exc}): arrays split at SLURM's default "
+                "MaxArraySize of 1001", *sbatch_lines(run, 1001)]
 
 
 def plan_command(job: JobType) -> click.Command:
@@ -204,58 +206,6 @@ def cancel_cmd(run_ref: str, root: str | None) -> None:
                else f"run {run.run_id} has no queued or running jobs: nothing to cancel")
 
 
-@click.command()
-@click.argument("run_ref", metavar="RUN")
-@click.option("--task", type=int, default=None, help="Task index.")
-@click.option("--reduce", "of_reduce", is_flag=True, help="The reduce job's logs instead.")
-@click.option("--tail", type=int, default=None, help="Only the last N lines of each file.")
-@click.option("-f", "--follow", is_flag=True,
-              help="Keep printing what the task writes until it is no longer running.")
-@root_option
-def logs(run_ref: str, task: int | None, of_reduce: bool, tail: int | None, follow: bool,
-         root: str | None) -> None:
-    """Print the stdout/stderr of TASK's latest attempt (or of the reduce job)."""
-    if (task is None) == (not of_reduce):
-        raise BadInput("give exactly one of --task I and --reduce")
-    if tail is not None and tail < 0:
-        raise BadInput(f"--tail must be >= 0, got {tail}")
-    run = open_run(run_ref, root, task)
-    found = run.reduce_logs() if of_reduce else run.task_logs(task)
-    if not found:
-        what = "the reduce" if of_reduce else f"task {task}"
-        raise BadInput(f"{what} of run {run.run_id} has no logs yet in {run.log_dir} (local "
-                       "and debug runs reduce in the submitting process)")
-    offsets = {}
-    for path in found:
-        text = path.read_text(errors="replace")
-        offsets[path] = len(text.encode(errors="replace"))
-        click.echo(f"==> {path} <==")
-        lines = text.splitlines(keepends=True)
-        click.echo("".join(lines[-tail:] if tail else [] if tail == 0 else lines), nl=False)
-    if follow and not of_reduce:
-        _follow_logs(run, task, offsets)
-
-
-def _follow_logs(run: Run, task: int, offsets: dict) -> None:
-    """Print what is appended to the task's logs until its job has left the queue."""
-    import time
-
-    from chatspace.runs.status import run_status
-    from chatspace.runs.watch import LIVE
-
-    while True:
-        for path in offsets:
-            with open(path, "rb") as fh:
-                fh.seek(offsets[path])
-                more = fh.read()
-            offsets[path] += len(more)
-            if more:
-                click.echo(more.decode(errors="replace"), nl=False)
-        if run_status(run)["tasks"][task]["state"] not in LIVE:
-            return
-        time.sleep(2)
-
-
 @click.group("run")
 def run_group() -> None:
     """Entry points that executors and sbatch templates call."""
@@ -296,58 +246,6 @@ def run_reduce_cmd(run_ref: str, root: str | None) -> None:
     click.echo(str(run.manifest_path))
 
 
-@click.command()
-@run_argument
-@click.option("--failed", is_flag=True, help="Only tasks that failed or lost their outputs.")
-@click.option("--state", "states", multiple=True, type=click.Choice(STATES),
-              help="Only tasks in this state (repeatable).")
-@json_option
-def status(run_ref: str, root: str | None, failed: bool, states: tuple[str, ...],
-           as_json: bool) -> None:
-    """Per-task states of RUN (a run id or run directory), rows done, rate and ETA, failures
-    and their logs. A done task whose outputs are gone or changed size shows as lost."""
-    from chatspace.runs.status import run_status
-
-    run = open_run(run_ref, root)
-    state = run_status(run)
-    wanted = set(states) | ({"failed", "lost"} if failed else set())
-    if wanted:
-        state["tasks"] = [t for t in state["tasks"] if t["state"] in wanted]
-    rate = (f"; {state['rows_per_second']:,.1f} rows/s, ETA {state['eta_seconds']} s"
-            if state["rows_per_second"] and state["eta_seconds"] else "")
-    lines = [f"run {run.run_id} ({run.job.kind}): {state['rows_done']}/{state['rows']} rows; "
-             + ", ".join(f"{n} {s}" for s, n in state["counts"].items()) + rate,
-             f"manifest: {state['manifest'] or '(not reduced yet)'}"]
-    if state["slurm_error"]:
-        lines.append(f"SLURM cannot be asked ({state['slurm_error']}): job states unknown")
-    for task in state["tasks"]:
-        if task["state"] != "done" or wanted:
-            slurm = task.get("slurm")
-            job = f" [{slurm['state']} exit {slurm.get('exit_code') or '-'}]" if slurm else ""
-            lines.append(f"  task {task['task']}: {task['state']}{job} "
-                         f"({task['rows_done']}/{task['rows']} rows) log: {task['log']}")
-            lines += [f"      {line}" for line in task.get("error", [])]
-    if state["reduce"]:
-        reduce = state["reduce"]
-        lines.append(f"reduce: job {reduce['job_id']} {reduce.get('state', 'unknown')}"
-                     + (f" ({reduce['reason']})" if reduce.get("reason") else ""))
-    emit(as_json, state, lines)
 
 
-@click.command()
-@run_argument
-@json_option
-def verify(run_ref: str, root: str | None, as_json: bool) -> None:
-    """Re-check every output file of RUN against its manifest (bytes, sha256, rows)."""
-    from chatspace.runs.reduce import verify_run
-
-    run = open_run(run_ref, root)
-    problems = verify_run(run)
-    emit(as_json, {**run_summary(run), "ok": not problems, "problems": problems},
-         problems or [f"run {run.run_id}: all outputs of {run.num_tasks} tasks match the "
-                      "manifest"])
-    if problems:
-        sys.exit(1)
-
-
-COMMANDS = [plan_group, submit_group, resume, cancel_cmd, logs, run_group, status, verify]
+COMMANDS = [plan_group, submit_group, resume, cancel_cmd, run_group]

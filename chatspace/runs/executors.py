@@ -134,7 +134,7 @@ def launch(run: Run, executor: str, *, slurm: SlurmConfig, max_array: int = 1001
             follow(run, progress)
         return record
     record = {"executor": executor, "tasks": pending,
-              "submitted_at": datetime.now(UTC).isoformat(timespec="seconds")}
+              "submitted_at": datetime.now(UTC).isoformat(timespec="microseconds")}
     run.save_submission(record)
     runner = DebugExecutor() if executor == "debug" else LocalExecutor(parallelism, progress)
     runner.execute(run, pending)

@@ -211,33 +211,6 @@ class Run:
         history = self.submissions()
         write_json(self.submissions_path, [*history[:-1 if replace_last else None], record])
 
-    def task_jobs(self) -> dict[int, str]:
-        """The SLURM job id (``A_a``, or ``A`` for a one-task array) of each task whose latest
-        submission went to SLURM."""
-        jobs: dict[int, str] = {}
-        for record in self.submissions():
-            for task in record.get("tasks", []):  # a later local/debug attempt
-                jobs.pop(task, None)
-            for array in record.get("arrays", []):
-                jobs.update(zip(array["tasks"], array["jobs"], strict=True))
-        return jobs
-
-    def task_logs(self, task: int, jobs: dict[int, str] | None = None) -> list[Path]:
-        """Existing log files of the task's latest attempt: ``local-{task}.log`` from the local
-        executor, or submitit's ``{A}_{a}_0_log.out`` and ``.err`` (error output last).
-        `jobs` is `task_jobs()` when the caller has it already."""
-        job = (self.task_jobs() if jobs is None else jobs).get(task)
-        names = ([f"{job}_0_log.out", f"{job}_0_log.err"] if job
-                 else [f"local-{task:05d}.log"])
-        return [self.log_dir / n for n in names if (self.log_dir / n).exists()]
-
-    def reduce_logs(self) -> list[Path]:
-        """Log files of the latest SLURM reduce job (local and debug reduce in-process)."""
-        history = self.submissions()
-        job = history[-1].get("reduce_job_id") if history else None
-        names = [f"{job}_0_log.out", f"{job}_0_log.err"] if job else []
-        return [self.log_dir / n for n in names if (self.log_dir / n).exists()]
-
     @classmethod
     def open(cls, ref: str, root: Path, job_types: Mapping[str, JobType]) -> Run:
         """Resolve RUN (a run directory or a run id under root) to a planned run of one of

@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from chatspace.errors import RunFailed
+from chatspace.runs.attempts import log_spans, recording
 from chatspace.runs.record import Run, file_problem, output_problems, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,8 @@ def redact(value: Any) -> Any:
 
 def task_problem(run: Run, task: int) -> str:
     """Why a task is not done, with where to look."""
-    logs = run.task_logs(task)
-    where = f" (log: {logs[-1]})" if logs else ""
+    logs = log_spans(run, task)
+    where = f" (log: {logs[-1].path})" if logs else ""
     path = run.completion_path(task)
     if not path.exists():
         return f"task {task}: missing, no completion record{where}"
@@ -41,7 +42,13 @@ def task_problem(run: Run, task: int) -> str:
 
 
 def reduce_run(run: Run) -> dict[str, Any]:
-    """Validate every task's outputs and write manifest.json; RunFailed names each bad task."""
+    """Validate every task's outputs and write manifest.json; RunFailed names each bad task.
+    Recorded as an attempt of the run's reduce."""
+    with recording(run, None):
+        return _reduce(run)
+
+
+def _reduce(run: Run) -> dict[str, Any]:
     started = datetime.now(UTC)
     problems: list[str] = []
     records, keys = [], []

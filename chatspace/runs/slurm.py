@@ -22,7 +22,7 @@ from chatspace.errors import BadInput, RunFailed
 from chatspace.runs.job import JobType
 from chatspace.runs.record import Run
 from chatspace.runs.reduce import reduce_run
-from chatspace.runs.slurm_cli import SlurmUnavailable, cluster_config, partitions
+from chatspace.runs.slurm_cli import SlurmUnavailable, cluster_config, partitions, run_comment
 from chatspace.runs.task import run_task
 from chatspace.specs import SlurmConfig
 
@@ -129,13 +129,14 @@ class ReduceJob:
 
 def task_parameters(cfg: SlurmConfig, kind: str, tasks: int) -> dict[str, Any]:
     """submitit parameters of a task array. The throttle is always explicit: submitit would
-    otherwise apply its own default of 256 silently."""
+    otherwise apply its own default of 256 silently. Requeued attempts append to the logs."""
     params: dict[str, Any] = {
         "job_name": cfg.job_name or f"chatspace-{kind}",
         "time": parse_time(cfg.time) if cfg.time else DEFAULT_TIME_MINUTES,
         "signal_delay_s": 120,
         "array_parallelism": cfg.array_parallelism or max(tasks, 1),
-        "additional_parameters": {"requeue": True,
+        # a requeued attempt appends to its log instead of truncating the earlier attempts'
+        "additional_parameters": {"requeue": True, "open-mode": "append",
                                   **{a[2:].split("=", 1)[0]: a.split("=", 1)[1]
                                      for a in cfg.sbatch_args}},
     }
@@ -164,6 +165,50 @@ def reduce_parameters(cfg: SlurmConfig, kind: str, arrays: list[str]) -> dict[st
     return params
 
 
+def sbatch_flags(params: dict[str, Any]) -> list[str]:
+    """submitit parameters (as `task_parameters` / `reduce_parameters` make them) as the sbatch
+    flags the templates in hpc/ take: one source for both ways of submitting."""
+    flags = []
+    for key, value in params.items():
+        if key == "additional_parameters":
+            flags += [f"--{k}" if v is True else f"--{k}={v}" for k, v in value.items()]
+        elif key == "signal_delay_s":
+            flags.append(f"--signal=B:USR2@{value}")
+        elif key != "array_parallelism":
+            flags.append(f"--{key.replace('_', '-')}={value}")
+    return flags
+
+
+def sbatch_lines(run: Run, max_array: int) -> list[str]:
+    """Shell lines that run `run` with the sbatch templates, carrying its [slurm] resources:
+    one array per `max_array` tasks (the template adds the offset to the array index), logs
+    in the run's logs/, then the reduce with afterok on every array. Each job carries a
+    comment that tags it as the run's, so `status`, `cancel` and `resume` find it in the queue
+    before it starts."""
+    cfg, tasks = run.spec.slurm, run.num_tasks
+    params = task_parameters(cfg, run.plan["kind"], min(tasks, max_array))
+    env = (f"CHATSPACE_IMAGE={shlex.quote(str(Path(cfg.container).resolve()))} "
+           f"CHATSPACE_ROOT={shlex.quote(str(run.root))} " if cfg.container else "")
+    logs = run.log_dir
+    common = [f"--output={logs}/task-%A_%a.out", f"--error={logs}/task-%A_%a.err",
+              *sbatch_flags(params)]
+    lines, names = [f"mkdir -p {shlex.quote(str(logs))}"], []
+    for number, offset in enumerate(range(0, tasks, max_array)):
+        last = min(tasks, offset + max_array) - offset - 1
+        names.append(f"a{number}")
+        args = [f"--array=0-{last}%{params['array_parallelism']}", *common,
+                f"--comment={run_comment(run, offset)}", "hpc/task.sbatch", str(run.dir),
+                str(offset)]
+        lines.append(f"a{number}=$({env}sbatch --parsable {shlex.join(args)})")
+    reduce = reduce_parameters(cfg, run.plan["kind"], [])
+    after = ":".join(f"${name}" for name in names)
+    args = [f"--output={logs}/reduce-%j.out", f"--error={logs}/reduce-%j.err",
+            *sbatch_flags(reduce), f"--comment={run_comment(run, None)}", "hpc/reduce.sbatch",
+            str(run.dir)]
+    lines.append(f"{env}sbatch --parsable --dependency=afterok:{after} {shlex.join(args)}")
+    return lines
+
+
 def _executor(cfg: SlurmConfig, run: Run) -> submitit.SlurmExecutor:
     python = container_python(cfg.container, run.root) if cfg.container else None
     return submitit.SlurmExecutor(folder=run.log_dir, python=python)
@@ -178,7 +223,7 @@ def submit(run: Run, tasks: list[int], cfg: SlurmConfig, max_array: int) -> dict
     params = task_parameters(cfg, kind, min(len(tasks), max_array))  # every array's
     record: dict[str, Any] = {
         "executor": "slurm",
-        "submitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "submitted_at": datetime.now(UTC).isoformat(timespec="microseconds"),
         "arrays": [], "reduce_job_id": None, "sbatch_scripts": [],
         "sbatch_parameters": params,
         "python": executor.python, "slurm_config": asdict(cfg),

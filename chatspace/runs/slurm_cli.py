@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import subprocess
 
+from chatspace.runs.attempts import reduce_job, task_jobs
 from chatspace.runs.record import Run
 
 log = logging.getLogger(__name__)
@@ -127,14 +129,49 @@ def job_states(job_ids: list[str]) -> dict[str, dict[str, str]]:
     return states
 
 
+def run_comment(run: Run, offset: int | None) -> str:
+    """The ``--comment`` that tags a job queued with the sbatch lines `plan` prints as one of
+    `run`'s: its task array starting at task `offset`, or (None) its reduce."""
+    return f"chatspace:{run.dir}:" + ("reduce" if offset is None else f"offset={offset}")
+
+
+def queued_jobs(run: Run) -> tuple[dict[int, str], list[str], dict[str, dict[str, str]]]:
+    """This user's queued or running jobs tagged as `run`'s (see `run_comment`), found before
+    any of them has started: task -> job id, the reduce job ids, and their states. Not asked
+    where SLURM is not installed, nor for a run whose latest submission ran locally."""
+    history = run.submissions()
+    if (history[-1]["executor"] if history else "slurm") != "slurm" or \
+            shutil.which("squeue") is None:
+        return {}, [], {}
+    tasks: dict[int, str] = {}
+    reduces = []
+    states = {}
+    prefix = f"chatspace:{run.dir}:"
+    out = slurm_command(["squeue", "--me", "-h", "-r", "-o", "%i|%T|%r|%k"])
+    for line in out.splitlines():
+        job, state, reason, comment = (line.strip().split("|", 3) + ["", "", ""])[:4]
+        what = comment.removeprefix(prefix)
+        if what == comment:
+            continue
+        states[job] = {"state": state, "exit_code": "", "reason": reason}
+        if what == "reduce":
+            reduces.append(job)
+        elif what.startswith("offset=") and "_" in job:
+            tasks[int(what[len("offset="):]) + int(job.split("_")[1])] = job
+    return tasks, reduces, states
+
+
 def live_jobs(run: Run) -> tuple[list[str], list[str]]:
     """The run's queued or running jobs, and apart from them its reduce jobs that wait on a
-    dependency that can no longer be satisfied (a task failed): those only need cancelling."""
-    ids = list(run.task_jobs().values())
+    dependency that can no longer be satisfied (a task failed): those only need cancelling.
+    Jobs come from the submission and attempt records and from the queue (`queued_jobs`)."""
+    tasks, reduces, _ = queued_jobs(run)
+    ids = [*task_jobs(run).values(), *tasks.values(), *reduces]
     ids += [r["reduce_job_id"] for r in run.submissions() if r.get("reduce_job_id")]
+    ids += [job for job in [reduce_job(run)] if job]
     live, stale = [], []
     for job, state in job_states(ids).items():
-        if job in ids and state["state"] in LIVE_STATES:
+        if job in ids and state["state"] in LIVE_STATES and job not in live + stale:
             never = state.get("reason") == "DependencyNeverSatisfied"
             (stale if never else live).append(job)
     return live, stale

@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from chatspace.runs.attempts import attempts, log_spans, reduce_job, task_jobs
 from chatspace.runs.record import Run, output_problems, read_json
 from chatspace.runs.slurm_cli import (
     FINISHED_BAD,
@@ -23,6 +24,7 @@ from chatspace.runs.slurm_cli import (
     REQUEUED_STATES,
     SlurmUnavailable,
     job_states,
+    queued_jobs,
 )
 from chatspace.runs.task import committed_parts
 
@@ -46,32 +48,60 @@ def tail(path: Path, lines: int = 5) -> list[str]:
         return []
 
 
+def _elapsed(attempt: dict[str, Any] | None, live: bool) -> float | None:
+    """Seconds the attempt ran (so far, while its task is live)."""
+    if attempt is None:
+        return None
+    started = datetime.fromisoformat(attempt["started_at"])
+    end = attempt.get("ended_at")
+    if end is None and not live:
+        return None  # killed without a trace of when
+    ended = datetime.fromisoformat(end) if end else datetime.now(started.tzinfo)
+    return round((ended - started).total_seconds(), 1)
+
+
 def task_state(run: Run, task: int, jobs: dict[int, str], states: dict[str, dict[str, str]],
                verify: bool = False, slurm_error: str | None = None) -> dict[str, Any]:
-    """State of one task, given the run's `task_jobs()` and their SLURM `states`. Every output
-    of a done task is stat'ed against its completion record; `verify` also re-hashes it."""
+    """State of one task, given the run's `task_jobs()` and their SLURM `states`: state, rows
+    done, attempts, node and elapsed time of the latest attempt, its log. Every output of a
+    done task is stat'ed against its completion record; `verify` also re-hashes it."""
     start, stop = run.task_bounds(task)
-    state: dict[str, Any] = {"task": task, "rows": stop - start}
-    path = run.completion_path(task)
+    history = attempts(run, task)
+    latest = history[-1] if history else None
+    state: dict[str, Any] = {"task": task, "rows": stop - start, "attempts": len(history),
+                             "node": latest["host"] if latest else None}
+    logs = log_spans(run, task)
+    state["log"] = str(logs[-1].path) if logs else None
+    state.update(_files_state(run, task, verify))
     job = states.get(jobs.get(task, ""))
-    logs = run.task_logs(task, jobs)
-    state["log"] = str(logs[-1]) if logs else None
-    if path.exists():
-        record = read_json(path)
-        lost = output_problems(record, check_hash=verify)
-        if not lost:
-            state.update(state="done", rows_done=stop - start)
-            return state
-        state.update(state="lost", rows_done=0, error=lost)
-    else:
-        parts = committed_parts(run, task)
-        state["rows_done"] = sum(p["rows_in"] for p in parts)
-        state["state"] = "partial" if parts else "missing"
     if job is None:
         if slurm_error and task in jobs and state["state"] in ("partial", "missing"):
             state["state"] = "unknown"
-        return state
-    state["slurm"] = job
+    else:
+        state["slurm"] = job
+        _apply_job_state(state, job)
+    state["elapsed_seconds"] = _elapsed(latest, state["state"] in ("running", "unknown"))
+    return state
+
+
+def _files_state(run: Run, task: int, verify: bool) -> dict[str, Any]:
+    """What the run directory alone says: done, lost, partial or missing."""
+    start, stop = run.task_bounds(task)
+    path = run.completion_path(task)
+    if path.exists():
+        lost = output_problems(read_json(path), check_hash=verify)
+        if not lost:
+            return {"state": "done", "rows_done": stop - start}
+        return {"state": "lost", "rows_done": 0, "error": lost}
+    parts = committed_parts(run, task)
+    return {"state": "partial" if parts else "missing",
+            "rows_done": sum(p["rows_in"] for p in parts)}
+
+
+def _apply_job_state(state: dict[str, Any], job: dict[str, str]) -> None:
+    """Correct the files' state with what SLURM says about the task's latest job."""
+    if state["state"] == "done":
+        return
     name = job["state"]
     if name in REQUEUED_STATES or job.get("reason", "").startswith("BeginTime"):
         state["state"] = "requeued"
@@ -84,38 +114,69 @@ def task_state(run: Run, task: int, jobs: dict[int, str], states: dict[str, dict
     elif name in FINISHED_BAD or name == "COMPLETED":  # and, long after, no record
         state["state"] = "failed"
         state["error"] = tail(Path(state["log"])) if state["log"] else []
-    return state
+
+
+def manifest_is_current(run: Run) -> bool:
+    """The manifest exists, every task is done, and it lists exactly the outputs of their
+    completion records (after a task lost an output or was rerun it is stale until the next
+    reduce rewrites it)."""
+    if not run.manifest_path.exists():
+        return False
+    listed = {(e["task"], e["path"], e["sha256"]) for e in read_json(run.manifest_path)["files"]}
+    recorded = set()
+    for task in range(run.num_tasks):
+        record = run.completion(task, check_hash=False)
+        if record is None:
+            return False
+        recorded |= {(task, e["path"], e["sha256"]) for e in record["outputs"]}
+    return listed == recorded
+
+
+def _started_at(run: Run, history: list[dict[str, Any]]) -> datetime | None:
+    """When the run's work began: its first submission, else its first task attempt (a run
+    started by hand with the sbatch templates)."""
+    stamps = [datetime.fromisoformat(history[0]["submitted_at"])] if history else []
+    stamps += [datetime.fromisoformat(a["started_at"])
+               for task in range(run.num_tasks) for a in attempts(run, task)[:1]]
+    return min(stamps) if stamps else None
 
 
 def run_status(run: Run, verify: bool = False) -> dict[str, Any]:
     history = run.submissions()
-    jobs = run.task_jobs()
-    reduce_id = history[-1].get("reduce_job_id") if history else None
+    jobs = task_jobs(run)
+    reduce_id = reduce_job(run)
     try:
         states = job_states(list(jobs.values()) + ([reduce_id] if reduce_id else []))
+        queued, reduces, queued_states = queued_jobs(run)  # from plan's sbatch lines
+        jobs.update(queued)
+        states.update(queued_states)
+        reduce_id = reduces[-1] if reduces else reduce_id
         slurm_error = None
     except SlurmUnavailable as exc:
         states, slurm_error = {}, str(exc)
     tasks = [task_state(run, t, jobs, states, verify, slurm_error)
              for t in range(run.num_tasks)]
-    manifest = run.manifest_path if run.manifest_path.exists() else None
+    current = manifest_is_current(run)
     rows_done = sum(t["rows_done"] for t in tasks)
-    first = history[0].get("submitted_at") if history else None
-    started = datetime.fromisoformat(first) if first else None
+    started = _started_at(run, history)
     elapsed = (datetime.now(started.tzinfo) - started).total_seconds() if started else None
     rate = rows_done / elapsed if elapsed and rows_done else None
+    reduce_logs = log_spans(run, None)
     return {
         "run_id": run.run_id,
         "kind": run.job.kind,
         "run_dir": str(run.dir),
-        "manifest": str(manifest) if manifest else None,
-        "executor": history[-1]["executor"] if history else None,
+        "manifest": str(run.manifest_path) if current else None,
+        "manifest_stale": run.manifest_path.exists() and not current,
+        "executor": history[-1]["executor"] if history else ("slurm" if jobs else None),
         "rows": run.rows,
         "rows_done": rows_done,
         "rows_per_second": round(rate, 2) if rate else None,
         "eta_seconds": round((run.rows - rows_done) / rate) if rate else None,
         "tasks": tasks,
         "counts": {s: n for s in STATES if (n := sum(t["state"] == s for t in tasks))},
-        "reduce": {"job_id": reduce_id, **states.get(reduce_id, {})} if reduce_id else None,
+        "reduce": {"job_id": reduce_id, **states.get(reduce_id, {}),
+                   "log": str(reduce_logs[-1].path) if reduce_logs else None}
+        if reduce_id else None,
         "slurm_error": slurm_error,
     }

@@ -21,6 +21,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from chatspace.runs.attempts import recording
 from chatspace.runs.job import Part, PartOutput
 from chatspace.runs.record import Run, file_entry, read_json, write_json, write_parquet
 from chatspace.runs.stages import DONE, Stage, get, put
@@ -107,10 +108,6 @@ class TaskRunner:
             raise writer.error
 
     def execute(self) -> dict[str, Any]:
-        done = self.run.completion(self.task)
-        if done is not None:
-            log.info("task %d already complete (%d rows); nothing to do", self.task, done["rows"])
-            return done
         self._remove_stale_temporaries()
         log.info("task %d of run %s starting on %s (CUDA_VISIBLE_DEVICES=%s)", self.task,
                  self.run.run_id, socket.gethostname(),
@@ -161,5 +158,11 @@ class TaskRunner:
 
 
 def run_task(run: Run, task: int) -> dict[str, Any]:
-    """The task entry point shared by every executor and the sbatch templates."""
-    return TaskRunner(run, task).execute()
+    """The task entry point shared by every executor and the sbatch templates. Each call that
+    has work to do is recorded as an attempt of the task."""
+    done = run.completion(task)
+    if done is not None:
+        log.info("task %d already complete (%d rows); nothing to do", task, done["rows"])
+        return done
+    with recording(run, task):
+        return TaskRunner(run, task).execute()
