@@ -91,6 +91,8 @@ def test_the_manifest_is_shown_only_while_it_is_current(root):
     assert done.returncode == 0, done.stderr
     run = open_run(json.loads(done.stdout)["run_dir"])
     assert run_status(run)["manifest"] == str(run.manifest_path)
+    watched = chatspace("status", str(run.dir), "--watch", timeout=60)  # nothing left to run
+    assert watched.returncode == 0 and watched.stdout.count(f"run {run.run_id} ") == 1
     shard(run, 1).unlink()  # a task lost its output: the manifest no longer describes the run
     state = json.loads(chatspace("status", str(run.dir), "--json").stdout)
     assert state["manifest"] is None and state["manifest_stale"] is True
