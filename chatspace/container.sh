@@ -5,11 +5,17 @@
 #   CHATSPACE_IMAGE  path to the .sif image (unset: run on the host)
 #   CHATSPACE_ROOT   workspace root to bind (default /workspace)
 #   HF_HOME          HF cache to bind (default ~/.cache/huggingface)
+# Both are exported, so the command inside sees the paths that are bound (the image's own
+# defaults would point elsewhere). The line is printed to stderr, so task logs show it.
 set -eu
 if [ -z "${CHATSPACE_IMAGE:-}" ]; then
     exec "$@"
 fi
-root=${CHATSPACE_ROOT:-/workspace}
-hf_home=${HF_HOME:-$HOME/.cache/huggingface}
-mkdir -p "$hf_home"
-exec apptainer exec --nv --bind "$root" --bind "$hf_home" "$CHATSPACE_IMAGE" "$@"
+[ -f "$CHATSPACE_IMAGE" ] || { echo "chatspace: image not found: $CHATSPACE_IMAGE" >&2; exit 2; }
+CHATSPACE_ROOT=${CHATSPACE_ROOT:-/workspace}
+HF_HOME=${HF_HOME:-$HOME/.cache/huggingface}
+export CHATSPACE_ROOT HF_HOME
+mkdir -p "$HF_HOME"
+set -- apptainer exec --nv --bind "$CHATSPACE_ROOT" --bind "$HF_HOME" "$CHATSPACE_IMAGE" "$@"
+echo "chatspace: $*" >&2
+exec "$@"

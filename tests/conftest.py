@@ -87,3 +87,22 @@ def small_jsonl(tmp_path: Path) -> Path:
     path = tmp_path / "small.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+@pytest.fixture(scope="session")
+def real_image() -> Path:
+    """A real Apptainer (containers/dev-apptainer.sh) on PATH and the test image built from this
+    checkout (containers/dev-image.sh, cached by the lock file); skip, saying why, where they
+    cannot be set up."""
+    def step(*cmd: str, timeout: float) -> str:
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            pytest.skip(f"{Path(cmd[0]).name} failed: {exc}")
+        if out.returncode != 0:
+            pytest.skip(f"{Path(cmd[0]).name} failed: {out.stderr.strip()[-500:]}")
+        return out.stdout.strip().splitlines()[-1]
+
+    apptainer = step(str(REPO / "containers" / "dev-apptainer.sh"), timeout=600)
+    os.environ["PATH"] = f"{Path(apptainer).parent}:{os.environ['PATH']}"  # jobs inherit it
+    return Path(step(str(REPO / "containers" / "dev-image.sh"), timeout=1800))

@@ -1,14 +1,12 @@
-"""hpc/ sbatch templates on the real dev cluster, the container wrapper's command lines, and a
-static check of Apptainer.def (Apptainer itself is not installable here: Debian bookworm has
-no package, so the `apptainer` on PATH in these tests is a recording stand-in that logs its
-command line and runs the command without a container)."""
+"""hpc/ sbatch templates and the sbatch lines `plan` prints, the container wrapper's command
+line (checked here with a recording stand-in for `apptainer`; tests/test_container.py runs the
+real one), and a static check of Apptainer.def."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
-import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -17,9 +15,8 @@ import pytest
 
 from chatspace.jobs import JOB_TYPES
 from chatspace.runs.commands import reduce_command, task_command
-from chatspace.runs.record import Run, read_json, sha256_file
-from tests.conftest import PYDOCS, REPO, chatspace, wait_until
-from tests.helpers import open_run, read_run, shard
+from chatspace.runs.record import Run
+from tests.conftest import PYDOCS, REPO, chatspace
 
 DEF = REPO / "Apptainer.def"
 SECTIONS = {"arguments", "setup", "files", "post", "environment", "runscript", "startscript",
@@ -138,14 +135,21 @@ def test_templates_run_the_shared_task_and_reduce_commands():
 
 
 def test_container_wrapper_builds_the_apptainer_line(tmp_path, apptainer_shim):
-    env = {**os.environ, "CHATSPACE_IMAGE": "/img/chatspace.sif", "CHATSPACE_ROOT": "/ws",
+    image = tmp_path / "chatspace.sif"
+    image.write_bytes(b"stand-in")
+    env = {**os.environ, "CHATSPACE_IMAGE": str(image), "CHATSPACE_ROOT": "/ws",
            "HF_HOME": str(tmp_path / "hf")}
     out = subprocess.run([str(REPO / "containers" / "run.sh"), "echo", "inside"], env=env,
                          capture_output=True, text=True, check=True)
     assert out.stdout == "inside\n"
-    assert apptainer_shim.read_text() == (
-        f"apptainer exec --nv --bind /ws --bind {tmp_path / 'hf'} /img/chatspace.sif "
-        "echo inside\n")
+    line = f"apptainer exec --nv --bind /ws --bind {tmp_path / 'hf'} {image} echo inside"
+    assert apptainer_shim.read_text() == line + "\n"
+    assert out.stderr == f"chatspace: {line}\n"  # the task log shows it
+    env["CHATSPACE_IMAGE"] = str(tmp_path / "typo.sif")
+    missing = subprocess.run([str(REPO / "containers" / "run.sh"), "true"], env=env,
+                             capture_output=True, text=True)
+    assert missing.returncode == 2
+    assert missing.stderr == f"chatspace: image not found: {tmp_path / 'typo.sif'}\n"
     env.pop("CHATSPACE_IMAGE")
     plain = subprocess.run([str(REPO / "containers" / "run.sh"), "echo", "host"], env=env,
                            capture_output=True, text=True, check=True)
@@ -195,64 +199,3 @@ mem = "2G"
     assert " --mem=2G " in reduce and " --time=30 " in reduce and "gpu" not in reduce
     assert reduce.endswith(f" hpc/reduce.sbatch {run_dir}")
     assert out.stderr.count("\n") == 1  # only the plan's log line
-
-
-def sbatch(*args: str, env: dict | None = None) -> str:
-    return subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True,
-                          check=True, cwd=REPO, env=env, timeout=60).stdout.strip()
-
-
-@pytest.mark.slurm
-def test_templates_on_the_cluster_match_the_submitit_path(slurm_cluster, root, apptainer_shim,
-                                                          tmp_path):
-    image = tmp_path / "chatspace.sif"
-    image.write_bytes(b"stand-in image: apptainer is recorded, not run")
-    common = ["--dataset", str(PYDOCS), "--text-field", "text", "--n", "30", "--seed", "2",
-              "--array", "2"]
-    planned = chatspace("plan", "embed", *common, "--json", "--run-id", "by-template",
-                        root=root)
-    run = open_run(json.loads(planned.stdout)["run_dir"])
-    env = {**os.environ, "CHATSPACE_IMAGE": str(image), "CHATSPACE_ROOT": str(root)}
-    job = sbatch("--array=0-1", "hpc/task.sbatch", str(run.dir), env=env)
-    sbatch(f"--dependency=afterok:{job}", "hpc/reduce.sbatch", str(run.dir), env=env)
-    wait_until(lambda: run.manifest_path.exists(), timeout=300, what="the template run")
-    calls = apptainer_shim.read_text().splitlines()
-    hf_home = os.environ.get("HF_HOME", str(Path.home() / ".cache" / "huggingface"))
-    prefix = f"apptainer exec --nv --bind {root} --bind {hf_home} {image} chatspace run "
-    assert sorted(calls) == sorted([f"{prefix}task {run.dir} --task 0",
-                                    f"{prefix}task {run.dir} --task 1",
-                                    f"{prefix}reduce {run.dir}"])
-    assert (REPO / "logs" / f"chatspace-task-{job}_0.out").exists()
-
-    via_submitit = chatspace("submit", "embed", *common, "--executor", "slurm", "--wait",
-                             "--json", "--container", str(image), root=root)
-    assert via_submitit.returncode == 0, via_submitit.stderr
-    other = open_run(json.loads(via_submitit.stdout)["run_dir"])
-    drop = ["run_id", "created_at"]
-    assert read_run(run).drop(drop).equals(read_run(other).drop(drop))
-    assert any("python -u -m submitit.core._submit" in c
-               for c in apptainer_shim.read_text().splitlines()[3:])
-
-    # the same planned run executed by submitit: byte-identical shards
-    shas = [sha256_file(shard(run, t)) for t in range(2)]
-    for t in range(2):
-        run.completion_path(t).unlink()
-        shard(run, t).unlink()
-    resumed = chatspace("resume", str(run.dir), "--executor", "slurm", "--wait", root=root)
-    assert resumed.returncode == 0, resumed.stderr
-    assert [sha256_file(shard(run, t)) for t in range(2)] == shas
-    assert read_json(run.manifest_path)["rows_total"] == 30
-
-
-@pytest.mark.skipif(shutil.which("apptainer") is None or not os.environ.get("CHATSPACE_IMAGE"),
-                    reason="needs a real `apptainer` on PATH and CHATSPACE_IMAGE set to a built "
-                           "image; Apptainer is not packaged for Debian bookworm, so it cannot "
-                           "run on this machine")
-def test_real_container_embeds(root):
-    result = subprocess.run(
-        ["apptainer", "exec", "--bind", str(root.parent), os.environ["CHATSPACE_IMAGE"],
-         "chatspace", "submit", "embed", "--dataset", str(PYDOCS), "--text-field", "text",
-         "--n", "10", "--executor", "local", "--root", str(root), "--json"],
-        capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr
-    assert Path(json.loads(result.stdout)["manifest"]).exists()

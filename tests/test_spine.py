@@ -268,7 +268,8 @@ def test_local_executor_gives_each_worker_its_own_gpu(root):
     seen = []
     for task in range(3):
         log = (run_dir / "logs" / f"local-{task:05d}.log").read_text()
-        seen.append(re.search(r"starting on \S+ \(CUDA_VISIBLE_DEVICES=(\S+)\)", log).group(1))
+        seen.append(re.search(r"starting on \S+ \(python \S+, CUDA_VISIBLE_DEVICES=(\S+)\)",
+                              log).group(1))
     assert set(seen) == {"5", "7"}  # two GPUs: two workers, one device each
     assert seen[0] != seen[1]
 

@@ -174,11 +174,14 @@ def log_spans(run: Run, task: int | None, attempt: int | None = None) -> list[Lo
         number = (attempt or len(history)) - 1
         spans = []
         for entry in history[number]["logs"]:
-            later = [e["offset"] for r in history[number + 1:] for e in r["logs"]
-                     if e["path"] == entry["path"]]
+            shares = [[e["offset"] for e in r["logs"] if e["path"] == entry["path"]]
+                      for r in history]
+            earlier = any(shares[:number])  # the first one also shows its job's preamble
+            later = [o for offsets in shares[number + 1:] for o in offsets]
             path = Path(entry["path"])
             if path.exists():
-                spans.append(LogSpan(path, entry["offset"], later[0] if later else None))
+                spans.append(LogSpan(path, entry["offset"] if earlier else 0,
+                                     later[0] if later else None))
         return spans
     if attempt is not None and attempt != len(history):
         return []

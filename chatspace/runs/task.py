@@ -15,6 +15,7 @@ import os
 import queue
 import shutil
 import socket
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -109,8 +110,8 @@ class TaskRunner:
 
     def execute(self) -> dict[str, Any]:
         self._remove_stale_temporaries()
-        log.info("task %d of run %s starting on %s (CUDA_VISIBLE_DEVICES=%s)", self.task,
-                 self.run.run_id, socket.gethostname(),
+        log.info("task %d of run %s starting on %s (python %s, CUDA_VISIBLE_DEVICES=%s)",
+                 self.task, self.run.run_id, socket.gethostname(), sys.prefix,
                  os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
         start, stop = self.run.task_bounds(self.task)
         parts = part_bounds(start, stop, self.run.spec.run.part_rows)
