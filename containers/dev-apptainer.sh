@@ -58,6 +58,8 @@ else
               apt-get "${opts[@]}" download "$name" >&2; }; })
     done <<< "$PINS"
     rm -rf "$apt_state"
+    (cd "$work" && echo "$PINS" | sha256sum --quiet -c - 2>/dev/null) ||
+        echo "dev-apptainer: sid's packages differ from the pinned ones" >&2
 fi
 
 rm -rf "$PREFIX"
