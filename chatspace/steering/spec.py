@@ -1,0 +1,192 @@
+"""Steering specs: which operations to apply to the residual stream after which decoder layer.
+
+A `SteeringSpec` maps layer indices to a `LayerSteeringSpec`, an ordered list of operations:
+
+- `AddSpec(vector, scale)`: ``h + scale * v``;
+- `ProjectionCapSpec(vector, min, max)`: clamp the component of ``h`` along the unit vector
+  ``u = v / |v|`` into ``[min, max]`` (either bound may be None: open);
+- `AblationSpec(vector, scale)`: scale that component by ``scale`` (0 removes it).
+
+`SteeringSpec.check(hidden_size, num_layers)` validates a spec once, at the edge, and raises
+`ValueError` naming the field (``layers[3].ops[1].vector``). `apply_ops` is the one
+implementation of the maths that every backend calls. A spec saves to one safetensors file
+(vectors as tensors, the rest as JSON metadata); `load_vector` reads a vector from
+``.npy``, ``.pt`` or ``.safetensors``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT = "chatspace-steering/1"
+
+
+@dataclass(frozen=True, eq=False)  # tensors: compare by identity
+class AddSpec:
+    vector: torch.Tensor
+    scale: float = 1.0
+    op = "add"
+
+
+@dataclass(frozen=True, eq=False)
+class ProjectionCapSpec:
+    vector: torch.Tensor
+    min: float | None = None
+    max: float | None = None
+    op = "cap"
+
+
+@dataclass(frozen=True, eq=False)
+class AblationSpec:
+    vector: torch.Tensor
+    scale: float = 0.0
+    op = "ablate"
+
+
+Op = AddSpec | ProjectionCapSpec | AblationSpec
+OPS: dict[str, type[Op]] = {"add": AddSpec, "cap": ProjectionCapSpec, "ablate": AblationSpec}
+
+
+@dataclass(frozen=True)
+class LayerSteeringSpec:
+    ops: tuple[Op, ...] = ()
+
+
+@dataclass(frozen=True)
+class SteeringSpec:
+    layers: dict[int, LayerSteeringSpec] = field(default_factory=dict)
+
+    def check(self, hidden_size: int, num_layers: int) -> None:
+        """Raise ValueError naming the first bad field for a model of this shape."""
+        for index, layer in self.layers.items():
+            where = f"layers[{index}]"
+            if not isinstance(index, int) or not 0 <= index < num_layers:
+                raise ValueError(f"{where}: layer index out of range (the model has "
+                                 f"{num_layers} decoder layers)")
+            for number, op in enumerate(layer.ops):
+                _check_op(op, f"{where}.ops[{number}]", hidden_size)
+
+    def fingerprint(self) -> str:
+        """A digest of everything the spec does: equal specs, equal fingerprints (used to keep
+        steered and unsteered requests from sharing cached prefixes)."""
+        digest = hashlib.sha256()
+        for index in sorted(self.layers):
+            for op in self.layers[index].ops:
+                digest.update(json.dumps([index, _op_fields(op)]).encode())
+                digest.update(op.vector.detach().to(torch.float32).cpu().numpy().tobytes())
+        return digest.hexdigest()[:32]
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        tensors, ops = {}, []
+        for index in sorted(self.layers):
+            for number, op in enumerate(self.layers[index].ops):
+                key = f"layers.{index}.ops.{number}.vector"
+                tensors[key] = op.vector.detach().cpu().contiguous()
+                ops.append({"layer": index, "key": key, **_op_fields(op)})
+        save_file(tensors, str(path), metadata={"format": FORMAT, "ops": json.dumps(ops)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> SteeringSpec:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise ValueError(f"{path}: not a chatspace steering spec (format "
+                                 f"{meta.get('format')!r}, expected {FORMAT!r})")
+            layers: dict[int, list[Op]] = {}
+            for entry in json.loads(meta["ops"]):
+                kind = OPS[entry.pop("op")]
+                vector = fh.get_tensor(entry.pop("key"))
+                layers.setdefault(entry.pop("layer"), []).append(kind(vector=vector, **entry))
+        return cls({i: LayerSteeringSpec(tuple(ops)) for i, ops in layers.items()})
+
+
+def _op_fields(op: Op) -> dict:
+    if isinstance(op, ProjectionCapSpec):
+        return {"op": op.op, "min": op.min, "max": op.max}
+    return {"op": op.op, "scale": op.scale}
+
+
+def _check_op(op: Op, where: str, hidden_size: int) -> None:
+    if not isinstance(op, AddSpec | ProjectionCapSpec | AblationSpec):
+        raise ValueError(f"{where}: {type(op).__name__} is not an operation "
+                         "(AddSpec, ProjectionCapSpec, AblationSpec)")
+    vector = op.vector
+    if not isinstance(vector, torch.Tensor) or vector.ndim != 1:
+        raise ValueError(f"{where}.vector: must be a 1-D tensor")
+    if vector.shape[0] != hidden_size:
+        raise ValueError(f"{where}.vector: has size {vector.shape[0]}, the model's hidden size "
+                         f"is {hidden_size}")
+    if not torch.isfinite(vector).all():
+        raise ValueError(f"{where}.vector: contains NaN or infinite values")
+    if not vector.abs().sum() > 0:
+        raise ValueError(f"{where}.vector: is all zeros")
+    numbers = ({"min": op.min, "max": op.max} if isinstance(op, ProjectionCapSpec)
+               else {"scale": op.scale})
+    for name, value in numbers.items():
+        if value is not None and not (isinstance(value, int | float) and math.isfinite(value)):
+            raise ValueError(f"{where}.{name}: must be a finite number, got {value!r}")
+    if isinstance(op, ProjectionCapSpec):
+        if op.min is None and op.max is None:
+            raise ValueError(f"{where}: give min, max or both")
+        if op.min is not None and op.max is not None and op.min > op.max:
+            raise ValueError(f"{where}: min {op.min} > max {op.max}")
+
+
+def apply_ops(hidden: torch.Tensor, ops: tuple[Op, ...]) -> torch.Tensor:
+    """The steered residual stream: `ops` applied in order to rows ``hidden[..., H]``. Returns
+    a new tensor (never modifies `hidden`); the maths runs in float32."""
+    out = hidden.to(torch.float32)
+    for op in ops:
+        vector = op.vector.to(device=out.device, dtype=torch.float32)
+        if isinstance(op, AddSpec):
+            out = out + op.scale * vector
+            continue
+        unit = vector / vector.norm()
+        component = out @ unit
+        if isinstance(op, ProjectionCapSpec):
+            target = component.clamp(min=op.min, max=op.max)
+        else:
+            target = component * op.scale
+        out = out + (target - component).unsqueeze(-1) * unit
+    return out.to(hidden.dtype)
+
+
+def load_vector(path: str | Path, key: str | None = None) -> torch.Tensor:
+    """A steering vector from a ``.npy``, ``.pt`` or ``.safetensors`` file (with several tensors
+    in the file, `key` names one); ValueError naming the file when it holds no 1-D vector."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"vector file not found: {path}")
+    if path.suffix == ".npy":
+        loaded = torch.from_numpy(np.load(path))
+    elif path.suffix == ".pt":
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    elif path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        loaded = load_file(str(path))
+    else:
+        raise ValueError(f"{path}: vector files are .npy, .pt or .safetensors")
+    if isinstance(loaded, dict):
+        if key is None and len(loaded) != 1:
+            raise ValueError(f"{path}: holds {len(loaded)} tensors "
+                             f"({', '.join(sorted(loaded))}): name one")
+        name = key or next(iter(loaded))
+        if name not in loaded:
+            raise ValueError(f"{path}: no tensor {name!r} (has {', '.join(sorted(loaded))})")
+        loaded = loaded[name]
+    if not isinstance(loaded, torch.Tensor) or loaded.squeeze().ndim != 1:
+        raise ValueError(f"{path}: expected one 1-D vector, got "
+                         f"{getattr(loaded, 'shape', type(loaded).__name__)}")
+    return loaded.squeeze().clone()
