@@ -1,0 +1,125 @@
+"""The HF transformers backend, the reference every other backend must agree with: forward
+hooks on the decoder layers apply each request's steering ops and copy the post-layer hidden
+states, while a plain KV-cached loop generates one request at a time.
+
+The hooks count their calls: if steering or capture was requested and no hook fired (a model
+whose layers do not go through the hooked modules), generation fails loudly instead of
+returning unsteered text.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from chatspace.steering.outputs import Capture, Generation, Sampling
+from chatspace.steering.spec import SteeringSpec, apply_ops
+
+log = logging.getLogger(__name__)
+
+SUPPORTED = {"Qwen2ForCausalLM", "Qwen3ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM"}
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The model's decoder layers; ValueError naming an unsupported architecture."""
+    names = getattr(model.config, "architectures", None) or [type(model).__name__]
+    if not set(names) & SUPPORTED:
+        raise ValueError(f"model architecture {', '.join(names)} is not supported "
+                         f"(supported: {', '.join(sorted(SUPPORTED))})")
+    return model.model.layers
+
+
+class HFBackend:
+    """One HF causal LM with steering and capture hooks on its decoder layers."""
+
+    def __init__(self, model: str | Path, dtype: torch.dtype = torch.float32,
+                 device: str = "cpu"):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model))
+        self.model = AutoModelForCausalLM.from_pretrained(str(model), dtype=dtype).to(device)
+        self.model.eval()
+        self.layers = decoder_layers(self.model)
+        self.hidden_size = self.model.config.hidden_size
+        self.device = device
+        self._spec: SteeringSpec | None = None
+        self._capture: dict[int, list[torch.Tensor]] | None = None
+        self.hook_calls = 0
+        for index, layer in enumerate(self.layers):
+            layer.register_forward_hook(self._hook(index))
+
+    def _hook(self, index: int):
+        def hook(module, args, output):
+            self.hook_calls += 1
+            hidden = output[0] if isinstance(output, tuple) else output
+            spec = self._spec
+            if spec is not None and index in spec.layers:
+                hidden = apply_ops(hidden, spec.layers[index].ops)
+            if self._capture is not None and index in self._capture:
+                self._capture[index].append(hidden[0].detach().clone())
+            if isinstance(output, tuple):
+                return (hidden, *output[1:])
+            return hidden
+        return hook
+
+    def generate(self, token_ids: Sequence[Sequence[int]], sampling: Sampling,
+                 specs: Sequence[SteeringSpec | None],
+                 capture_layers: Sequence[int] | None) -> list[Generation]:
+        return [self._generate_one(list(ids), sampling, spec, capture_layers)
+                for ids, spec in zip(token_ids, specs, strict=True)]
+
+    @torch.no_grad()
+    def _generate_one(self, prompt: list[int], sampling: Sampling, spec: SteeringSpec | None,
+                      capture_layers: Sequence[int] | None) -> Generation:
+        generator = torch.Generator(device=self.device)
+        if sampling.seed is not None:
+            generator.manual_seed(sampling.seed)
+        self._spec = spec
+        self._capture = {i: [] for i in capture_layers} if capture_layers else None
+        calls_before = self.hook_calls
+        out_ids: list[int] = []
+        logprobs: list[float] = []
+        finish = "length"
+        try:
+            inputs = torch.tensor([prompt], device=self.device)
+            past = None
+            for step in range(sampling.max_tokens):
+                result = self.model(input_ids=inputs, past_key_values=past, use_cache=True)
+                past = result.past_key_values
+                logits = result.logits[0, -1].to(torch.float32)
+                token = _sample(logits, sampling, generator)
+                logprobs.append(float(torch.log_softmax(logits, -1)[token]))
+                out_ids.append(token)
+                if token == self.tokenizer.eos_token_id:
+                    finish = "stop"
+                    break
+                if step + 1 < sampling.max_tokens:
+                    inputs = torch.tensor([[token]], device=self.device)
+            if (spec is not None or self._capture is not None) and \
+                    self.hook_calls == calls_before:
+                raise RuntimeError("steering or capture was requested but no decoder-layer "
+                                   "hook fired: the model does not run through the hooks")
+            capture = None
+            if self._capture is not None:
+                capture = Capture({i: torch.cat(rows) for i, rows in self._capture.items()},
+                                  prompt_len=len(prompt))
+        finally:
+            self._spec, self._capture = None, None
+        return Generation(prompt_token_ids=prompt, token_ids=out_ids,
+                          text=self.tokenizer.decode(out_ids, skip_special_tokens=False),
+                          finish_reason=finish,
+                          logprobs=logprobs if sampling.logprobs else None, capture=capture)
+
+
+def _sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:
+    if sampling.temperature == 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / sampling.temperature, -1)
+    if sampling.top_p < 1:
+        ordered, order = probs.sort(descending=True)
+        keep = ordered.cumsum(-1) - ordered < sampling.top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], ordered[keep])
+    return int(torch.multinomial(probs, 1, generator=generator))

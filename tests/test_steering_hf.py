@@ -1,0 +1,106 @@
+"""The HF backend (the reference) on tiny locally built Qwen2/Qwen3/Llama-shaped models:
+steering changes the output and acts at the hooked layer, captures have one row per token run
+through the model, per-prompt specs match solo runs, hooks that do not fire fail loudly, and
+bad input is refused before anything runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from chatspace.steering import AblationSpec, AddSpec, LayerSteeringSpec, SteeringSpec, apply_ops
+from chatspace.steering.model import SteerModel
+from chatspace.steering.outputs import Sampling
+from tests.tiny_models import build_model
+
+PROMPTS = ["def parse(text):", [{"role": "user", "content": "How do lists work?"}],
+           "The module provides"]
+
+
+@pytest.fixture(scope="session", params=["qwen2", "qwen3", "llama"])
+def tiny(request, tmp_path_factory) -> SteerModel:
+    path = build_model(tmp_path_factory.mktemp(request.param), request.param)
+    return SteerModel(path, backend="hf")
+
+
+def spec_at(layer: int, *ops) -> SteeringSpec:
+    return SteeringSpec({layer: LayerSteeringSpec(tuple(ops))})
+
+
+def vector(seed: int, size: int = 64) -> torch.Tensor:
+    return torch.randn(size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_steering_changes_the_output_at_the_layer_it_names(tiny):
+    greedy = Sampling(max_tokens=8)
+    plain = tiny.generate_sync(PROMPTS, greedy, capture_layers=[1, 2])
+    spec = spec_at(1, AddSpec(vector(1), 8.0))
+    steered = tiny.generate_sync(PROMPTS, greedy, steering_spec=spec, capture_layers=[0, 1])
+    assert [g.token_ids for g in plain] != [g.token_ids for g in steered]
+    for before, after in zip(plain, steered, strict=True):
+        n = len(before.prompt_token_ids)  # prefill rows saw the same input up to layer 1
+        torch.testing.assert_close(after.capture[1][:n],
+                                   apply_ops(before.capture[1][:n], spec.layers[1].ops))
+        assert after.finish_reason in ("stop", "length")
+
+
+@pytest.mark.parametrize("max_tokens", [1, 2, 7])
+def test_captures_have_a_row_per_token_run_through_the_model(tiny, max_tokens):
+    out = tiny.generate_sync(PROMPTS, Sampling(max_tokens=max_tokens, logprobs=True),
+                             capture_layers=[0, 3])
+    for gen in out:
+        rows = len(gen.prompt_token_ids) + len(gen.token_ids) - 1
+        assert gen.capture[0].shape == gen.capture[3].shape == (rows, tiny.hidden_size)
+        assert len(gen.logprobs) == len(gen.token_ids) and all(p <= 0 for p in gen.logprobs)
+
+
+def test_each_prompt_gets_its_own_spec(tiny):
+    specs = [spec_at(1, AddSpec(vector(2), 6.0)), None,
+             spec_at(2, AblationSpec(vector(3), 0.0), AddSpec(vector(4), 5.0))]
+    together = tiny.generate_sync(PROMPTS, Sampling(max_tokens=6), steering_spec=specs,
+                                  capture_layers=[2])
+    for prompt, spec, gen in zip(PROMPTS, specs, together, strict=True):
+        alone = tiny.generate_sync([prompt], Sampling(max_tokens=6), steering_spec=spec,
+                                   capture_layers=[2])[0]
+        assert gen.token_ids == alone.token_ids
+        torch.testing.assert_close(gen.capture[2], alone.capture[2])
+
+
+def test_hooks_that_do_not_fire_fail_loudly(tmp_path):
+    model = SteerModel(build_model(tmp_path / "m", "qwen2"), backend="hf")
+    for layer in model.backend.layers:
+        layer._forward_hooks.clear()  # e.g. a compiled graph that bypasses the modules
+    with pytest.raises(RuntimeError, match="no decoder-layer hook fired"):
+        model.generate_sync(["x"], steering_spec=spec_at(0, AddSpec(vector(5), 1.0)))
+    assert model.generate_sync(["x"], Sampling(max_tokens=2))[0].token_ids  # plain still works
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"steering_spec": spec_at(9, AddSpec(vector(1), 1.0))},
+     "steering_spec.layers[9]: layer index out of range"),
+    ({"steering_spec": spec_at(0, AddSpec(vector(1, 32), 1.0))},
+     "steering_spec.layers[0].ops[0].vector: has size 32, the model's hidden size is 64"),
+    ({"steering_spec": [None, spec_at(0, AddSpec(torch.zeros(64)))]},
+     "steering_spec[1].layers[0].ops[0].vector: is all zeros"),
+    ({"capture_layers": [4]}, "capture_layers: layer 4 out of range"),
+])
+def test_bad_input_is_refused_before_anything_runs(tiny, kwargs, message):
+    calls = tiny.backend.hook_calls
+    with pytest.raises(ValueError) as caught:
+        tiny.generate_sync(PROMPTS[:2], **kwargs)
+    assert str(caught.value).startswith(message) and tiny.backend.hook_calls == calls
+
+
+def test_an_unsupported_architecture_is_named(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tests.tiny_models import build_tokenizer
+
+    path = Path(tmp_path / "gpt2")
+    build_tokenizer(path)
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=1, vocab_size=600)).save_pretrained(
+        path)
+    with pytest.raises(ValueError, match="model architecture GPT2LMHeadModel is not supported"):
+        SteerModel(path, backend="hf")
