@@ -163,11 +163,14 @@ class LogSpan:
         return data.decode(errors="replace")
 
 
-def log_spans(run: Run, task: int | None, attempt: int | None = None) -> list[LogSpan]:
+def log_spans(run: Run, task: int | None, attempt: int | None = None, *,
+              history: list[dict[str, Any]] | None = None,
+              jobs: dict[int, str] | None = None) -> list[LogSpan]:
     """Existing logs of attempt number `attempt` (1-based; default the latest) of `task`
     (None: the reduce), cut to what that attempt wrote when a later one appended to the same
-    file. Runs from before attempt records fall back to the executors' file names."""
-    history = attempts(run, task)
+    file. Attempts that recorded no log file fall back to the executors' file names.
+    `history` (the task's `attempts`) and `jobs` (`task_jobs`) save reading them again."""
+    history = attempts(run, task) if history is None else history
     if attempt is not None and not 1 <= attempt <= len(history):
         return []
     if history and history[(attempt or len(history)) - 1]["logs"]:
@@ -185,13 +188,14 @@ def log_spans(run: Run, task: int | None, attempt: int | None = None) -> list[Lo
         return spans
     if attempt is not None and attempt != len(history):
         return []
-    return [LogSpan(p) for p in _executor_logs(run, task)]
+    return [LogSpan(p) for p in _executor_logs(run, task, jobs)]
 
 
-def _executor_logs(run: Run, task: int | None) -> list[Path]:
+def _executor_logs(run: Run, task: int | None, jobs: dict[int, str] | None) -> list[Path]:
     """Logs by the executors' own file names: submitit's ``{job}_0_log.out/.err``, or the local
     executor's ``local-NNNNN.log``."""
-    job = reduce_job(run) if task is None else task_jobs(run).get(task)
+    jobs = task_jobs(run) if jobs is None and task is not None else jobs or {}
+    job = reduce_job(run) if task is None else jobs.get(task)
     names = ([f"{job}_0_log.out", f"{job}_0_log.err"] if job
              else [] if task is None else [f"local-{task:05d}.log"])
     return [run.log_dir / n for n in names if (run.log_dir / n).exists()]

@@ -61,16 +61,18 @@ def _elapsed(attempt: dict[str, Any] | None, live: bool) -> float | None:
 
 
 def task_state(run: Run, task: int, jobs: dict[int, str], states: dict[str, dict[str, str]],
-               verify: bool = False, slurm_error: str | None = None) -> dict[str, Any]:
-    """State of one task, given the run's `task_jobs()` and their SLURM `states`: state, rows
-    done, attempts, node and elapsed time of the latest attempt, its log. Every output of a
-    done task is stat'ed against its completion record; `verify` also re-hashes it."""
+               verify: bool = False, slurm_error: str | None = None,
+               history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """State of one task, given the run's `task_jobs()` and their SLURM `states` (and the
+    task's `attempts` when the caller has them): state, rows done, attempts, node and elapsed
+    time of the latest attempt, its log. Every output of a done task is stat'ed against its
+    completion record; `verify` also re-hashes it."""
     start, stop = run.task_bounds(task)
-    history = attempts(run, task)
+    history = attempts(run, task) if history is None else history
     latest = history[-1] if history else None
     state: dict[str, Any] = {"task": task, "rows": stop - start, "attempts": len(history),
                              "node": latest["host"] if latest else None}
-    logs = log_spans(run, task)
+    logs = log_spans(run, task, history=history, jobs=jobs)
     state["log"] = str(logs[-1].path) if logs else None
     state.update(_files_state(run, task, verify))
     job = states.get(jobs.get(task, ""))
@@ -132,12 +134,12 @@ def manifest_is_current(run: Run) -> bool:
     return listed == recorded
 
 
-def _started_at(run: Run, history: list[dict[str, Any]]) -> datetime | None:
+def _started_at(submissions: list[dict[str, Any]],
+                attempted: list[list[dict[str, Any]]]) -> datetime | None:
     """When the run's work began: its first submission, else its first task attempt (a run
     started by hand with the sbatch templates)."""
-    stamps = [datetime.fromisoformat(history[0]["submitted_at"])] if history else []
-    stamps += [datetime.fromisoformat(a["started_at"])
-               for task in range(run.num_tasks) for a in attempts(run, task)[:1]]
+    stamps = [datetime.fromisoformat(submissions[0]["submitted_at"])] if submissions else []
+    stamps += [datetime.fromisoformat(h[0]["started_at"]) for h in attempted if h]
     return min(stamps) if stamps else None
 
 
@@ -154,11 +156,12 @@ def run_status(run: Run, verify: bool = False) -> dict[str, Any]:
         slurm_error = None
     except SlurmUnavailable as exc:
         states, slurm_error = {}, str(exc)
-    tasks = [task_state(run, t, jobs, states, verify, slurm_error)
+    attempted = [attempts(run, t) for t in range(run.num_tasks)]
+    tasks = [task_state(run, t, jobs, states, verify, slurm_error, attempted[t])
              for t in range(run.num_tasks)]
     current = manifest_is_current(run)
     rows_done = sum(t["rows_done"] for t in tasks)
-    started = _started_at(run, history)
+    started = _started_at(history, attempted)
     elapsed = (datetime.now(started.tzinfo) - started).total_seconds() if started else None
     rate = rows_done / elapsed if elapsed and rows_done else None
     reduce_logs = log_spans(run, None)
