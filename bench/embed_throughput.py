@@ -1,7 +1,7 @@
 """Tokens/s of one embed task versus SentenceTransformer.encode at its best batch size, on the
 same real passages, measured in the same run.
 
-    python -m bench.embed_throughput [--rows 5000]
+    python -m bench.embed_throughput [--rows 5000] [--device cuda] [--model DIR] [--compile]
 
 Tokens are the real (unpadded, truncated) tokens of the texts; both sides embed the same texts.
 """
@@ -24,16 +24,20 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=5000)
     parser.add_argument("--batch-sizes", default="32,64,128")
     parser.add_argument("--task-batch-size", type=int, default=64)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--model", default=None, help="model directory (default: bundled)")
+    parser.add_argument("--compile", action="store_true", help="the task's torch.compile path")
     args = parser.parse_args()
 
     from sentence_transformers import SentenceTransformer
 
     work = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
     texts = write_corpus(work / "corpus.parquet", args.rows)
-    model = SentenceTransformer(resolve_model(None).path, device="cpu")
+    model = SentenceTransformer(resolve_model(args.model).path, device=args.device)
     tokens = sum(len(ids) for ids in model.tokenizer(
         texts, truncation=True, max_length=model.max_seq_length)["input_ids"])
-    print(f"{len(texts)} passages, {tokens} tokens, torch threads {torch.get_num_threads()}")
+    print(f"{len(texts)} passages, {tokens} tokens, device {args.device}, torch threads "
+          f"{torch.get_num_threads()}")
 
     model.encode(texts[:256], batch_size=64)  # warm-up
     best = 0.0
@@ -45,7 +49,9 @@ def main() -> None:
 
     run = plan_embed({
         "dataset": {"name": str(work / "corpus.parquet"), "text_field": "text"},
-        "sampling": {"p": 1.0}, "model": {"batch_size": args.task_batch_size},
+        "sampling": {"p": 1.0},
+        "model": {"batch_size": args.task_batch_size, "device": args.device,
+                  "compile": args.compile, **({"name": args.model} if args.model else {})},
         "run": {"array": 1}}, work / "root")
     seconds, record = timed(lambda: run_task(run, 0))
     assert record["tokens"] == tokens, (record["tokens"], tokens)
