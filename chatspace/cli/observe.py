@@ -38,12 +38,11 @@ def logs(run_ref: str, task: int | None, of_reduce: bool, attempt: int | None,
     run = open_run(run_ref, root, task)
     target = None if of_reduce else task
     what = "the reduce" if of_reduce else f"task {task}"
-    if attempt is not None:
-        made = len(attempts(run, target))
-        if not 1 <= attempt <= made:
-            raise BadInput(f"--attempt {attempt}: {what} of run {run.run_id} has "
-                           f"{made} recorded attempt(s)")
-    found = log_spans(run, target, attempt)
+    history = attempts(run, target)
+    if attempt is not None and not 1 <= attempt <= len(history):
+        raise BadInput(f"--attempt {attempt}: {what} of run {run.run_id} has "
+                       f"{len(history)} recorded attempt(s)")
+    found = log_spans(run, target, attempt, history=history)
     if not found:
         raise BadInput(f"{what} of run {run.run_id} has no logs yet in {run.log_dir} (local "
                        "and debug runs reduce in the submitting process)")
@@ -120,8 +119,9 @@ def status(run_ref: str, root: str | None, failed: bool, states: tuple[str, ...]
     outputs are gone or changed size shows as lost."""
     import time
 
+    from chatspace.runs.slurm_cli import LIVE_STATES
     from chatspace.runs.status import run_status
-    from chatspace.runs.watch import LIVE, POLL_FIRST, next_poll
+    from chatspace.runs.watch import LIVE, POLL_FIRST, next_poll, progress_key
 
     run = open_run(run_ref, root)
     wanted = set(states) | ({"failed", "lost"} if failed else set())
@@ -130,10 +130,10 @@ def status(run_ref: str, root: str | None, failed: bool, states: tuple[str, ...]
         state = run_status(run)
         if wanted:
             state["tasks"] = [t for t in state["tasks"] if t["state"] in wanted]
-        now = (state["rows_done"], state["counts"], (state["reduce"] or {}).get("state"))
+        now = progress_key(state)
         if now != seen:
             emit(as_json, state, _status_lines(run, state, wanted))
-        reduce_live = (state["reduce"] or {}).get("state") in ("PENDING", "RUNNING")
+        reduce_live = (state["reduce"] or {}).get("state") in LIVE_STATES
         if not watch or not (reduce_live or any(s in LIVE for s in state["counts"])):
             return
         delay, seen = next_poll(delay, now != seen), now

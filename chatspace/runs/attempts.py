@@ -100,18 +100,16 @@ def attempts(run: Run, task: int | None) -> list[dict[str, Any]]:
     return [read_json(p) for p in sorted(folder.glob("*.json"))]
 
 
-def _all_task_attempts(run: Run) -> list[dict[str, Any]]:
-    folder = run.dir / "attempts"
-    return [read_json(p) for p in sorted(folder.glob("task-*/*.json"))]
-
-
 def _when(stamp: str) -> datetime:
     return datetime.fromisoformat(stamp)
 
 
-def task_jobs(run: Run) -> dict[int, str]:
+def task_jobs(run: Run, attempted: list[list[dict[str, Any]]] | None = None) -> dict[int, str]:
     """The SLURM job (``A_a``, or ``J`` for a one-task array) of each task's latest attempt or
-    submission; a task whose latest attempt or submission ran outside SLURM has none."""
+    submission; a task whose latest attempt or submission ran outside SLURM has none.
+    `attempted` is every task's `attempts` when the caller has read them already."""
+    if attempted is None:
+        attempted = [attempts(run, task) for task in range(run.num_tasks)]
     events: list[tuple[datetime, int, str | None]] = []
     submitted = set()
     for record in run.submissions():
@@ -120,7 +118,7 @@ def task_jobs(run: Run) -> dict[int, str]:
         for array in record.get("arrays", []):
             submitted.add(array["job_id"])
             events += [(when, t, j) for t, j in zip(array["tasks"], array["jobs"], strict=True)]
-    for record in _all_task_attempts(run):
+    for record in (r for history in attempted for r in history):
         when, slurm = _when(record["started_at"]), record["slurm"]
         events.append((when, record["task"], slurm and slurm["job"]))
         array = slurm.get("array_job_id") if slurm else None

@@ -118,19 +118,15 @@ def _apply_job_state(state: dict[str, Any], job: dict[str, str]) -> None:
         state["error"] = tail(Path(state["log"])) if state["log"] else []
 
 
-def manifest_is_current(run: Run) -> bool:
-    """The manifest exists, every task is done, and it lists exactly the outputs of their
-    completion records (after a task lost an output or was rerun it is stale until the next
-    reduce rewrites it)."""
-    if not run.manifest_path.exists():
+def manifest_is_current(run: Run, all_done: bool) -> bool:
+    """The manifest exists, every task is done (`all_done`, from the tasks' states), and it
+    lists exactly the outputs of their completion records (after a task lost an output or was
+    rerun it is stale until the next reduce rewrites it)."""
+    if not (all_done and run.manifest_path.exists()):
         return False
     listed = {(e["task"], e["path"], e["sha256"]) for e in read_json(run.manifest_path)["files"]}
-    recorded = set()
-    for task in range(run.num_tasks):
-        record = run.completion(task, check_hash=False)
-        if record is None:
-            return False
-        recorded |= {(task, e["path"], e["sha256"]) for e in record["outputs"]}
+    recorded = {(task, e["path"], e["sha256"]) for task in range(run.num_tasks)
+                for e in read_json(run.completion_path(task))["outputs"]}
     return listed == recorded
 
 
@@ -145,7 +141,8 @@ def _started_at(submissions: list[dict[str, Any]],
 
 def run_status(run: Run, verify: bool = False) -> dict[str, Any]:
     history = run.submissions()
-    jobs = task_jobs(run)
+    attempted = [attempts(run, t) for t in range(run.num_tasks)]
+    jobs = task_jobs(run, attempted)
     reduce_id = reduce_job(run)
     try:
         states = job_states(list(jobs.values()) + ([reduce_id] if reduce_id else []))
@@ -156,10 +153,9 @@ def run_status(run: Run, verify: bool = False) -> dict[str, Any]:
         slurm_error = None
     except SlurmUnavailable as exc:
         states, slurm_error = {}, str(exc)
-    attempted = [attempts(run, t) for t in range(run.num_tasks)]
     tasks = [task_state(run, t, jobs, states, verify, slurm_error, attempted[t])
              for t in range(run.num_tasks)]
-    current = manifest_is_current(run)
+    current = manifest_is_current(run, all(t["state"] == "done" for t in tasks))
     rows_done = sum(t["rows_done"] for t in tasks)
     started = _started_at(history, attempted)
     elapsed = (datetime.now(started.tzinfo) - started).total_seconds() if started else None

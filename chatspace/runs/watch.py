@@ -40,6 +40,11 @@ def next_poll(delay: float, changed: bool) -> float:
     return POLL_FIRST if changed else min(POLL_MAX, delay * POLL_GROWTH)
 
 
+def progress_key(status: dict[str, Any]) -> tuple:
+    """What a change of means the run moved: rows done, tasks per state, the reduce's state."""
+    return status["rows_done"], status["counts"], (status["reduce"] or {}).get("state")
+
+
 def progress_line(status: dict[str, Any]) -> str:
     counts = ", ".join(f"{n} {s}" for s, n in status["counts"].items())
     return f"run {status['run_id']}: {status['rows_done']}/{status['rows']} rows; {counts}"
@@ -54,7 +59,7 @@ def follow(run: Run, progress: bool = True) -> dict[str, Any]:
     try:
         while True:
             bar.update(status["rows_done"] - bar.n)
-            now = (status["rows_done"], status["counts"], (status["reduce"] or {}).get("state"))
+            now = progress_key(status)
             if progress and bar.disable and now != seen:
                 log.info("%s", progress_line(status))
             delay, seen = next_poll(delay, now != seen), now
