@@ -9,13 +9,14 @@ returning unsteered text.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from chatspace.steering.outputs import Capture, Generation, Sampling
+from chatspace.steering.outputs import Capture, CaptureOptions, Generation, Sampling
 from chatspace.steering.spec import SteeringSpec, apply_ops
 
 log = logging.getLogger(__name__)
@@ -23,12 +24,15 @@ log = logging.getLogger(__name__)
 SUPPORTED = {"Qwen2ForCausalLM", "Qwen3ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM"}
 
 
-def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The model's decoder layers; ValueError naming an unsupported architecture."""
-    names = getattr(model.config, "architectures", None) or [type(model).__name__]
+def check_architecture(names: Sequence[str]) -> None:
+    """ValueError naming an architecture whose decoder layers the hooks do not know."""
     if not set(names) & SUPPORTED:
         raise ValueError(f"model architecture {', '.join(names)} is not supported "
                          f"(supported: {', '.join(sorted(SUPPORTED))})")
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    check_architecture(getattr(model.config, "architectures", None) or [type(model).__name__])
     return model.model.layers
 
 
@@ -44,10 +48,12 @@ class HFBackend:
         self.model.eval()
         self.layers = decoder_layers(self.model)
         self.hidden_size = self.model.config.hidden_size
+        self.num_layers = len(self.layers)
         self.device = device
         self._spec: SteeringSpec | None = None
         self._capture: dict[int, list[torch.Tensor]] | None = None
         self.hook_calls = 0
+        self._lock = asyncio.Lock()
         for index, layer in enumerate(self.layers):
             layer.register_forward_hook(self._hook(index))
 
@@ -65,15 +71,22 @@ class HFBackend:
             return hidden
         return hook
 
-    def generate(self, token_ids: Sequence[Sequence[int]], sampling: Sampling,
-                 specs: Sequence[SteeringSpec | None],
-                 capture_layers: Sequence[int] | None) -> list[Generation]:
-        return [self._generate_one(list(ids), sampling, spec, capture_layers)
+    async def generate(self, token_ids: Sequence[Sequence[int]], sampling: Sampling,
+                       specs: Sequence[SteeringSpec | None],
+                       capture_layers: Sequence[int] | None,
+                       options: CaptureOptions) -> list[Generation]:
+        async with self._lock:  # one forward pass at a time on this model
+            return await asyncio.to_thread(self._generate_all, token_ids, sampling, specs,
+                                           capture_layers, options)
+
+    def _generate_all(self, token_ids, sampling, specs, capture_layers, options):
+        return [self._generate_one(list(ids), sampling, spec, capture_layers, options)
                 for ids, spec in zip(token_ids, specs, strict=True)]
 
     @torch.no_grad()
     def _generate_one(self, prompt: list[int], sampling: Sampling, spec: SteeringSpec | None,
-                      capture_layers: Sequence[int] | None) -> Generation:
+                      capture_layers: Sequence[int] | None,
+                      options: CaptureOptions) -> Generation:
         generator = torch.Generator(device=self.device)
         if sampling.seed is not None:
             generator.manual_seed(sampling.seed)
@@ -104,7 +117,8 @@ class HFBackend:
                                    "hook fired: the model does not run through the hooks")
             capture = None
             if self._capture is not None:
-                capture = Capture({i: torch.cat(rows) for i, rows in self._capture.items()},
+                capture = Capture({i: options.select(torch.cat(rows), len(prompt))
+                                   for i, rows in self._capture.items()},
                                   prompt_len=len(prompt))
         finally:
             self._spec, self._capture = None, None

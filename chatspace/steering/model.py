@@ -7,42 +7,59 @@
 Prompts are strings (tokenized as they are) or chat messages (rendered with the tokenizer's
 chat template, `enable_thinking` passed through). `steering_spec` is None, one spec for every
 prompt, or one per prompt; every spec and capture layer is checked against the model before
-anything runs (ValueError naming the field). Backends: ``hf`` (transformers hooks, the
-reference). The vLLM backend is not built yet.
+anything runs (ValueError naming the field). Backends: ``vllm`` (an async engine with hooks
+in its worker; captures come back through shared memory) and ``hf`` (transformers hooks, the
+reference the vLLM backend is tested against).
+
+A vLLM engine serves one event loop: use `generate` from one loop, or `generate_sync` / `run`
+(the model's own loop) from scripts, not both. Scripts that build a vLLM model need the
+``if __name__ == "__main__":`` guard (its engine starts a process with spawn).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
-from chatspace.steering.outputs import Generation, Sampling
+from chatspace.steering.outputs import CaptureOptions, Generation, Sampling
 from chatspace.steering.spec import SteeringSpec
 
 Prompt = str | list[dict[str, str]]
-BACKENDS = ("hf",)
+BACKENDS = ("vllm", "hf")
+T = TypeVar("T")
 
 
 class SteerModel:
-    def __init__(self, model: str | Path, backend: str = "hf", dtype: str = "float32",
-                 device: str = "cpu"):
+    def __init__(self, model: str | Path, backend: str = "vllm", dtype: str = "float32",
+                 device: str = "cpu", **engine: Any):
+        """`engine`: vLLM engine arguments (max_model_len, max_num_seqs,
+        max_num_batched_tokens, enable_prefix_caching, seed, …); `device` is the HF
+        backend's."""
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r} is not available (available: "
                              f"{', '.join(BACKENDS)})")
         torch_dtype = getattr(torch, dtype, None)
         if not isinstance(torch_dtype, torch.dtype):
             raise ValueError(f"dtype {dtype!r} is not a torch dtype")
-        from chatspace.steering.hf_backend import HFBackend
+        if not Path(model).is_dir():
+            raise ValueError(f"model {model}: not a model directory")
+        if backend == "vllm":
+            from chatspace.steering.vllm_backend import VLLMBackend
 
-        self.backend = HFBackend(model, torch_dtype, device)
+            self.backend = VLLMBackend(model, dtype, **engine)
+        else:
+            from chatspace.steering.hf_backend import HFBackend
+
+            self.backend = HFBackend(model, torch_dtype, device)
+        self.backend_name = backend
         self.tokenizer = self.backend.tokenizer
-        self.num_layers = len(self.backend.layers)
+        self.num_layers = self.backend.num_layers
         self.hidden_size = self.backend.hidden_size
-        self._lock = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def render(self, prompt: Prompt, enable_thinking: bool | None = None) -> list[int]:
         """Token ids of a prompt: a string as it is, chat messages through the chat template."""
@@ -86,16 +103,42 @@ class SteerModel:
     async def generate(self, prompts: Sequence[Prompt], sampling: Sampling | None = None,
                        steering_spec: SteeringSpec | Sequence[SteeringSpec | None] | None = None,
                        capture_layers: Sequence[int] | None = None,
+                       capture: CaptureOptions | None = None,
                        enable_thinking: bool | None = None) -> list[Generation]:
+        """One `Generation` per prompt, all sent to the backend together; with
+        `capture_layers`, each carries a `Capture` handle (rows chosen by `capture`)."""
         sampling = sampling or Sampling()
         specs = self._specs(steering_spec, len(prompts))
         layers = self._capture_layers(capture_layers)
         token_ids = [self.render(p, enable_thinking) for p in prompts]
-        async with self._lock:  # one forward pass at a time on this model
-            return await asyncio.to_thread(self.backend.generate, token_ids, sampling, specs,
-                                           layers)
+        return await self.backend.generate(token_ids, sampling, specs, layers,
+                                           capture or CaptureOptions())
+
+    def run(self, awaitable: Awaitable[T]) -> T:
+        """Run a coroutine on the model's own event loop (for scripts without one)."""
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(awaitable)
 
     def generate_sync(self, prompts: Sequence[Prompt], sampling: Sampling | None = None,
                       **kwargs: Any) -> list[Generation]:
         """`generate` for scripts without an event loop."""
-        return asyncio.run(self.generate(prompts, sampling, **kwargs))
+        return self.run(self.generate(prompts, sampling, **kwargs))
+
+    def stats(self, reset: bool = False) -> dict:
+        """The vLLM worker's hook counters: hook_calls, max_batch (the most requests seen in
+        one forward pass since the last reset), pending (requests not yet collected)."""
+        return self.run(self.backend.stats(reset))
+
+    def close(self) -> None:
+        if self.backend_name == "vllm":
+            self.backend.close()
+        if self._loop is not None:
+            self._loop.close()
+            self._loop = None
+
+    def __enter__(self) -> SteerModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

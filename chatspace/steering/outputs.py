@@ -3,9 +3,13 @@ per prompt, and one capture per request (hidden states per layer)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import warnings
+import weakref
+from dataclasses import dataclass
 
 import torch
+
+from chatspace.steering import shm
 
 
 @dataclass(frozen=True)
@@ -27,27 +31,100 @@ class Sampling:
             raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
 
 
-@dataclass
-class Capture:
-    """Hidden states of one request: per captured layer ``[prompt_len + generated_len - 1,
-    hidden]`` (prefill rows, then one per decode step; the last sampled token is never run
-    through the model), the post-layer residual stream after any steering at that layer.
-    Usable as ``async with capture:``; `close` releases it."""
+ROWS = ("all", "prompt", "response", "last")
+POOLS = ("none", "mean")
 
-    layers: dict[int, torch.Tensor] = field(default_factory=dict)
-    prompt_len: int = 0
+
+@dataclass(frozen=True)
+class CaptureOptions:
+    """Which hidden-state rows a capture keeps: ``all`` (``prompt_len + generated_len - 1``
+    rows: prefill, then one per decode step), ``prompt`` (the first ``prompt_len``),
+    ``response`` (the generated tokens run through the model, ``generated_len - 1``) or
+    ``last`` (the final row); pooled (``mean`` gives one row, NaN when no row was kept) or
+    not; in the model's dtype (None) or another."""
+
+    rows: str = "all"
+    pool: str = "none"
+    dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.rows not in ROWS:
+            raise ValueError(f"capture.rows must be one of {', '.join(ROWS)}, got {self.rows!r}")
+        if self.pool not in POOLS:
+            raise ValueError(f"capture.pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
+        if self.dtype is not None and not isinstance(getattr(torch, self.dtype, None),
+                                                     torch.dtype):
+            raise ValueError(f"capture.dtype {self.dtype!r} is not a torch dtype")
+
+    def select(self, states: torch.Tensor, prompt_len: int) -> torch.Tensor:
+        """The kept rows of one layer's ``[prompt_len + generated_len - 1, hidden]`` states."""
+        if self.rows == "prompt":
+            states = states[:prompt_len]
+        elif self.rows == "response":
+            states = states[prompt_len:]
+        elif self.rows == "last":
+            states = states[-1:]
+        if self.pool == "mean":
+            states = states.to(torch.float32).mean(0, keepdim=True).to(states.dtype)
+        return states.to(getattr(torch, self.dtype)) if self.dtype else states
+
+    def kept_rows(self, total: int, prompt_len: int) -> int:
+        if self.pool == "mean":
+            return 1
+        return {"all": total, "prompt": min(prompt_len, total),
+                "response": max(total - prompt_len, 0), "last": min(total, 1)}[self.rows]
+
+
+class Capture:
+    """Hidden states of one request: per captured layer the rows `CaptureOptions` keeps of
+    ``[prompt_len + generated_len - 1, hidden]`` (prefill rows, then one per decode step; the
+    last sampled token is never run through the model), the post-layer residual stream after
+    any steering at that layer.
+
+    A handle: the tensors may live in a shared-memory segment (vLLM backend), mapped on first
+    read. Release it with ``async with capture:``, ``await capture.close()`` or by dropping it
+    (the finalizer releases it, with a `ResourceWarning` if it was never read); tensors
+    already read stay valid after release."""
+
+    def __init__(self, layers: dict[int, torch.Tensor] | None = None, *, prompt_len: int,
+                 segment: str | None = None, entries: list[dict] | None = None):
+        self.prompt_len = prompt_len
+        self._layers = layers
+        self._segment = segment
+        self._entries = entries or []
+        self._read = layers is not None
+        if segment is not None:
+            self._finalizer = weakref.finalize(self, _release_unread, segment, self.__dict__)
+
+    @property
+    def layers(self) -> dict[int, torch.Tensor]:
+        if self._layers is None:
+            self._layers = shm.open_segment(self._segment, self._entries)
+            self._read = True
+        return self._layers
 
     def __getitem__(self, layer: int) -> torch.Tensor:
         return self.layers[layer]
 
     async def close(self) -> None:
-        self.layers = {}
+        if self._segment is not None:
+            self._finalizer.detach()
+            shm.release(self._segment)
+            self._segment = None
 
     async def __aenter__(self) -> Capture:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _release_unread(segment: str, state: dict) -> None:
+    if not state.get("_read"):
+        warnings.warn(f"capture {segment} was never read or closed; released by the finalizer "
+                      "(use `async with capture:` or `await capture.close()`)",
+                      ResourceWarning, stacklevel=2)
+    shm.release(segment)
 
 
 @dataclass

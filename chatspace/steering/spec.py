@@ -83,6 +83,22 @@ class SteeringSpec:
                 digest.update(op.vector.detach().to(torch.float32).cpu().numpy().tobytes())
         return digest.hexdigest()[:32]
 
+    def to_wire(self) -> list[dict]:
+        """The spec as plain data (vectors as float32 bytes) for another process."""
+        return [{"layer": index, **_op_fields(op),
+                 "vector": op.vector.detach().to(torch.float32).cpu().numpy().tobytes()}
+                for index in sorted(self.layers) for op in self.layers[index].ops]
+
+    @classmethod
+    def from_wire(cls, wire: list[dict]) -> SteeringSpec:
+        layers: dict[int, list[Op]] = {}
+        for entry in wire:
+            entry = dict(entry)
+            kind = OPS[entry.pop("op")]
+            vector = torch.frombuffer(bytearray(entry.pop("vector")), dtype=torch.float32)
+            layers.setdefault(entry.pop("layer"), []).append(kind(vector=vector, **entry))
+        return cls({i: LayerSteeringSpec(tuple(ops)) for i, ops in layers.items()})
+
     def save(self, path: str | Path) -> None:
         from safetensors.torch import save_file
 

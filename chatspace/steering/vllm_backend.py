@@ -1,0 +1,174 @@
+"""The vLLM backend: one `AsyncLLM` engine (eager mode, its own engine-core process) with the
+`vllm_worker.SteeringExtension` hooks in its worker.
+
+Every request of a `generate` call goes to the engine at once (never a sequential loop), so
+the engine batches them. A request that is steered or captured carries its own key, steering
+fingerprint and capture layers in ``SamplingParams.extra_args``; specs travel to the worker
+once each through `collective_rpc`. A steered request's prompt is salted with its fingerprint
+(``cache_salt``) so that it never shares cached prefixes with differently steered or unsteered
+requests, and a captured request never reads the prefix cache (a cached prefix skips the
+forward pass its capture rows come from). When a request finishes, its captures are collected
+(requests finishing together share one `collective_rpc`) into a shared-memory segment that the
+returned `Capture` maps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from chatspace.steering import shm
+from chatspace.steering.hf_backend import check_architecture
+from chatspace.steering.outputs import Capture, CaptureOptions, Generation, Sampling
+from chatspace.steering.spec import SteeringSpec
+from chatspace.steering.vllm_worker import EXTRA_KEY
+
+log = logging.getLogger(__name__)
+
+# What vLLM needs on this kind of machine (set only where the caller has not): a bounded CPU
+# KV cache, no usage reports, no hub access, the V1 model runner (the hooks read its batch)
+# and a loopback address for the engine-core process.
+ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1",
+                "HF_HUB_OFFLINE": "1", "VLLM_USE_V2_MODEL_RUNNER": "0",
+                "VLLM_HOST_IP": "127.0.0.1"}
+EXTENSION = "chatspace.steering.vllm_worker.SteeringExtension"
+
+
+class VLLMBackend:
+    def __init__(self, model: str | Path, dtype: str = "float32", **engine: object):
+        for name, value in ENV_DEFAULTS.items():
+            os.environ.setdefault(name, value)
+        from transformers import AutoConfig, AutoTokenizer
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        config = AutoConfig.from_pretrained(str(model))
+        check_architecture(config.architectures or [type(config).__name__])
+        self.hidden_size = config.hidden_size
+        self.num_layers = config.num_hidden_layers
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model))
+        args = AsyncEngineArgs(model=str(model), dtype=dtype, enforce_eager=True,
+                               worker_extension_cls=EXTENSION, **engine)
+        self.engine = AsyncLLM.from_engine_args(args)
+        self.worker: dict | None = None
+        self._registered: set[str] = set()
+        self._asks: list[tuple[dict, asyncio.Future]] = []
+
+    async def _rpc(self, method: str, *args: object):
+        return (await self.engine.collective_rpc(method, args=args))[0]
+
+    async def install(self) -> dict:
+        if self.worker is None:
+            self.worker = await self._rpc("chatspace_install")
+            log.info("steering hooks installed in vLLM worker %s (%s)", self.worker["pid"],
+                     self.worker["runner"])
+        return self.worker
+
+    async def stats(self, reset: bool = False) -> dict:
+        await self.install()
+        return await self._rpc("chatspace_stats", reset)
+
+    async def generate(self, token_ids: Sequence[Sequence[int]], sampling: Sampling,
+                       specs: Sequence[SteeringSpec | None], capture_layers: list[int] | None,
+                       options: CaptureOptions) -> list[Generation]:
+        await self.install()
+        fingerprints: dict[int, str] = {}
+        for spec in specs:
+            if spec is not None and id(spec) not in fingerprints:
+                fingerprints[id(spec)] = fingerprint = spec.fingerprint()
+                if fingerprint not in self._registered:
+                    await self._rpc("chatspace_register", fingerprint, spec.to_wire())
+                    self._registered.add(fingerprint)
+        results = await asyncio.gather(
+            *(self._one(list(ids), sampling, fingerprints.get(id(spec)), capture_layers,
+                        options)
+              for ids, spec in zip(token_ids, specs, strict=True)),
+            return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            for result in results:
+                if isinstance(result, Generation) and result.capture is not None:
+                    await result.capture.close()
+            raise errors[0]
+        return results
+
+    async def _one(self, prompt: list[int], sampling: Sampling, fingerprint: str | None,
+                   layers: list[int] | None, options: CaptureOptions) -> Generation:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        key = uuid.uuid4().hex
+        hooked = fingerprint is not None or bool(layers)
+        params = SamplingParams(
+            max_tokens=sampling.max_tokens, temperature=sampling.temperature,
+            top_p=sampling.top_p, seed=sampling.seed, detokenize=False,
+            logprobs=0 if sampling.logprobs else None,
+            extra_args={EXTRA_KEY: {"key": key, "spec": fingerprint, "layers": layers or []}}
+            if hooked else None,
+            skip_reading_prefix_cache=True if layers else None)
+        request = TokensPrompt(prompt_token_ids=prompt)
+        if fingerprint is not None:
+            request["cache_salt"] = fingerprint
+        collected = False
+        try:
+            async for final in self.engine.generate(request, params, request_id=key):
+                output = final.outputs[0]
+            token_ids = list(output.token_ids)
+            capture = None
+            if hooked:
+                collected = True
+                result = await self._collect({
+                    "key": key, "total": len(prompt) + len(token_ids) - 1,
+                    "prompt_len": len(prompt), "rows": options.rows, "pool": options.pool,
+                    "dtype": options.dtype, "cap": shm.cap_bytes(), "ttl": shm.ttl_seconds()})
+                if "error" in result:
+                    raise RuntimeError(result["error"])
+                if fingerprint is not None and not result["steered"]:
+                    raise RuntimeError("steering was requested but no decoder-layer hook "
+                                       "fired: the model does not run through the hooks")
+                if "segment" in result:
+                    capture = Capture(prompt_len=len(prompt), segment=result["segment"],
+                                      entries=result["entries"])
+        finally:
+            if hooked and not collected:
+                await asyncio.shield(self._rpc("chatspace_drop", [key]))
+        logprobs = None
+        if sampling.logprobs:
+            logprobs = [step[token].logprob
+                        for step, token in zip(output.logprobs, token_ids, strict=True)]
+        return Generation(prompt_token_ids=prompt, token_ids=token_ids,
+                          text=self.tokenizer.decode(token_ids, skip_special_tokens=False),
+                          finish_reason=output.finish_reason or "length", logprobs=logprobs,
+                          capture=capture)
+
+    async def _collect(self, ask: dict) -> dict:
+        """One request's collection; requests finishing in the same loop turn share one
+        `collective_rpc`."""
+        future = asyncio.get_running_loop().create_future()
+        self._asks.append((ask, future))
+        if len(self._asks) == 1:
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._flush()))
+        return await future
+
+    async def _flush(self) -> None:
+        batch, self._asks = self._asks, []
+        try:
+            results = await self._rpc("chatspace_collect", [ask for ask, _ in batch])
+        except Exception as exc:  # the engine failed: every waiting request fails with it
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.cancelled():
+                if "segment" in result:
+                    shm.release(result["segment"])
+                continue
+            future.set_result(result)
+
+    def close(self) -> None:
+        self.engine.shutdown()

@@ -1,0 +1,262 @@
+"""Runs inside vLLM's worker process, mixed into the worker class through
+``worker_extension_cls``: decoder-layer hooks that steer and capture each request differently.
+
+Before every forward pass a pre-hook on the model reads which requests the batch holds, in
+order (``input_batch.req_ids``), where each one's tokens start (``query_start_loc``) and at
+which sequence position (``positions``); it finds each request's chatspace key, steering
+fingerprint and capture layers in its ``SamplingParams.extra_args`` (vLLM renames request ids
+internally, so the key travels there; vectors arrive once per spec through `collective_rpc`).
+Rows are never attributed by shape.
+
+Layer hooks then steer each steered request's rows (the true post-layer state is
+``hidden + residual``; the hook returns a new ``hidden`` so that the sum is the steered state)
+and keep the rows to capture as a new tensor (the next layer's fused add-norm works in place).
+Captured rows are stored with their positions, so a recomputed prefill after preemption
+overwrites instead of duplicating, a forward pass past the end is dropped, and rows that never
+ran (a prefix-cache read) are reported instead of silently missing. `chatspace_collect`
+assembles a finished request's rows straight into a shared-memory segment (`shm`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from chatspace.steering import shm
+from chatspace.steering.hf_backend import check_architecture
+from chatspace.steering.outputs import CaptureOptions
+from chatspace.steering.spec import Op, SteeringSpec, apply_ops
+
+log = logging.getLogger(__name__)
+
+EXTRA_KEY = "chatspace"
+
+
+@dataclass
+class _Request:
+    key: str
+    spec: str | None
+    layers: tuple[int, ...]
+    # layer -> [(tensor, first row, end row, position of the first row)]
+    chunks: dict[int, list[tuple[torch.Tensor, int, int, int]]] = field(default_factory=dict)
+    steered: int = 0  # layer calls that steered this request's rows
+
+
+@dataclass
+class _Step:
+    """What the hooks do in one forward pass."""
+
+    steer: dict[int, list[tuple[slice | torch.Tensor, tuple[Op, ...], list[_Request]]]]
+    capture: dict[int, tuple[slice | torch.Tensor, list[tuple[_Request, int, int, int]]]]
+
+
+def _rows(spans: list[tuple[int, int]]) -> slice | torch.Tensor:
+    """Row selector for token spans: a slice when they are contiguous, else an index."""
+    if all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False)):
+        return slice(spans[0][0], spans[-1][1])
+    return torch.cat([torch.arange(a, b) for a, b in spans])
+
+
+class _WorkerState:
+    def __init__(self, runner, layers: torch.nn.ModuleList):
+        self.runner = runner
+        self.specs: dict[str, dict[int, tuple[Op, ...]]] = {}
+        self.requests: dict[str, _Request] = {}
+        self.by_req_id: dict[str, _Request | None] = {}
+        self.step: _Step | None = None
+        self.hook_calls = 0
+        self.max_batch = 0
+        self.ttl = shm.ttl_seconds()
+        threading.Thread(target=self._sweeper, name="chatspace-shm-sweep", daemon=True).start()
+
+    def _request(self, req_id: str) -> _Request | None:
+        if req_id in self.by_req_id:
+            return self.by_req_id[req_id]
+        state = self.runner.requests.get(req_id)
+        extra = (state.sampling_params.extra_args or {}) if state and state.sampling_params \
+            else {}
+        ask = extra.get(EXTRA_KEY)
+        request = None
+        if ask:
+            request = self.requests.get(ask["key"])
+            if request is None:
+                request = _Request(ask["key"], ask.get("spec"), tuple(ask.get("layers") or ()))
+                self.requests[ask["key"]] = request
+        if len(self.by_req_id) > 4 * max(len(self.runner.requests), 64):
+            self.by_req_id = {r: q for r, q in self.by_req_id.items()
+                              if r in self.runner.requests}
+        self.by_req_id[req_id] = request
+        return request
+
+    def plan(self, module, args, kwargs) -> None:
+        """Forward pre-hook on the model: which rows of this pass belong to which request."""
+        self.step = None
+        batch = self.runner.input_batch
+        count = batch.num_reqs
+        if count == 0:
+            return
+        self.max_batch = max(self.max_batch, count)
+        starts = self.runner.query_start_loc.np[:count + 1].tolist()
+        positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
+        if positions is None or positions.ndim != 1 or positions.shape[0] < starts[-1]:
+            return  # not a batch of requests (e.g. a dummy run)
+        spans: list[tuple[_Request, int, int]] = []
+        for index, req_id in enumerate(batch.req_ids[:count]):
+            request = self._request(req_id)
+            if request is not None:
+                spans.append((request, starts[index], starts[index + 1]))
+        if not spans:
+            return
+        first = positions[[start for _, start, _ in spans]].tolist()
+        steer: dict = {}
+        by_spec: dict[str, list] = {}
+        for request, start, end in spans:
+            if request.spec is not None and end > start:
+                by_spec.setdefault(request.spec, []).append((request, start, end))
+        for fingerprint, members in by_spec.items():
+            rows = _rows([(s, e) for _, s, e in members])
+            for layer, ops in self.specs[fingerprint].items():
+                steer.setdefault(layer, []).append((rows, ops, [r for r, _, _ in members]))
+        capture: dict = {}
+        for (request, start, end), position in zip(spans, first, strict=True):
+            for layer in request.layers:
+                capture.setdefault(layer, []).append((request, start, end, position))
+        planned = {}
+        for layer, members in capture.items():
+            kept, offset = [], 0
+            for request, start, end, position in members:  # rows in the kept tensor
+                kept.append((request, offset, offset + end - start, position))
+                offset += end - start
+            planned[layer] = (_rows([(s, e) for _, s, e, _ in members]), kept)
+        self.step = _Step(steer, planned)
+
+    def hook(self, index: int):
+        def after_layer(module, args, output):
+            self.hook_calls += 1
+            step = self.step
+            if step is None or (index not in step.steer and index not in step.capture):
+                return None
+            hidden, residual = output
+            steered_hidden = None
+            for rows, ops, members in step.steer.get(index, ()):
+                steered = apply_ops(hidden[rows] + residual[rows], ops) - residual[rows]
+                if isinstance(rows, slice) and rows == slice(0, hidden.shape[0]):
+                    steered_hidden = steered
+                else:
+                    if steered_hidden is None:
+                        steered_hidden = hidden.clone()
+                    steered_hidden[rows] = steered
+                for request in members:
+                    request.steered += 1
+            if steered_hidden is not None:
+                hidden = steered_hidden
+            if index in step.capture:
+                rows, members = step.capture[index]
+                kept = hidden[rows] + residual[rows]  # a new tensor, never a view
+                for request, start, end, position in members:
+                    request.chunks.setdefault(index, []).append((kept, start, end, position))
+            return hidden, residual
+        return after_layer
+
+    def _sweeper(self) -> None:
+        """Expire this worker's segments that nobody released, even while the engine idles
+        (a client killed before closing its captures)."""
+        while True:
+            time.sleep(max(min(self.ttl / 2, 30), 0.2))
+            shm.sweep(self.ttl)
+
+    def collect(self, ask: dict) -> dict:
+        """A finished request's steering count and captures (in a shared-memory segment)."""
+        request = self.requests.pop(ask["key"], None)
+        if request is None:
+            raise RuntimeError("no decoder-layer hook saw this request: steering and capture "
+                               "did not run (is the model running through the hooked layers?)")
+        result: dict = {"steered": request.steered}
+        if not request.layers:
+            return result
+        self.ttl = ask["ttl"]
+        shm.sweep(self.ttl)
+        total, prompt_len = ask["total"], ask["prompt_len"]
+        options = CaptureOptions(ask["rows"], ask["pool"], ask["dtype"])
+        model_dtype = next(iter(request.chunks.values()))[0][0].dtype if request.chunks \
+            else torch.float32
+        dtype = getattr(torch, options.dtype) if options.dtype else model_dtype
+        hidden = self.runner.model_config.get_hidden_size()
+        kept = options.kept_rows(total, prompt_len)
+        entries, size = shm.layout({layer: (kept, hidden) for layer in request.layers}, dtype)
+        name, out = shm.create(entries, size, ask["cap"])
+        try:
+            for layer in request.layers:
+                direct = kept == total and options.pool == "none" and dtype == model_dtype
+                full = out[layer] if direct else torch.empty(total, hidden, dtype=model_dtype)
+                seen = torch.zeros(total, dtype=torch.bool)
+                for tensor, start, end, position in request.chunks.get(layer, ()):
+                    count = min(end - start, total - position)
+                    if count > 0:
+                        full[position:position + count] = tensor[start:start + count]
+                        seen[position:position + count] = True
+                if not seen.all():
+                    missing = (~seen).nonzero().flatten()[:5].tolist()
+                    raise RuntimeError(f"capture of layer {layer}: rows at positions {missing} "
+                                       "never ran through the model")
+                if not direct:
+                    out[layer].copy_(options.select(full, prompt_len))
+        except BaseException:
+            shm.release(name)
+            raise
+        result.update(segment=name, entries=entries)
+        return result
+
+
+class SteeringExtension:
+    """Methods vLLM mixes into its worker; the client calls them with `collective_rpc`."""
+
+    def chatspace_install(self) -> dict:
+        runner = self.model_runner
+        model = runner.get_model()
+        architecture = type(model).__name__
+        check_architecture([architecture])
+        if not hasattr(runner, "input_batch") or not hasattr(runner, "query_start_loc"):
+            raise ValueError(f"model runner {type(runner).__module__} is not supported "
+                             "(set VLLM_USE_V2_MODEL_RUNNER=0)")
+        if getattr(self, "_chatspace", None) is None:
+            layers = model.model.layers
+            self._chatspace = _WorkerState(runner, layers)
+            model.register_forward_pre_hook(self._chatspace.plan, with_kwargs=True)
+            for index, layer in enumerate(layers):
+                layer.register_forward_hook(self._chatspace.hook(index))
+            shm.sweep()
+        return {"architecture": architecture, "pid": os.getpid(),
+                "num_layers": len(model.model.layers),
+                "runner": f"{type(runner).__module__}.{type(runner).__name__}"}
+
+    def chatspace_register(self, fingerprint: str, wire: list[dict]) -> None:
+        spec = SteeringSpec.from_wire(wire)
+        self._chatspace.specs[fingerprint] = {index: layer.ops
+                                              for index, layer in spec.layers.items()}
+
+    def chatspace_collect(self, asks: list[dict]) -> list[dict]:
+        results = []
+        for ask in asks:
+            try:
+                results.append(self._chatspace.collect(ask))
+            except RuntimeError as exc:
+                results.append({"error": str(exc)})
+        return results
+
+    def chatspace_drop(self, keys: list[str]) -> None:
+        for key in keys:
+            self._chatspace.requests.pop(key, None)
+
+    def chatspace_stats(self, reset: bool = False) -> dict:
+        state = self._chatspace
+        stats = {"hook_calls": state.hook_calls, "max_batch": state.max_batch,
+                 "pending": len(state.requests), "specs": len(state.specs)}
+        if reset:
+            state.max_batch = 0
+        return stats
