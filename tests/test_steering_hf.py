@@ -20,9 +20,8 @@ PROMPTS = ["def parse(text):", [{"role": "user", "content": "How do lists work?"
 
 
 @pytest.fixture(scope="session", params=["qwen2", "qwen3", "llama"])
-def tiny(request, tmp_path_factory) -> SteerModel:
-    path = build_model(tmp_path_factory.mktemp(request.param), request.param)
-    return SteerModel(path, backend="hf")
+def tiny(request, tiny_model_dir) -> SteerModel:
+    return SteerModel(tiny_model_dir(request.param), backend="hf")
 
 
 def spec_at(layer: int, *ops) -> SteeringSpec:

@@ -42,7 +42,8 @@ def build_tokenizer(out: Path, vocab_size: int = 512):
 
 
 def build_model(out: Path, shape: str = "qwen2", layers: int = 4, hidden: int = 64,
-                heads: int = 2, kv_heads: int = 1, seed: int = 0) -> Path:
+                heads: int = 2, kv_heads: int = 1, intermediate: int | None = None,
+                seed: int = 0, weight_scale: float = 4.0) -> Path:
     """A random-weight model directory (config, weights, tokenizer) of the given shape."""
     import torch
     import transformers
@@ -50,7 +51,7 @@ def build_model(out: Path, shape: str = "qwen2", layers: int = 4, hidden: int = 
     config_cls, model_cls = (getattr(transformers, name) for name in SHAPES[shape])
     tokenizer = build_tokenizer(out)
     config = config_cls(vocab_size=len(tokenizer), hidden_size=hidden,
-                        intermediate_size=hidden * 2, num_hidden_layers=layers,
+                        intermediate_size=intermediate or hidden * 2, num_hidden_layers=layers,
                         num_attention_heads=heads, num_key_value_heads=kv_heads,
                         head_dim=hidden // heads, max_position_embeddings=512,
                         tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id,
@@ -59,6 +60,6 @@ def build_model(out: Path, shape: str = "qwen2", layers: int = 4, hidden: int = 
     model = model_cls(config)
     with torch.no_grad():  # larger weights than the init: tokens that differ from step to step
         for param in model.parameters():
-            param.mul_(4.0 if param.ndim > 1 else 1.0)
+            param.mul_(weight_scale if param.ndim > 1 else 1.0)
     model.save_pretrained(out, safe_serialization=True)
     return out

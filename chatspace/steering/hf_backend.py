@@ -106,7 +106,7 @@ class HFBackend:
                 token = _sample(logits, sampling, generator)
                 logprobs.append(float(torch.log_softmax(logits, -1)[token]))
                 out_ids.append(token)
-                if token == self.tokenizer.eos_token_id:
+                if token == self.tokenizer.eos_token_id and not sampling.ignore_eos:
                     finish = "stop"
                     break
                 if step + 1 < sampling.max_tokens:

@@ -131,9 +131,14 @@ class SteerModel:
         return self.run(self.backend.stats(reset))
 
     def close(self) -> None:
+        """Shut the engine down and close the model's own event loop."""
         if self.backend_name == "vllm":
             self.backend.close()
         if self._loop is not None:
+            tasks = asyncio.all_tasks(self._loop)  # the engine's output handler
+            for task in tasks:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
             self._loop.close()
             self._loop = None
 

@@ -21,6 +21,7 @@ class Sampling:
     top_p: float = 1.0
     seed: int | None = None
     logprobs: bool = False
+    ignore_eos: bool = False  # always generate max_tokens (benchmarks)
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:

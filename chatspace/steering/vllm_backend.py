@@ -105,7 +105,8 @@ class VLLMBackend:
         hooked = fingerprint is not None or bool(layers)
         params = SamplingParams(
             max_tokens=sampling.max_tokens, temperature=sampling.temperature,
-            top_p=sampling.top_p, seed=sampling.seed, detokenize=False,
+            top_p=sampling.top_p, seed=sampling.seed, ignore_eos=sampling.ignore_eos,
+            detokenize=False,
             logprobs=0 if sampling.logprobs else None,
             extra_args={EXTRA_KEY: {"key": key, "spec": fingerprint, "layers": layers or []}}
             if hooked else None,

@@ -1,0 +1,185 @@
+"""Cost of chatspace's vLLM steering extension against plain vLLM, measured in one run.
+
+    python -m bench.steering_overhead [--prompts 32] [--tokens 64] [--repeats 2]
+
+A random-weight model with the shape of Qwen2.5-0.5B (24 layers, hidden 896, 14 heads, 2 KV
+heads, MLP 4864; a small vocabulary) generates `--tokens` new tokens (EOS ignored) for each of
+`--prompts` real passages, all requests at once, greedy. Plain vLLM (an `AsyncLLM` without the
+extension) and the chatspace engine are both kept up and measured in turns; each figure is the
+best of `--repeats`. Then, on the chatspace engine:
+
+- shared-memory transfer of >= 1 GB of captures (24 layers) to the client versus a pickle
+  round trip of the same tensors and versus returning them in vLLM's own `collective_rpc`
+  reply (both the handoff alone and the handoff plus reading every byte);
+- the HF backend's tokens/s on a few of the same prompts (for the README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import pickle
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # the transfer measurement
+
+from bench.corpus import passages  # noqa: E402
+from chatspace.steering import AddSpec, LayerSteeringSpec, SteeringSpec, shm  # noqa: E402
+from chatspace.steering.model import SteerModel  # noqa: E402
+from chatspace.steering.outputs import Sampling  # noqa: E402
+from tests.tiny_models import build_model  # noqa: E402
+
+LAYERS, HIDDEN = 24, 896
+
+
+async def plain_run(engine, prompts: list[list[int]], tokens: int) -> None:
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    params = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True, detokenize=False)
+
+    async def one(ids):
+        async for _ in engine.generate(TokensPrompt(prompt_token_ids=ids), params,
+                                       request_id=uuid.uuid4().hex):
+            pass
+    await asyncio.gather(*(one(ids) for ids in prompts))
+
+
+async def steered_run(model: SteerModel, prompts, tokens: int, **kwargs) -> None:
+    out = await model.backend.generate(prompts, Sampling(max_tokens=tokens, ignore_eos=True),
+                                       kwargs.get("specs", [None] * len(prompts)),
+                                       kwargs.get("layers"), kwargs["options"])
+    for gen in out:
+        if gen.capture is not None:
+            await gen.capture.close()
+
+
+def timed(model: SteerModel, make) -> float:
+    start = time.perf_counter()
+    model.run(make())
+    return time.perf_counter() - start
+
+
+def transfer(model: SteerModel, gigabytes: float) -> None:
+    rows = int(gigabytes * 2**30 / (LAYERS * HIDDEN * 4)) + 1
+
+    def make_payload(worker):
+        import torch as t
+        worker._bench_payload = {i: t.randn(rows, HIDDEN) for i in range(LAYERS)}
+
+    def to_segment(worker):
+        from chatspace.steering import shm as s
+        payload = worker._bench_payload
+        entries, size = s.layout({i: tuple(x.shape) for i, x in payload.items()},
+                                 next(iter(payload.values())).dtype)
+        name, out = s.create(entries, size, s.cap_bytes())
+        for i, x in payload.items():
+            out[i].copy_(x)
+        return name, entries
+
+    def reply(worker):
+        return worker._bench_payload
+
+    engine = model.backend.engine
+    model.run(engine.collective_rpc(make_payload))
+    name, entries = model.run(engine.collective_rpc(to_segment))[0]
+    start = time.perf_counter()
+    tensors = shm.open_segment(name, entries)
+    handoff = time.perf_counter() - start
+    checksum = sum(float(x.sum()) for x in tensors.values())
+    handoff_read = time.perf_counter() - start
+    shm.release(name)
+    size = sum(x.numel() * x.element_size() for x in tensors.values())
+    start = time.perf_counter()
+    copied = pickle.loads(pickle.dumps(tensors, protocol=pickle.HIGHEST_PROTOCOL))
+    pickled = time.perf_counter() - start
+    assert abs(sum(float(x.sum()) for x in copied.values()) - checksum) < 1e-3 * abs(checksum)
+    del copied, tensors
+    start = time.perf_counter()
+    model.run(engine.collective_rpc(reply))
+    rpc = time.perf_counter() - start
+    print(f"\ntransfer of {size / 2**30:.2f} GB of captures ({LAYERS} layers x {rows} rows):")
+    print(f"  shared memory handoff (map + view)     {handoff * 1e3:9.2f} ms")
+    print(f"  shared memory handoff + read all bytes {handoff_read * 1e3:9.2f} ms")
+    print(f"  pickle round trip                      {pickled * 1e3:9.2f} ms   "
+          f"ratio {pickled / handoff:.0f}x (handoff), {pickled / handoff_read:.1f}x (with read)")
+    print(f"  collective_rpc reply                   {rpc * 1e3:9.2f} ms   "
+          f"ratio {rpc / handoff:.0f}x (handoff), {rpc / handoff_read:.1f}x (with read)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--gigabytes", type=float, default=1.0)
+    parser.add_argument("--hf-prompts", type=int, default=4)
+    args = parser.parse_args()
+
+    import torch
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    from chatspace.steering.outputs import CaptureOptions
+
+    work = Path(tempfile.mkdtemp(prefix="bench-steering-"))
+    path = build_model(work / "model", "qwen2", layers=LAYERS, hidden=HIDDEN, heads=14,
+                       kv_heads=2, intermediate=4864, weight_scale=1.0)
+    model = SteerModel(path, "vllm", max_model_len=1024, seed=0)
+    prompts = [model.tokenizer(p["text"])["input_ids"][:96] for p in passages()[:args.prompts]]
+    plain = AsyncLLM.from_engine_args(AsyncEngineArgs(model=str(path), dtype="float32",
+                                                      enforce_eager=True, max_model_len=1024,
+                                                      seed=0))
+    print(f"{len(prompts)} prompts ({sum(map(len, prompts))} prompt tokens) x {args.tokens} "
+          f"new tokens, model {LAYERS} layers x {HIDDEN}, torch threads "
+          f"{torch.get_num_threads()}")
+    gen = torch.Generator().manual_seed(0)
+    one = SteeringSpec({12: LayerSteeringSpec((AddSpec(torch.randn(HIDDEN, generator=gen),
+                                                       2.0),))})
+    each = [SteeringSpec({12: LayerSteeringSpec((AddSpec(torch.randn(HIDDEN, generator=gen),
+                                                         2.0),))}) for _ in prompts]
+    none = CaptureOptions()
+    cases = {
+        "plain vLLM": lambda: plain_run(plain, prompts, args.tokens),
+        "idle extension": lambda: steered_run(model, prompts, args.tokens, options=none),
+        "one-layer steering, every request": lambda: steered_run(
+            model, prompts, args.tokens, specs=[one] * len(prompts), options=none),
+        "capture every layer, every request": lambda: steered_run(
+            model, prompts, args.tokens, layers=list(range(LAYERS)), options=none),
+        "a different spec per request": lambda: steered_run(
+            model, prompts, args.tokens, specs=each, options=none),
+    }
+    model.run(cases["plain vLLM"]())  # warm both engines
+    model.run(cases["one-layer steering, every request"]())
+    timings = {name: [] for name in cases}
+    for _ in range(args.repeats):  # in turns, so that drift hits every case alike
+        for name, make in cases.items():
+            timings[name].append(timed(model, make))
+    tokens = len(prompts) * args.tokens
+    base = min(timings["plain vLLM"])
+    print(f"\n{'case':38} {'tok/s':>9} {'slower by':>10}")
+    for name, values in timings.items():
+        seconds = min(values)
+        print(f"{name:38} {tokens / seconds:9.1f} {seconds / base - 1:10.1%}")
+
+    transfer(model, args.gigabytes)
+
+    hf = SteerModel(path, "hf")
+    subset = prompts[:args.hf_prompts]
+    hf_rate = len(subset) * args.tokens / timed(
+        model, lambda: steered_run(hf, subset, args.tokens, options=none))
+    vllm_rate = len(subset) * args.tokens / timed(
+        model, lambda: steered_run(model, subset, args.tokens, options=none))
+    print(f"\n{len(subset)} prompts: HF backend {hf_rate:.1f} tok/s, vLLM backend "
+          f"{vllm_rate:.1f} tok/s (vLLM {vllm_rate / hf_rate:.1f}x); vLLM on all "
+          f"{len(prompts)}: {tokens / min(timings['idle extension']):.1f} tok/s")
+    plain.shutdown()
+    model.close()
+
+
+if __name__ == "__main__":
+    main()

