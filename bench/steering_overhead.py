@@ -50,7 +50,8 @@ async def plain_run(engine, prompts: list[list[int]], tokens: int) -> None:
 
 
 async def steered_run(model: SteerModel, prompts, tokens: int, **kwargs) -> None:
-    out = await model.backend.generate(prompts, Sampling(max_tokens=tokens, ignore_eos=True),
+    sampling = [Sampling(max_tokens=tokens, ignore_eos=True)] * len(prompts)
+    out = await model.backend.generate(prompts, sampling,
                                        kwargs.get("specs", [None] * len(prompts)),
                                        kwargs.get("layers"), kwargs["options"])
     for gen in out:
@@ -129,10 +130,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-steering-"))
     path = build_model(work / "model", "qwen2", layers=LAYERS, hidden=HIDDEN, heads=14,
                        kv_heads=2, intermediate=4864, weight_scale=1.0)
-    model = SteerModel(path, "vllm", max_model_len=1024, seed=0)
+    model = SteerModel(path, "vllm", max_model_len=512, seed=0)
     prompts = [model.tokenizer(p["text"])["input_ids"][:96] for p in passages()[:args.prompts]]
     plain = AsyncLLM.from_engine_args(AsyncEngineArgs(model=str(path), dtype="float32",
-                                                      enforce_eager=True, max_model_len=1024,
+                                                      enforce_eager=True, max_model_len=512,
                                                       seed=0))
     print(f"{len(prompts)} prompts ({sum(map(len, prompts))} prompt tokens) x {args.tokens} "
           f"new tokens, model {LAYERS} layers x {HIDDEN}, torch threads "

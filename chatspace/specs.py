@@ -23,6 +23,7 @@ from chatspace.errors import BadInput
 class RunConfig:
     array: int = 1
     part_rows: int = 2048
+    name: str | None = None  # a label for the run (default: the spec file's name)
 
 
 @dataclass(frozen=True)
@@ -97,9 +98,29 @@ def read_spec_file(path: str | Path, known: dict[str, type]) -> dict[str, dict[s
     except tomllib.TOMLDecodeError as exc:
         raise BadInput(f"spec file {path} is not valid TOML: {exc}") from None
     for section, table in raw.items():
-        if section not in known or not isinstance(table, dict):
+        if section not in known:
             raise BadInput(f"{path}: unknown table [{section}] (known: {', '.join(known)})")
+        wanted = list if _item_type(known[section]) else dict
+        if not isinstance(table, wanted) or (
+                wanted is list and not all(isinstance(t, dict) for t in table)):
+            form = f"[[{section}]] tables" if wanted is list else f"a [{section}] table"
+            raise BadInput(f"{path}: {section} must be {form}")
     return raw
+
+
+def _item_type(hint: Any) -> type | None:
+    """The dataclass of a section that is a list of tables (``[[steering]]``), else None."""
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        return item
+    return None
+
+
+def _build(hint: Any, value: Any, where: str) -> Any:
+    item = _item_type(hint)
+    if item is None:
+        return build_section(hint, value, where)
+    return [build_section(item, entry, f"{where}[{n}]") for n, entry in enumerate(value)]
 
 
 def _check_type(where: str, value: Any, hint: Any) -> Any:
@@ -137,15 +158,19 @@ def resolve_spec(spec_type: type[Spec], spec_path: str | Path | None,
     """Merge a spec file (optional) with CLI overrides (``None`` values are ignored), then
     validate every field that can be checked without touching the data."""
     known = sections(spec_type)
-    merged: dict[str, dict[str, Any]] = {s: {} for s in known}
+    merged: dict[str, Any] = {s: [] if _item_type(cls) else {} for s, cls in known.items()}
     if spec_path is not None:
         for section, table in read_spec_file(spec_path, known).items():
-            merged[section].update(table)
+            merged[section] = table if isinstance(table, list) else {**merged[section], **table}
     for section, table in overrides.items():
+        given = {k: v for k, v in table.items() if v is not None}
         top, _, sub = section.partition(".")  # "slurm.reduce": a table inside [slurm]
+        if _item_type(known[top]):  # flags for a list of tables give one entry instead
+            merged[top] = [given] if given else merged[top]
+            continue
         into = merged[top].setdefault(sub, {}) if sub else merged[top]
-        into.update({k: v for k, v in table.items() if v is not None})
-    spec = spec_type(**{s: build_section(cls, merged[s], s) for s, cls in known.items()})
+        into.update(given)
+    spec = spec_type(**{s: _build(cls, merged[s], s) for s, cls in known.items()})
     spec.validate()
     return spec
 
@@ -153,5 +178,5 @@ def resolve_spec(spec_type: type[Spec], spec_path: str | Path | None,
 def spec_from_dict(spec_type: type[Spec], data: dict[str, Any]) -> Spec:
     """Rebuild a spec saved in a run record (validated when it was planned); a table that a
     later version added takes its defaults."""
-    return spec_type(**{s: build_section(cls, data.get(s, {}), s)
+    return spec_type(**{s: _build(cls, data.get(s, [] if _item_type(cls) else {}), s)
                         for s, cls in sections(spec_type).items()})

@@ -103,3 +103,18 @@ def test_an_unsupported_architecture_is_named(tmp_path):
         path)
     with pytest.raises(ValueError, match="model architecture GPT2LMHeadModel is not supported"):
         SteerModel(path, backend="hf")
+
+
+def test_token_metrics_match_an_independent_forward_pass(tiny):
+    out = tiny.generate_sync(PROMPTS, Sampling(max_tokens=6, top_k_mass_k=5))
+    model = tiny.backend.model
+    for gen in out:
+        ids = torch.tensor([gen.prompt_token_ids + gen.token_ids[:-1]])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, len(gen.prompt_token_ids) - 1:]
+        dist = torch.distributions.Categorical(logits=logits.double())
+        top5 = dist.probs.sort(dim=-1, descending=True).values[:, :5].sum(-1)
+        torch.testing.assert_close(torch.tensor(gen.entropy, dtype=torch.double),
+                                   dist.entropy(), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(torch.tensor(gen.top_k_mass, dtype=torch.double), top5,
+                                   atol=1e-5, rtol=1e-5)

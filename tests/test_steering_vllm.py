@@ -113,6 +113,21 @@ STEERING = {
 }
 
 
+def test_token_metrics_match_hf(qwen2):
+    vllm_model, hf = qwen2  # the long prompt's prefill runs in chunks that sample nothing
+    sampling = Sampling(max_tokens=6, top_k_mass_k=5)
+    vllm_out = vllm_model.generate_sync(PROMPTS, sampling, steering_spec=[None, None, None,
+                                                                           STEERING["add"]])
+    hf_out = hf.generate_sync(PROMPTS, sampling, steering_spec=[None, None, None,
+                                                                STEERING["add"]])
+    for v, h in zip(vllm_out, hf_out, strict=True):
+        assert v.token_ids == h.token_ids and len(v.entropy) == len(v.token_ids)
+        torch.testing.assert_close(torch.tensor(v.entropy), torch.tensor(h.entropy),
+                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(torch.tensor(v.top_k_mass), torch.tensor(h.top_k_mass),
+                                   atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("name", STEERING)
 def test_each_op_steers_as_hf_does(qwen2, name):
     vllm_model, hf = qwen2

@@ -24,6 +24,8 @@ RUN_FLAGS: list[Flag] = [
     ("--array", "run", "array", {"type": int, "help": "Number of tasks (slices)."}),
     ("--part-rows", "run", "part_rows", {"type": int, "help": "Rows per committed part: the "
                                                               "unit a killed task resumes from."}),
+    ("--name", "run", "name", {"help": "A label for the run (default: the spec file's name); "
+                                       "steer runs write under it."}),
 ]
 
 SLURM_FLAGS: list[Flag] = [
@@ -96,8 +98,12 @@ def slurm_from_cli(current: SlurmConfig, params: dict[str, Any]) -> SlurmConfig:
 
 
 def spec_from_cli(job: JobType, spec_file: str | None, params: dict[str, Any]) -> JobSpec:
-    return resolve_spec(job.spec_type, spec_file,
+    spec = resolve_spec(job.spec_type, spec_file,
                         overrides_from(params, job.flags + RUN_FLAGS + SLURM_FLAGS))
+    if spec.run.name is None and spec_file is not None:
+        spec = dataclasses.replace(spec, run=dataclasses.replace(spec.run,
+                                                                 name=Path(spec_file).stem))
+    return spec
 
 
 def check_executor(executor: str | None, parallelism: int | None,

@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from chatspace.jobs.embed import EmbedJob
+from chatspace.jobs.steer.job import SteerJob
 from chatspace.runs.job import JobType
 from chatspace.runs.record import Run
 
-JOB_TYPES: dict[str, JobType] = {job.kind: job for job in (EmbedJob(),)}
+JOB_TYPES: dict[str, JobType] = {job.kind: job for job in (EmbedJob(), SteerJob())}
 
 
 def open_run(ref: str, root: Path) -> Run:

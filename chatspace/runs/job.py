@@ -36,8 +36,14 @@ class JobPlan:
     details: dict[str, Any]  # the job's section of plan.json (sources, model, sampling, ...)
     output_dir: Path  # where the tasks' outputs go (includes the run id)
     manifest_path: Path
-    outputs: dict[str, str]  # output name -> file name pattern in output_dir, with {task:05d}
+    # output name -> file name pattern in output_dir, with {task:05d}; the first is the
+    # primary output, whose rows completion records count
+    outputs: dict[str, str]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # saved as {name}.npy
+    files: dict[str, bytes] = field(default_factory=dict)  # saved in the run directory
+    # file output name -> pattern in output_dir with {task:05d} and {part:05d}: one file per
+    # part that has one (PartOutput.files), kept as it is rather than joined
+    part_files: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -51,11 +57,13 @@ class Part:
 
 @dataclass
 class PartOutput:
-    """One part's results: a table per output name, and JSON stats for its sidecar."""
+    """One part's results: a table per output name, file contents per part-file output name
+    (`JobPlan.part_files`), and JSON stats for its sidecar."""
 
     part: Part
     tables: dict[str, pa.Table]
     stats: dict[str, Any]
+    files: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -80,12 +80,17 @@ def plan_run(job: JobType, spec: JobSpec, root: Path, run_id: str | None = None,
         "tasks": [{"task": i, "start": s, "stop": e} for i, (s, e) in enumerate(slices)],
         "output_dir": str(resolved.output_dir),
         "outputs": resolved.outputs,
+        "primary_output": next(iter(resolved.outputs)),
+        "part_files": resolved.part_files,
         "manifest_path": str(resolved.manifest_path),
         "tool": tool_info(),
     }
     for name, array in resolved.arrays.items():
         with atomic_path(run.dir / f"{name}.npy") as tmp, open(tmp, "wb") as fh:
             np.save(fh, array)
+    for name, content in resolved.files.items():
+        with atomic_path(run.dir / name) as tmp:
+            tmp.write_bytes(content)
     write_json(run.dir / "spec.json", spec.to_dict())
     write_json(run.plan_path, plan)  # written last: its presence means "planned"
     log.info("planned %s run %s: %d rows in %d tasks", job.kind, run.run_id, resolved.rows,
@@ -97,4 +102,4 @@ def existing_plan(run: Run) -> JobPlan:
     """A reused run's plan in the form `JobType.estimate` takes."""
     return JobPlan(rows=run.rows, details=run.plan, output_dir=run.output_dir,
                    manifest_path=run.manifest_path, outputs=run.plan["outputs"],
-                   arrays=run.arrays)
+                   arrays=run.arrays, part_files=run.plan.get("part_files", {}))

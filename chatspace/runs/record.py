@@ -179,9 +179,17 @@ class Run:
         return Path(self.plan["manifest_path"])
 
     def output_paths(self, task: int) -> dict[str, Path]:
-        """Output name -> the file the task writes."""
-        return {name: self.output_dir / pattern.format(task=task)
-                for name, pattern in self.plan["outputs"].items()}
+        """Output name -> the file the task writes; the primary output (whose rows a
+        completion record counts) first."""
+        outputs = self.plan["outputs"]
+        first = self.plan.get("primary_output", next(iter(outputs)))
+        return {name: self.output_dir / outputs[name].format(task=task)
+                for name in [first, *sorted(set(outputs) - {first})]}
+
+    def part_file_path(self, task: int, part: int, name: str) -> Path:
+        """Where part `part` of `task` keeps its file of part-file output `name`."""
+        pattern = self.plan.get("part_files", {})[name]
+        return self.output_dir / pattern.format(task=task, part=part)
 
     def completion_path(self, task: int) -> Path:
         return self.dir / "tasks" / f"task-{task:05d}.json"

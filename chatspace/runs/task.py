@@ -24,7 +24,14 @@ import pyarrow.parquet as pq
 
 from chatspace.runs.attempts import recording
 from chatspace.runs.job import Part, PartOutput
-from chatspace.runs.record import Run, file_entry, read_json, write_json, write_parquet
+from chatspace.runs.record import (
+    Run,
+    atomic_path,
+    file_entry,
+    read_json,
+    write_json,
+    write_parquet,
+)
 from chatspace.runs.stages import DONE, Stage, get, put
 from chatspace.runs.timing import StageTimer
 
@@ -71,9 +78,14 @@ class TaskRunner:
         for name, table in out.tables.items():
             write_parquet(part_file(self.run, self.task, out.part.number, name), [table],
                           table.schema, self.job.write_options(name))
+        for name, content in out.files.items():
+            with atomic_path(self.run.parts_dir(self.task) /
+                             f"part-{out.part.number:05d}.{name}") as tmp:
+                tmp.write_bytes(content)
         write_json(sidecar_path(self.run, self.task, out.part.number),
                    {"part": out.part.number, "rows_in": out.part.stop - out.part.start,
-                    "rows": {n: t.num_rows for n, t in out.tables.items()}, "stats": out.stats})
+                    "rows": {n: t.num_rows for n, t in out.tables.items()},
+                    "files": sorted(out.files), "stats": out.stats})
         release_free_memory()
         log.info("task %d: part %d committed (%d rows)", self.task, out.part.number,
                  out.part.stop - out.part.start)
@@ -143,6 +155,14 @@ class TaskRunner:
                               self.job.write_options(name))
             rows = sum(sc["rows"][name] for sc in sidecars)
             entries.append(file_entry(path, name=name, rows=rows))
+        for sidecar in sidecars:  # part files move as they are (a rerun finds them moved)
+            for name in sidecar.get("files", []):
+                dest = self.run.part_file_path(self.task, sidecar["part"], name)
+                source = self.run.parts_dir(self.task) / f"part-{sidecar['part']:05d}.{name}"
+                if source.exists():
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(source, dest)
+                entries.append(file_entry(dest, name=name, part=sidecar["part"]))
         record = {
             "task": self.task,
             "rows": entries[0]["rows"],

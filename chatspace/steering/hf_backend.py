@@ -16,7 +16,13 @@ from pathlib import Path
 
 import torch
 
-from chatspace.steering.outputs import Capture, CaptureOptions, Generation, Sampling
+from chatspace.steering.outputs import (
+    Capture,
+    CaptureOptions,
+    Generation,
+    Sampling,
+    token_metrics,
+)
 from chatspace.steering.spec import SteeringSpec, apply_ops
 
 log = logging.getLogger(__name__)
@@ -71,17 +77,17 @@ class HFBackend:
             return hidden
         return hook
 
-    async def generate(self, token_ids: Sequence[Sequence[int]], sampling: Sampling,
+    async def generate(self, token_ids: Sequence[Sequence[int]], samplings: Sequence[Sampling],
                        specs: Sequence[SteeringSpec | None],
                        capture_layers: Sequence[int] | None,
                        options: CaptureOptions) -> list[Generation]:
         async with self._lock:  # one forward pass at a time on this model
-            return await asyncio.to_thread(self._generate_all, token_ids, sampling, specs,
+            return await asyncio.to_thread(self._generate_all, token_ids, samplings, specs,
                                            capture_layers, options)
 
-    def _generate_all(self, token_ids, sampling, specs, capture_layers, options):
+    def _generate_all(self, token_ids, samplings, specs, capture_layers, options):
         return [self._generate_one(list(ids), sampling, spec, capture_layers, options)
-                for ids, spec in zip(token_ids, specs, strict=True)]
+                for ids, sampling, spec in zip(token_ids, samplings, specs, strict=True)]
 
     @torch.no_grad()
     def _generate_one(self, prompt: list[int], sampling: Sampling, spec: SteeringSpec | None,
@@ -95,6 +101,8 @@ class HFBackend:
         calls_before = self.hook_calls
         out_ids: list[int] = []
         logprobs: list[float] = []
+        entropy: list[float] = []
+        mass: list[float] = []
         finish = "length"
         try:
             inputs = torch.tensor([prompt], device=self.device)
@@ -103,6 +111,10 @@ class HFBackend:
                 result = self.model(input_ids=inputs, past_key_values=past, use_cache=True)
                 past = result.past_key_values
                 logits = result.logits[0, -1].to(torch.float32)
+                if sampling.top_k_mass_k:
+                    (e,), (m,) = token_metrics(logits[None], sampling.top_k_mass_k)
+                    entropy.append(e)
+                    mass.append(m)
                 token = _sample(logits, sampling, generator)
                 logprobs.append(float(torch.log_softmax(logits, -1)[token]))
                 out_ids.append(token)
@@ -125,7 +137,9 @@ class HFBackend:
         return Generation(prompt_token_ids=prompt, token_ids=out_ids,
                           text=self.tokenizer.decode(out_ids, skip_special_tokens=False),
                           finish_reason=finish,
-                          logprobs=logprobs if sampling.logprobs else None, capture=capture)
+                          logprobs=logprobs if sampling.logprobs else None, capture=capture,
+                          entropy=entropy if sampling.top_k_mass_k else None,
+                          top_k_mass=mass if sampling.top_k_mass_k else None)
 
 
 def _sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:

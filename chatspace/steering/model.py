@@ -61,15 +61,34 @@ class SteerModel:
         self.hidden_size = self.backend.hidden_size
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def render(self, prompt: Prompt, enable_thinking: bool | None = None) -> list[int]:
-        """Token ids of a prompt: a string as it is, chat messages through the chat template."""
-        if isinstance(prompt, str):
-            return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    def render_text(self, messages: list[dict[str, str]], enable_thinking: bool | None = None,
+                    assistant_name: str | None = None) -> str:
+        """Chat messages through the tokenizer's chat template, ending with the generation
+        prompt; `assistant_name` renames the assistant role in that prompt and in earlier
+        assistant turns (the persona sweeps' "rename the role")."""
         extra: dict[str, Any] = {}
         if enable_thinking is not None:
             extra["enable_thinking"] = enable_thinking
-        text = self.tokenizer.apply_chat_template(prompt, tokenize=False,
-                                                  add_generation_prompt=True, **extra)
+
+        def template(msgs: list[dict[str, str]], generation: bool) -> str:
+            return self.tokenizer.apply_chat_template(msgs, tokenize=False,
+                                                      add_generation_prompt=generation, **extra)
+        text = template(messages, True)
+        if not assistant_name:
+            return text
+        probe = [{"role": "user", "content": "?"}]  # the assistant header, e.g.
+        opening = template(probe, True)[len(template(probe, False)):]  # <|im_start|>assistant
+        if "assistant" not in opening:
+            raise ValueError("the chat template names no assistant role to rename")
+        header = opening[:opening.index("assistant") + len("assistant")]
+        return text.replace(header, header.replace("assistant", assistant_name))
+
+    def render(self, prompt: Prompt, enable_thinking: bool | None = None,
+               assistant_name: str | None = None) -> list[int]:
+        """Token ids of a prompt: a string as it is, chat messages through the chat template."""
+        if isinstance(prompt, str):
+            return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        text = self.render_text(prompt, enable_thinking, assistant_name)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _specs(self, steering_spec: SteeringSpec | Sequence[SteeringSpec | None] | None,
@@ -100,18 +119,22 @@ class SteerModel:
                                  f"has {self.num_layers} decoder layers)")
         return sorted(set(layers))
 
-    async def generate(self, prompts: Sequence[Prompt], sampling: Sampling | None = None,
+    async def generate(self, prompts: Sequence[Prompt],
+                       sampling: Sampling | Sequence[Sampling] | None = None,
                        steering_spec: SteeringSpec | Sequence[SteeringSpec | None] | None = None,
                        capture_layers: Sequence[int] | None = None,
                        capture: CaptureOptions | None = None,
                        enable_thinking: bool | None = None) -> list[Generation]:
         """One `Generation` per prompt, all sent to the backend together; with
         `capture_layers`, each carries a `Capture` handle (rows chosen by `capture`)."""
-        sampling = sampling or Sampling()
+        samplings = [sampling or Sampling()] * len(prompts) \
+            if sampling is None or isinstance(sampling, Sampling) else list(sampling)
+        if len(samplings) != len(prompts):
+            raise ValueError(f"sampling: {len(samplings)} settings for {len(prompts)} prompts")
         specs = self._specs(steering_spec, len(prompts))
         layers = self._capture_layers(capture_layers)
         token_ids = [self.render(p, enable_thinking) for p in prompts]
-        return await self.backend.generate(token_ids, sampling, specs, layers,
+        return await self.backend.generate(token_ids, samplings, specs, layers,
                                            capture or CaptureOptions())
 
     def run(self, awaitable: Awaitable[T]) -> T:
@@ -120,7 +143,8 @@ class SteerModel:
             self._loop = asyncio.new_event_loop()
         return self._loop.run_until_complete(awaitable)
 
-    def generate_sync(self, prompts: Sequence[Prompt], sampling: Sampling | None = None,
+    def generate_sync(self, prompts: Sequence[Prompt],
+                      sampling: Sampling | Sequence[Sampling] | None = None,
                       **kwargs: Any) -> list[Generation]:
         """`generate` for scripts without an event loop."""
         return self.run(self.generate(prompts, sampling, **kwargs))
@@ -138,7 +162,8 @@ class SteerModel:
             tasks = asyncio.all_tasks(self._loop)  # the engine's output handler
             for task in tasks:
                 task.cancel()
-            self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            if tasks:
+                self._loop.run_until_complete(_settle(tasks))
             self._loop.close()
             self._loop = None
 
@@ -147,3 +172,7 @@ class SteerModel:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+async def _settle(tasks: set[asyncio.Task]) -> None:
+    await asyncio.gather(*tasks, return_exceptions=True)

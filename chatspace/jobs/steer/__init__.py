@@ -1,0 +1,1 @@
+"""The steer job type (`submit steer`)."""

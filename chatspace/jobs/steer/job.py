@@ -1,0 +1,149 @@
+"""The steer job type: a sweep of steering points x prompts x personas x repetitions, each task
+hosting one engine (vLLM or HF) that generates its slice of rows with per-row steering, token
+metrics and captures; a manifest with metrics per point and per category."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from chatspace.errors import BadInput
+from chatspace.jobs.steer.flags import STEER_FLAGS
+from chatspace.jobs.steer.points import expand_points, point_file
+from chatspace.jobs.steer.prompts import load_personas, load_prompts
+from chatspace.jobs.steer.schema import METRICS, RESULTS_SCHEMA, WRITE_OPTIONS
+from chatspace.jobs.steer.spec import SteerSpec
+from chatspace.models import find_model
+from chatspace.runs.job import JobPlan, JobType, Part, PartOutput, TaskCheck
+from chatspace.runs.record import Run
+from chatspace.runs.timing import StageTimer, add_timings
+
+
+def _model_shape(path: str, name: str) -> tuple[int, int]:
+    """(hidden size, decoder layers) of a model directory; BadInput when it does not load."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from chatspace.steering.hf_backend import check_architecture
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+        AutoTokenizer.from_pretrained(path)
+    except Exception as exc:  # transformers raises many kinds
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadInput(f"model {name}: does not load: {first}") from None
+    try:
+        check_architecture(config.architectures or [type(config).__name__])
+    except ValueError as exc:
+        raise BadInput(f"model {name}: {exc}") from None
+    return config.hidden_size, config.num_hidden_layers
+
+
+class SteerJob(JobType):
+    """Steering sweep: generate every (point, prompt, persona, repetition) row with its own
+    steering, with token metrics (entropy, top-k mass, split at </think>) and hidden-state
+    captures, then write a manifest summarising metrics per point and per category."""
+
+    kind = "steer"
+    spec_type = SteerSpec
+    flags = STEER_FLAGS
+
+    def plan(self, spec: SteerSpec, root: Path, run_id: str) -> JobPlan:
+        ref = find_model(spec.model.name, root)
+        hidden, layers = _model_shape(ref.path, spec.model.name)
+        for layer in spec.capture.layers:
+            if not 0 <= layer < layers:
+                raise BadInput(f"capture.layers: layer {layer} out of range (the model has "
+                               f"{layers} decoder layers)")
+        prompts = load_prompts(spec.prompts)
+        personas = load_personas(spec.personas)
+        points = expand_points(spec, hidden, layers)
+        rows = len(points) * len(prompts) * max(len(personas), 1) * spec.generation.n_reps
+        inputs = {"prompts": prompts, "personas": personas,
+                  "points": [p.to_dict() for p, _ in points]}
+        files = {"inputs.json": json.dumps(inputs, indent=1).encode()}
+        files.update({point_file(n): s.to_bytes() for n, (_, s) in enumerate(points)
+                      if s is not None})
+        out = root / "steering" / ref.label / (spec.run.name or "steer") / run_id
+        outputs = {"results": "results-{task:05d}.parquet"}
+        part_files = {}
+        if spec.capture.layers:
+            outputs["capture_index"] = "captures-{task:05d}/index.parquet"
+            part_files["captures"] = "captures-{task:05d}/part-{part:05d}.safetensors"
+        details = {"model": {"label": ref.label, "path": ref.path, "hidden_size": hidden,
+                             "num_layers": layers, "backend": spec.model.backend},
+                   "sweep": {"points": len(points), "prompts": len(prompts),
+                             "personas": len(personas), "reps": spec.generation.n_reps}}
+        return JobPlan(rows=rows, details=details, output_dir=out,
+                       manifest_path=out / "manifest.json", outputs=outputs, files=files,
+                       part_files=part_files)
+
+    def run_parts(self, run: Run, task: int, parts: list[Part],
+                  timer: StageTimer) -> Iterator[PartOutput]:
+        from chatspace.jobs.steer.sweep import SweepParts
+
+        return SweepParts(run, task, timer)(parts)
+
+    def write_options(self, output: str) -> dict[str, Any]:
+        return WRITE_OPTIONS if output == "results" else {"compression": "zstd"}
+
+    def task_stats(self, run: Run, task: int, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"generated_tokens": sum(p["generated_tokens"] for p in parts)}
+
+    def check_task(self, run: Run, task: int, record: dict[str, Any]) -> TaskCheck:
+        path = run.output_paths(task)["results"]
+        table = pq.read_table(path)
+        problems = []
+        if not table.schema.equals(RESULTS_SCHEMA, check_metadata=False):
+            problems.append(f"results {path} schema differs from the results schema")
+        start, stop = run.task_bounds(task)
+        rows = table.column("row").to_numpy() if "row" in table.column_names else []
+        if not np.array_equal(np.sort(rows), np.arange(start, stop)):
+            problems.append(f"results {path} rows do not cover its slice [{start}, {stop}) "
+                            "of the plan")
+        if set(table.column("run_id").to_pylist()) - {run.run_id}:
+            problems.append(f"results {path} holds rows of another run")
+        if "capture_index" in run.output_paths(task):
+            index = pq.read_table(run.output_paths(task)["capture_index"])
+            listed = {Path(e["path"]).name for e in record["outputs"]
+                      if e["name"] == "captures"}
+            missing = set(index.column("file").to_pylist()) - listed
+            if missing:
+                problems.append(f"capture index of task {task} names files its completion "
+                                f"record does not list: {sorted(missing)}")
+        return TaskCheck(problems, table.column("id").combine_chunks())
+
+    def summarize(self, run: Run, records: list[dict[str, Any]]) -> dict[str, Any]:
+        tables = [pq.read_table(run.output_paths(r["task"])["results"]) for r in records]
+        results = pa.concat_tables(tables) if tables else RESULTS_SCHEMA.empty_table()
+        timings: dict[str, dict[str, float]] = {}
+        for record in records:
+            add_timings(timings, record["timings"])
+        return {
+            "model": run.plan["model"]["label"], "backend": run.plan["model"]["backend"],
+            "sweep": run.plan["sweep"], "generations": results.num_rows,
+            "generated_tokens": sum(r["generated_tokens"] for r in records),
+            "per_point": _grouped(results, "point"),
+            "per_category": _grouped(results, "category"),
+            "results": [{k: r["outputs"][0][k] for k in ("path", "bytes", "sha256")}
+                        | {"task": r["task"], "rows": r["rows"]} for r in records],
+            "captures": sum(1 for r in records for e in r["outputs"]
+                            if e["name"] == "captures"),
+            "totals": {"bytes": sum(e["bytes"] for r in records for e in r["outputs"]),
+                       "stage_timings": timings},
+        }
+
+
+def _grouped(results: pa.Table, key: str) -> dict[str, dict[str, Any]]:
+    """Generations and the mean of each metric per value of `key` (null: "none")."""
+    columns = ["think_end_position", *METRICS]
+    grouped = results.group_by(key).aggregate(
+        [("row", "count")] + [(c, "mean") for c in columns]).to_pylist()
+    return {str(g[key]) if g[key] is not None else "none":
+            {"generations": g["row_count"],
+             **{c: g[f"{c}_mean"] for c in columns}} for g in grouped}

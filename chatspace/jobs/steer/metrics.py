@@ -1,0 +1,34 @@
+"""Per-generation metrics of the persona experiments: mean token entropy and mean top-k
+probability mass over the generated tokens, each also split at the end of the thinking section
+into thinking and output parts, and the position where thinking ends.
+
+Thinking is the generated tokens up to and including the first ``</think>``; output is the
+rest. Without a ``</think>``, the whole generation is thinking when the thinking mode is on
+(it was cut off) and output when it is off. A part with no tokens has no mean (None).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+THINK_END = "</think>"
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def generation_metrics(token_ids: Sequence[int], entropy: Sequence[float],
+                       top_k_mass: Sequence[float], think_end_id: int | None,
+                       thinking: bool) -> dict[str, float | int | None]:
+    end = token_ids.index(think_end_id) if think_end_id in token_ids else None
+    split = end + 1 if end is not None else (len(token_ids) if thinking else 0)
+    return {
+        "think_end_position": end,
+        "avg_entropy": _mean(entropy),
+        "avg_entropy_thinking": _mean(entropy[:split]),
+        "avg_entropy_output": _mean(entropy[split:]),
+        "avg_top_k_mass": _mean(top_k_mass),
+        "avg_top_k_mass_thinking": _mean(top_k_mass[:split]),
+        "avg_top_k_mass_output": _mean(top_k_mass[split:]),
+    }

@@ -1,0 +1,76 @@
+"""The sweep's points: each ``[[steering]]`` entry expanded into one point per layer x scale
+(add, ablate) or per layer (cap), or one baseline point; vectors loaded and checked against the
+model when the run is planned. A point's steering spec is saved in the run directory
+(``point-NNN.safetensors``), so tasks need neither the vector files nor their paths."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from chatspace.errors import BadInput
+from chatspace.jobs.steer.spec import SteeringPoint, SteerSpec
+from chatspace.steering.spec import (
+    AblationSpec,
+    AddSpec,
+    LayerSteeringSpec,
+    ProjectionCapSpec,
+    SteeringSpec,
+    load_vector,
+)
+
+
+@dataclass(frozen=True)
+class Point:
+    name: str
+    op: str | None
+    layer: int | None
+    scale: float | None
+    min: float | None
+    max: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _op(entry: SteeringPoint, vector, scale: float | None):
+    if entry.op == "add":
+        return AddSpec(vector, scale)
+    if entry.op == "ablate":
+        return AblationSpec(vector, scale)
+    return ProjectionCapSpec(vector, entry.min, entry.max)
+
+
+def expand_points(spec: SteerSpec, hidden_size: int,
+                  num_layers: int) -> list[tuple[Point, SteeringSpec | None]]:
+    """Every point of the sweep in order, with its steering spec (None: baseline). A spec
+    without ``[[steering]]`` entries is one baseline point."""
+    entries = spec.steering or [SteeringPoint(name="baseline")]
+    points: list[tuple[Point, SteeringSpec | None]] = []
+    for number, entry in enumerate(entries):
+        where = f"steering[{number}]"
+        if entry.op is None:
+            points.append((Point(entry.name, None, None, None, None, None), None))
+            continue
+        try:
+            vector = load_vector(Path(entry.vector).expanduser(), entry.vector_key)
+        except ValueError as exc:
+            raise BadInput(f"{where}.vector: {exc}") from None
+        scales = [None] if entry.op == "cap" else [float(s) for s in entry.scales]
+        for layer in entry.layers:
+            for scale in scales:
+                steering = SteeringSpec({layer: LayerSteeringSpec((_op(entry, vector,
+                                                                       scale),))})
+                try:
+                    steering.check(hidden_size, num_layers)
+                except ValueError as exc:
+                    raise BadInput(f"{where} ({entry.vector}): {exc}") from None
+                label = f"{entry.name}/L{layer}" + ("" if scale is None else f"/x{scale:g}")
+                points.append((Point(label, entry.op, layer, scale, entry.min, entry.max),
+                               steering))
+    return points
+
+
+def point_file(number: int) -> str:
+    return f"point-{number:03d}.safetensors"

@@ -1,0 +1,82 @@
+"""Models on local disk, never downloaded: a name resolves to a directory that is a path, a model
+recorded under the root (``download-model``), or a snapshot in the HF cache.
+
+``download-model`` records a model from the HF cache or a local directory under
+``{root}/models/{label}/`` (config, tokenizer, weights; ``_info.json`` with the sha256 of every
+file), so that tasks on compute nodes load it from the shared root.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chatspace.errors import BadInput
+from chatspace.runs.record import check_writable, sha256_file, tool_info, write_json
+
+# Files worth copying from a model directory (weights, config, tokenizer, chat template).
+MODEL_FILES = ("*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    label: str  # used in output paths and result columns
+    path: str
+
+
+def label_of(name: str) -> str:
+    return name.replace("/", "__")
+
+
+def find_model(name: str, root: Path | None = None,
+               markers: tuple[str, ...] = ("config.json",)) -> ModelRef:
+    """The local directory of model `name`; BadInput when there is none."""
+    path = Path(name).expanduser()
+    if path.exists():
+        if not any((path / marker).exists() for marker in markers):
+            raise BadInput(f"model path {name} has no {' or '.join(markers)}: not a "
+                           "model directory")
+        return ModelRef(path.resolve().name, str(path.resolve()))
+    if name.startswith((".", "/", "~")):
+        raise BadInput(f"model path not found: {name}")
+    if root is not None and (root / "models" / label_of(name) / "_info.json").exists():
+        return ModelRef(label_of(name), str(root / "models" / label_of(name)))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from huggingface_hub import snapshot_download
+
+    try:
+        local = snapshot_download(name, local_files_only=True)
+    except Exception:
+        raise BadInput(f"model {name!r} is neither a local directory nor in the HF cache "
+                       "(models cannot be downloaded at run time)") from None
+    return ModelRef(label_of(name), local)
+
+
+def record_model(name: str, root: Path) -> dict[str, Any]:
+    """Copy model `name` (HF cache or local directory) under ``{root}/models/{label}``."""
+    check_writable(root)
+    ref = find_model(name)
+    source = Path(ref.path)
+    dest = root / "models" / ref.label
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dest.parent))
+    try:
+        files = []
+        for pattern in MODEL_FILES:
+            for src in sorted(source.glob(pattern)):
+                shutil.copyfile(src.resolve(), staging / src.name)  # cache entries are links
+                files.append({"path": src.name, "bytes": src.resolve().stat().st_size,
+                              "sha256": sha256_file(staging / src.name)})
+        info = {"name": name, "label": ref.label, "from": str(source),
+                "files": sorted(files, key=lambda f: f["path"]), "tool": tool_info()}
+        write_json(staging / "_info.json", info)
+        if dest.exists():
+            shutil.rmtree(dest)
+        staging.rename(dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {**info, "path": str(dest)}
