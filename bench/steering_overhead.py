@@ -4,9 +4,10 @@
 
 A random-weight model with the shape of Qwen2.5-0.5B (24 layers, hidden 896, 14 heads, 2 KV
 heads, MLP 4864; a small vocabulary) generates `--tokens` new tokens (EOS ignored) for each of
-`--prompts` real passages, all requests at once, greedy. Plain vLLM (an `AsyncLLM` without the
-extension) and the chatspace engine are both kept up and measured in turns; each figure is the
-best of `--repeats`. Then, on the chatspace engine:
+`--prompts` real passages (their first `--prompt-tokens` tokens), all requests at once, greedy.
+Plain vLLM (an `AsyncLLM` without the extension) is measured before and after the chatspace
+engine (one engine at a time: an idle vLLM engine still polls the CPU), the chatspace cases in
+turns; each figure is the best of `--repeats`. On the chatspace engine also:
 
 - shared-memory transfer of >= 1 GB of captures (24 layers) to the client versus a pickle
   round trip of the same tensors and versus returning them in vLLM's own `collective_rpc`
@@ -31,6 +32,7 @@ from bench.corpus import passages  # noqa: E402
 from chatspace.steering import AddSpec, LayerSteeringSpec, SteeringSpec, shm  # noqa: E402
 from chatspace.steering.model import SteerModel  # noqa: E402
 from chatspace.steering.outputs import Sampling  # noqa: E402
+from chatspace.steering.vllm_backend import ENV_DEFAULTS  # noqa: E402
 from tests.tiny_models import build_model  # noqa: E402
 
 LAYERS, HIDDEN = 24, 896
@@ -95,11 +97,12 @@ def transfer(model: SteerModel, gigabytes: float) -> None:
     handoff_read = time.perf_counter() - start
     shm.release(name)
     size = sum(x.numel() * x.element_size() for x in tensors.values())
+    owned = {i: x.clone() for i, x in tensors.items()}  # ordinary tensors, as a worker has
     start = time.perf_counter()
-    copied = pickle.loads(pickle.dumps(tensors, protocol=pickle.HIGHEST_PROTOCOL))
+    copied = pickle.loads(pickle.dumps(owned, protocol=pickle.HIGHEST_PROTOCOL))
     pickled = time.perf_counter() - start
     assert abs(sum(float(x.sum()) for x in copied.values()) - checksum) < 1e-3 * abs(checksum)
-    del copied, tensors
+    del copied, tensors, owned
     start = time.perf_counter()
     model.run(engine.collective_rpc(reply))
     rpc = time.perf_counter() - start
@@ -116,12 +119,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--prompt-tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--gigabytes", type=float, default=1.0)
     parser.add_argument("--hf-prompts", type=int, default=4)
     args = parser.parse_args()
 
+    for name, value in ENV_DEFAULTS.items():  # the plain engine runs under the same settings
+        os.environ.setdefault(name, value)
     import torch
+    from transformers import AutoTokenizer
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -130,14 +137,32 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-steering-"))
     path = build_model(work / "model", "qwen2", layers=LAYERS, hidden=HIDDEN, heads=14,
                        kv_heads=2, intermediate=4864, weight_scale=1.0)
-    model = SteerModel(path, "vllm", max_model_len=512, seed=0)
-    prompts = [model.tokenizer(p["text"])["input_ids"][:96] for p in passages()[:args.prompts]]
-    plain = AsyncLLM.from_engine_args(AsyncEngineArgs(model=str(path), dtype="float32",
-                                                      enforce_eager=True, max_model_len=512,
-                                                      seed=0))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    prompts = [tokenizer(p["text"])["input_ids"][:args.prompt_tokens]
+               for p in passages()[:args.prompts]]
     print(f"{len(prompts)} prompts ({sum(map(len, prompts))} prompt tokens) x {args.tokens} "
           f"new tokens, model {LAYERS} layers x {HIDDEN}, torch threads "
           f"{torch.get_num_threads()}")
+    tokens = len(prompts) * args.tokens
+
+    def plain_seconds() -> float:  # one engine at a time: idle engines still poll the CPU
+        engine = AsyncLLM.from_engine_args(AsyncEngineArgs(
+            model=str(path), dtype="float32", enforce_eager=True, max_model_len=512, seed=0))
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(plain_run(engine, prompts, args.tokens))  # warm-up
+            times = []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                loop.run_until_complete(plain_run(engine, prompts, args.tokens))
+                times.append(time.perf_counter() - start)
+        finally:
+            engine.shutdown()
+            loop.close()
+        return min(times)
+
+    before = plain_seconds()
+    model = SteerModel(path, "vllm", max_model_len=512, seed=0)
     gen = torch.Generator().manual_seed(0)
     one = SteeringSpec({12: LayerSteeringSpec((AddSpec(torch.randn(HIDDEN, generator=gen),
                                                        2.0),))})
@@ -145,7 +170,6 @@ def main() -> None:
                                                          2.0),))}) for _ in prompts]
     none = CaptureOptions()
     cases = {
-        "plain vLLM": lambda: plain_run(plain, prompts, args.tokens),
         "idle extension": lambda: steered_run(model, prompts, args.tokens, options=none),
         "one-layer steering, every request": lambda: steered_run(
             model, prompts, args.tokens, specs=[one] * len(prompts), options=none),
@@ -154,32 +178,30 @@ def main() -> None:
         "a different spec per request": lambda: steered_run(
             model, prompts, args.tokens, specs=each, options=none),
     }
-    model.run(cases["plain vLLM"]())  # warm both engines
-    model.run(cases["one-layer steering, every request"]())
+    model.run(cases["one-layer steering, every request"]())  # warm-up
     timings = {name: [] for name in cases}
     for _ in range(args.repeats):  # in turns, so that drift hits every case alike
         for name, make in cases.items():
             timings[name].append(timed(model, make))
-    tokens = len(prompts) * args.tokens
-    base = min(timings["plain vLLM"])
+    transfer(model, args.gigabytes)
+    model.close()
+    after = plain_seconds()
+    base = min(before, after)
     print(f"\n{'case':38} {'tok/s':>9} {'slower by':>10}")
+    print(f"{'plain vLLM (best of before/after)':38} {tokens / base:9.1f} {0:10.1%}   "
+          f"(before {tokens / before:.1f}, after {tokens / after:.1f} tok/s)")
     for name, values in timings.items():
         seconds = min(values)
         print(f"{name:38} {tokens / seconds:9.1f} {seconds / base - 1:10.1%}")
 
-    transfer(model, args.gigabytes)
-
     hf = SteerModel(path, "hf")
     subset = prompts[:args.hf_prompts]
     hf_rate = len(subset) * args.tokens / timed(
-        model, lambda: steered_run(hf, subset, args.tokens, options=none))
-    vllm_rate = len(subset) * args.tokens / timed(
-        model, lambda: steered_run(model, subset, args.tokens, options=none))
-    print(f"\n{len(subset)} prompts: HF backend {hf_rate:.1f} tok/s, vLLM backend "
-          f"{vllm_rate:.1f} tok/s (vLLM {vllm_rate / hf_rate:.1f}x); vLLM on all "
-          f"{len(prompts)}: {tokens / min(timings['idle extension']):.1f} tok/s")
-    plain.shutdown()
-    model.close()
+        hf, lambda: steered_run(hf, subset, args.tokens, options=none))
+    vllm_rate = tokens / min(timings["idle extension"])
+    print(f"\nHF backend {hf_rate:.1f} tok/s ({len(subset)} prompts, one at a time); vLLM "
+          f"backend {vllm_rate:.1f} tok/s ({len(prompts)} prompts batched): "
+          f"{vllm_rate / hf_rate:.1f}x")
 
 
 if __name__ == "__main__":

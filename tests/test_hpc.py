@@ -90,6 +90,7 @@ def test_apptainer_def_is_well_formed_and_pinned():
     assert "HF_HOME" in sections["environment"] and ".venv/bin:$PATH" in sections["environment"]
     assert sections["runscript"].strip() == 'exec chatspace "$@"'
     assert "import torch, sentence_transformers, vllm" in sections["test"]
+    assert "chatspace.steering.vllm_worker, chatspace.jobs.steer.job" in sections["test"]
     assert "chatspace --help" in sections["test"]
     assert "{{ VERSION }}" in sections["labels"] and "{{ GIT_SHA }}" in sections["labels"]
     assert sections["help"].strip()

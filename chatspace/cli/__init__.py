@@ -15,10 +15,12 @@ from chatspace.errors import BadInput, RunFailed
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def cli(verbose: bool) -> None:
-    """chatspace: plan, run and check SLURM batch jobs for ML research (embed datasets).
+    """chatspace: plan, run and check SLURM batch jobs for ML research (embed datasets, steering
+    sweeps).
 
     \b
     chatspace submit embed jobs/demo.toml --executor local
+    chatspace submit steer jobs/persona-sweep.toml --model DIR --array 8
     chatspace status RUN · chatspace verify RUN · chatspace resume RUN
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,

@@ -1,6 +1,7 @@
 """The seeds' single-machine embedding commands: ``embed-hf`` (sentence-transformers in this
-process), ``embed-dataset`` (the OpenAI API in this process, a dry run unless --execute) and
-``download-dataset``. The first two are `submit embed --array 1 --executor debug`."""
+process), ``embed-dataset`` (the OpenAI API in this process, a dry run unless --execute), and
+the recording of inputs under the root: ``download-dataset``, ``download-model``. The first two
+are `submit embed --array 1 --executor debug`."""
 
 from __future__ import annotations
 
@@ -70,4 +71,18 @@ def download_dataset(name: str, subset: str | None, split: str | None, root: str
     emit(as_json, info, [info["path"]])
 
 
-COMMANDS = [embed_hf, embed_dataset, download_dataset]
+@click.command("download-model")
+@click.argument("name")
+@root_option
+@json_option
+def download_model(name: str, root: str | None, as_json: bool) -> None:
+    """Record model NAME (a local directory or a name in the HF cache) under ROOT/models/, with
+    the sha256 of each file, so that tasks on compute nodes load it from the shared root
+    (`--model NAME` then finds it there)."""
+    from chatspace.models import record_model
+
+    info = record_model(name, resolve_root(root))
+    emit(as_json, info, [info["path"]])
+
+
+COMMANDS = [embed_hf, embed_dataset, download_dataset, download_model]

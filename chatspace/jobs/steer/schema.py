@@ -22,6 +22,7 @@ RESULTS_SCHEMA = pa.schema([
     ("prompt", pa.string()),
     ("system_prompt", pa.string()),
     ("output_text", pa.string()),
+    ("output_token_ids", pa.list_(pa.int32())),
     ("prompt_tokens", pa.int32()),
     ("output_tokens", pa.int32()),
     ("finish_reason", pa.string()),

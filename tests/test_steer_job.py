@@ -1,0 +1,274 @@
+"""The steer job type (`submit steer`) on a tiny local model: a sweep through the run machinery
+(debug, local, and the dev SLURM cluster with real vLLM), resume after SIGKILL, the metrics
+against an independent computation, persona rendering, and bad input (exit 2, one line,
+nothing written)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from chatspace.jobs import JOB_TYPES
+from chatspace.jobs.steer.metrics import generation_metrics
+from chatspace.jobs.steer.prompts import messages, system_prompt
+from chatspace.runs.record import Run, read_json
+from tests.conftest import REPO, chatspace, files_under, wait_until
+
+PROMPTS = ["How do lists work?", "Explain the module system.", "What is a decorator?"]
+PERSONAS = [{"persona": "pirate", "category": "fiction", "article": "a"},
+            {"persona": "engineer", "category": "work"}]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
+    """A sweep spec (baseline + an add point at 2 layers x 2 scales, 3 prompts x 2 personas
+    x 2 reps = 60 rows) over the tiny Qwen3-shaped model, and its files."""
+    where = tmp_path_factory.mktemp("steer-inputs")
+    (where / "prompts.json").write_text(json.dumps(PROMPTS))
+    (where / "personas.json").write_text(json.dumps(PERSONAS))
+    rng = np.random.default_rng(0)
+    np.save(where / "vector.npy", rng.standard_normal(64).astype("float32"))
+    np.save(where / "short.npy", rng.standard_normal(32).astype("float32"))
+    model = tiny_model_dir("qwen3")
+    (where / "sweep.toml").write_text(f"""
+[model]
+name = "{model}"
+backend = "vllm"
+dtype = "float32"
+max_model_len = 256
+
+[prompts]
+file = "{where / 'prompts.json'}"
+
+[personas]
+file = "{where / 'personas.json'}"
+rename_role = true
+
+[generation]
+max_tokens = 6
+temperature = 0.8
+n_reps = 2
+seed = 3
+thinking = false
+
+[[steering]]
+name = "baseline"
+
+[[steering]]
+name = "vec"
+op = "add"
+layers = [1, 2]
+vector = "{where / 'vector.npy'}"
+scales = [2.0, 8.0]
+
+[capture]
+layers = [0, 3]
+rows = "last"
+
+[run]
+part_rows = 8
+""")
+    return {"spec": where / "sweep.toml", "dir": where, "model": model}
+
+
+def results(run: Run) -> pa.Table:
+    tables = [pq.read_table(run.output_paths(t)["results"]) for t in range(run.num_tasks)]
+    return pa.concat_tables(tables).sort_by("row")
+
+
+def submitted(out: subprocess.CompletedProcess) -> Run:
+    assert out.returncode == 0, out.stderr[-3000:]
+    return Run.open(json.loads(out.stdout)["run_dir"], Path("/nonexistent"), JOB_TYPES)
+
+
+def captures(run: Run) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    found = {}
+    for task in range(run.num_tasks):
+        index = pq.read_table(run.output_paths(task)["capture_index"]).to_pylist()
+        folder = run.output_paths(task)["capture_index"].parent
+        files = {name: load_file(folder / name) for name in {e["file"] for e in index}}
+        for entry in index:
+            tensor = files[entry["file"]][entry["key"]]
+            assert list(tensor.shape) == entry["shape"]
+            found[entry["key"].split(":", 1)[1]] = tensor  # without the run id
+    return found
+
+
+COMPARED = ["row", "point", "persona", "category", "prompt", "system_prompt", "output_text",
+            "output_token_ids", "finish_reason", "avg_entropy", "avg_top_k_mass", "seed"]
+
+
+def assert_same_results(a: Run, b: Run) -> None:
+    left, right = results(a), results(b)
+    for column in COMPARED:
+        x, y = left.column(column).to_pylist(), right.column(column).to_pylist()
+        if column.startswith("avg_"):
+            np.testing.assert_allclose(x, y, rtol=1e-4)
+        else:
+            assert x == y, column
+    ca, cb = captures(a), captures(b)
+    assert ca.keys() == cb.keys() and len(ca) == 2 * left.num_rows
+    for key in ca:
+        cosine = torch.nn.functional.cosine_similarity(ca[key], cb[key], dim=-1)
+        assert cosine.min() >= 0.9999, key
+
+
+@pytest.mark.slurm
+def test_a_sweep_on_slurm_equals_a_debug_run_with_any_array_size(inputs, root, slurm_cluster):
+    spec = str(inputs["spec"])
+    on_slurm = submitted(chatspace("submit", "steer", spec, "--array", "3", "--executor",
+                                   "slurm", "--wait", "--json", "--mem", "6G", root=root,
+                                   timeout=900))
+    assert chatspace("verify", str(on_slurm.dir)).returncode == 0
+    manifest = read_json(on_slurm.manifest_path)
+    assert manifest["generations"] == 60 and set(manifest["per_category"]) == {"fiction", "work"}
+    assert set(manifest["per_point"]) == {"baseline", "vec/L1/x2", "vec/L1/x8", "vec/L2/x2",
+                                          "vec/L2/x8"}
+    assert on_slurm.manifest_path.parent == root / "steering" / inputs["model"].name / "sweep" \
+        / on_slurm.run_id
+    in_process = submitted(chatspace("submit", "steer", spec, "--array", "1", "--executor",
+                                     "debug", "--json", root=root, timeout=900))
+    assert_same_results(on_slurm, in_process)
+    table = results(in_process)
+    baseline = table.filter(pa.compute.equal(table.column("point"), "baseline"))
+    steered = table.filter(pa.compute.equal(table.column("point"), "vec/L2/x8"))
+    assert baseline.column("output_text").to_pylist() != steered.column("output_text").to_pylist()
+    assert "You are a pirate." in table.column("system_prompt").to_pylist()
+
+
+def test_a_killed_task_resumes_from_its_last_part(inputs, root):
+    spec = str(inputs["spec"])
+    hf = ["--backend", "hf", "--array", "1", "--max-tokens", "40"]  # parts of a few seconds
+    whole = submitted(chatspace("submit", "steer", spec, *hf, "--executor", "debug", "--json",
+                                "--run-id", "whole", root=root))
+    planned = chatspace("plan", "steer", spec, *hf, "--run-id", "killed", root=root)
+    assert planned.returncode == 0, planned.stderr
+    run = Run.open("killed", root, JOB_TYPES)
+    task = subprocess.Popen([sys.executable, "-m", "chatspace", "run", "task", str(run.dir),
+                             "--task", "0"], cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sidecars = run.parts_dir(0)
+    wait_until(lambda: len(list(sidecars.glob("part-*.json"))) >= 2, timeout=300,
+               what="two committed parts")
+    os.killpg(task.pid, signal.SIGKILL)
+    task.wait()
+    committed = len(list(sidecars.glob("part-*.json")))
+    assert committed < 8 and run.completion(0) is None
+    again = chatspace("run", "task", str(run.dir), "--task", "0", root=root)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resuming, {committed} of 8 parts already committed" in again.stderr
+    assert chatspace("run", "reduce", str(run.dir), root=root).returncode == 0
+    assert_same_results(whole, run)
+
+
+def test_metrics_match_an_independent_computation(inputs, root):
+    from transformers import AutoModelForCausalLM
+
+    run = submitted(chatspace("submit", "steer", str(inputs["spec"]), "--backend", "hf",
+                              "--executor", "debug", "--json", "--run-id", "metrics",
+                              "--thinking", "--max-tokens", "12", root=root))
+    table = results(run).filter(pa.compute.equal(results(run).column("point"), "baseline"))
+    model = AutoModelForCausalLM.from_pretrained(inputs["model"])
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(inputs["model"])
+    think_end = tokenizer.convert_tokens_to_ids("</think>")
+    from chatspace.steering.model import SteerModel
+
+    renderer = SteerModel(inputs["model"], backend="hf")
+    for row in table.slice(0, 4).to_pylist():
+        persona = next(p for p in PERSONAS if p["persona"] == row["persona"])
+        chat = messages(row["prompt"], system_prompt(persona, "you-are-a"))
+        prompt = renderer.render(chat, True, persona["persona"])
+        generated = row["output_token_ids"]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt + generated[:-1]])).logits[0]
+        dist = torch.distributions.Categorical(logits=logits[len(prompt) - 1:].double())
+        entropy = dist.entropy().tolist()
+        mass = dist.probs.sort(-1, descending=True).values[:, :5].sum(-1).tolist()
+        end = generated.index(think_end) if think_end in generated else None
+        split = end + 1 if end is not None else len(generated)
+        assert row["think_end_position"] == end
+        np.testing.assert_allclose(row["avg_entropy"], np.mean(entropy), rtol=1e-4)
+        np.testing.assert_allclose(row["avg_top_k_mass"], np.mean(mass), rtol=1e-4)
+        np.testing.assert_allclose(row["avg_entropy_thinking"], np.mean(entropy[:split]),
+                                   rtol=1e-4)
+        assert (row["avg_entropy_output"] is None) == (split == len(generated))
+
+
+def test_the_thinking_split_at_the_end_of_thinking():
+    tokens = [5, 6, 99, 7, 8]  # 99 is </think>
+    entropy, mass = [1.0, 2.0, 3.0, 4.0, 6.0], [0.1, 0.2, 0.3, 0.4, 0.5]
+    got = generation_metrics(tokens, entropy, mass, 99, thinking=True)
+    assert got["think_end_position"] == 2
+    assert got["avg_entropy_thinking"] == 2.0 and got["avg_entropy_output"] == 5.0
+    assert got["avg_top_k_mass"] == pytest.approx(0.3)
+    cut_off = generation_metrics([5, 6], [1.0, 3.0], [0.1, 0.3], 99, thinking=True)
+    assert cut_off["avg_entropy_thinking"] == 2.0 and cut_off["avg_entropy_output"] is None
+    plain = generation_metrics([5, 6], [1.0, 3.0], [0.1, 0.3], 99, thinking=False)
+    assert plain["avg_entropy_output"] == 2.0 and plain["avg_entropy_thinking"] is None
+
+
+def test_persona_rendering_names_the_persona_and_renames_the_role(inputs):
+    from chatspace.steering.model import SteerModel
+
+    model = SteerModel(inputs["model"], backend="hf")
+    pirate = PERSONAS[0]
+    text = model.render_text(messages("Ahoy?", system_prompt(pirate, "you-are-a")),
+                             assistant_name="pirate")
+    assert "<|im_start|>system\nYou are a pirate.<|im_end|>" in text
+    assert text.endswith("<|im_start|>pirate\n") and "assistant" not in text
+    assert system_prompt(None, "you-are-a") == "You are an assistant."
+    assert system_prompt({"persona": "engineer"}, "you-are-a") == "You are an engineer."
+    assert system_prompt(pirate, "none") is None
+
+
+BAD = [
+    (["--prompts", "/no/such/prompts.json"], "prompts file not found: /no/such/prompts.json"),
+    (["--personas", "{dir}/bad-personas.json"], "entry 1 has no 'persona'"),
+    (["--vector", "{dir}/short.npy", "--point-name", "v", "--op", "add", "--layers", "1",
+      "--scales", "1"], "vector: has size 32, the model's hidden size is 64"),
+    (["--vector", "{dir}/vector.npy", "--point-name", "v", "--op", "add", "--layers", "9",
+      "--scales", "1"], "layers[9]: layer index out of range"),
+    (["--vector", "{dir}/vector.npy", "--point-name", "v", "--op", "add", "--layers", "1"],
+     "steering[0].scales is empty"),
+    (["--capture-layers", "0,4"], "capture.layers: layer 4 out of range"),
+    (["--model", "{dir}/broken-model"], "does not load"),
+    (["--model", "/no/such/model"], "model path not found: /no/such/model"),
+]
+
+
+@pytest.mark.parametrize(("extra", "expected"), BAD)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(inputs, root, extra, expected):
+    where = inputs["dir"]
+    (where / "bad-personas.json").write_text(json.dumps([PERSONAS[0], {"category": "x"}]))
+    (where / "broken-model").mkdir(exist_ok=True)
+    (where / "broken-model" / "config.json").write_text("{not json")
+    args = [a.format(dir=where) for a in extra]
+    result = chatspace("submit", "steer", str(inputs["spec"]), "--executor", "debug", *args,
+                       root=root)
+    assert result.returncode == 2, (result.stdout, result.stderr[-2000:])
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert files_under(root) == []
+
+
+def test_an_unknown_op_in_a_spec_file_is_named(inputs, root, tmp_path):
+    spec = tmp_path / "bad.toml"
+    spec.write_text(inputs["spec"].read_text().replace('op = "add"', 'op = "push"'))
+    result = chatspace("submit", "steer", str(spec), "--executor", "debug", root=root)
+    assert result.returncode == 2
+    assert "steering[1].op must be one of add, cap, ablate, got 'push'" in result.stderr
+    assert files_under(root) == []
