@@ -61,6 +61,12 @@ async def steered_run(model: SteerModel, prompts, tokens: int, **kwargs) -> None
             await gen.capture.close()
 
 
+def build_bench_model(work: Path) -> Path:
+    """Random weights in Qwen2.5-0.5B's shape (a small vocabulary: the tiny test tokenizer)."""
+    return build_model(work / "model", "qwen2", layers=LAYERS, hidden=HIDDEN, heads=14,
+                       kv_heads=2, intermediate=4864, weight_scale=1.0)
+
+
 def timed(model: SteerModel, make) -> float:
     start = time.perf_counter()
     model.run(make())
@@ -134,9 +140,7 @@ def main() -> None:
 
     from chatspace.steering.outputs import CaptureOptions
 
-    work = Path(tempfile.mkdtemp(prefix="bench-steering-"))
-    path = build_model(work / "model", "qwen2", layers=LAYERS, hidden=HIDDEN, heads=14,
-                       kv_heads=2, intermediate=4864, weight_scale=1.0)
+    path = build_bench_model(Path(tempfile.mkdtemp(prefix="bench-steering-")))
     tokenizer = AutoTokenizer.from_pretrained(path)
     prompts = [tokenizer(p["text"])["input_ids"][:args.prompt_tokens]
                for p in passages()[:args.prompts]]

@@ -67,7 +67,7 @@ def _rows(spans: list[tuple[int, int]]) -> slice | torch.Tensor:
 
 
 class _WorkerState:
-    def __init__(self, runner, layers: torch.nn.ModuleList):
+    def __init__(self, runner):
         self.runner = runner
         self.specs: dict[str, dict[int, tuple[Op, ...]]] = {}
         self.requests: dict[str, _Request] = {}
@@ -261,7 +261,7 @@ class SteeringExtension:
                              "(set VLLM_USE_V2_MODEL_RUNNER=0)")
         if getattr(self, "_chatspace", None) is None:
             layers = model.model.layers
-            self._chatspace = _WorkerState(runner, layers)
+            self._chatspace = _WorkerState(runner)
             model.register_forward_pre_hook(self._chatspace.plan, with_kwargs=True)
             model.logits_processor.register_forward_hook(self._chatspace.after_logits)
             for index, layer in enumerate(layers):
