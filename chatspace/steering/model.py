@@ -4,10 +4,10 @@
     outputs = await model.generate(prompts, Sampling(max_tokens=32), steering_spec=spec,
                                    capture_layers=[4, 8])
 
-Prompts are strings (tokenized as they are) or chat messages (rendered with the tokenizer's
-chat template, `enable_thinking` passed through). `steering_spec` is None, one spec for every
-prompt, or one per prompt; every spec and capture layer is checked against the model before
-anything runs (ValueError naming the field). Backends: ``vllm`` (an async engine with hooks
+Prompts are token ids, strings (tokenized as they are) or chat messages (rendered with the
+tokenizer's chat template, `enable_thinking` passed through). `steering_spec` is None, one spec
+for every prompt, or one per prompt; every spec and capture layer is checked against the model
+before anything runs (ValueError naming the field). Backends: ``vllm`` (an async engine with hooks
 in its worker; captures come back through shared memory) and ``hf`` (transformers hooks, the
 reference the vLLM backend is tested against).
 
@@ -28,7 +28,7 @@ import torch
 from chatspace.steering.outputs import CaptureOptions, Generation, Sampling
 from chatspace.steering.spec import SteeringSpec
 
-Prompt = str | list[dict[str, str]]
+Prompt = str | list[dict[str, str]] | list[int]
 BACKENDS = ("vllm", "hf")
 T = TypeVar("T")
 
@@ -85,9 +85,12 @@ class SteerModel:
 
     def render(self, prompt: Prompt, enable_thinking: bool | None = None,
                assistant_name: str | None = None) -> list[int]:
-        """Token ids of a prompt: a string as it is, chat messages through the chat template."""
+        """Token ids of a prompt: token ids as they are, a string tokenized as it is, chat
+        messages through the chat template."""
         if isinstance(prompt, str):
             return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if prompt and all(isinstance(token, int) for token in prompt):
+            return list(prompt)
         text = self.render_text(prompt, enable_thinking, assistant_name)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
