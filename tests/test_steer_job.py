@@ -272,3 +272,22 @@ def test_an_unknown_op_in_a_spec_file_is_named(inputs, root, tmp_path):
     assert result.returncode == 2
     assert "steering[1].op must be one of add, cap, ablate, got 'push'" in result.stderr
     assert files_under(root) == []
+
+
+def test_download_model_records_a_model_that_plans_find(inputs, root):
+    from chatspace.runs.record import sha256_file
+
+    out = chatspace("download-model", str(inputs["model"]), "--json", root=root)
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    dest = Path(info["path"])
+    assert dest == root / "models" / inputs["model"].name
+    files = {f["path"]: f for f in info["files"]}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(files)
+    for name, entry in files.items():
+        assert sha256_file(dest / name) == entry["sha256"]
+    planned = chatspace("plan", "steer", str(inputs["spec"]), "--model", inputs["model"].name,
+                        "--json", root=root)
+    assert planned.returncode == 0, planned.stderr
+    run = Run.open(json.loads(planned.stdout)["run_id"], root, JOB_TYPES)
+    assert run.plan["model"]["path"] == str(dest)

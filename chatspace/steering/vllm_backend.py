@@ -29,12 +29,12 @@ from chatspace.steering.vllm_worker import EXTRA_KEY
 
 log = logging.getLogger(__name__)
 
-# What vLLM needs on this kind of machine (set only where the caller has not): a bounded CPU
-# KV cache, no usage reports, no hub access, the V1 model runner (the hooks read its batch)
-# and a loopback address for the engine-core process.
+# What vLLM needs here (set only where the caller has not): a bounded CPU KV cache, no usage
+# reports, no hub access, the V1 model runner (the hooks read its batch), a loopback address
+# for the engine-core process, and its logs on stderr (stdout carries `--json` output).
 ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1",
                 "HF_HUB_OFFLINE": "1", "VLLM_USE_V2_MODEL_RUNNER": "0",
-                "VLLM_HOST_IP": "127.0.0.1"}
+                "VLLM_HOST_IP": "127.0.0.1", "VLLM_LOGGING_STREAM": "ext://sys.stderr"}
 EXTENSION = "chatspace.steering.vllm_worker.SteeringExtension"
 
 
