@@ -7,7 +7,8 @@ The model is the phase-6 benchmark's (random weights, Qwen2.5-0.5B's shape). The
 point (additive steering at one layer) and captures the last row at one layer; its task runs
 through the run machinery in this process (plan, parts, Parquet and safetensors writes,
 completion record). Plain vLLM runs first and is shut down before the task starts its own
-engine (an idle engine still polls the CPU). Tokens/s count the tokens actually generated;
+engine (an idle engine still polls the CPU). Both generate two repetitions of every prompt
+(64 requests in flight) from a fresh engine. Tokens/s count the tokens actually generated;
 the task's figure is over its generate stage and over its whole run (with writes, without the
 engine start).
 """
@@ -52,11 +53,11 @@ def main() -> None:
         "model": {"name": str(model), "dtype": "float32", "max_model_len": 512},
         "prompts": {"file": str(work / "prompts.json")},
         "generation": {"max_tokens": args.tokens, "temperature": 0.7, "seed": 0,
-                       "thinking": False},
+                       "thinking": False, "n_reps": 2},
         "steering": {"name": "vec", "op": "add", "layers": [LAYERS // 2],
                      "vector": str(work / "vector.npy"), "scales": [2.0]},
         "capture": {"layers": [LAYERS - 1], "rows": "last"},
-        "run": {"part_rows": args.prompts, "name": "bench"}})
+        "run": {"part_rows": 2 * args.prompts, "name": "bench"}})
     run = plan_run(JOB_TYPES["steer"], spec, work / "root", None).run
 
     from transformers import AutoTokenizer
@@ -64,16 +65,18 @@ def main() -> None:
     from vllm.inputs import TokensPrompt
 
     tokenizer = AutoTokenizer.from_pretrained(model)
-    prompts = [TokensPrompt(prompt_token_ids=tokenizer.apply_chat_template(
+    chats = [tokenizer.apply_chat_template(
         [{"role": "system", "content": "You are an assistant."},
-         {"role": "user", "content": text}], add_generation_prompt=True,
-        enable_thinking=False)) for text in texts]
-    llm = LLM(model=str(model), dtype="float32", enforce_eager=True, max_model_len=512, seed=0)
+         {"role": "user", "content": text}], tokenize=False, add_generation_prompt=True,
+        enable_thinking=False) for text in texts]  # the sweep's rows, as it renders them
+    prompts = [TokensPrompt(prompt_token_ids=tokenizer(chat, add_special_tokens=False)
+                            ["input_ids"]) for chat in chats]
+    llm = LLM(model=str(model), dtype="float32", enforce_eager=True, max_model_len=512, seed=0,
+              enable_chunked_prefill=False)  # as the sweep's engine on a CPU (vllm_backend)
     params = [SamplingParams(max_tokens=args.tokens, temperature=0.7, seed=i)
-              for i in range(len(prompts))]
-    llm.generate(prompts, params, use_tqdm=False)  # warm-up
-    start = time.perf_counter()
-    outs = llm.generate(prompts, params, use_tqdm=False)
+              for i in range(2 * len(prompts))]
+    start = time.perf_counter()  # from a fresh engine, as the task's generate stage
+    outs = llm.generate(prompts * 2, params, use_tqdm=False)
     plain_seconds = time.perf_counter() - start
     plain_tokens = sum(len(o.outputs[0].token_ids) for o in outs)
     llm.llm_engine.engine_core.shutdown()
@@ -88,7 +91,8 @@ def main() -> None:
     load = stages["load"]["busy"]
     tokens = record["generated_tokens"]
     plain_rate = plain_tokens / plain_seconds
-    print(f"{len(prompts)} prompts x {args.tokens} new tokens, model {LAYERS} layers x {HIDDEN}")
+    print(f"{len(prompts)} prompts x 2 reps x {args.tokens} new tokens, model {LAYERS} layers "
+          f"x {HIDDEN}")
     print(f"plain vLLM LLM.generate:  {plain_rate:8.1f} tok/s ({plain_tokens} tokens)")
     print(f"sweep task, generate:     {tokens / generate:8.1f} tok/s ({tokens} tokens)   "
           f"ratio {tokens / generate / plain_rate:.2f}x")

@@ -62,8 +62,8 @@ def engines(tiny_model_dir):
             for other in [s for s in live if s != "qwen2"]:
                 live.pop(other)[0].close()
             path = tiny_model_dir(shape)
-            chunked = {"max_num_batched_tokens": 32, "max_num_seqs": 16} \
-                if shape == "qwen2" else {}
+            chunked = {"max_num_batched_tokens": 32, "max_num_seqs": 16,
+                       "enable_chunked_prefill": True} if shape == "qwen2" else {}
             live[shape] = (SteerModel(path, "vllm", max_model_len=512, seed=0,
                                       enable_prefix_caching=True, **chunked),
                            SteerModel(path, "hf"))

@@ -51,6 +51,12 @@ class VLLMBackend:
         self.hidden_size = config.hidden_size
         self.num_layers = config.num_hidden_layers
         self.tokenizer = AutoTokenizer.from_pretrained(str(model))
+        import torch
+
+        if "enable_chunked_prefill" not in engine and not torch.cuda.is_available():
+            # vLLM 0.32's CPU runner cannot rewind a seeded sampler after a partial prefill
+            # ("CPU Generator does not use offset"): keep every prompt in one chunk
+            engine["enable_chunked_prefill"] = False
         args = AsyncEngineArgs(model=str(model), dtype=dtype, enforce_eager=True,
                                worker_extension_cls=EXTENSION, **engine)
         self.engine = AsyncLLM.from_engine_args(args)
