@@ -291,3 +291,32 @@ def test_download_model_records_a_model_that_plans_find(inputs, root):
     assert planned.returncode == 0, planned.stderr
     run = Run.open(json.loads(planned.stdout)["run_id"], root, JOB_TYPES)
     assert run.plan["model"]["path"] == str(dest)
+
+
+def test_prompts_sampled_from_a_dataset(inputs, root, tmp_path):
+    from tests.conftest import PYDOCS
+
+    spec = tmp_path / "from-dataset.toml"
+    spec.write_text("\n".join(line for line in inputs["spec"].read_text().splitlines()
+                              if "prompts.json" not in line))
+    planned = chatspace("plan", "steer", str(spec), "--prompts-dataset", str(PYDOCS),
+                        "--prompts-text-field", "text", "--prompts-n", "5", "--prompts-seed",
+                        "2", "--json", root=root)
+    assert planned.returncode == 0, planned.stderr[-2000:]
+    run = Run.open(json.loads(planned.stdout)["run_id"], root, JOB_TYPES)
+    prompts = read_json(run.dir / "inputs.json")["prompts"]
+    texts = [json.loads(line)["text"] for line in PYDOCS.read_text().splitlines()]
+    assert len(prompts) == 5 and all(p in texts for p in prompts)
+    assert run.rows == 5 * 5 * 2 * 2  # points x prompts x personas x reps
+
+
+@pytest.mark.parametrize("example", ["persona-sweep.toml", "capture-sweep.toml"])
+def test_the_example_specs_are_valid(example, monkeypatch):
+    from chatspace.jobs.steer.prompts import load_personas, load_prompts
+    from chatspace.jobs.steer.spec import SteerSpec
+    from chatspace.specs import resolve_spec
+
+    monkeypatch.chdir(REPO)  # their data paths are relative to the checkout
+    spec = resolve_spec(SteerSpec, REPO / "jobs" / example, {})
+    assert load_prompts(spec.prompts)
+    assert spec.personas.file is None or len(load_personas(spec.personas)) == 6
