@@ -136,9 +136,10 @@ def test_extract_text_and_messages():
     assert extract("x", first) == (None, "messages-not-a-list")
 
 
-@pytest.mark.parametrize("spec_file", sorted((REPO / "jobs").glob("*.toml")),
+@pytest.mark.parametrize("spec_file", sorted(p for p in (REPO / "jobs").glob("*.toml")
+                                             if "[prompts]" not in p.read_text()),
                          ids=lambda p: p.name)
-def test_shipped_job_specs_are_valid(spec_file: Path):
+def test_shipped_embed_specs_are_valid(spec_file: Path):  # steer ones: test_steer_job.py
     spec = resolve_spec(EmbedSpec, spec_file, {})
     assert spec.dataset.name and spec.run.array >= 1
 
