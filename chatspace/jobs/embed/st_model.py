@@ -45,10 +45,10 @@ class Encoder:
         import torch
         from sentence_transformers import SentenceTransformer
 
+        # torch's default thread count follows the CPUs this process may use (a cluster's
+        # cgroup or affinity), whatever started it: no executor-specific override, since a
+        # different thread count changes the float sums and the shards' bytes
         self.torch = torch
-        slurm_cpus = os.environ.get("SLURM_CPUS_PER_TASK")
-        if slurm_cpus and "OMP_NUM_THREADS" not in os.environ:
-            torch.set_num_threads(int(slurm_cpus))
         self.device = pick_device(cfg.device)
         try:
             self.model = SentenceTransformer(ref.path, device=self.device)
