@@ -17,6 +17,7 @@ import shutil
 import socket
 import sys
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,8 @@ class TaskRunner:
         write_json(sidecar_path(self.run, self.task, out.part.number),
                    {"part": out.part.number, "rows_in": out.part.stop - out.part.start,
                     "rows": {n: t.num_rows for n, t in out.tables.items()},
-                    "files": sorted(out.files), "stats": out.stats})
+                    "files": sorted(out.files), "stats": out.stats,
+                    "committed_at": datetime.now(UTC).isoformat(timespec="microseconds")})
         release_free_memory()
         log.info("task %d: part %d committed (%d rows)", self.task, out.part.number,
                  out.part.stop - out.part.start)
@@ -168,6 +170,8 @@ class TaskRunner:
             "rows": entries[0]["rows"],
             "rows_in": sum(sc["rows_in"] for sc in sidecars),
             "outputs": entries,
+            "parts": [{"part": sc["part"], "rows_in": sc["rows_in"],
+                       "committed_at": sc.get("committed_at")} for sc in sidecars],
             **self.job.task_stats(self.run, self.task, [sc["stats"] for sc in sidecars]),
             "timings": self.timer.summary(),
         }

@@ -1,0 +1,165 @@
+"""What the files under a root say about its runs, as rows: one per run and one per task.
+
+Read from the run records only (plan, completion records, attempt records, manifest), offline
+and without asking SLURM: a task is *done* when its completion record lists every output with
+its recorded size (hashes are not re-read here; `chatspace verify` does that). A run is
+``done`` when every task is done and its manifest is written, ``unreduced`` when every task is
+done but the reduce has not run, and ``incomplete`` otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from chatspace.jobs import JOB_TYPES, open_run
+from chatspace.runs.attempts import attempts
+from chatspace.runs.record import Run, read_json
+
+log = logging.getLogger(__name__)
+
+RUN_STATES = ("done", "unreduced", "incomplete")
+
+
+def _time(stamp: str | None) -> datetime | None:
+    return datetime.fromisoformat(stamp) if stamp else None
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """One run's records, read once."""
+
+    run: Run
+
+    @cached_property
+    def records(self) -> dict[int, dict[str, Any]]:
+        """Completion records of the done tasks, by task."""
+        return {t: r for t in range(self.run.num_tasks)
+                if (r := self.run.completion(t, check_hash=False)) is not None}
+
+    @cached_property
+    def attempts(self) -> dict[int, list[dict[str, Any]]]:
+        return {t: attempts(self.run, t) for t in range(self.run.num_tasks)}
+
+    @cached_property
+    def manifest(self) -> dict[str, Any] | None:
+        path = self.run.manifest_path
+        return read_json(path) if path.exists() else None
+
+    @property
+    def missing_tasks(self) -> list[int]:
+        return [t for t in range(self.run.num_tasks) if t not in self.records]
+
+    @property
+    def state(self) -> str:
+        if self.missing_tasks:
+            return "incomplete"
+        return "done" if self.manifest is not None else "unreduced"
+
+    def files(self, output: str) -> list[Path]:
+        """The files of output `output` that the done tasks list, in task order."""
+        return [Path(e["path"]) for _, r in sorted(self.records.items())
+                for e in r["outputs"] if e["name"] == output]
+
+    def task_span(self, task: int) -> tuple[datetime | None, datetime | None]:
+        """When the task's first attempt started and its last attempt ended."""
+        tried = self.attempts.get(task, [])
+        starts = [t for a in tried if (t := _time(a.get("started_at")))]
+        ends = [t for a in tried if (t := _time(a.get("ended_at")))]
+        return (min(starts) if starts else None), (max(ends) if ends else None)
+
+    def task_row(self, task: int) -> dict[str, Any]:
+        record = self.records.get(task)
+        started, ended = self.task_span(task)
+        timings = (record or {}).get("timings", {})
+        wall = timings.get("wall", {}).get("seconds")
+        stages = {s: t for s, t in timings.items() if s != "wall"}
+        stats = {k: v for k, v in (record or {}).items() if isinstance(v, int | float)
+                 and not isinstance(v, bool) and k not in ("task", "rows", "rows_in")}
+        return {
+            "run_id": self.run.run_id, "kind": self.run.plan["kind"], "task": task,
+            "state": "done" if record else "not done",
+            "rows": record["rows"] if record else None,
+            "rows_in": record["rows_in"] if record else None,
+            "attempts": len(self.attempts.get(task, [])),
+            "host": (self.attempts.get(task) or [{}])[-1].get("host"),
+            "started_at": started, "ended_at": ended, "wall_seconds": wall,
+            "rows_per_s": record["rows"] / wall if record and wall else None,
+            "stage_busy": {s: t.get("busy", 0.0) for s, t in stages.items()},
+            "stage_idle": {s: t.get("idle", 0.0) for s, t in stages.items()},
+            "stats": json.dumps(stats, sort_keys=True),
+        }
+
+    def run_row(self) -> dict[str, Any]:
+        plan, run = self.run.plan, self.run
+        tasks = [self.task_row(t) for t in range(run.num_tasks)]
+        starts = [t["started_at"] for t in tasks if t["started_at"]]
+        ends = [t["ended_at"] for t in tasks if t["ended_at"]]
+        wall = (max(ends) - min(starts)).total_seconds() if starts and ends else None
+        rows_done = sum(r["rows"] for r in self.records.values())
+        spec = plan["spec"]
+        model = plan.get("model")
+        return {
+            "run_id": run.run_id, "kind": plan["kind"], "name": spec.get("run", {}).get("name"),
+            "model": model["label"] if isinstance(model, dict) else model,
+            "backend": model.get("backend") if isinstance(model, dict) else plan.get("backend"),
+            "dataset": _dataset(plan),
+            "state": self.state, "tasks": run.num_tasks, "tasks_done": len(self.records),
+            "rows": run.rows, "rows_done": rows_done,
+            "created_at": _time(plan["created_at"]),
+            "started_at": min(starts) if starts else None,
+            "ended_at": max(ends) if ends else None,
+            "wall_seconds": wall, "rows_per_s": rows_done / wall if wall else None,
+            "tokens": _summed(self.records, "tokens") or
+            _summed(self.records, "generated_tokens"),
+            "cost_usd": _summed(self.records, "cost_usd"),
+            "output_dir": str(run.output_dir),
+            "manifest": str(run.manifest_path) if self.manifest is not None else None,
+            "config": json.dumps(spec, sort_keys=True),
+        }
+
+
+def _summed(records: dict[int, dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in records.values() if r.get(key) is not None]
+    return sum(values) if values else None
+
+
+def _dataset(plan: dict[str, Any]) -> str | None:
+    """What the run read: the embed dataset, or the steer prompts' file or dataset."""
+    spec = plan["spec"]
+    if "dataset" in spec and isinstance(spec["dataset"], dict):
+        return spec["dataset"].get("name")
+    prompts = spec.get("prompts", {})
+    return prompts.get("file") or prompts.get("dataset")
+
+
+class Catalog:
+    """The runs under a root (or just the runs named: run ids or run directories), with their
+    records."""
+
+    def __init__(self, root: Path, only: list[str] | None = None):
+        self.root = root
+        if only:
+            self.runs = [RunFiles(open_run(ref, root)) for ref in only]
+            return
+        self.runs = []
+        for plan in sorted((root / "runs").glob("*/plan.json")):
+            kind = read_json(plan).get("kind")
+            if kind not in JOB_TYPES:
+                log.warning("skipping %s: unknown kind %r", plan.parent, kind)
+                continue
+            self.runs.append(RunFiles(Run(root, plan.parent.name, JOB_TYPES[kind])))
+
+    def of_kind(self, kind: str) -> list[RunFiles]:
+        return [f for f in self.runs if f.run.plan["kind"] == kind]
+
+    def run_rows(self) -> list[dict[str, Any]]:
+        return [f.run_row() for f in self.runs]
+
+    def task_rows(self) -> list[dict[str, Any]]:
+        return [f.task_row(t) for f in self.runs for t in range(f.run.num_tasks)]

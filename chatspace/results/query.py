@@ -1,0 +1,139 @@
+"""DuckDB over the files under a root, with no copy of the data.
+
+Views: ``runs`` and ``tasks`` (from the run records, see `catalog`), ``embeddings`` (every done
+embed task's shard) and ``steer_results`` (every done steer task's results file); the last two
+read the Parquet files in place. The canned questions of `chatspace query` are SQL over them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from chatspace.errors import BadInput
+from chatspace.results.catalog import Catalog
+
+_STAGES = pa.map_(pa.string(), pa.float64())
+RUNS_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("kind", pa.string()), ("name", pa.string()),
+    ("model", pa.string()), ("backend", pa.string()), ("dataset", pa.string()),
+    ("state", pa.string()), ("tasks", pa.int64()), ("tasks_done", pa.int64()),
+    ("rows", pa.int64()), ("rows_done", pa.int64()),
+    ("created_at", pa.timestamp("us", "UTC")), ("started_at", pa.timestamp("us", "UTC")),
+    ("ended_at", pa.timestamp("us", "UTC")), ("wall_seconds", pa.float64()),
+    ("rows_per_s", pa.float64()), ("tokens", pa.int64()), ("cost_usd", pa.float64()),
+    ("output_dir", pa.string()), ("manifest", pa.string()), ("config", pa.string()),
+])
+TASKS_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("kind", pa.string()), ("task", pa.int64()),
+    ("state", pa.string()), ("rows", pa.int64()), ("rows_in", pa.int64()),
+    ("attempts", pa.int64()), ("host", pa.string()),
+    ("started_at", pa.timestamp("us", "UTC")), ("ended_at", pa.timestamp("us", "UTC")),
+    ("wall_seconds", pa.float64()), ("rows_per_s", pa.float64()),
+    ("stage_busy", _STAGES), ("stage_idle", _STAGES), ("stats", pa.string()),
+])
+# view name -> (job kind, output name) of the Parquet files it reads
+FILE_VIEWS = {"embeddings": ("embed", "shard"), "steer_results": ("steer", "results")}
+
+LIST_SQL = """SELECT run_id, kind, name, model, dataset, state,
+    tasks_done || '/' || tasks AS tasks, rows_done AS rows, round(wall_seconds, 1) AS wall_s,
+    round(rows_per_s, 1) AS rows_per_s, created_at FROM runs ORDER BY created_at, run_id"""
+SUMMARY_SQL = """SELECT kind, model, dataset, count(*) AS runs,
+    count(*) FILTER (WHERE state = 'done') AS done, sum(rows_done) AS rows,
+    round(sum(wall_seconds), 1) AS wall_s,
+    round(sum(rows_done) / nullif(sum(wall_seconds), 0), 1) AS rows_per_s,
+    sum(tokens) AS tokens, round(sum(cost_usd), 4) AS cost_usd
+    FROM runs GROUP BY ALL ORDER BY ALL"""
+STEER_METRICS = ("avg_entropy", "avg_entropy_thinking", "avg_entropy_output", "avg_top_k_mass",
+                 "avg_top_k_mass_thinking", "avg_top_k_mass_output", "think_end_position",
+                 "output_tokens")
+RUN_METRICS = ("rows_done", "wall_seconds", "rows_per_s", "tokens", "cost_usd", "tasks")
+
+
+def _sql_list(paths: list[str]) -> str:
+    return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
+
+
+def connect(catalog: Catalog) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the four views over `catalog`'s runs."""
+    con = duckdb.connect()
+    con.register("runs", pa.Table.from_pylist(catalog.run_rows(), RUNS_SCHEMA))
+    con.register("tasks", pa.Table.from_pylist(catalog.task_rows(), TASKS_SCHEMA))
+    for view, (kind, output) in FILE_VIEWS.items():
+        paths = [str(p) for f in catalog.of_kind(kind) for p in f.files(output)]
+        source = (f"SELECT * FROM read_parquet({_sql_list(paths)}, union_by_name = true)"
+                  if paths else "SELECT NULL::VARCHAR AS run_id LIMIT 0")
+        con.execute(f"CREATE VIEW {view} AS {source}")
+    return con
+
+
+@dataclass(frozen=True)
+class Result:
+    """A query's answer: column names and rows."""
+
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+
+    def records(self) -> list[dict[str, Any]]:
+        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
+
+
+def run_sql(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> Result:
+    """Run one statement; DuckDB's error becomes bad input naming the problem on one line."""
+    try:
+        relation = con.sql(sql, params=params)
+        # through Arrow: DuckDB's own conversion of time zones needs pytz
+        table = relation.to_arrow_table() if relation is not None else None
+    except duckdb.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadInput(f"query failed: {first}") from None
+    if table is None:
+        return Result([], [])
+    return Result(table.column_names, [tuple(r.values()) for r in table.to_pylist()])
+
+
+def best(con: duckdb.DuckDBPyConnection, metric: str, top: int, lowest: bool) -> Result:
+    """Runs ranked by a run metric, or steering points (run, point, scale) ranked by the mean
+    of a per-generation metric."""
+    order = "ASC" if lowest else "DESC"
+    if metric in RUN_METRICS:
+        return run_sql(con, f"""SELECT run_id, kind, name, model, {metric} FROM runs
+            WHERE {metric} IS NOT NULL ORDER BY {metric} {order}, run_id LIMIT ?""", [top])
+    if metric in STEER_METRICS:
+        return run_sql(con, f"""SELECT run_id, point, scale, count(*) AS generations,
+            avg({metric}) AS {metric} FROM steer_results GROUP BY ALL
+            HAVING avg({metric}) IS NOT NULL
+            ORDER BY {metric} {order}, run_id, point, scale LIMIT ?""", [top])
+    raise BadInput(f"--best {metric}: not a metric; choose one of runs' "
+                   f"{', '.join(RUN_METRICS)} or steer results' {', '.join(STEER_METRICS)}")
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): json.dumps(tree) if isinstance(tree, list) else tree}
+
+
+def compare(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> Result:
+    """Config keys whose values differ between the runs, then headline metrics, side by side."""
+    runs = {r["run_id"]: r for r in run_sql(con, "SELECT * FROM runs").records()}
+    configs = {rid: _flatten(json.loads(runs[rid]["config"])) for rid in run_ids}
+    keys = sorted(set().union(*configs.values()))
+    rows = [(f"config.{k}", *(configs[rid].get(k) for rid in run_ids)) for k in keys
+            if len({json.dumps(configs[rid].get(k)) for rid in run_ids}) > 1]
+    rows += [(field, *(runs[rid][field] for rid in run_ids))
+             for field in ("kind", "model", "dataset", "state", *RUN_METRICS)]
+    means = run_sql(con, f"""SELECT run_id, {', '.join(f'avg({m}) AS {m}' for m in STEER_METRICS)}
+        FROM steer_results GROUP BY run_id""").records() if any(
+        runs[rid]["kind"] == "steer" for rid in run_ids) else []
+    by_run = {m["run_id"]: m for m in means}
+    rows += [(f"mean {m}", *(by_run.get(rid, {}).get(m) for rid in run_ids))
+             for m in STEER_METRICS if by_run]
+    return Result(["field", *run_ids], rows)

@@ -1,0 +1,70 @@
+"""The Streamlit app of the persona experiments (`chatspace viz`): pick a steer run, filter
+categories, and look at mean entropy, top-k mass and thinking length per category and
+steering point, or at the raw rows. Reads the run's files under $CHATSPACE_ROOT in place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from chatspace.results.catalog import Catalog
+from chatspace.results.tables import METRIC_VIEWS, PART_NAMES, steer_results
+from chatspace.runs.record import default_root
+
+ID_COLUMNS = ["point", "scale", "persona", "category", "prompt_index", "rep"]
+
+
+@st.cache_data(show_spinner=False)
+def load(root: str, run_id: str) -> pd.DataFrame:
+    files = Catalog(Path(root), [run_id]).runs[0]
+    return steer_results(files).drop_columns(["output_token_ids"]).to_pandas()
+
+
+def metric_chart(frame: pd.DataFrame, view: str, by: str) -> alt.Chart:
+    columns = METRIC_VIEWS[view]
+    parts = {c: PART_NAMES[i] if len(columns) > 1 else view for i, c in enumerate(columns)}
+    long = frame.melt(id_vars=[by], value_vars=list(columns), var_name="part",
+                      value_name=view).dropna(subset=[view])
+    long["part"] = long["part"].map(parts)
+    return alt.Chart(long).mark_boxplot().encode(
+        x=alt.X(f"{by}:N", title=by), y=alt.Y(f"{view}:Q", title=view),
+        color=alt.Color("part:N"), xOffset="part:N")
+
+
+def main() -> None:
+    st.set_page_config(page_title="chatspace viz", layout="wide")
+    root = str(default_root())
+    runs = [f.run_row() for f in Catalog(Path(root)).of_kind("steer")]
+    st.sidebar.title("chatspace")
+    if not runs:
+        st.info(f"No steer runs under {root}.")
+        return
+    labels = {r["run_id"]: f"{r['name']} · {r['run_id']} ({r['state']})" for r in runs}
+    run_id = st.sidebar.selectbox("Run", list(labels), index=len(labels) - 1,
+                                  format_func=labels.get)
+    frame = load(root, run_id)
+    if frame.empty:
+        st.warning(f"Run {run_id} has no finished tasks yet.")
+        return
+    categories = sorted(frame["category"].dropna().unique())
+    chosen = st.sidebar.multiselect("Categories", categories, default=categories)
+    frame = frame[frame["category"].isin(chosen)]
+    by = st.sidebar.radio("Group by", ["category", "point"], horizontal=True)
+    st.caption(f"{len(frame)} generations of run {run_id}")
+    *metric_tabs, raw_tab = st.tabs([*(v.capitalize() for v in METRIC_VIEWS), "Raw data"])
+    for tab, view in zip(metric_tabs, METRIC_VIEWS, strict=True):
+        with tab:
+            st.altair_chart(metric_chart(frame, view, by), width="stretch")
+            means = frame.groupby(by)[list(METRIC_VIEWS[view])].mean()
+            st.dataframe(means)
+    with raw_tab:
+        default = [*ID_COLUMNS, "output_text", "avg_entropy", "avg_top_k_mass",
+                   "thinking_tokens"]
+        columns = st.multiselect("Columns", list(frame.columns), default=default)
+        st.dataframe(frame[columns], hide_index=True)
+
+
+main()
