@@ -113,13 +113,14 @@ def query(sql: str | None, list_runs: bool, summary: bool, compare: tuple[str, s
     catalog = Catalog(root_path, only)
     if not catalog.runs:
         click.echo(f"no runs under {root_path} (nothing planned there yet)", err=True)
-    con = q.connect(catalog)
     if compare:
-        result = q.compare(con, [f.run.run_id for f in catalog.runs])
+        result = q.compare(q.connect(catalog, {"runs", "steer_results"}),
+                           [f.run.run_id for f in catalog.runs])
     elif best:
-        result = q.best(con, best, top, lowest)
+        result = q.best(q.connect(catalog, {"runs", "steer_results"}), best, top, lowest)
     else:
-        result = q.run_sql(con, q.LIST_SQL if list_runs else q.SUMMARY_SQL if summary else sql)
+        statement = q.LIST_SQL if list_runs else q.SUMMARY_SQL if summary else sql
+        result = q.run_sql(q.connect(catalog, q.views_in(statement)), statement)
     _print_result(result.columns, result.rows, fmt or "table")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -19,7 +20,7 @@ from typing import Any
 
 from chatspace.jobs import JOB_TYPES, open_run
 from chatspace.runs.attempts import attempts
-from chatspace.runs.record import Run, read_json
+from chatspace.runs.record import Run, output_problems, read_json
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,12 @@ class RunFiles:
     @cached_property
     def records(self) -> dict[int, dict[str, Any]]:
         """Completion records of the done tasks, by task."""
-        return {t: r for t in range(self.run.num_tasks)
-                if (r := self.run.completion(t, check_hash=False)) is not None}
+        tasks = self.run.completion_path(0).parent
+        records = [read_json(Path(e.path)) for e in os.scandir(tasks)
+                   if e.name.startswith("task-") and e.name.endswith(".json")] \
+            if tasks.is_dir() else []
+        return {r["task"]: r for r in sorted(records, key=lambda r: r["task"])
+                if not output_problems(r, check_hash=False)}
 
     @cached_property
     def attempts(self) -> dict[int, list[dict[str, Any]]]:
@@ -61,10 +66,10 @@ class RunFiles:
             return "incomplete"
         return "done" if self.manifest is not None else "unreduced"
 
-    def files(self, output: str) -> list[Path]:
+    def files(self, output: str) -> list[str]:
         """The files of output `output` that the done tasks list, in task order."""
-        return [Path(e["path"]) for _, r in sorted(self.records.items())
-                for e in r["outputs"] if e["name"] == output]
+        return [e["path"] for r in self.records.values() for e in r["outputs"]
+                if e["name"] == output]
 
     def task_span(self, task: int) -> tuple[datetime | None, datetime | None]:
         """When the task's first attempt started and its last attempt ended."""

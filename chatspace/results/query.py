@@ -7,7 +7,9 @@ read the Parquet files in place. The canned questions of `chatspace query` are S
 
 from __future__ import annotations
 
+import glob
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +17,7 @@ import duckdb
 import pyarrow as pa
 
 from chatspace.errors import BadInput
-from chatspace.results.catalog import Catalog
+from chatspace.results.catalog import Catalog, RunFiles
 
 _STAGES = pa.map_(pa.string(), pa.float64())
 RUNS_SCHEMA = pa.schema([
@@ -58,15 +60,46 @@ def _sql_list(paths: list[str]) -> str:
     return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
 
 
-def connect(catalog: Catalog) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with the four views over `catalog`'s runs."""
+VIEWS = ("runs", "tasks", *FILE_VIEWS)
+GLOB_CHARACTERS = re.compile(r"[*?\[\]{}']")
+
+
+def _parquet_source(files: RunFiles, output: str) -> str | None:
+    """The done tasks' files of `output` for read_parquet: as the glob of the run's output
+    pattern when that names exactly those files (DuckDB expands a glob faster than it
+    parses a long list), else as the list."""
+    paths = sorted(files.files(output))
+    if not paths:
+        return None
+    template = files.run.plan["outputs"][output]  # e.g. "shard-{task:05d}.parquet"
+    pattern = str(files.run.output_dir / re.sub(r"\{task[^}]*\}", "*", template))
+    if not GLOB_CHARACTERS.search(str(files.run.output_dir)) and \
+            sorted(glob.glob(pattern)) == paths:
+        return f"'{pattern}'"
+    return _sql_list(paths)
+
+
+def views_in(sql: str) -> set[str]:
+    """The views a statement names (a name inside a string literal only costs a view)."""
+    return {v for v in VIEWS if re.search(rf"\b{v}\b", sql, re.IGNORECASE)}
+
+
+def connect(catalog: Catalog, views: set[str] | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with views over `catalog`'s runs: all four, or just `views` (a
+    root's records are read only for the views a question needs)."""
+    wanted = set(VIEWS) if views is None else views
     con = duckdb.connect()
-    con.register("runs", pa.Table.from_pylist(catalog.run_rows(), RUNS_SCHEMA))
-    con.register("tasks", pa.Table.from_pylist(catalog.task_rows(), TASKS_SCHEMA))
+    if "runs" in wanted:
+        con.register("runs", pa.Table.from_pylist(catalog.run_rows(), RUNS_SCHEMA))
+    if "tasks" in wanted:
+        con.register("tasks", pa.Table.from_pylist(catalog.task_rows(), TASKS_SCHEMA))
     for view, (kind, output) in FILE_VIEWS.items():
-        paths = [str(p) for f in catalog.of_kind(kind) for p in f.files(output)]
-        source = (f"SELECT * FROM read_parquet({_sql_list(paths)}, union_by_name = true)"
-                  if paths else "SELECT NULL::VARCHAR AS run_id LIMIT 0")
+        if view not in wanted:
+            continue
+        # one scan per run (its files share a schema), joined by column name across runs
+        scans = [f"SELECT * FROM read_parquet({source})" for f in catalog.of_kind(kind)
+                 if (source := _parquet_source(f, output))]
+        source = " UNION ALL BY NAME ".join(scans) or "SELECT NULL::VARCHAR AS run_id LIMIT 0"
         con.execute(f"CREATE VIEW {view} AS {source}")
     return con
 

@@ -93,13 +93,14 @@ def file_entry(path: Path, **extra: Any) -> dict[str, Any]:
 
 def file_problem(entry: dict[str, Any], check_hash: bool = True) -> str | None:
     """Why a listed file no longer matches its entry (None if it does)."""
-    path = Path(entry["path"])
-    if not path.exists():
+    path = entry["path"]
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
         return f"{path} is missing"
-    size = path.stat().st_size
     if size != entry["bytes"]:
         return f"{path} has {size} bytes, its record says {entry['bytes']}"
-    if check_hash and sha256_file(path) != entry["sha256"]:
+    if check_hash and sha256_file(Path(path)) != entry["sha256"]:
         return f"{path} sha256 differs from its record"
     return None
 
