@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from chatspace.cli import embed, observe, results, runs
+from chatspace.cli import chat, embed, observe, results, runs
 from chatspace.errors import BadInput, RunFailed
 
 
@@ -28,7 +28,8 @@ def cli(verbose: bool) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-for command in (*runs.COMMANDS, *observe.COMMANDS, *embed.COMMANDS, *results.COMMANDS):
+for command in (*runs.COMMANDS, *observe.COMMANDS, *embed.COMMANDS, *results.COMMANDS,
+                *chat.COMMANDS):
     cli.add_command(command)
 
 

@@ -80,19 +80,20 @@ class HFBackend:
     async def generate(self, token_ids: Sequence[Sequence[int]], samplings: Sequence[Sampling],
                        specs: Sequence[SteeringSpec | None],
                        capture_layers: Sequence[int] | None,
-                       options: CaptureOptions) -> list[Generation]:
+                       options: CaptureOptions, streamer=None) -> list[Generation]:
         async with self._lock:  # one forward pass at a time on this model
             return await asyncio.to_thread(self._generate_all, token_ids, samplings, specs,
-                                           capture_layers, options)
+                                           capture_layers, options, streamer)
 
-    def _generate_all(self, token_ids, samplings, specs, capture_layers, options):
-        return [self._generate_one(list(ids), sampling, spec, capture_layers, options)
+    def _generate_all(self, token_ids, samplings, specs, capture_layers, options, streamer):
+        return [self._generate_one(list(ids), sampling, spec, capture_layers, options,
+                                   streamer)
                 for ids, sampling, spec in zip(token_ids, samplings, specs, strict=True)]
 
     @torch.no_grad()
     def _generate_one(self, prompt: list[int], sampling: Sampling, spec: SteeringSpec | None,
-                      capture_layers: Sequence[int] | None,
-                      options: CaptureOptions) -> Generation:
+                      capture_layers: Sequence[int] | None, options: CaptureOptions,
+                      streamer=None) -> Generation:
         generator = torch.Generator(device=self.device)
         if sampling.seed is not None:
             generator.manual_seed(sampling.seed)
@@ -118,8 +119,12 @@ class HFBackend:
                 token = _sample(logits, sampling, generator)
                 logprobs.append(float(torch.log_softmax(logits, -1)[token]))
                 out_ids.append(token)
+                halted = streamer is not None and streamer([token]) is False
                 if token == self.tokenizer.eos_token_id and not sampling.ignore_eos:
                     finish = "stop"
+                    break
+                if halted:
+                    finish = "stopped"
                     break
                 if step + 1 < sampling.max_tokens:
                     inputs = torch.tensor([[token]], device=self.device)

@@ -19,7 +19,7 @@ A vLLM engine serves one event loop: use `generate` from one loop, or `generate_
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,6 +29,9 @@ from chatspace.steering.outputs import CaptureOptions, Generation, Sampling
 from chatspace.steering.spec import SteeringSpec
 
 Prompt = str | list[dict[str, str]] | list[int]
+# Called with each step's new token ids while one prompt generates; returning False stops the
+# generation there (finish_reason "stopped").
+Streamer = Callable[[list[int]], bool | None]
 BACKENDS = ("vllm", "hf")
 T = TypeVar("T")
 
@@ -127,9 +130,13 @@ class SteerModel:
                        steering_spec: SteeringSpec | Sequence[SteeringSpec | None] | None = None,
                        capture_layers: Sequence[int] | None = None,
                        capture: CaptureOptions | None = None,
-                       enable_thinking: bool | None = None) -> list[Generation]:
+                       enable_thinking: bool | None = None,
+                       streamer: Streamer | None = None) -> list[Generation]:
         """One `Generation` per prompt, all sent to the backend together; with
-        `capture_layers`, each carries a `Capture` handle (rows chosen by `capture`)."""
+        `capture_layers`, each carries a `Capture` handle (rows chosen by `capture`). With
+        `streamer` (one prompt only), new tokens are handed over as they are sampled."""
+        if streamer is not None and len(prompts) != 1:
+            raise ValueError(f"streamer: streams one prompt, got {len(prompts)}")
         samplings = [sampling or Sampling()] * len(prompts) \
             if sampling is None or isinstance(sampling, Sampling) else list(sampling)
         if len(samplings) != len(prompts):
@@ -138,7 +145,7 @@ class SteerModel:
         layers = self._capture_layers(capture_layers)
         token_ids = [self.render(p, enable_thinking) for p in prompts]
         return await self.backend.generate(token_ids, samplings, specs, layers,
-                                           capture or CaptureOptions())
+                                           capture or CaptureOptions(), streamer)
 
     def run(self, awaitable: Awaitable[T]) -> T:
         """Run a coroutine on the model's own event loop (for scripts without one)."""

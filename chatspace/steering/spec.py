@@ -89,6 +89,12 @@ class SteeringSpec:
                  "vector": op.vector.detach().to(torch.float32).cpu().numpy().tobytes()}
                 for index in sorted(self.layers) for op in self.layers[index].ops]
 
+    def with_scale(self, scale: float) -> SteeringSpec:
+        """The same spec with every add and ablate op at `scale` (caps have no scale)."""
+        return SteeringSpec({i: LayerSteeringSpec(tuple(
+            op if isinstance(op, ProjectionCapSpec) else type(op)(op.vector, scale)
+            for op in layer.ops)) for i, layer in self.layers.items()})
+
     @classmethod
     def from_wire(cls, wire: list[dict]) -> SteeringSpec:
         layers: dict[int, list[Op]] = {}
@@ -125,6 +131,9 @@ class SteeringSpec:
                                  f"{meta.get('format')!r}, expected {FORMAT!r})")
             layers: dict[int, list[Op]] = {}
             for entry in json.loads(meta["ops"]):
+                if entry.get("op") not in OPS:
+                    raise ValueError(f"{path}: unknown op {entry.get('op')!r} (ops: "
+                                     f"{', '.join(OPS)})")
                 kind = OPS[entry.pop("op")]
                 vector = fh.get_tensor(entry.pop("key"))
                 layers.setdefault(entry.pop("layer"), []).append(kind(vector=vector, **entry))
@@ -180,6 +189,26 @@ def apply_ops(hidden: torch.Tensor, ops: tuple[Op, ...]) -> torch.Tensor:
             target = component * op.scale
         out = out + (target - component).unsqueeze(-1) * unit
     return out.to(hidden.dtype)
+
+
+def is_spec_file(path: str | Path) -> bool:
+    """Whether `path` is a steering spec saved by `SteeringSpec.save` (not a bare vector)."""
+    if Path(path).suffix != ".safetensors":
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return (fh.metadata() or {}).get("format") == FORMAT
+
+
+def make_op(op: str, vector: torch.Tensor, scale: float | None = None,
+            min: float | None = None, max: float | None = None) -> Op:
+    """One op by name: add or ablate at `scale` (default 1 and 0), cap between the bounds."""
+    if op not in OPS:
+        raise ValueError(f"op {op!r} is not one of {', '.join(OPS)}")
+    if op == "cap":
+        return ProjectionCapSpec(vector, min, max)
+    return OPS[op](vector) if scale is None else OPS[op](vector, scale)
 
 
 def load_vector(path: str | Path, key: str | None = None) -> torch.Tensor:

@@ -80,7 +80,7 @@ class VLLMBackend:
 
     async def generate(self, token_ids: Sequence[Sequence[int]], samplings: Sequence[Sampling],
                        specs: Sequence[SteeringSpec | None], capture_layers: list[int] | None,
-                       options: CaptureOptions) -> list[Generation]:
+                       options: CaptureOptions, streamer=None) -> list[Generation]:
         await self.install()
         fingerprints: dict[int, str] = {}
         for spec in specs:
@@ -91,7 +91,7 @@ class VLLMBackend:
                     self._registered.add(fingerprint)
         results = await asyncio.gather(
             *(self._one(list(ids), sampling, fingerprints.get(id(spec)), capture_layers,
-                        options)
+                        options, streamer)
               for ids, sampling, spec in zip(token_ids, samplings, specs, strict=True)),
             return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
@@ -103,7 +103,8 @@ class VLLMBackend:
         return results
 
     async def _one(self, prompt: list[int], sampling: Sampling, fingerprint: str | None,
-                   layers: list[int] | None, options: CaptureOptions) -> Generation:
+                   layers: list[int] | None, options: CaptureOptions,
+                   streamer=None) -> Generation:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -121,10 +122,19 @@ class VLLMBackend:
         request = TokensPrompt(prompt_token_ids=prompt)
         if fingerprint is not None:
             request["cache_salt"] = fingerprint
-        collected = False
+        collected, halted, sent = False, False, 0
         try:
-            async for final in self.engine.generate(request, params, request_id=key):
-                output = final.outputs[0]
+            stream = self.engine.generate(request, params, request_id=key)
+            try:
+                async for final in stream:
+                    output = final.outputs[0]
+                    if streamer is not None and len(output.token_ids) > sent:
+                        new, sent = list(output.token_ids[sent:]), len(output.token_ids)
+                        if streamer(new) is False:
+                            halted = True
+                            break
+            finally:
+                await stream.aclose()  # a halted request is aborted in the engine
             token_ids = list(output.token_ids)
             capture = None
             if hooked:
@@ -151,7 +161,8 @@ class VLLMBackend:
         metrics = result if metrics_k else {}
         return Generation(prompt_token_ids=prompt, token_ids=token_ids,
                           text=self.tokenizer.decode(token_ids, skip_special_tokens=False),
-                          finish_reason=output.finish_reason or "length", logprobs=logprobs,
+                          finish_reason="stopped" if halted else output.finish_reason or "length",
+                          logprobs=logprobs,
                           capture=capture, entropy=metrics.get("entropy"),
                           top_k_mass=metrics.get("top_k_mass"))
 

@@ -11,14 +11,7 @@ from typing import Any
 
 from chatspace.errors import BadInput
 from chatspace.jobs.steer.spec import SteeringPoint, SteerSpec
-from chatspace.steering.spec import (
-    AblationSpec,
-    AddSpec,
-    LayerSteeringSpec,
-    ProjectionCapSpec,
-    SteeringSpec,
-    load_vector,
-)
+from chatspace.steering.spec import LayerSteeringSpec, SteeringSpec, load_vector, make_op
 
 
 @dataclass(frozen=True)
@@ -32,14 +25,6 @@ class Point:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _op(entry: SteeringPoint, vector, scale: float | None):
-    if entry.op == "add":
-        return AddSpec(vector, scale)
-    if entry.op == "ablate":
-        return AblationSpec(vector, scale)
-    return ProjectionCapSpec(vector, entry.min, entry.max)
 
 
 def expand_points(spec: SteerSpec, hidden_size: int,
@@ -60,8 +45,8 @@ def expand_points(spec: SteerSpec, hidden_size: int,
         scales = [None] if entry.op == "cap" else [float(s) for s in entry.scales]
         for layer in entry.layers:
             for scale in scales:
-                steering = SteeringSpec({layer: LayerSteeringSpec((_op(entry, vector,
-                                                                       scale),))})
+                op = make_op(entry.op, vector, scale, entry.min, entry.max)
+                steering = SteeringSpec({layer: LayerSteeringSpec((op,))})
                 try:
                     steering.check(hidden_size, num_layers)
                 except ValueError as exc:

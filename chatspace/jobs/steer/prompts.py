@@ -1,10 +1,12 @@
 """A steer run's prompts and personas, read once when the run is planned (and stored in the run
 directory, so tasks never depend on the original files), and the chat messages of one row.
 
-Prompts are a JSON list of strings or of chat-message lists (``[{"role", "content"}]``), or a
-dataset column sampled like embed rows. Personas are a JSON list of ``{"persona", "category",
-"article"}``; the ``you-are-a`` style gives the system prompt "You are a pirate." (and "You are
-an assistant." without personas), ``none`` gives no system prompt.
+Prompts are a JSON list of strings or of chat-message lists (``[{"role", "content"}]``), a
+JSONL file of them (or of ``{"messages": …}`` objects, as `chatspace chat` saves a
+conversation), or a dataset column sampled like embed rows. Personas are a JSON list of
+``{"persona", "category", "article"}``; the ``you-are-a`` style gives the system prompt "You
+are a pirate." (and "You are an assistant." without personas), ``none`` gives no system
+prompt.
 """
 
 from __future__ import annotations
@@ -38,9 +40,32 @@ def _is_messages(value: Any) -> bool:
         and isinstance(m.get("content"), str) for m in value)
 
 
+def _read_jsonl(path: str) -> list[Any]:
+    """A JSONL prompts file: one prompt per line, or one object with `messages` per line (as
+    `chatspace chat`'s /save writes them; its other keys are kept for people, not read)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        raise BadInput(f"prompts file not found: {path}") from None
+    prompts = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise BadInput(f"prompts file {path}: line {number} is not JSON: {exc}") from None
+        prompts.append(entry["messages"] if isinstance(entry, dict) and "messages" in entry
+                       else entry)
+    if not prompts:
+        raise BadInput(f"prompts file {path} holds no prompts")
+    return prompts
+
+
 def load_prompts(cfg: PromptsConfig) -> list[Prompt]:
     if cfg.file is not None:
-        prompts = _read_json_list(cfg.file, "prompts")
+        prompts = _read_jsonl(cfg.file) if cfg.file.endswith(".jsonl") else \
+            _read_json_list(cfg.file, "prompts")
         for number, prompt in enumerate(prompts):
             if not (isinstance(prompt, str) and prompt) and not _is_messages(prompt):
                 raise BadInput(f"prompts file {cfg.file}: entry {number} is neither a non-empty "

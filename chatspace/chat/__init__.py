@@ -1,0 +1,1 @@
+"""`chatspace chat`: the interactive mode of the persona experiments, with live steering."""

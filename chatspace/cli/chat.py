@@ -1,0 +1,121 @@
+"""`chatspace chat`: talk to a model with a persona, a system prompt and live steering before
+launching a sweep with the same settings."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from chatspace.cli.options import resolve_root, root_option
+from chatspace.errors import BadInput
+
+OPS = ("add", "cap", "ablate")
+
+
+def pick_device(requested: str | None) -> str:
+    """CUDA, then Apple MPS, then the CPU, unless one is asked for."""
+    if requested:
+        return requested
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _model_shape(path: str) -> tuple[int, int]:
+    config = json.loads((Path(path) / "config.json").read_text())
+    config = config.get("text_config", config)
+    return config["hidden_size"], config["num_hidden_layers"]
+
+
+@click.command()
+@click.argument("model")
+@click.option("--backend", default="hf", show_default=True, help="hf or vllm.")
+@click.option("--dtype", default="float32", show_default=True)
+@click.option("--device", default=None,
+              help="hf backend: cuda, mps or cpu (default: the first of them available).")
+@click.option("--persona", default=None, help='Answer as NAME: "You are a/an NAME." and the '
+              "assistant role renamed, as `submit steer` renders personas.")
+@click.option("--system", default=None, help="The system prompt (instead of the persona's).")
+@click.option("--thinking/--no-thinking", default=None,
+              help="enable_thinking for the chat template (default: the template's).")
+@click.option("--max-tokens", type=int, default=256, show_default=True)
+@click.option("--temperature", type=float, default=0.7, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--steer", "steer_file", default=None,
+              help="A steering spec file (SteeringSpec.save) or, with --layer/--scale/--op, a "
+                   "vector file.")
+@click.option("--vector", default=None, help="A vector file (.npy, .pt, .safetensors).")
+@click.option("--layer", type=int, default=None, help="The vector's layer (default: middle).")
+@click.option("--scale", type=float, default=None, help="The vector's scale (default 1).")
+@click.option("--op", default="add", show_default=True, help="add, cap or ablate.")
+@click.option("--max-model-len", type=int, default=None, help="vllm backend: context length.")
+@root_option
+def chat(model: str, backend: str, dtype: str, device: str | None, persona: str | None,
+         system: str | None, thinking: bool | None, max_tokens: int, temperature: float,
+         seed: int, steer_file: str | None, vector: str | None, layer: int | None,
+         scale: float | None, op: str, max_model_len: int | None, root: str | None) -> None:
+    """Chat with MODEL (a local directory, a model recorded with download-model, or a cached
+    name) in the terminal, with a persona, a system prompt and live steering.
+
+    Replies stream token by token under the persona's name, the thinking section set apart;
+    Escape or Ctrl-C stops a reply, Ctrl-D or /quit leaves; /help lists the slash commands
+    (/persona, /system, /thinking, /tokens, /steer, /scale, /save …). With stdin piped, each
+    line is a message (or a command) and each reply is printed.
+    """
+    from chatspace.models import find_model
+
+    if backend not in ("hf", "vllm"):
+        raise BadInput(f"--backend {backend!r} is not one of hf, vllm")
+    if op not in OPS:
+        raise BadInput(f"--op {op!r} is not one of {', '.join(OPS)}")
+    if steer_file and vector:
+        raise BadInput("give --steer or --vector, not both")
+    if max_tokens < 1 or not 0 <= temperature <= 10:
+        raise BadInput("--max-tokens must be >= 1 and --temperature within 0..10")
+    path = find_model(model, resolve_root(root)).path
+    hidden_size, num_layers = _model_shape(path)
+    vector_defaults = {"layer": layer, "scale": scale, "op": op}
+    steering = None
+    if steer_file or vector:
+        from chatspace.chat.session import steering_from
+
+        try:
+            steering = steering_from(steer_file or vector, hidden_size=hidden_size,
+                                     num_layers=num_layers, **vector_defaults)
+        except Exception as exc:  # any file that does not load is bad input
+            raise BadInput(f"--{'steer' if steer_file else 'vector'}: {exc}") from None
+    _chat(path, backend, dtype, pick_device(device), max_model_len, steering,
+          vector_defaults, persona=persona, system=system, thinking=thinking,
+          max_tokens=max_tokens, temperature=temperature, seed=seed)
+
+
+def _chat(path: str, backend: str, dtype: str, device: str, max_model_len: int | None,
+          steering, vector_defaults: dict, **settings) -> None:
+    from chatspace.chat.loop import Chat, run_piped, run_terminal
+    from chatspace.chat.session import ChatSession, Settings
+    from chatspace.steering.model import SteerModel
+
+    engine = {"max_model_len": max_model_len} if max_model_len else {}
+    try:
+        model = SteerModel(path, backend=backend, dtype=dtype,
+                           **({"device": device} if backend == "hf" else engine))
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    with model:
+        session = ChatSession(model, Settings(**settings), steering)
+        interactive = sys.stdin.isatty()
+        chat_loop = Chat(session, sys.stdout, interactive, vector_defaults)
+        if interactive:
+            run_terminal(chat_loop)
+        else:
+            run_piped(chat_loop, sys.stdin)
+
+
+COMMANDS = [chat]
