@@ -365,3 +365,35 @@ def test_an_unsupported_architecture_is_named_before_the_engine_starts(tmp_path)
         tmp_path)
     with pytest.raises(ValueError, match="model architecture GPT2LMHeadModel is not supported"):
         SteerModel(tmp_path, backend="vllm")
+
+
+def test_a_streamed_request_arrives_in_pieces_and_stops_when_asked(qwen2):
+    """`chatspace chat` streams: tokens reach the streamer as they are sampled, and a streamer
+    that says stop aborts the request in the engine; steering, capture rows and the worker's
+    bookkeeping stay consistent."""
+    vllm_model, hf = qwen2
+    sampling = Sampling(max_tokens=40, ignore_eos=True)
+    spec = STEERING["add"]
+    prompt_len = len(vllm_model.render(PROMPTS[0]))
+    reference = hf.generate_sync([PROMPTS[0]], sampling, steering_spec=spec)[0].token_ids
+    pieces: list[list[int]] = []
+    whole = vllm_model.generate_sync([PROMPTS[0]], sampling, steering_spec=spec,
+                                     streamer=pieces.append)[0]
+    assert sum(pieces, []) == whole.token_ids == reference and len(pieces) > 1
+
+    seen: list[int] = []
+
+    def stop_after_five(ids: list[int]) -> bool:
+        seen.extend(ids)
+        return len(seen) < 5
+
+    stopped = vllm_model.generate_sync([PROMPTS[0]], sampling, steering_spec=spec,
+                                       capture_layers=[1], streamer=stop_after_five)[0]
+    assert stopped.finish_reason == "stopped" and 5 <= len(seen) < 40
+    assert stopped.token_ids == seen == reference[:len(seen)]
+    assert stopped.capture[1].shape[0] == prompt_len + len(seen) - 1
+    assert vllm_model.stats()["pending"] == 0
+    with pytest.raises(ValueError, match="streams one prompt"):
+        vllm_model.generate_sync(PROMPTS[:2], sampling, streamer=pieces.append)
+    again = vllm_model.generate_sync([PROMPTS[0]], sampling, steering_spec=spec)[0]
+    assert again.token_ids == reference

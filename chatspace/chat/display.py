@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import TextIO
 
 THINK_START, THINK_END = "<think>", "</think>"
+# control characters a model may emit (an escape sequence would drive the terminal)
+CONTROL = {c: "\ufffd" for c in [*range(0x00, 0x09), *range(0x0b, 0x20), 0x7f]}
 DIM, BOLD, RESET = "\x1b[2m", "\x1b[1m", "\x1b[0m"
 
 
@@ -41,7 +43,7 @@ class ReplyPrinter:
 
     def _show(self, part: str, ids: list[int]) -> None:
         text = self._decode(ids).rstrip("\ufffd")
-        self.out.write(text[len(self.shown[part]):])  # a decode only grows at its end
+        self.out.write(text[len(self.shown[part]):].translate(CONTROL))  # grows at its end
         self.shown[part] = text
 
     def feed(self, ids: list[int]) -> None:
