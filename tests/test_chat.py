@@ -5,6 +5,7 @@ loads)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -189,12 +190,17 @@ def test_escape_and_ctrl_c_stop_a_reply(terminal):
 
 def test_piped_messages_get_one_reply_each(files):
     result = subprocess.run([sys.executable, "-m", "chatspace", "chat", str(files["model"]),
-                             "--no-thinking", "--max-tokens", "6", "--persona", "engineer"],
+                             "--no-thinking", "--max-tokens", "6", "--persona", "engineer",
+                             "--capture-layers", "0,3"],
                             input="Hello\nWhat is a list?\nThanks\n", capture_output=True,
                             text=True, timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("engineer> ") == 3
     assert "\x1b[" not in result.stdout  # no terminal styling in a pipe
+    shapes = re.findall(r"captured layer (\d): (\d+) x 64", result.stdout)
+    assert [layer for layer, _ in shapes] == ["0", "3"] * 3
+    rows = [int(r) for _, r in shapes[::2]]
+    assert rows[0] < rows[1] < rows[2]  # the history grows: prompt + reply - 1 rows each
 
 
 @pytest.mark.parametrize("args, message", [
@@ -204,6 +210,7 @@ def test_piped_messages_get_one_reply_each(files):
     (["{model}", "--steer", "{dir}/bogus.safetensors"], "unknown op 'twist'"),
     (["{model}", "--steer", "{dir}/spec.safetensors", "--vector", "{dir}/vector.npy"],
      "not both"),
+    (["{model}", "--capture-layers", "0,7"], "--capture-layers: layer 7 is out of range"),
 ])
 def test_bad_input_exits_2_before_the_chat(files, args, message):
     args = [a.format(model=files["model"], dir=files["dir"]) for a in args]
@@ -219,12 +226,13 @@ def test_piped_chat_on_vllm(files):
     result = subprocess.run([sys.executable, "-m", "chatspace", "chat", str(files["model"]),
                              "--backend", "vllm", "--max-model-len", "256", "--no-thinking",
                              "--max-tokens", "5", "--vector", str(files["dir"] / "vector.npy"),
-                             "--layer", "1", "--scale", "4"],
+                             "--layer", "1", "--scale", "4", "--capture-layers", "2"],
                             input="Hello\n/scale 8\nWhat is a list?\n/steer off\nThanks\n",
                             capture_output=True, text=True, timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("assistant> ") == 3
     assert "scale 8" in result.stdout and "steering off" in result.stdout
+    assert len(re.findall(r"captured layer 2: \d+ x 64", result.stdout)) == 3
 
 
 def test_thinking_is_set_apart_from_the_answer(files):

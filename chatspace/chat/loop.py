@@ -27,6 +27,8 @@ HELP = """commands:
   /tokens N          at most N tokens per reply
   /temperature T     sampling temperature (0: greedy)
   /steer             show the steering; /steer FILE (a spec or a vector file); /steer off
+  /capture L,L       capture those layers' hidden states each reply (shapes and norms shown);
+                     /capture off
   /scale S           the steering scale (add and ablate ops)
   /save FILE         the conversation and its settings as JSONL (a prompts file for
                      `chatspace submit steer`)
@@ -77,6 +79,7 @@ class Chat:
             "thinking": lambda _: self._thinking(True),
             "nothinking": lambda _: self._thinking(False), "tokens": self._tokens,
             "temperature": self._temperature, "steer": self._steer, "scale": self._scale,
+            "capture": self._capture,
             "save": self._save, "help": lambda _: self.say(HELP)}
 
     def say(self, text: str) -> None:
@@ -121,9 +124,17 @@ class Chat:
             out = model.generate_sync(
                 [session.prompt_ids(message)], session.sampling(),
                 steering_spec=session.steering.spec if session.steering else None,
-                streamer=stream)[0]
-        stopped = out.finish_reason == "stopped"
-        session.record(message, printer.finish(stopped), out.finish_reason)
+                capture_layers=session.settings.capture_layers or None, streamer=stream)[0]
+        reply = printer.finish(out.finish_reason == "stopped")
+        captured = {}
+        if out.capture is not None:
+            for layer, states in sorted(out.capture.layers.items()):
+                norm = float(states[-1].float().norm())
+                captured[str(layer)] = {"shape": list(states.shape), "last_norm": norm}
+                self.say(f"  captured layer {layer}: {' x '.join(map(str, states.shape))}, "
+                         f"last-token norm {norm:.4g}")
+            model.run(out.capture.close())
+        session.record(message, reply, out.finish_reason, captured)
 
     def _clear(self, _: str) -> None:
         self.session.clear()
@@ -171,6 +182,14 @@ class Chat:
                                              **self.vector_defaults)
         self.say(session.steering.describe() if session.steering else "steering off")
 
+    def _capture(self, value: str) -> None:
+        settings = self.session.settings
+        if value:
+            settings.capture_layers = [] if value == "off" else \
+                parse_layers(value, self.session.model.num_layers)
+        self.say(f"capturing layers {', '.join(map(str, settings.capture_layers))}"
+                 if settings.capture_layers else "capture off")
+
     def _scale(self, value: str) -> None:
         steering = self.session.steering
         if steering is None:
@@ -187,6 +206,19 @@ class Chat:
             raise ValueError("name a file: /save FILE")
         count = self.session.save(Path(path).expanduser())
         self.say(f"saved {count} turns to {path}")
+
+
+def parse_layers(value: str, num_layers: int) -> list[int]:
+    """"0,3" -> [0, 3]; ValueError naming a layer that is not one of the model's."""
+    try:
+        layers = sorted({int(part) for part in value.split(",") if part.strip()})
+    except ValueError:
+        raise ValueError(f"expected layers like 0,3, got {value!r}") from None
+    for layer in layers:
+        if not 0 <= layer < num_layers:
+            raise ValueError(f"layer {layer} is out of range (the model has {num_layers} "
+                             "decoder layers)")
+    return layers
 
 
 def run_terminal(chat: Chat) -> None:

@@ -71,6 +71,7 @@ class Settings:
     max_tokens: int = 256
     temperature: float = 0.7
     seed: int = 0
+    capture_layers: list[int] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -104,10 +105,12 @@ class ChatSession:
                         temperature=self.settings.temperature,
                         seed=self.settings.seed + len(self.turns))
 
-    def record(self, message: str, reply: str, finish_reason: str) -> None:
+    def record(self, message: str, reply: str, finish_reason: str,
+               captured: dict[str, Any] | None = None) -> None:
         """Keep a finished (or stopped) turn in the history and in what /save writes."""
         self.turns.append({"messages": [*self.history, {"role": "user", "content": message}],
                            "reply": reply, "finish_reason": finish_reason,
+                           "captured": captured or {},
                            "settings": {**asdict(self.settings),
                                         "system_prompt": self.settings.system_prompt(),
                                         "steering": self.steering.to_dict()

@@ -55,12 +55,15 @@ def _model_shape(path: str) -> tuple[int, int]:
 @click.option("--layer", type=int, default=None, help="The vector's layer (default: middle).")
 @click.option("--scale", type=float, default=None, help="The vector's scale (default 1).")
 @click.option("--op", default="add", show_default=True, help="add, cap or ablate.")
+@click.option("--capture-layers", default=None, metavar="L,L",
+              help="Capture these layers' hidden states each reply (shapes and norms shown).")
 @click.option("--max-model-len", type=int, default=None, help="vllm backend: context length.")
 @root_option
 def chat(model: str, backend: str, dtype: str, device: str | None, persona: str | None,
          system: str | None, thinking: bool | None, max_tokens: int, temperature: float,
          seed: int, steer_file: str | None, vector: str | None, layer: int | None,
-         scale: float | None, op: str, max_model_len: int | None, root: str | None) -> None:
+         scale: float | None, op: str, capture_layers: str | None, max_model_len: int | None,
+         root: str | None) -> None:
     """Chat with MODEL (a local directory, a model recorded with download-model, or a cached
     name) in the terminal, with a persona, a system prompt and live steering.
 
@@ -82,6 +85,12 @@ def chat(model: str, backend: str, dtype: str, device: str | None, persona: str 
     path = find_model(model, resolve_root(root)).path
     hidden_size, num_layers = _model_shape(path)
     vector_defaults = {"layer": layer, "scale": scale, "op": op}
+    from chatspace.chat.loop import parse_layers
+
+    try:
+        layers = parse_layers(capture_layers, num_layers) if capture_layers else []
+    except ValueError as exc:
+        raise BadInput(f"--capture-layers: {exc}") from None
     steering = None
     if steer_file or vector:
         from chatspace.chat.session import steering_from
@@ -93,7 +102,7 @@ def chat(model: str, backend: str, dtype: str, device: str | None, persona: str 
             raise BadInput(f"--{'steer' if steer_file else 'vector'}: {exc}") from None
     _chat(path, backend, dtype, pick_device(device), max_model_len, steering,
           vector_defaults, persona=persona, system=system, thinking=thinking,
-          max_tokens=max_tokens, temperature=temperature, seed=seed)
+          max_tokens=max_tokens, temperature=temperature, seed=seed, capture_layers=layers)
 
 
 def _chat(path: str, backend: str, dtype: str, device: str, max_model_len: int | None,
