@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -24,7 +25,7 @@ from chatspace.runs.executors import DebugExecutor
 from chatspace.runs.plan import plan_run
 from chatspace.runs.record import Run, read_json
 from chatspace.specs import resolve_spec
-from tests.conftest import PYDOCS, REPO, chatspace
+from tests.conftest import PYDOCS, REPO, chatspace, wait_until
 from tests.helpers import embed
 from tests.openai_server import FakeOpenAI
 
@@ -315,3 +316,32 @@ def test_viz_app(workspace, monkeypatch):
     app.sidebar.radio[0].set_value("point").run()
     assert not app.exception and sorted(app.dataframe[0].value.index) == \
         ["baseline", "vec/L1/x2", "vec/L1/x8"]
+
+
+def test_viz_command_serves_the_app(workspace):
+    pytest.importorskip("streamlit", reason="the viz extra (streamlit) is not installed")
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "chatspace", "viz", "--port", str(port), "--root",
+         str(workspace["root"])], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env={**os.environ, "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"})
+    try:
+        def healthy() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health",
+                                            timeout=2) as response:
+                    return response.read() == b"ok"
+            except OSError:
+                assert server.poll() is None, server.stdout.read().decode()[-2000:]
+                return False
+        wait_until(healthy, timeout=120, what="the Streamlit server")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+            assert response.status == 200 and b"<html" in response.read().lower()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

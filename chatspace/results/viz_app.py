@@ -17,7 +17,7 @@ from chatspace.runs.record import default_root
 ID_COLUMNS = ["point", "scale", "persona", "category", "prompt_index", "rep"]
 
 
-@st.cache_data(show_spinner=False)
+@st.cache_data(show_spinner=False, ttl=30)  # a running sweep keeps adding rows
 def load(root: str, run_id: str) -> pd.DataFrame:
     files = Catalog(Path(root), [run_id]).runs[0]
     return steer_results(files).drop_columns(["output_token_ids"]).to_pandas()
