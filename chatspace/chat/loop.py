@@ -92,7 +92,10 @@ class Chat:
         if not line:
             return True
         if not line.startswith("/"):
-            self.reply(line)
+            try:
+                self.reply(line)
+            except (ValueError, RuntimeError) as exc:  # e.g. a history past the context
+                self.say(f"\n(no reply: {exc}; /clear starts afresh)")
             return True
         name, _, argument = line[1:].partition(" ")
         if name in ("quit", "exit"):
@@ -134,7 +137,7 @@ class Chat:
                 self.say(f"  captured layer {layer}: {' x '.join(map(str, states.shape))}, "
                          f"last-token norm {norm:.4g}")
             model.run(out.capture.close())
-        session.record(message, reply, out.finish_reason, captured)
+        session.record(message, reply, printer.thinking_text, out.finish_reason, captured)
 
     def _clear(self, _: str) -> None:
         self.session.clear()

@@ -105,11 +105,12 @@ class ChatSession:
                         temperature=self.settings.temperature,
                         seed=self.settings.seed + len(self.turns))
 
-    def record(self, message: str, reply: str, finish_reason: str,
+    def record(self, message: str, reply: str, thinking: str, finish_reason: str,
                captured: dict[str, Any] | None = None) -> None:
         """Keep a finished (or stopped) turn in the history and in what /save writes."""
         self.turns.append({"messages": [*self.history, {"role": "user", "content": message}],
-                           "reply": reply, "finish_reason": finish_reason,
+                           "reply": reply, "thinking": thinking,
+                           "finish_reason": finish_reason,
                            "captured": captured or {},
                            "settings": {**asdict(self.settings),
                                         "system_prompt": self.settings.system_prompt(),

@@ -24,8 +24,6 @@ from chatspace.runs.record import Run, output_problems, read_json
 
 log = logging.getLogger(__name__)
 
-RUN_STATES = ("done", "unreduced", "incomplete")
-
 
 def _time(stamp: str | None) -> datetime | None:
     return datetime.fromisoformat(stamp) if stamp else None
