@@ -56,6 +56,25 @@ def find_model(name: str, root: Path | None = None,
     return ModelRef(label_of(name), local)
 
 
+def model_shape(path: str, name: str) -> tuple[int, int]:
+    """(hidden size, decoder layers) of a model directory; BadInput when it does not load."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from chatspace.steering.hf_backend import check_architecture
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+        AutoTokenizer.from_pretrained(path)
+    except Exception as exc:  # transformers raises many kinds
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadInput(f"model {name}: does not load: {first}") from None
+    try:
+        check_architecture(config.architectures or [type(config).__name__])
+    except ValueError as exc:
+        raise BadInput(f"model {name}: {exc}") from None
+    return config.hidden_size, config.num_hidden_layers
+
+
 def record_model(name: str, root: Path) -> dict[str, Any]:
     """Copy model `name` (HF cache or local directory) under ``{root}/models/{label}``."""
     check_writable(root)

@@ -3,9 +3,7 @@ launching a sweep with the same settings."""
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 
 import click
 
@@ -26,12 +24,6 @@ def pick_device(requested: str | None) -> str:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
-
-
-def _model_shape(path: str) -> tuple[int, int]:
-    config = json.loads((Path(path) / "config.json").read_text())
-    config = config.get("text_config", config)
-    return config["hidden_size"], config["num_hidden_layers"]
 
 
 @click.command()
@@ -72,7 +64,7 @@ def chat(model: str, backend: str, dtype: str, device: str | None, persona: str 
     (/persona, /system, /thinking, /tokens, /steer, /scale, /save …). With stdin piped, each
     line is a message (or a command) and each reply is printed.
     """
-    from chatspace.models import find_model
+    from chatspace.models import find_model, model_shape
 
     if backend not in ("hf", "vllm"):
         raise BadInput(f"--backend {backend!r} is not one of hf, vllm")
@@ -83,7 +75,7 @@ def chat(model: str, backend: str, dtype: str, device: str | None, persona: str 
     if max_tokens < 1 or not 0 <= temperature <= 10:
         raise BadInput("--max-tokens must be >= 1 and --temperature within 0..10")
     path = find_model(model, resolve_root(root)).path
-    hidden_size, num_layers = _model_shape(path)
+    hidden_size, num_layers = model_shape(path, model)
     vector_defaults = {"layer": layer, "scale": scale, "op": op}
     from chatspace.chat.loop import parse_layers
 

@@ -19,29 +19,10 @@ from chatspace.jobs.steer.points import expand_points, point_file
 from chatspace.jobs.steer.prompts import load_personas, load_prompts
 from chatspace.jobs.steer.schema import METRICS, RESULTS_SCHEMA, WRITE_OPTIONS
 from chatspace.jobs.steer.spec import SteerSpec
-from chatspace.models import find_model
+from chatspace.models import find_model, model_shape
 from chatspace.runs.job import JobPlan, JobType, Part, PartOutput, TaskCheck
 from chatspace.runs.record import Run
 from chatspace.runs.timing import StageTimer, add_timings
-
-
-def _model_shape(path: str, name: str) -> tuple[int, int]:
-    """(hidden size, decoder layers) of a model directory; BadInput when it does not load."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    from chatspace.steering.hf_backend import check_architecture
-
-    try:
-        config = AutoConfig.from_pretrained(path)
-        AutoTokenizer.from_pretrained(path)
-    except Exception as exc:  # transformers raises many kinds
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BadInput(f"model {name}: does not load: {first}") from None
-    try:
-        check_architecture(config.architectures or [type(config).__name__])
-    except ValueError as exc:
-        raise BadInput(f"model {name}: {exc}") from None
-    return config.hidden_size, config.num_hidden_layers
 
 
 class SteerJob(JobType):
@@ -55,7 +36,7 @@ class SteerJob(JobType):
 
     def plan(self, spec: SteerSpec, root: Path, run_id: str) -> JobPlan:
         ref = find_model(spec.model.name, root)
-        hidden, layers = _model_shape(ref.path, spec.model.name)
+        hidden, layers = model_shape(ref.path, spec.model.name)
         for layer in spec.capture.layers:
             if not 0 <= layer < layers:
                 raise BadInput(f"capture.layers: layer {layer} out of range (the model has "
