@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -20,7 +19,7 @@ from typing import Any
 
 from chatspace.jobs import JOB_TYPES, open_run
 from chatspace.runs.attempts import attempts
-from chatspace.runs.record import Run, output_problems, read_json
+from chatspace.runs.record import Run, read_json
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +37,7 @@ class RunFiles:
     @cached_property
     def records(self) -> dict[int, dict[str, Any]]:
         """Completion records of the done tasks, by task."""
-        tasks = self.run.completion_path(0).parent
-        records = [read_json(Path(e.path)) for e in os.scandir(tasks)
-                   if e.name.startswith("task-") and e.name.endswith(".json")] \
-            if tasks.is_dir() else []
-        return {r["task"]: r for r in sorted(records, key=lambda r: r["task"])
-                if not output_problems(r, check_hash=False)}
+        return self.run.done_records(check_hash=False)
 
     @cached_property
     def attempts(self) -> dict[int, list[dict[str, Any]]]:
@@ -100,9 +94,9 @@ class RunFiles:
 
     def run_row(self) -> dict[str, Any]:
         plan, run = self.run.plan, self.run
-        tasks = [self.task_row(t) for t in range(run.num_tasks)]
-        starts = [t["started_at"] for t in tasks if t["started_at"]]
-        ends = [t["ended_at"] for t in tasks if t["ended_at"]]
+        spans = [self.task_span(t) for t in range(run.num_tasks)]
+        starts = [start for start, _ in spans if start]
+        ends = [end for _, end in spans if end]
         wall = (max(ends) - min(starts)).total_seconds() if starts and ends else None
         rows_done = sum(r["rows"] for r in self.records.values())
         spec = plan["spec"]

@@ -207,6 +207,17 @@ class Run:
         record = read_json(path)
         return None if output_problems(record, check_hash) else record
 
+    def done_records(self, check_hash: bool = True) -> dict[int, dict[str, Any]]:
+        """The completion records of every done task, by task: what `completion` says task
+        by task, from one scan of the records' directory (for views over many tasks)."""
+        folder = self.dir / "tasks"
+        if not folder.is_dir():
+            return {}
+        records = [read_json(Path(entry.path)) for entry in os.scandir(folder)
+                   if entry.name.startswith("task-") and entry.name.endswith(".json")]
+        return {r["task"]: r for r in sorted(records, key=lambda r: r["task"])
+                if not output_problems(r, check_hash)}
+
     @property
     def submissions_path(self) -> Path:
         return self.dir / "submissions.json"
