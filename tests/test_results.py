@@ -345,3 +345,6 @@ def test_viz_command_serves_the_app(workspace):
     finally:
         server.terminate()
         server.wait(timeout=30)
+    # the command is the server (exec): stopping it leaves no Streamlit process behind
+    assert subprocess.run(["pgrep", "-f", f"server.port {port} "],
+                          capture_output=True).returncode == 1

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -169,9 +168,9 @@ def viz(port: int, root: str | None) -> None:
             from None
     app = Path(__file__).resolve().parent.parent / "results" / "viz_app.py"
     env = {**os.environ, "CHATSPACE_ROOT": str(resolve_root(root))}
-    sys.exit(subprocess.call([sys.executable, "-m", "streamlit", "run", str(app),
-                              "--server.port", str(port), "--server.headless", "true"],
-                             env=env))
+    # exec, not a child process: a signal to this command reaches the server itself
+    os.execve(sys.executable, [sys.executable, "-m", "streamlit", "run", str(app),
+                               "--server.port", str(port), "--server.headless", "true"], env)
 
 
 COMMANDS = [query, report, viz]
