@@ -201,7 +201,7 @@ class Chat:
         if not all(hasattr(op, "scale") for layer in steering.spec.layers.values()
                    for op in layer.ops):
             raise ValueError("cap ops have bounds, not a scale")
-        steering.spec, steering.scale = steering.spec.with_scale(scale), scale
+        steering.spec = steering.spec.with_scale(scale)
         self.say(steering.describe())
 
     def _save(self, path: str) -> None:

@@ -24,11 +24,16 @@ from chatspace.steering.spec import (
 
 @dataclass
 class Steering:
-    """The steering in force: a spec, where it came from, and the scale `/scale` changes."""
+    """The steering in force: a spec and where it came from."""
 
     spec: SteeringSpec
     source: str
-    scale: float | None = None
+
+    @property
+    def scale(self) -> float | None:
+        """The scale of the first add or ablate op (what `/scale` sets on all of them)."""
+        return next((op.scale for layer in self.spec.layers.values() for op in layer.ops
+                     if hasattr(op, "scale")), None)
 
     def describe(self) -> str:
         ops = ", ".join(f"layer {i}: {'+'.join(op.op for op in layer.ops)}"
@@ -57,10 +62,7 @@ def steering_from(path: str, layer: int | None, scale: float | None, op: str,
                                                                scale),))})
         source = f"{path} ({op} at layer {where})"
     spec.check(hidden_size, num_layers)
-    if scale is None:
-        scale = next((op.scale for lay in spec.layers.values() for op in lay.ops
-                      if hasattr(op, "scale")), None)
-    return Steering(spec, source, scale)
+    return Steering(spec, source)
 
 
 @dataclass
