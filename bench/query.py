@@ -24,7 +24,7 @@ from bench.common import plan_embed, timed, write_corpus
 from chatspace.jobs.embed.schema import WRITE_OPTIONS, build_table
 from chatspace.results.catalog import Catalog
 from chatspace.results.query import connect, run_sql, views_in
-from chatspace.runs.record import Run, file_entry, write_json, write_parquet
+from chatspace.runs.record import Run, write_json, write_parquet
 
 QUERIES = {
     "count": "SELECT count(*) FROM {src}",
@@ -50,7 +50,7 @@ def fill_run(run: Run, texts: list[str], dim: int) -> None:
         write_parquet(path, [table], table.schema, WRITE_OPTIONS)
         write_json(run.completion_path(task), {
             "task": task, "rows": table.num_rows, "rows_in": table.num_rows,
-            "outputs": [file_entry(path, name="shard", rows=table.num_rows)],
+            "outputs": [run.entry(path, name="shard", rows=table.num_rows)],
             "timings": {"wall": {"seconds": 1.0}}})
 
 

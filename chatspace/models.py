@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from chatspace.errors import BadInput
+from chatspace.names import check_name, check_replaceable, replace_recorded
 from chatspace.runs.record import check_writable, sha256_file, tool_info, write_json
 
 # Files worth copying from a model directory (weights, config, tokenizer, chat template).
@@ -79,8 +80,9 @@ def record_model(name: str, root: Path) -> dict[str, Any]:
     """Copy model `name` (HF cache or local directory) under ``{root}/models/{label}``."""
     check_writable(root)
     ref = find_model(name)
+    check_name(ref.label, "model name")
     source = Path(ref.path)
-    dest = root / "models" / ref.label
+    dest = check_replaceable(root, root / "models" / ref.label)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dest.parent))
     try:
@@ -93,9 +95,7 @@ def record_model(name: str, root: Path) -> dict[str, Any]:
         info = {"name": name, "label": ref.label, "from": str(source),
                 "files": sorted(files, key=lambda f: f["path"]), "tool": tool_info()}
         write_json(staging / "_info.json", info)
-        if dest.exists():
-            shutil.rmtree(dest)
-        staging.rename(dest)
+        replace_recorded(staging, dest, root)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {**info, "path": str(dest)}

@@ -9,6 +9,7 @@ types cannot say. Everything downstream trusts the result.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import types
 import typing
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from chatspace.errors import BadInput
+from chatspace.names import check_name
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,46 @@ class SlurmConfig:
     container: str | None = None
     reduce: ReduceConfig = ReduceConfig()
 
+    def validate(self) -> None:
+        """What can be checked without the cluster (`check_slurm_options` asks it the rest)."""
+        for value in (self.time, self.reduce.time):
+            if value is not None:
+                parse_time(value)
+        for name in ("array_parallelism", "cpus_per_task", "gpus_per_task"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise BadInput(f"slurm.{name} must be >= 1, got {value}")
+        if self.reduce.cpus < 1:
+            raise BadInput(f"slurm.reduce.cpus must be >= 1, got {self.reduce.cpus}")
+        for arg in self.sbatch_args:
+            if not isinstance(arg, str) or not arg.startswith("--") or "=" not in arg:
+                raise BadInput(f"slurm.sbatch_args (--sbatch-arg) {arg!r} must look like "
+                               "--key=value")
+
+
+_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+
+
+def parse_time(value: str) -> int:
+    """SLURM time (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) in whole minutes (rounded up)."""
+    match = _TIME.match(value.strip())
+    if not match:
+        raise BadInput(f"slurm.time (--time) {value!r} is not a SLURM time "
+                       "(e.g. 30, 2:00:00, 1-12:00:00)")
+    days, a, b, c = match.groups()
+    if days is not None:  # D-H[:M[:S]]
+        seconds = int(days) * 86400 + int(a) * 3600 + int(b or 0) * 60 + int(c or 0)
+    elif c is not None:  # H:M:S
+        seconds = int(a) * 3600 + int(b) * 60 + int(c)
+    elif b is not None:  # M:S
+        seconds = int(a) * 60 + int(b)
+    else:
+        seconds = int(a) * 60
+    if seconds <= 0:
+        raise BadInput(f"slurm.time (--time) {value!r} must be positive")
+    return -(-seconds // 60)
+
+
 
 @dataclass(frozen=True, kw_only=True)
 class JobSpec:
@@ -68,6 +110,9 @@ class JobSpec:
             raise BadInput(f"run.array (--array) must be >= 1, got {self.run.array}")
         if self.run.part_rows < 1:
             raise BadInput(f"run.part_rows must be >= 1, got {self.run.part_rows}")
+        if self.run.name is not None:
+            check_name(self.run.name, "run.name (--name)")
+        self.slurm.validate()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -95,6 +140,8 @@ def read_spec_file(path: str | Path, known: dict[str, type]) -> dict[str, dict[s
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise BadInput(f"spec file not found: {path}") from None
+    except (UnicodeDecodeError, IsADirectoryError) as exc:
+        raise BadInput(f"spec file {path} is not a TOML text file ({exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise BadInput(f"spec file {path} is not valid TOML: {exc}") from None
     for section, table in raw.items():

@@ -42,6 +42,10 @@ def assert_bad(args: list[str], root: Path, expected: str) -> None:
      "--parallelism applies to --executor local only, not debug"),
     (["--n", "10", "--container", "x.sif"],
      "--container applies to --executor slurm only, not local"),
+    (["--n", "10", "--seed", "-1"], "sampling.seed (--seed) must be >= 0, got -1"),
+    (["--n", "10", "--sbatch-arg", "bogus"],
+     "slurm.sbatch_args (--sbatch-arg) 'bogus' must look like --key=value"),
+    (["--n", "10", "--time", "notatime"], "slurm.time (--time) 'notatime' is not a SLURM time"),
 ])
 def test_bad_submit_input(root, extra, expected):
     assert_bad(BASE + extra, root, expected)
@@ -90,6 +94,41 @@ def test_spec_file_errors(root, tmp_path):
     bad.write_text('[dataset]\nname = "x"\ntext_field = "t"\ncolour = "blue"\n')
     assert_bad(["submit", "embed", str(bad), "--executor", "local"], root,
                "unknown key dataset.colour")
+
+
+def test_binary_and_ill_typed_spec_files(root, tmp_path):
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(bytes(range(256)) * 4)
+    assert_bad(["submit", "embed", str(binary), "--executor", "local"], root,
+               f"spec file {binary} is not a TOML text file")
+    args = tmp_path / "args.toml"
+    args.write_text(f'[dataset]\nname = "{PYDOCS}"\ntext_field = "text"\n[sampling]\nn = 3\n'
+                    "[slurm]\nsbatch_args = [1, 2]\n")
+    assert_bad(["plan", "embed", str(args)], root, "slurm.sbatch_args (--sbatch-arg) 1 must")
+
+
+def test_bad_dataset_files_are_named_at_plan(root, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), empty)
+    assert_bad([*BASE[:5], str(empty), "--text-field", "text", "--p", "0.5"], root,
+               "the dataset has no rows to sample")
+    for line, kind in (("5", "int"), ("[1, 2]", "list")):
+        data = tmp_path / f"{kind}.jsonl"
+        data.write_text('{"text": "fine"}\n' + line + "\n")
+        assert_bad([*BASE[:5], str(data), "--text-field", "text", "--p", "1"], root,
+                   f"dataset file {data}: line 2 is a JSON {kind}, not an object")
+    ids = tmp_path / "ids.jsonl"
+    ids.write_text("".join(json.dumps({"id": i, "text": f"t{n}"}) + "\n"
+                           for n, i in enumerate(["a", "b", "a", None, "c"])))
+    assert_bad([*BASE[:5], str(ids), "--text-field", "text", "--p", "1", "--id-field", "id"],
+               root, "dataset.id_field 'id' is null at 1 sampled row(s) (rows 3)")
+    ids.write_text("".join(json.dumps({"id": i, "text": f"t{n}"}) + "\n"
+                           for n, i in enumerate(["a", "b", "a", "c"])))
+    assert_bad([*BASE[:5], str(ids), "--text-field", "text", "--p", "1", "--id-field", "id"],
+               root, "dataset.id_field 'id' repeats 1 id(s) among the sampled rows: a")
 
 
 def test_task_out_of_range(root):

@@ -272,6 +272,8 @@ def test_thinking_is_set_apart_from_the_answer(files):
     assert answer == "They are mutable." and printer.thinking_text == "lists hold items"
     plain = io.StringIO()
     printer = ReplyPrinter(tokenizer, "pirate", thinking=False, out=plain, styled=True)
-    printer.feed(tokenizer("Arr\x1b[2J", add_special_tokens=False)["input_ids"])
+    printer.feed(tokenizer("Arr\x1b[2J\x9b2J\x85", add_special_tokens=False)["input_ids"])
     printer.finish(stopped=True)
-    assert "\x1b[2J" not in plain.getvalue() and plain.getvalue().endswith(" [stopped]\n")
+    shown = plain.getvalue()
+    assert "\x1b[2J" not in shown and shown.endswith(" [stopped]\n")
+    assert not any(0x80 <= ord(c) < 0xa0 for c in shown), "C1 controls (0x9b is a CSI) go too"

@@ -117,7 +117,7 @@ def test_hf_dataset_by_name_from_the_local_cache(root, hf_home):
     manifest = json.loads(Path(json.loads(result.stdout)["manifest"]).read_text())
     assert manifest["source"] == "hf" and manifest["rows_total"] == 10
     assert "/testorg__pydocs/test/" in manifest["shards"][0]["path"]
-    shard = pq.read_table(manifest["shards"][0]["path"])
+    shard = pq.read_table(root / manifest["shards"][0]["path"])
     assert shard.column("id").to_pylist()[:2] == ["test:0", "test:1"]
     assert shard.column("split")[0].as_py() == "test"
     recorded = chatspace("download-dataset", "testorg/pydocs", "--split", "train", "--json",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -173,6 +174,41 @@ def test_a_killed_task_resumes_from_its_last_part(inputs, root):
     assert_same_results(whole, run)
 
 
+def _group(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group `pgid`."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if entry.name.isdigit() and int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def test_a_sigkilled_vllm_task_leaves_no_engine_behind(inputs, root):
+    """The local executor runs each task in its own process group and kills the group when
+    the task ends, so vLLM's engine-core process does not outlive a SIGKILLed task."""
+    from chatspace.runs.lease import holder
+
+    submit = subprocess.Popen([sys.executable, "-m", "chatspace", "submit", "steer",
+                               str(inputs["spec"]), "--executor", "local", "--run-id", "orphan",
+                               "--root", str(root)], cwd=REPO, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    run = wait_until(lambda: (root / "runs" / "orphan" / "plan.json").exists()
+                     and Run.open("orphan", root, JOB_TYPES), what="the plan")
+    owner = wait_until(lambda: holder(run, 0), what="the task to start")
+    wait_until(lambda: len(_group(owner["pid"])) >= 2, timeout=300, what="its vLLM engine")
+    engine = [p for p in _group(owner["pid"]) if p != owner["pid"]]
+    os.kill(owner["pid"], signal.SIGKILL)  # the task alone, as an OOM killer would
+    _, err = submit.communicate(timeout=120)
+    assert submit.returncode == 1 and "task 0" in err, err[-2000:]
+    wait_until(lambda: not _group(owner["pid"]), timeout=30, what="the engine to go")
+    assert not [p for p in engine if Path(f"/proc/{p}").exists()
+                and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1][:3]]
+
+
 def test_metrics_match_an_independent_computation(inputs, root):
     from transformers import AutoModelForCausalLM
 
@@ -247,6 +283,16 @@ BAD = [
     (["--capture-layers", "0,4"], "capture.layers: layer 4 out of range"),
     (["--model", "{dir}/broken-model"], "does not load"),
     (["--model", "/no/such/model"], "model path not found: /no/such/model"),
+    (["--prompts", "{dir}/binary.json"], "is not JSON"),
+    (["--vector", "{dir}/pickled.pt", "--point-name", "v", "--op", "add", "--layers", "1",
+      "--scales", "1"], "pickled.pt: not a readable .pt tensor file"),
+    (["--vector", "{dir}/broken.safetensors", "--point-name", "v", "--op", "add", "--layers",
+      "1", "--scales", "1"], "broken.safetensors: not a readable .safetensors tensor file"),
+    (["--vector", "{dir}/tiny.npy", "--point-name", "v", "--op", "ablate", "--layers", "1",
+      "--scales", "0"], "vector: has norm 8e-30; steering needs a norm in"),
+    (["--vector", "{dir}/huge.npy", "--point-name", "v", "--op", "cap", "--layers", "1",
+      "--cap-max", "1"], "vector: has norm 8e+30; steering needs a norm in"),
+    (["--temperature", "nan"], "generation.temperature (--temperature) must be a finite"),
 ]
 
 
@@ -256,6 +302,11 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(inputs, root, extra,
     (where / "bad-personas.json").write_text(json.dumps([PERSONAS[0], {"category": "x"}]))
     (where / "broken-model").mkdir(exist_ok=True)
     (where / "broken-model" / "config.json").write_text("{not json")
+    (where / "binary.json").write_bytes(bytes(range(256)))
+    (where / "pickled.pt").write_bytes(pickle.dumps(os.system))  # refused, never called
+    (where / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{oops")
+    np.save(where / "tiny.npy", np.full(64, 1e-30, dtype="float32"))
+    np.save(where / "huge.npy", np.full(64, 1e30, dtype="float32"))
     args = [a.format(dir=where) for a in extra]
     result = chatspace("submit", "steer", str(inputs["spec"]), "--executor", "debug", *args,
                        root=root)
@@ -290,7 +341,7 @@ def test_download_model_records_a_model_that_plans_find(inputs, root):
                         "--json", root=root)
     assert planned.returncode == 0, planned.stderr
     run = Run.open(json.loads(planned.stdout)["run_id"], root, JOB_TYPES)
-    assert run.plan["model"]["path"] == str(dest)
+    assert run.path(run.plan["model"]["path"]) == dest
 
 
 def test_prompts_sampled_from_a_dataset(inputs, root, tmp_path):

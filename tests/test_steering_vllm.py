@@ -286,6 +286,29 @@ if __name__ == "__main__":
 """
 
 
+CLOSING = """
+import sys
+from chatspace.steering.model import SteerModel
+from chatspace.steering.outputs import Sampling
+if __name__ == "__main__":
+    model = SteerModel(sys.argv[1], "vllm", max_model_len=256)
+    print(model.generate_sync(["def parse(text):"], Sampling(max_tokens=3))[0].token_ids)
+    model.close()
+    print("CLOSED", flush=True)
+"""
+
+
+def test_a_script_that_closes_its_model_exits_cleanly(tiny_model_dir):
+    """No `AsyncLLM.__del__` traceback and no leaked shared memory at interpreter exit."""
+    done = subprocess.run([sys.executable, "-c", CLOSING, str(tiny_model_dir("qwen2"))],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True)
+    assert done.returncode == 0 and "CLOSED" in done.stdout, done.stderr[-3000:]
+    tail = done.stderr[done.stderr.find("CLOSED"):]
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, tail
+    assert "leaked shared_memory" not in done.stderr, done.stderr[-3000:]
+
+
 def test_a_killed_client_leaves_no_segment_after_the_ttl(tiny_model_dir):
     env = {**os.environ, "CHATSPACE_SHM_TTL": "2", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-c", CLIENT, str(tiny_model_dir("qwen2"))],

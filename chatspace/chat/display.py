@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import TextIO
 
 THINK_START, THINK_END = "<think>", "</think>"
-# control characters a model may emit (an escape sequence would drive the terminal)
-CONTROL = {c: "\ufffd" for c in [*range(0x00, 0x09), *range(0x0b, 0x20), 0x7f]}
+# control characters a model may emit (an escape sequence would drive the terminal): C0 but tab
+# and newline, DEL, and C1 (0x9b is a one-byte CSI on some terminals)
+CONTROL = {c: "\ufffd" for c in [*range(0x00, 0x09), *range(0x0b, 0x20), *range(0x7f, 0xa0)]}
 DIM, BOLD, RESET = "\x1b[2m", "\x1b[1m", "\x1b[0m"
 
 

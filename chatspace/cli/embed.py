@@ -26,12 +26,13 @@ def _submit_in_process(ctx: click.Context, params: dict[str, Any]) -> None:
 @spec_options(EMBED)
 @root_option
 @run_id_option
+@execute_option
 @json_option
 @click.pass_context
 def embed_hf(ctx: click.Context, **params: Any) -> None:
     """Embed a dataset with a sentence-transformers model in this one process (the same run
-    as `submit embed --array 1 --executor debug`)."""
-    params["execute"] = True
+    as `submit embed --array 1 --executor debug`). With `--backend openai` (flag or spec
+    file) it is a dry run unless --execute, as every path into a paid API."""
     _submit_in_process(ctx, params)
 
 

@@ -111,12 +111,15 @@ def _status_lines(run: Run, state: dict[str, Any], wanted: set[str]) -> list[str
 @click.option("--watch", is_flag=True,
               help="Print the status again whenever it changes, polling with backoff (a few "
                    "seconds growing to a minute), until no task is left to run.")
+@click.option("--verify", "check_hash", is_flag=True,
+              help="Also re-read every output of a done task against its sha256 (slow on "
+                   "large runs); without it a same-size change goes unseen.")
 @json_option
 def status(run_ref: str, root: str | None, failed: bool, states: tuple[str, ...], watch: bool,
-           as_json: bool) -> None:
+           check_hash: bool, as_json: bool) -> None:
     """Per-task states of RUN (a run id or run directory): rows done, attempts, node, elapsed,
     logs; rows/s and ETA; the reduce job; the manifest once it is current. A done task whose
-    outputs are gone or changed size shows as lost."""
+    outputs are gone or changed size (any change, with --verify) shows as lost."""
     import time
 
     from chatspace.runs.slurm_cli import LIVE_STATES
@@ -127,7 +130,7 @@ def status(run_ref: str, root: str | None, failed: bool, states: tuple[str, ...]
     wanted = set(states) | ({"failed", "lost"} if failed else set())
     delay, seen = POLL_FIRST, None
     while True:
-        state = run_status(run)
+        state = run_status(run, verify=check_hash)
         if wanted:
             state["tasks"] = [t for t in state["tasks"] if t["state"] in wanted]
         now = progress_key(state)

@@ -94,7 +94,9 @@ def slurm_from_cli(current: SlurmConfig, params: dict[str, Any]) -> SlurmConfig:
     values = dataclasses.asdict(current)
     values.update({k: v for k, v in given["slurm"].items() if v is not None})
     values["reduce"].update({k: v for k, v in given["slurm.reduce"].items() if v is not None})
-    return build_section(SlurmConfig, values, "slurm")
+    config = build_section(SlurmConfig, values, "slurm")
+    config.validate()
+    return config
 
 
 def spec_from_cli(job: JobType, spec_file: str | None, params: dict[str, Any]) -> JobSpec:

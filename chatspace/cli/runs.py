@@ -181,13 +181,29 @@ def resume(run_ref: str, root: str | None, executor: str | None, parallelism: in
     max_array = check_slurm_options(slurm) if executor == "slurm" else 0
     try:
         live, stale = live_jobs(run)
-        if live and not force:
-            raise BadInput(f"run {run.run_id} still has queued or running jobs "
-                           f"({', '.join(live)}): wait, or use --force to cancel them first")
+    except SlurmUnavailable as exc:
+        if _came_from_slurm(run):
+            raise BadInput(f"cannot ask SLURM about run {run.run_id}'s jobs: {exc}") from None
+        log.debug("SLURM cannot be asked (%s); run %s has no SLURM job of its own", exc,
+                  run.run_id)
+        live, stale = [], []
+    if live and not force:
+        raise BadInput(f"run {run.run_id} still has queued or running jobs "
+                       f"({', '.join(live)}): wait, or use --force to cancel them first")
+    try:
         cancel(live + stale)
     except SlurmUnavailable as exc:
-        raise BadInput(f"cannot ask SLURM about run {run.run_id}'s jobs: {exc}") from None
+        raise BadInput(f"cannot cancel run {run.run_id}'s jobs: {exc}") from None
     launch_run(run, executor, slurm, max_array, parallelism, wait, as_json)
+
+
+def _came_from_slurm(run: Run) -> bool:
+    """Whether a submission or an attempt of the run came from SLURM (then its jobs must be
+    checked before anything is rerun)."""
+    from chatspace.runs.attempts import attempts
+
+    return any(r["executor"] == "slurm" for r in run.submissions()) or any(
+        a["slurm"] for t in range(run.num_tasks) for a in attempts(run, t))
 
 
 @click.command("cancel")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from chatspace.errors import BadInput
+from chatspace.names import check_name
 
 EXTRACT_MODES = ("first-assistant", "conversation")
 
@@ -29,6 +30,15 @@ class DatasetConfig:
         if self.extract not in EXTRACT_MODES:
             raise BadInput(f"dataset.extract must be one of {', '.join(EXTRACT_MODES)}, "
                            f"got {self.extract!r}")
+        check_split(self.subset, self.split)
+
+
+def check_split(subset: str | None, split: str | None) -> None:
+    """A subset and split go into output paths: each must be a plain directory name."""
+    if subset is not None:
+        check_name(subset, "dataset.subset (--subset)")
+    if split is not None:
+        check_name(split, "dataset.split (--split)")
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,8 @@ class SamplingConfig:
     max_rows: int | None = None
 
     def validate(self) -> None:
+        if self.seed < 0:
+            raise BadInput(f"sampling.seed (--seed) must be >= 0, got {self.seed}")
         if (self.n is None) == (self.p is None):
             raise BadInput("give exactly one of sampling.n (--n) and sampling.p (--p); "
                            "--p 1 takes every row")

@@ -11,17 +11,19 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from chatspace.data.config import check_split
 from chatspace.data.sources import open_source, read_file_table
+from chatspace.names import check_replaceable, replace_recorded
 from chatspace.runs.record import check_writable, tool_info, write_json
 
 
 def record_dataset(name: str, subset: str | None, split: str | None,
                    root: Path) -> dict[str, Any]:
     check_writable(root)
+    check_split(subset, split)
     source = open_source(name, subset, split)
-    dest = root / "datasets" / "raw" / source.origin / source.dataset
-    if split:
-        dest = dest / split
+    dest = check_replaceable(root, root.joinpath("datasets", "raw", source.origin,
+                                                 source.dataset, *([split] if split else [])))
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dest.parent))
     try:
@@ -36,9 +38,7 @@ def record_dataset(name: str, subset: str | None, split: str | None,
                 "rows": sum(f["rows"] for f in files), "features": features, "files": files,
                 "tool": tool_info()}
         write_json(staging / "_info.json", info)
-        if dest.exists():
-            shutil.rmtree(dest)
-        staging.rename(dest)
+        replace_recorded(staging, dest, root)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {**info, "path": str(dest)}

@@ -10,6 +10,8 @@ from chatspace.errors import BadInput
 
 
 def sample_size(cfg: SamplingConfig, rows_available: int) -> int:
+    if rows_available == 0:
+        raise BadInput("the dataset has no rows to sample")
     if cfg.n is not None:
         if cfg.n > rows_available:
             raise BadInput(f"sampling.n (--n) = {cfg.n} is larger than the "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -57,9 +58,26 @@ class SourceInfo:
 
 
 def read_json_lines(path: str) -> list[dict]:
-    """JSON Lines parsed row by row (values keep their own types; blank lines are skipped)."""
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    """JSON Lines parsed row by row (values keep their own types; blank lines are skipped);
+    BadInput naming the file and line when a line is not a JSON object."""
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for number, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise BadInput(f"dataset file {path}: line {number} is not JSON "
+                                   f"({exc})") from None
+                if not isinstance(row, dict):
+                    raise BadInput(f"dataset file {path}: line {number} is a JSON "
+                                   f"{type(row).__name__}, not an object")
+                rows.append(row)
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"dataset file {path} is not UTF-8 text ({exc})") from None
+    return rows
 
 
 def read_file_table(path: str, fmt: str) -> pa.Table:
@@ -157,6 +175,35 @@ def open_source(name: str, subset: str | None, split: str | None) -> SourceInfo:
     if name.startswith((".", "/", "~")) or Path(name).suffix in FORMATS:
         raise BadInput(f"dataset file not found: {name}")
     return _open_hub(name, subset, split)
+
+
+def check_ids(info: SourceInfo, column: str, rows: np.ndarray) -> None:
+    """BadInput naming the ids when column `column` (the id field) holds nulls or duplicates
+    at the sampled global `rows`: found at plan time, not by the reduce after all the work.
+    Reads that one column (Parquet and Arrow by column; JSON and CSV files whole)."""
+    pieces = []
+    for src in info.files:
+        if src.format == "parquet":
+            pieces.append(pq.read_table(src.path, columns=[column]).column(column))
+        elif src.format == "json":
+            pieces.append(pa.array([row.get(column) for row in read_json_lines(src.path)]))
+        else:
+            pieces.append(read_file_table(src.path, src.format).column(column))
+    values = pa.chunked_array([c for p in pieces for c in
+                               (p.chunks if isinstance(p, pa.ChunkedArray) else [p])])
+    taken = values.take(pa.array(rows)).to_pylist()
+    nulls = [str(r) for r, v in zip(rows.tolist(), taken, strict=True) if v is None]
+    if nulls:
+        raise BadInput(f"dataset.id_field {column!r} is null at {len(nulls)} sampled row(s) "
+                       f"(rows {_some(nulls)})")
+    repeated = sorted(k for k, n in Counter(str(v) for v in taken).items() if n > 1)
+    if repeated:
+        raise BadInput(f"dataset.id_field {column!r} repeats {len(repeated)} id(s) among the "
+                       f"sampled rows: {_some(repeated)}")
+
+
+def _some(items: list[str]) -> str:
+    return ", ".join(items[:3]) + (", ..." if len(items) > 3 else "")
 
 
 class RowReader:

@@ -19,7 +19,7 @@ from typing import Any
 
 from chatspace.jobs import JOB_TYPES, open_run
 from chatspace.runs.attempts import attempts
-from chatspace.runs.record import Run, read_json
+from chatspace.runs.record import Run, read_record
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,7 @@ class RunFiles:
 
     @cached_property
     def manifest(self) -> dict[str, Any] | None:
-        path = self.run.manifest_path
-        return read_json(path) if path.exists() else None
+        return read_record(self.run.manifest_path)
 
     @property
     def missing_tasks(self) -> list[int]:
@@ -60,8 +59,8 @@ class RunFiles:
 
     def files(self, output: str) -> list[str]:
         """The files of output `output` that the done tasks list, in task order."""
-        return [e["path"] for r in self.records.values() for e in r["outputs"]
-                if e["name"] == output]
+        return [str(self.run.path(e["path"])) for r in self.records.values()
+                for e in r["outputs"] if e["name"] == output]
 
     def task_span(self, task: int) -> tuple[datetime | None, datetime | None]:
         """When the task's first attempt started and its last attempt ended."""
@@ -145,12 +144,15 @@ class Catalog:
             self.runs = [RunFiles(open_run(ref, root)) for ref in only]
             return
         self.runs = []
-        for plan in sorted((root / "runs").glob("*/plan.json")):
-            kind = read_json(plan).get("kind")
-            if kind not in JOB_TYPES:
-                log.warning("skipping %s: unknown kind %r", plan.parent, kind)
+        for folder in sorted((root / "runs").glob("[!.]*/")):
+            plan = read_record(folder / "plan.json")
+            if plan is None:  # not planned (yet), or torn: logged by read_record
                 continue
-            self.runs.append(RunFiles(Run(root, plan.parent.name, JOB_TYPES[kind])))
+            kind = plan.get("kind")
+            if kind not in JOB_TYPES:
+                log.warning("skipping %s: unknown kind %r", folder, kind)
+                continue
+            self.runs.append(RunFiles(Run(root, folder.name, JOB_TYPES[kind])))
 
     def of_kind(self, kind: str) -> list[RunFiles]:
         return [f for f in self.runs if f.run.plan["kind"] == kind]

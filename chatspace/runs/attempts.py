@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from chatspace.runs.record import Run, read_json, write_json
+from chatspace.runs.record import Run, read_record, record_files, write_json
 
 REDUCE = "reduce"
 
@@ -95,9 +95,10 @@ def recording(run: Run, task: int | None) -> Iterator[dict[str, Any]]:
 
 
 def attempts(run: Run, task: int | None) -> list[dict[str, Any]]:
-    """The recorded attempts of `task` (None: the reduce), oldest first."""
+    """The recorded attempts of `task` (None: the reduce), oldest first; a torn record is
+    skipped (logged)."""
     folder = run.dir / "attempts" / attempt_group(task)
-    return [read_json(p) for p in sorted(folder.glob("*.json"))]
+    return [r for p in record_files(folder) if (r := read_record(p)) is not None]
 
 
 def _when(stamp: str) -> datetime:

@@ -9,19 +9,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from tqdm import tqdm
 
-from chatspace.errors import RunFailed
+from chatspace.errors import BadInput, RunFailed
 from chatspace.runs.commands import task_command
+from chatspace.runs.lease import TaskBusy, describe, holder
 from chatspace.runs.record import Run
 from chatspace.runs.reduce import reduce_run, task_problem, verify_run
 from chatspace.runs.status import run_status
@@ -73,45 +76,102 @@ class LocalExecutor:
             env["CUDA_VISIBLE_DEVICES"] = gpu
         cmd = [sys.executable, "-m", "chatspace", *task_command(run, task)[1:]]
         with open(run.log_dir / f"local-{task:05d}.log", "ab") as out:
+            # its own process group: whatever the task starts (a vLLM engine) goes with it
             return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                    stdin=subprocess.DEVNULL)
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
 
     def execute(self, run: Run, tasks: Sequence[int]) -> None:
         queue = list(tasks)
         workers = min(self.parallelism, max(len(queue), 1))
         threads = max(1, (os.cpu_count() or 1) // workers)
         running: dict[int, subprocess.Popen] = {}
+        waiting: list[int] = []  # tasks another process was running: rerun if left undone
         held: dict[int, str] = {}  # task -> its GPU
         free = list(self.gpus)
         failed: list[int] = []
-        total = run.rows
-        bar = tqdm(total=total, unit="rows", disable=not self.progress, desc=run.run_id,
+        bar = tqdm(total=run.rows, unit="rows", disable=not self.progress, desc=run.run_id,
                    file=sys.stderr)
         try:
-            while queue or running:
-                while queue and len(running) < workers:
-                    task = queue.pop(0)
-                    if free:
-                        held[task] = free.pop(0)
-                    running[task] = self._start(run, task, threads, workers, held.get(task))
-                time.sleep(0.5)
-                for task, proc in list(running.items()):
-                    if proc.poll() is not None:
+            with _stopped_by_sigterm():
+                while queue or running or waiting:
+                    while queue and len(running) < workers:
+                        task = queue.pop(0)
+                        if free:
+                            held[task] = free.pop(0)
+                        running[task] = self._start(run, task, threads, workers, held.get(task))
+                    time.sleep(0.5)
+                    for task, proc in list(running.items()):
+                        if proc.poll() is None:
+                            continue
                         del running[task]
+                        _kill_group(proc, signal.SIGKILL)  # what the task left behind
                         if task in held:
                             free.append(held.pop(task))
-                        if proc.returncode != 0:
+                        if proc.returncode == TaskBusy.exit_code:
+                            log.info("task %d is running in another process: waiting", task)
+                            waiting.append(task)
+                        elif proc.returncode != 0:
                             failed.append(task)
                             log.error("task %d exited with %d", task, proc.returncode)
-                bar.update(run_status(run)["rows_done"] - bar.n)
+                    for task in [t for t in waiting if holder(run, t) is None]:
+                        waiting.remove(task)
+                        if run.completion(task) is None:
+                            queue.append(task)
+                    bar.update(run_status(run)["rows_done"] - bar.n)
         finally:
-            for proc in running.values():
-                proc.kill()
+            _stop_all(running.values())
             bar.close()
         if failed:
             raise RunFailed(f"run {run.run_id}: {len(failed)} task(s) failed:\n  "
                             + "\n  ".join(task_problem(run, t) for t in sorted(failed)))
         reduce_run(run)
+
+
+class Stopped(RunFailed):
+    """The submitting process was asked to stop (SIGTERM); its tasks were stopped first."""
+
+
+@contextlib.contextmanager
+def _stopped_by_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into `Stopped` for the block, so that the executor stops its tasks and
+    waits for them instead of orphaning them (SIGINT raises KeyboardInterrupt already)."""
+    def stop(signum: int, frame: object) -> None:
+        raise Stopped("stopped by SIGTERM: its tasks were stopped; `chatspace resume RUN` "
+                      "continues from their committed parts")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _kill_group(proc: subprocess.Popen, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signum)
+
+
+def _stop_all(procs: Iterable[subprocess.Popen], grace: float = 10.0) -> None:
+    """SIGTERM each task's process group, wait up to `grace` seconds, then SIGKILL them."""
+    procs = list(procs)
+    for proc in procs:
+        _kill_group(proc, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(max(deadline - time.monotonic(), 0.1))
+        _kill_group(proc, signal.SIGKILL)
+        proc.wait()
+
+
+def check_not_running(run: Run, tasks: Sequence[int]) -> None:
+    """BadInput naming the tasks another live process is running (their leases are held)."""
+    busy = [(t, owner) for t in tasks if (owner := holder(run, t)) is not None]
+    if busy:
+        raise BadInput(f"run {run.run_id} is being run elsewhere: "
+                       + "; ".join(f"task {t} by {describe(o)}" for t, o in busy[:3])
+                       + (f" (and {len(busy) - 3} more)" if len(busy) > 3 else "")
+                       + ": wait for it to end, or stop it first")
 
 
 def launch(run: Run, executor: str, *, slurm: SlurmConfig, max_array: int = 1001,
@@ -121,6 +181,7 @@ def launch(run: Run, executor: str, *, slurm: SlurmConfig, max_array: int = 1001
     reduce; record the submission in the run record and return it. A finished run whose
     manifest verifies is left as it is (nothing run, nothing rewritten)."""
     pending = [t for t in range(run.num_tasks) if run.completion(t) is None]
+    check_not_running(run, pending)
     if not pending and run.manifest_path.exists() and not verify_run(run):
         log.info("run %s is complete and its manifest verifies: nothing to do", run.run_id)
         return {"executor": executor, "tasks": [], "arrays": [], "nothing_to_do": True}

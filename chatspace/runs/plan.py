@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from chatspace.errors import BadInput
+from chatspace.names import check_inside, check_name
 from chatspace.runs.job import JobPlan, JobType
 from chatspace.runs.record import (
     Run,
@@ -20,6 +21,7 @@ from chatspace.runs.record import (
     check_writable,
     read_json,
     spec_hash,
+    stored_path,
     tool_info,
     write_json,
 )
@@ -56,8 +58,7 @@ def plan_run(job: JobType, spec: JobSpec, root: Path, run_id: str | None = None,
     check_writable(root)
     digest = spec_hash(spec)
     if run_id is not None:
-        if not run_id or "/" in run_id or run_id.startswith("."):
-            raise BadInput(f"run id {run_id!r} is not a valid directory name")
+        check_name(run_id, "--run-id")
         existing = Run(root, run_id, job)
         if existing.plan_path.exists():
             if read_json(existing.plan_path)["spec_hash"] != digest:
@@ -66,6 +67,8 @@ def plan_run(job: JobType, spec: JobSpec, root: Path, run_id: str | None = None,
             return Planned(existing, False, job.estimate(spec, existing_plan(existing), execute))
     run = Run(root, run_id or new_run_id(), job)
     resolved = job.plan(spec, root, run.run_id)
+    check_inside(root, resolved.output_dir, "output directory")
+    check_inside(root, resolved.manifest_path, "manifest")
     slices = slice_bounds(resolved.rows, spec.run.array)
     estimate = job.estimate(spec, resolved, execute)
     if estimate and not execute:
@@ -78,11 +81,11 @@ def plan_run(job: JobType, spec: JobSpec, root: Path, run_id: str | None = None,
         "spec_hash": digest,
         **resolved.details,
         "tasks": [{"task": i, "start": s, "stop": e} for i, (s, e) in enumerate(slices)],
-        "output_dir": str(resolved.output_dir),
+        "output_dir": stored_path(resolved.output_dir, root),
         "outputs": resolved.outputs,
         "primary_output": next(iter(resolved.outputs)),
         "part_files": resolved.part_files,
-        "manifest_path": str(resolved.manifest_path),
+        "manifest_path": stored_path(resolved.manifest_path, root),
         "tool": tool_info(),
     }
     for name, array in resolved.arrays.items():

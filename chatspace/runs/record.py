@@ -2,9 +2,11 @@
 spec, the plan, per-task completion records, in-progress parts, the submission record and the
 logs. Outputs live where the job type's plan put them, always keyed by run id.
 
-Every file is written atomically (temp name in the same directory, fsync, rename). A task is
-*done* when its completion record exists and every output file it lists is there with its
-recorded size (and, where it matters, its recorded sha256).
+Every file is written atomically (a temp name with host and pid in the same directory, fsync,
+rename, fsync of the directory). Readers skip temp names (dot-files) and treat a record that
+does not parse (torn by a crash or a full disk) as absent, saying why. A task is *done* when its
+completion record parses and every output file it lists is there with its recorded size (and,
+where it matters, its recorded sha256).
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import socket
 import subprocess
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -25,9 +29,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from chatspace import __version__
-from chatspace.errors import BadInput
+from chatspace.errors import BadInput, RunFailed
+from chatspace.names import check_name
 from chatspace.runs.job import JobType
 from chatspace.specs import JobSpec, spec_from_dict
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ROOT = "/workspace"
 
@@ -47,14 +54,21 @@ def check_writable(root: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds.
+    The temp name carries host and pid (a shared filesystem sees several nodes) and starts
+    with a dot, so that readers skip it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    tmp = path.with_name(f".tmp-{socket.gethostname()}-{os.getpid()}-{path.name}")
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -64,8 +78,40 @@ def write_json(path: Path, data: Any) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+class UnreadableRecord(RunFailed):
+    """A record that exists but does not parse: torn by a crash or a full disk, or edited."""
+
+
 def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+    """A JSON file; UnreadableRecord (one line naming the file) if it does not parse."""
+    try:
+        return json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UnreadableRecord(f"{path} does not parse as JSON ({exc}): it was torn by a "
+                               "crash or edited") from None
+
+
+def read_record(path: Path) -> Any | None:
+    """A record, or None when it is absent or does not parse (logged: the caller treats it as
+    not written, and a rerun writes it again)."""
+    try:
+        return read_json(path)
+    except FileNotFoundError:
+        return None
+    except UnreadableRecord as exc:
+        log.warning("%s", exc)
+        return None
+
+
+def record_files(folder: Path, prefix: str = "") -> list[Path]:
+    """The records in `folder` whose names start with `prefix` and end in ``.json``, sorted by
+    name; temp files (dot-files) are not records."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    return [folder / n for n in sorted(names)
+            if n.startswith(prefix) and n.endswith(".json") and not n.startswith(".")]
 
 
 def write_parquet(path: Path, tables: Iterable[pa.Table], schema: pa.Schema,
@@ -85,29 +131,41 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def file_entry(path: Path, **extra: Any) -> dict[str, Any]:
-    """A file as completion records and manifests list it: path, bytes, sha256."""
-    return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path),
-            **extra}
+def stored_path(path: Path, root: Path) -> str:
+    """How a record stores a path: relative to the root, so that a moved root still reads
+    (a path outside the root, which plans never make, stays absolute)."""
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
 
 
-def file_problem(entry: dict[str, Any], check_hash: bool = True) -> str | None:
-    """Why a listed file no longer matches its entry (None if it does)."""
-    path = entry["path"]
+def file_entry(path: Path, root: Path, **extra: Any) -> dict[str, Any]:
+    """A file as completion records and manifests list it: path (relative to the root), bytes,
+    sha256."""
+    return {"path": stored_path(path, root), "bytes": path.stat().st_size,
+            "sha256": sha256_file(path), **extra}
+
+
+def file_problem(entry: dict[str, Any], root: Path, check_hash: bool = True) -> str | None:
+    """Why a listed file no longer matches its entry (None if it does). Records written
+    before paths were relative hold absolute paths, which `root /` leaves as they are."""
+    path = root / entry["path"]
     try:
         size = os.stat(path).st_size
     except FileNotFoundError:
         return f"{path} is missing"
     if size != entry["bytes"]:
         return f"{path} has {size} bytes, its record says {entry['bytes']}"
-    if check_hash and sha256_file(Path(path)) != entry["sha256"]:
+    if check_hash and sha256_file(path) != entry["sha256"]:
         return f"{path} sha256 differs from its record"
     return None
 
 
-def output_problems(record: dict[str, Any], check_hash: bool = True) -> list[str]:
+def output_problems(record: dict[str, Any], root: Path,
+                    check_hash: bool = True) -> list[str]:
     """Why the outputs a completion record lists no longer match it ([] when they all do)."""
-    return [p for entry in record["outputs"] if (p := file_problem(entry, check_hash))]
+    return [p for entry in record["outputs"] if (p := file_problem(entry, root, check_hash))]
 
 
 def spec_hash(spec: JobSpec) -> str:
@@ -150,6 +208,14 @@ class Run:
     def plan(self) -> dict[str, Any]:
         return read_json(self.plan_path)
 
+    def path(self, stored: str) -> Path:
+        """A path as this run's records store it (relative to the root) made usable."""
+        return self.root / stored
+
+    def entry(self, path: Path, **extra: Any) -> dict[str, Any]:
+        """`file_entry` for a file of this run."""
+        return file_entry(path, self.root, **extra)
+
     @cached_property
     def spec(self) -> Any:
         return spec_from_dict(self.job.spec_type, self.plan["spec"])
@@ -173,11 +239,11 @@ class Run:
 
     @property
     def output_dir(self) -> Path:
-        return Path(self.plan["output_dir"])
+        return self.path(self.plan["output_dir"])
 
     @property
     def manifest_path(self) -> Path:
-        return Path(self.plan["manifest_path"])
+        return self.path(self.plan["manifest_path"])
 
     def output_paths(self, task: int) -> dict[str, Path]:
         """Output name -> the file the task writes; the primary output (whose rows a
@@ -199,24 +265,21 @@ class Run:
         return self.dir / "parts" / f"task-{task:05d}"
 
     def completion(self, task: int, check_hash: bool = True) -> dict[str, Any] | None:
-        """The task's completion record if the task is done: every output it lists is there
-        with its recorded size (and sha256 unless `check_hash` is False)."""
-        path = self.completion_path(task)
-        if not path.exists():
+        """The task's completion record if the task is done: the record parses and every
+        output it lists is there with its recorded size (and sha256 unless `check_hash` is
+        False)."""
+        record = read_record(self.completion_path(task))
+        if record is None or output_problems(record, self.root, check_hash):
             return None
-        record = read_json(path)
-        return None if output_problems(record, check_hash) else record
+        return record
 
     def done_records(self, check_hash: bool = True) -> dict[int, dict[str, Any]]:
         """The completion records of every done task, by task: what `completion` says task
         by task, from one scan of the records' directory (for views over many tasks)."""
-        folder = self.dir / "tasks"
-        if not folder.is_dir():
-            return {}
-        records = [read_json(Path(entry.path)) for entry in os.scandir(folder)
-                   if entry.name.startswith("task-") and entry.name.endswith(".json")]
+        records = [r for p in record_files(self.dir / "tasks", "task-")
+                   if (r := read_record(p)) is not None]
         return {r["task"]: r for r in sorted(records, key=lambda r: r["task"])
-                if not output_problems(r, check_hash)}
+                if not output_problems(r, self.root, check_hash)}
 
     @property
     def submissions_path(self) -> Path:
@@ -224,7 +287,7 @@ class Run:
 
     def submissions(self) -> list[dict[str, Any]]:
         """Every submission of this run (executor, job ids, sbatch parameters), oldest first."""
-        return read_json(self.submissions_path) if self.submissions_path.exists() else []
+        return read_record(self.submissions_path) or []
 
     def save_submission(self, record: dict[str, Any], replace_last: bool = False) -> None:
         """Append a submission, or update the latest one as its jobs get queued."""
@@ -240,10 +303,15 @@ class Run:
             path = path.resolve()
             root, ref = path.parent.parent, path.name
         plan_path = root / "runs" / ref / "plan.json"
-        if not plan_path.exists():
+        if os.sep not in ref:
+            check_name(ref, "RUN")
+        if os.sep in ref or not plan_path.exists():
             raise BadInput(f"no planned run {ref!r} (looked for {path}/plan.json and "
                            f"{plan_path})")
-        kind = read_json(plan_path).get("kind")
+        try:
+            kind = read_json(plan_path).get("kind")
+        except UnreadableRecord as exc:
+            raise BadInput(f"run {ref}: {exc}") from None
         if kind not in job_types:
             raise BadInput(f"run {ref} is of kind {kind!r}, which this chatspace does not know "
                            f"(known: {', '.join(job_types)})")

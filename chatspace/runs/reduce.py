@@ -14,7 +14,15 @@ import pyarrow.parquet as pq
 
 from chatspace.errors import RunFailed
 from chatspace.runs.attempts import log_spans, recording
-from chatspace.runs.record import Run, file_problem, output_problems, read_json, write_json
+from chatspace.runs.lease import describe, holder
+from chatspace.runs.record import (
+    Run,
+    UnreadableRecord,
+    file_problem,
+    output_problems,
+    read_json,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +43,19 @@ def task_problem(run: Run, task: int) -> str:
     """Why a task is not done, with where to look."""
     logs = log_spans(run, task)
     where = f" (log: {logs[-1].path})" if logs else ""
-    path = run.completion_path(task)
-    if not path.exists():
+    owner = holder(run, task)
+    if owner is not None:
+        return f"task {task}: running in another process ({describe(owner)}){where}"
+    try:
+        record = read_json(run.completion_path(task))
+    except FileNotFoundError:
         return f"task {task}: missing, no completion record{where}"
-    return f"task {task}: output {'; '.join(output_problems(read_json(path)))}{where}"
+    except UnreadableRecord as exc:
+        return f"task {task}: {exc}{where}"
+    problems = output_problems(record, run.root)
+    if not problems:
+        return f"task {task}: done by another attempt{where}"
+    return f"task {task}: output {'; '.join(problems)}{where}"
 
 
 def reduce_run(run: Run) -> dict[str, Any]:
@@ -89,11 +106,14 @@ def verify_run(run: Run) -> list[str]:
     if not run.manifest_path.exists():
         return [f"no manifest at {run.manifest_path}: the run has not been reduced"]
     problems = []
-    manifest = read_json(run.manifest_path)
+    try:
+        manifest = read_json(run.manifest_path)
+    except UnreadableRecord as exc:
+        return [str(exc)]
     for entry in manifest["files"]:
-        problem = file_problem(entry)
+        problem = file_problem(entry, run.root)
         if problem is None and entry.get("rows") is not None and \
-                pq.ParquetFile(entry["path"]).metadata.num_rows != entry["rows"]:
+                pq.ParquetFile(run.path(entry["path"])).metadata.num_rows != entry["rows"]:
             problem = f"{entry['path']} row count differs from the manifest"
         if problem:
             problems.append(f"task {entry['task']}: {problem}")

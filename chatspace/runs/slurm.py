@@ -8,7 +8,6 @@ templates run), in-process inside submitit's job wrapper, optionally inside the 
 from __future__ import annotations
 
 import logging
-import re
 import shlex
 import shutil
 from dataclasses import asdict
@@ -24,54 +23,20 @@ from chatspace.runs.record import Run
 from chatspace.runs.reduce import reduce_run
 from chatspace.runs.slurm_cli import SlurmUnavailable, cluster_config, partitions, run_comment
 from chatspace.runs.task import run_task
-from chatspace.specs import SlurmConfig
+from chatspace.specs import SlurmConfig, parse_time
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIME_MINUTES = 60
-_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
-
-
-def parse_time(value: str) -> int:
-    """SLURM time (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) in whole minutes (rounded up)."""
-    match = _TIME.match(value.strip())
-    if not match:
-        raise BadInput(f"slurm.time (--time) {value!r} is not a SLURM time "
-                       "(e.g. 30, 2:00:00, 1-12:00:00)")
-    days, a, b, c = match.groups()
-    if days is not None:  # D-H[:M[:S]]
-        seconds = int(days) * 86400 + int(a) * 3600 + int(b or 0) * 60 + int(c or 0)
-    elif c is not None:  # H:M:S
-        seconds = int(a) * 3600 + int(b) * 60 + int(c)
-    elif b is not None:  # M:S
-        seconds = int(a) * 60 + int(b)
-    else:
-        seconds = int(a) * 60
-    if seconds <= 0:
-        raise BadInput(f"slurm.time (--time) {value!r} must be positive")
-    return -(-seconds // 60)
-
-
 def check_slurm_options(cfg: SlurmConfig) -> int:
-    """Validate SLURM options against the cluster before anything is planned or submitted;
-    return the cluster's MaxArraySize. Every cluster query submission needs happens here, so
+    """Validate SLURM options against the cluster before anything is planned or submitted (what
+    needs no cluster, `SlurmConfig.validate` checked with the spec); return the cluster's
+    MaxArraySize. Every cluster query submission needs happens here, so
     an unreachable controller is exit 2 with nothing written."""
     if shutil.which("sbatch") is None:
         raise BadInput("sbatch is not on PATH: use --executor local (or debug) to run here")
-    for value in (cfg.time, cfg.reduce.time):
-        if value is not None:
-            parse_time(value)
-    for name in ("array_parallelism", "cpus_per_task", "gpus_per_task"):
-        value = getattr(cfg, name)
-        if value is not None and value < 1:
-            raise BadInput(f"slurm.{name} must be >= 1, got {value}")
-    if cfg.reduce.cpus < 1:
-        raise BadInput(f"slurm.reduce.cpus must be >= 1, got {cfg.reduce.cpus}")
     if cfg.container is not None and not Path(cfg.container).is_file():
         raise BadInput(f"container image not found: {cfg.container}")
-    for arg in cfg.sbatch_args:
-        if not arg.startswith("--") or "=" not in arg:
-            raise BadInput(f"--sbatch-arg {arg!r} must look like --key=value")
     try:
         limit = int(cluster_config().get("MaxArraySize", "1001"))
         wanted = {"slurm.partition (--partition)": cfg.partition,

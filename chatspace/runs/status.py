@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from chatspace.runs.attempts import attempts, log_spans, reduce_job, task_jobs
-from chatspace.runs.record import Run, output_problems, read_json
+from chatspace.runs.lease import holder
+from chatspace.runs.record import Run, UnreadableRecord, output_problems, read_json, read_record
 from chatspace.runs.slurm_cli import (
     FINISHED_BAD,
     LIVE_STATES,
@@ -75,6 +76,9 @@ def task_state(run: Run, task: int, jobs: dict[int, str], states: dict[str, dict
     logs = log_spans(run, task, history=history, jobs=jobs)
     state["log"] = str(logs[-1].path) if logs else None
     state.update(_files_state(run, task, verify))
+    owner = holder(run, task) if state["state"] in ("partial", "missing") else None
+    if owner is not None:  # a live process holds the task's lease, wherever it runs
+        state.update(state="running", node=owner.get("host"))
     job = states.get(jobs.get(task, ""))
     if job is None:
         if slurm_error and task in jobs and state["state"] in ("partial", "missing"):
@@ -87,17 +91,25 @@ def task_state(run: Run, task: int, jobs: dict[int, str], states: dict[str, dict
 
 
 def _files_state(run: Run, task: int, verify: bool) -> dict[str, Any]:
-    """What the run directory alone says: done, lost, partial or missing."""
+    """What the run directory alone says: done, lost, partial or missing (a completion record
+    that does not parse is no record: the error says so, and resume reruns the task)."""
     start, stop = run.task_bounds(task)
-    path = run.completion_path(task)
-    if path.exists():
-        lost = output_problems(read_json(path), check_hash=verify)
+    error = None
+    try:
+        record = read_json(run.completion_path(task))
+    except FileNotFoundError:
+        record = None
+    except UnreadableRecord as exc:
+        record, error = None, [str(exc)]
+    if record is not None:
+        lost = output_problems(record, run.root, check_hash=verify)
         if not lost:
             return {"state": "done", "rows_done": stop - start}
         return {"state": "lost", "rows_done": 0, "error": lost}
     parts = committed_parts(run, task)
-    return {"state": "partial" if parts else "missing",
-            "rows_done": sum(p["rows_in"] for p in parts)}
+    state = {"state": "partial" if parts else "missing",
+             "rows_done": sum(p["rows_in"] for p in parts)}
+    return {**state, "error": error} if error else state
 
 
 def _apply_job_state(state: dict[str, Any], job: dict[str, str]) -> None:
@@ -124,7 +136,10 @@ def manifest_is_current(run: Run, all_done: bool) -> bool:
     rerun it is stale until the next reduce rewrites it)."""
     if not (all_done and run.manifest_path.exists()):
         return False
-    listed = {(e["task"], e["path"], e["sha256"]) for e in read_json(run.manifest_path)["files"]}
+    manifest = read_record(run.manifest_path)
+    if manifest is None:
+        return False
+    listed = {(e["task"], e["path"], e["sha256"]) for e in manifest["files"]}
     recorded = {(task, e["path"], e["sha256"]) for task in range(run.num_tasks)
                 for e in read_json(run.completion_path(task))["outputs"]}
     return listed == recorded

@@ -25,11 +25,13 @@ import pyarrow.parquet as pq
 
 from chatspace.runs.attempts import recording
 from chatspace.runs.job import Part, PartOutput
+from chatspace.runs.lease import holding
 from chatspace.runs.record import (
     Run,
     atomic_path,
-    file_entry,
     read_json,
+    read_record,
+    record_files,
     write_json,
     write_parquet,
 )
@@ -66,8 +68,10 @@ def part_file(run: Run, task: int, part: int, output: str) -> Path:
 
 
 def committed_parts(run: Run, task: int) -> list[dict[str, Any]]:
-    """Sidecars of the parts a task has committed so far (for resuming and for progress)."""
-    return [read_json(p) for p in sorted(run.parts_dir(task).glob("part-*.json"))]
+    """Sidecars of the parts a task has committed so far (for resuming and for progress); a
+    torn sidecar is a part not committed (logged), which the task runs again."""
+    return [r for p in record_files(run.parts_dir(task), "part-")
+            if (r := read_record(p)) is not None]
 
 
 class TaskRunner:
@@ -129,7 +133,8 @@ class TaskRunner:
                  os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
         start, stop = self.run.task_bounds(self.task)
         parts = part_bounds(start, stop, self.run.spec.run.part_rows)
-        pending = [p for p in parts if not sidecar_path(self.run, self.task, p.number).exists()]
+        done = {sc["part"] for sc in committed_parts(self.run, self.task)}
+        pending = [p for p in parts if p.number not in done]
         if len(pending) < len(parts):
             log.info("task %d: resuming, %d of %d parts already committed", self.task,
                      len(parts) - len(pending), len(parts))
@@ -156,7 +161,7 @@ class TaskRunner:
                 write_parquet(path, (pq.read_table(f, schema=schema) for f in files), schema,
                               self.job.write_options(name))
             rows = sum(sc["rows"][name] for sc in sidecars)
-            entries.append(file_entry(path, name=name, rows=rows))
+            entries.append(self.run.entry(path, name=name, rows=rows))
         for sidecar in sidecars:  # part files move as they are (a rerun finds them moved)
             for name in sidecar.get("files", []):
                 dest = self.run.part_file_path(self.task, sidecar["part"], name)
@@ -164,7 +169,7 @@ class TaskRunner:
                 if source.exists():
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     os.replace(source, dest)
-                entries.append(file_entry(dest, name=name, part=sidecar["part"]))
+                entries.append(self.run.entry(dest, name=name, part=sidecar["part"]))
         record = {
             "task": self.task,
             "rows": entries[0]["rows"],
@@ -183,11 +188,13 @@ class TaskRunner:
 
 
 def run_task(run: Run, task: int) -> dict[str, Any]:
-    """The task entry point shared by every executor and the sbatch templates. Each call that
-    has work to do is recorded as an attempt of the task."""
-    done = run.completion(task)
-    if done is not None:
-        log.info("task %d already complete (%d rows); nothing to do", task, done["rows"])
-        return done
-    with recording(run, task):
-        return TaskRunner(run, task).execute()
+    """The task entry point shared by every executor and the sbatch templates: it holds the
+    task's lease (TaskBusy while another process runs the task), and each call that has work
+    to do is recorded as an attempt of the task."""
+    with holding(run, task):
+        done = run.completion(task)
+        if done is not None:
+            log.info("task %d already complete (%d rows); nothing to do", task, done["rows"])
+            return done
+        with recording(run, task):
+            return TaskRunner(run, task).execute()

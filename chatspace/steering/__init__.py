@@ -1,15 +1,28 @@
-"""Steering and capture: specs of what to do to a decoder's residual stream (this phase's
-library; the HF and vLLM backends build on `spec`)."""
+"""Steering and capture on HF transformers and vLLM: specs of what to do to a decoder's residual
+stream (`spec`), the model that applies them per request and returns captures (`model`), and
+its sampling and capture options (`outputs`).
 
-from chatspace.steering.spec import (
-    AblationSpec,
-    AddSpec,
-    LayerSteeringSpec,
-    ProjectionCapSpec,
-    SteeringSpec,
-    apply_ops,
-    load_vector,
-)
+Every public name is importable from here; each is loaded on first use (PEP 562), so that
+importing a submodule, or this package, costs no torch import until a name needs it.
+"""
 
-__all__ = ["AblationSpec", "AddSpec", "LayerSteeringSpec", "ProjectionCapSpec", "SteeringSpec",
-           "apply_ops", "load_vector"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "AblationSpec": "spec", "AddSpec": "spec", "LayerSteeringSpec": "spec",
+    "ProjectionCapSpec": "spec", "SteeringSpec": "spec", "apply_ops": "spec",
+    "load_vector": "spec",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'chatspace.steering' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"chatspace.steering.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value

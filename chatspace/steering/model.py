@@ -19,6 +19,7 @@ A vLLM engine serves one event loop: use `generate` from one loop, or `generate_
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -176,6 +177,7 @@ class SteerModel:
                 self._loop.run_until_complete(_settle(tasks))
             self._loop.close()
             self._loop = None
+        gc.collect()  # the engine and its loop's leftovers go now, not at interpreter exit
 
     def __enter__(self) -> SteerModel:
         return self

@@ -44,8 +44,22 @@ def cap_bytes() -> int:
     return stats.f_blocks * stats.f_frsize // 2
 
 
+def pid_namespace() -> str:
+    """This process's pid namespace: a pid means something only inside its namespace."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "0"
+
+
 def segments() -> list[Path]:
-    return sorted(SHM_DIR.glob(PREFIX + "*"))
+    """This user's chatspace segments (another user's are neither counted nor touched)."""
+    mine = []
+    for path in sorted(SHM_DIR.glob(PREFIX + "*")):
+        with contextlib.suppress(OSError):  # gone meanwhile, or not readable
+            if path.stat().st_uid == os.getuid():
+                mine.append(path)
+    return mine
 
 
 def live_bytes() -> int:
@@ -57,8 +71,11 @@ def live_bytes() -> int:
 
 
 def owner(path: Path) -> int | None:
-    pid = path.name[len(PREFIX):].split("-", 1)[0]
-    return int(pid) if pid.isdigit() else None
+    """The pid that created a segment, when it was created in this pid namespace (names are
+    ``chatspace-{pid}-{namespace}-{random}``); None otherwise."""
+    pid, _, rest = path.name[len(PREFIX):].partition("-")
+    namespace = rest.split("-", 1)[0]
+    return int(pid) if pid.isdigit() and namespace == pid_namespace() else None
 
 
 def _alive(pid: int) -> bool:
@@ -72,8 +89,8 @@ def _alive(pid: int) -> bool:
 
 
 def sweep(ttl: float | None = None) -> int:
-    """Remove this process's segments older than `ttl` seconds and every segment whose owner
-    process is gone; return how many were removed."""
+    """Remove this process's segments older than `ttl` seconds and every segment of this user
+    whose owner process (in this pid namespace) is gone; return how many were removed."""
     ttl = ttl_seconds() if ttl is None else ttl
     now, me, removed = time.time(), os.getpid(), 0
     for path in segments():
@@ -83,7 +100,7 @@ def sweep(ttl: float | None = None) -> int:
         except FileNotFoundError:
             continue
         if expired or (pid is not None and pid != me and not _alive(pid)):
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError, PermissionError):
                 path.unlink()
                 removed += 1
     if removed:
@@ -114,7 +131,7 @@ def create(entries: list[dict], size: int, cap: int) -> tuple[str, dict[int, tor
             f"captures need {size / 2**30:.3f} GB of shared memory but chatspace segments "
             f"already hold {live / 2**30:.3f} GB of the {cap / 2**30:.3f} GB cap "
             "(CHATSPACE_MAX_SHM_GB): close capture handles sooner or raise the cap")
-    name = f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex[:16]}"
+    name = f"{PREFIX}{os.getpid()}-{pid_namespace()}-{uuid.uuid4().hex[:16]}"
     fd = os.open(SHM_DIR / name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.ftruncate(fd, max(size, 1))

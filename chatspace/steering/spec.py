@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +28,9 @@ import numpy as np
 import torch
 
 FORMAT = "chatspace-steering/1"
+# A vector's norm must lie in this range: outside it float32 projections lose the direction
+# (1e-30 entries square to 0) or overflow (1e30 entries square to inf).
+NORM_RANGE = (1e-8, 1e8)
 
 
 @dataclass(frozen=True, eq=False)  # tensors: compare by identity
@@ -158,8 +163,11 @@ def _check_op(op: Op, where: str, hidden_size: int) -> None:
                          f"is {hidden_size}")
     if not torch.isfinite(vector).all():
         raise ValueError(f"{where}.vector: contains NaN or infinite values")
-    if not vector.abs().sum() > 0:
-        raise ValueError(f"{where}.vector: is all zeros")
+    norm = float(vector.double().norm())  # float64: a float32 norm under/overflows first
+    if not NORM_RANGE[0] <= norm <= NORM_RANGE[1]:
+        what = "is all zeros" if norm == 0 else f"has norm {norm:.3g}"
+        raise ValueError(f"{where}.vector: {what}; steering needs a norm in "
+                         f"[{NORM_RANGE[0]:g}, {NORM_RANGE[1]:g}] (float32 maths)")
     numbers = ({"min": op.min, "max": op.max} if isinstance(op, ProjectionCapSpec)
                else {"scale": op.scale})
     for name, value in numbers.items():
@@ -211,22 +219,34 @@ def make_op(op: str, vector: torch.Tensor, scale: float | None = None,
     return OPS[op](vector) if scale is None else OPS[op](vector, scale)
 
 
+def _read_tensor_file(path: Path) -> torch.Tensor | dict[str, torch.Tensor]:
+    if path.suffix == ".npy":  # no pickles: allow_pickle stays False
+        return torch.from_numpy(np.load(path))
+    if path.suffix == ".pt":  # tensors only: weights_only refuses other pickles
+        return torch.load(path, map_location="cpu", weights_only=True)
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
 def load_vector(path: str | Path, key: str | None = None) -> torch.Tensor:
     """A steering vector from a ``.npy``, ``.pt`` or ``.safetensors`` file (with several tensors
     in the file, `key` names one); ValueError naming the file when it holds no 1-D vector."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"vector file not found: {path}")
-    if path.suffix == ".npy":
-        loaded = torch.from_numpy(np.load(path))
-    elif path.suffix == ".pt":
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    elif path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        loaded = load_file(str(path))
-    else:
+    if path.suffix not in (".npy", ".pt", ".safetensors"):
         raise ValueError(f"{path}: vector files are .npy, .pt or .safetensors")
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
+            warnings.simplefilter("ignore")
+            loaded = _read_tensor_file(path)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{path}: not a readable .pt tensor file (it holds Python objects "
+                         "other than tensors, which are never unpickled)") from None
+    except Exception as exc:  # each format raises its own kinds
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ValueError(f"{path}: not a readable {path.suffix} tensor file ({first})") from None
     if isinstance(loaded, dict):
         if key is None and len(loaded) != 1:
             raise ValueError(f"{path}: holds {len(loaded)} tensors "

@@ -59,7 +59,7 @@ class VLLMBackend:
             engine["enable_chunked_prefill"] = False
         args = AsyncEngineArgs(model=str(model), dtype=dtype, enforce_eager=True,
                                worker_extension_cls=EXTENSION, **engine)
-        self.engine = AsyncLLM.from_engine_args(args)
+        self.engine: AsyncLLM | None = AsyncLLM.from_engine_args(args)
         self.worker: dict | None = None
         self._registered: set[str] = set()
         self._asks: list[tuple[dict, asyncio.Future]] = []
@@ -192,4 +192,9 @@ class VLLMBackend:
             future.set_result(result)
 
     def close(self) -> None:
-        self.engine.shutdown()
+        """Shut the engine down now and drop it, so that it is collected while the interpreter
+        still runs (vLLM's `AsyncLLM.__del__` at interpreter exit fails on torn-down
+        modules and leaves its shared memory to the resource tracker)."""
+        if self.engine is not None:
+            engine, self.engine = self.engine, None
+            engine.shutdown()

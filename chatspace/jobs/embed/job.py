@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from chatspace.data.sampling import draw_sample
-from chatspace.data.sources import SourceInfo, open_source
+from chatspace.data.sources import SourceInfo, check_ids, open_source
 from chatspace.errors import BadInput, RunFailed
 from chatspace.jobs.embed.flags import EMBED_FLAGS
 from chatspace.jobs.embed.schema import WRITE_OPTIONS, shard_schema
@@ -64,6 +64,8 @@ class EmbedJob(JobType):
         _check_fields(spec, source.columns)
         model = _model_plan(spec)
         sample = draw_sample(spec.sampling, source.rows)
+        if ds.id_field:
+            check_ids(source, ds.id_field, sample)
         where = [model["label"], source.dataset] + ([ds.split] if ds.split else []) + [run_id]
         details = {
             "source": source.to_dict(),

@@ -44,6 +44,8 @@ class STParts:
 
     def _load(self, part: Part, reader: RowReader, encoder: Encoder) -> PartWork:
         rows = read_part_rows(reader, self.sample[part.start:part.stop], self.spec.dataset)
+        if not rows.texts:  # every row of the part was skipped (empty texts)
+            return PartWork(part, rows, [], [])
         token_ids, truncated = encoder.tokenize(rows.texts)
         for meta, tokens, cut in zip(rows.metadata, token_ids, truncated, strict=True):
             meta.update(tokens=len(tokens), truncated=cut, max_seq_length=encoder.max_seq_length)

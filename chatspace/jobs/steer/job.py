@@ -15,13 +15,12 @@ import pyarrow.parquet as pq
 
 from chatspace.errors import BadInput
 from chatspace.jobs.steer.flags import STEER_FLAGS
-from chatspace.jobs.steer.points import expand_points, point_file
 from chatspace.jobs.steer.prompts import load_personas, load_prompts
 from chatspace.jobs.steer.schema import METRICS, RESULTS_SCHEMA, WRITE_OPTIONS
 from chatspace.jobs.steer.spec import SteerSpec
 from chatspace.models import find_model, model_shape
 from chatspace.runs.job import JobPlan, JobType, Part, PartOutput, TaskCheck
-from chatspace.runs.record import Run
+from chatspace.runs.record import Run, stored_path
 from chatspace.runs.timing import StageTimer, add_timings
 
 
@@ -35,6 +34,8 @@ class SteerJob(JobType):
     flags = STEER_FLAGS
 
     def plan(self, spec: SteerSpec, root: Path, run_id: str) -> JobPlan:
+        from chatspace.jobs.steer.points import expand_points, point_file  # torch
+
         ref = find_model(spec.model.name, root)
         hidden, layers = model_shape(ref.path, spec.model.name)
         for layer in spec.capture.layers:
@@ -56,7 +57,8 @@ class SteerJob(JobType):
         if spec.capture.layers:
             outputs["capture_index"] = "captures-{task:05d}/index.parquet"
             part_files["captures"] = "captures-{task:05d}/part-{part:05d}.safetensors"
-        details = {"model": {"label": ref.label, "path": ref.path, "hidden_size": hidden,
+        details = {"model": {"label": ref.label, "path": stored_path(Path(ref.path), root),
+                             "hidden_size": hidden,
                              "num_layers": layers, "backend": spec.model.backend},
                    "sweep": {"points": len(points), "prompts": len(prompts),
                              "personas": len(personas), "reps": spec.generation.n_reps}}

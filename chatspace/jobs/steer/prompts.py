@@ -47,6 +47,8 @@ def _read_jsonl(path: str) -> list[Any]:
         lines = Path(path).read_text().splitlines()
     except FileNotFoundError:
         raise BadInput(f"prompts file not found: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"prompts file {path} is not UTF-8 text ({exc})") from None
     prompts = []
     for number, line in enumerate(lines, 1):
         if not line.strip():

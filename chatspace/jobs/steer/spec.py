@@ -6,8 +6,10 @@ ranges, the prompts themselves) is checked when the run is planned."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
+from chatspace.data.config import check_split
 from chatspace.errors import BadInput
 from chatspace.specs import JobSpec
 
@@ -71,6 +73,9 @@ class PromptsConfig:
             if (self.n is None) == (self.p is None):
                 raise BadInput("prompts from a dataset need exactly one of prompts.n and "
                                "prompts.p")
+            check_split(self.subset, self.split)
+        if self.seed < 0:
+            raise BadInput(f"prompts.seed must be >= 0, got {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -97,8 +102,11 @@ class GenerationConfig:
     thinking: bool | None = None  # enable_thinking for the chat template; None: its default
 
     def validate(self) -> None:
-        if self.temperature < 0:
-            raise BadInput(f"generation.temperature must be >= 0, got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise BadInput(f"generation.temperature (--temperature) must be a finite number "
+                           f">= 0, got {self.temperature}")
+        if self.seed < 0:
+            raise BadInput(f"generation.seed (--seed) must be >= 0, got {self.seed}")
         if not 0 < self.top_p <= 1:
             raise BadInput(f"generation.top_p must be in (0, 1], got {self.top_p}")
         for name in ("max_tokens", "n_reps"):

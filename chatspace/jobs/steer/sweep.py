@@ -59,8 +59,9 @@ class SweepParts:
                       "max_num_seqs": model.max_num_seqs}
             engine = {k: v for k, v in engine.items() if v is not None}
         with timer.measure("load"):
-            self.model = SteerModel(run.plan["model"]["path"], backend=model.backend,
-                                    dtype=model.dtype, **engine)
+            path = run.path(run.plan["model"]["path"])
+            self.model = SteerModel(str(path), backend=model.backend, dtype=model.dtype,
+                                    **engine)
         self.think_end = self.model.tokenizer.convert_tokens_to_ids(THINK_END)
         if self.think_end == self.model.tokenizer.unk_token_id:
             self.think_end = None

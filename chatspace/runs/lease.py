@@ -1,0 +1,107 @@
+"""One execution of a task at a time: a lease on ``{run}/leases/task-NNNNN.lock``.
+
+`run_task` holds the lease of its task for as long as it runs, whichever executor started it
+(submitit, an sbatch template, a local process, this process). The lease is a POSIX record lock
+(`fcntl.lockf`) on the lock file, which the kernel (or the NFS lock manager) releases when the
+holding process dies, however it dies: a lease is never stale, and nothing has to clean it up.
+A POSIX lock belongs to its process alone (children do not inherit it), so an engine process
+that outlives a killed task does not keep the task leased. The file also names its holder
+(host, pid, start, SLURM job) for messages; its contents say nothing about whether it is held.
+
+Caveat: POSIX locks drop when the process closes *any* descriptor of the file, so this module
+keeps one descriptor per held lease and answers `holder` for its own process from memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import socket
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from chatspace.errors import RunFailed
+from chatspace.runs.record import Run
+
+_HELD: dict[Path, dict[str, Any]] = {}  # lock file -> this process's holder record
+
+
+class TaskBusy(RunFailed):
+    """Another live process holds the task's lease. `run task` exits with EX_TEMPFAIL (75):
+    the local executor then waits for that process and runs the task only if it is still not
+    done."""
+
+    exit_code = 75
+
+
+def lease_path(run: Run, task: int) -> Path:
+    return run.dir / "leases" / f"task-{task:05d}.lock"
+
+
+def describe(owner: dict[str, Any]) -> str:
+    job = f", SLURM job {owner['slurm_job']}" if owner.get("slurm_job") else ""
+    return f"pid {owner.get('pid')} on {owner.get('host')} since {owner.get('since')}{job}"
+
+
+def _read_owner(fd: int) -> dict[str, Any]:
+    try:
+        return json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except (OSError, ValueError):
+        return {}
+
+
+@contextlib.contextmanager
+def holding(run: Run, task: int) -> Iterator[dict[str, Any]]:
+    """Hold the lease of `task` for the block; TaskBusy naming the holder if a live process
+    holds it."""
+    path = lease_path(run, task)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path in _HELD:
+        raise TaskBusy(f"task {task} of run {run.run_id} is already running in this process")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        owner = _read_owner(fd)
+        os.close(fd)
+        if exc.errno not in (errno.EACCES, errno.EAGAIN):
+            raise
+        raise TaskBusy(f"task {task} of run {run.run_id} is already running ({describe(owner)})"
+                       "; wait for it, or stop it first") from None
+    owner = {"host": socket.gethostname(), "pid": os.getpid(),
+             "since": datetime.now(UTC).isoformat(timespec="seconds"),
+             "slurm_job": os.environ.get("SLURM_JOB_ID")}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(owner).encode(), 0)
+    _HELD[path] = owner
+    try:
+        yield owner
+    finally:
+        del _HELD[path]
+        os.close(fd)  # releases the lock
+
+
+def holder(run: Run, task: int) -> dict[str, Any] | None:
+    """Who holds the lease of `task` now (host, pid, since), or None when nobody does."""
+    path = lease_path(run, task)
+    if path in _HELD:
+        return _HELD[path]
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
+            return _read_owner(fd)
+        return None
+    finally:
+        os.close(fd)
