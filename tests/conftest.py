@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -89,23 +90,69 @@ def small_jsonl(tmp_path: Path) -> Path:
     return path
 
 
+class ImageBuild:
+    """A real Apptainer (containers/dev-apptainer.sh) and the test image built from this checkout
+    (containers/dev-image.sh, cached by the lock file), started in the background as soon as
+    the collected tests include a container test, so that the build (minutes on a new
+    machine) overlaps the tests that do not need it."""
+
+    SCRIPT = ('set -o pipefail; a=$(containers/dev-apptainer.sh | tail -n 1) && '
+              'i=$(PATH="$(dirname "$a"):$PATH" containers/dev-image.sh | tail -n 1) && '
+              'echo "$a" && echo "$i"')
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"chatspace-image-{os.getpid()}.log"
+
+    def start(self) -> None:
+        if self.proc is None:
+            with open(self.log, "wb") as err:
+                self.proc = subprocess.Popen(["bash", "-c", self.SCRIPT], cwd=REPO, text=True,
+                                             stdout=subprocess.PIPE, stderr=err,
+                                             stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def stop(self) -> None:
+        """End a build nobody waited for (the session was cut short)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(60)
+
+    def wait(self, timeout: float = 2400) -> tuple[Path, Path]:
+        """(apptainer, image) once built; skip, saying why, where they cannot be set up."""
+        self.start()
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            pytest.skip(f"the Apptainer test image did not build within {timeout:.0f} s")
+        if self.proc.returncode != 0:
+            pytest.skip("Apptainer or the test image could not be set up: "
+                        + self.log.read_text(errors="replace").strip()[-500:])
+        apptainer, image = out.strip().splitlines()[-2:]
+        return Path(apptainer), Path(image)
+
+
+IMAGE_BUILD = ImageBuild()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Container tests run last, and their image starts building now, in the background."""
+    needs_image = [item for item in items if "real_image" in getattr(item, "fixturenames", ())]
+    if needs_image:
+        items[:] = [item for item in items if item not in needs_image] + needs_image
+        IMAGE_BUILD.start()
+
+
+def pytest_sessionfinish() -> None:
+    IMAGE_BUILD.stop()
+
+
 @pytest.fixture(scope="session")
 def real_image() -> Path:
-    """A real Apptainer (containers/dev-apptainer.sh) on PATH and the test image built from this
-    checkout (containers/dev-image.sh, cached by the lock file); skip, saying why, where they
-    cannot be set up."""
-    def step(*cmd: str, timeout: float) -> str:
-        try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            pytest.skip(f"{Path(cmd[0]).name} failed: {exc}")
-        if out.returncode != 0:
-            pytest.skip(f"{Path(cmd[0]).name} failed: {out.stderr.strip()[-500:]}")
-        return out.stdout.strip().splitlines()[-1]
-
-    apptainer = step(str(REPO / "containers" / "dev-apptainer.sh"), timeout=600)
-    os.environ["PATH"] = f"{Path(apptainer).parent}:{os.environ['PATH']}"  # jobs inherit it
-    return Path(step(str(REPO / "containers" / "dev-image.sh"), timeout=1800))
+    """The test image (see `ImageBuild`), with its apptainer put on PATH for the jobs."""
+    apptainer, image = IMAGE_BUILD.wait()
+    os.environ["PATH"] = f"{apptainer.parent}:{os.environ['PATH']}"  # jobs inherit it
+    return image
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from chatspace.jobs.embed.schema import shard_schema
 from chatspace.runs.record import read_json, sha256_file
 from chatspace.runs.reduce import reduce_run, verify_run
 from chatspace.runs.task import run_task as run_embed_task
-from tests.conftest import PYDOCS, REPO, chatspace
+from tests.conftest import PYDOCS, REPO, chatspace, wait_until
 from tests.helpers import embed, plan, read_run, shard
 
 
@@ -100,10 +99,12 @@ def test_sigkill_midway_resumes_from_last_part(root):
         proc = subprocess.Popen([sys.executable, "-m", "chatspace", "run", "embed-task",
                                  str(run.dir), "--task", "0"], stdout=out, stderr=out, cwd=REPO)
     parts_dir = run.parts_dir(0)
-    deadline = time.time() + 300
-    while len(list(parts_dir.glob("part-*.json"))) < 2 and time.time() < deadline:
+
+    def two_parts() -> bool:
         assert proc.poll() is None, log.read_text()
-        time.sleep(0.05)
+        return len(list(parts_dir.glob("part-*.json"))) >= 2
+
+    wait_until(two_parts, poll=0.05, what="two committed parts")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     committed = len(list(parts_dir.glob("part-*.json")))
@@ -143,11 +144,11 @@ def test_killed_task_shard_matches_its_own_uninterrupted_rerun(root):
     proc = subprocess.Popen([sys.executable, "-m", "chatspace", "run", "embed-task",
                              str(run.dir), "--task", "0"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, cwd=REPO)
-    deadline = time.time() + 300
-    while not list(run.parts_dir(0).glob("part-*.json")) and time.time() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: list(run.parts_dir(0).glob("part-*.json")), poll=0.05,
+               what="a committed part")
     proc.kill()
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL
+    assert run.completion(0) is None, "the kill must land before the task finished"
     run_embed_task(run, 0)
     interrupted = sha256_file(shard(run, 0))
     run.completion_path(0).unlink()
@@ -225,6 +226,13 @@ def test_embed_hf_is_a_one_process_run(root):
     assert out["executor"] == "debug"
     manifest = read_json(Path(out["manifest"]))
     assert manifest["rows_total"] == 12 and len(manifest["shards"]) == 1
+    # the original pipeline's way: no --n/--p is every row, --max-rows takes the first N
+    head = chatspace("embed-hf", "--dataset", str(PYDOCS), "--text-field", "text",
+                     "--max-rows", "7", "--json", root=root)
+    assert head.returncode == 0, head.stderr
+    shard_path = root / read_json(Path(json.loads(head.stdout)["manifest"]))["shards"][0]["path"]
+    ids = pq.read_table(shard_path, columns=["id"]).column("id").to_pylist()
+    assert ids == [f"pydocs:{i}" for i in range(7)]
 
 
 def test_compiled_model_matches_eager(root):

@@ -5,6 +5,7 @@ nothing written)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -269,6 +270,23 @@ def test_persona_rendering_names_the_persona_and_renames_the_role(inputs):
     assert system_prompt(None, "you-are-a") == "You are an assistant."
     assert system_prompt({"persona": "engineer"}, "you-are-a") == "You are an engineer."
     assert system_prompt(pirate, "none") is None
+
+
+def test_the_persona_runners_defaults_and_spellings(inputs, root):
+    hamlet = {"persona": "Hamlet", "category": "drama", "article": ""}
+    assert system_prompt(hamlet, "you-are-a") == "You are Hamlet."
+    personas = inputs["dir"] / "hamlet.json"
+    personas.write_text(json.dumps([hamlet]))
+    planned = chatspace("plan", "steer", "--model", str(inputs["model"]), "--prompts-json",
+                        str(inputs["dir"] / "prompts.json"), "--personae-json", str(personas),
+                        "--no-thinking-mode", "--json", root=root)
+    assert planned.returncode == 0, planned.stderr[-2000:]
+    run = Run.open(json.loads(planned.stdout)["run_dir"], root, JOB_TYPES)
+    generation = run.spec.generation
+    assert (generation.temperature, generation.max_tokens, generation.thinking) == \
+        (0.0, 1024, False)
+    assert run.spec.personas.renames_role  # renamed whenever personas are given
+    assert not dataclasses.replace(run.spec.personas, rename_role=False).renames_role
 
 
 BAD = [

@@ -106,3 +106,17 @@ def test_vectors_load_from_npy_pt_and_safetensors(tmp_path):
         load_vector(tmp_path / "m.npy")
     with pytest.raises(ValueError, match="vector file not found"):
         load_vector(tmp_path / "nope.npy")
+
+
+def test_the_names_users_need_come_from_one_place():
+    import chatspace.steering as steering
+    from chatspace.steering import CaptureOptions, Generation, Sampling, SteerModel
+    from chatspace.steering.model import SteerModel as Model
+    from chatspace.steering.outputs import CaptureOptions as Options
+    from chatspace.steering.outputs import Generation as Output
+    from chatspace.steering.outputs import Sampling as Sample
+
+    assert (SteerModel, Sampling, CaptureOptions, Generation) == (Model, Sample, Options, Output)
+    assert {"SteerModel", "Sampling", "CaptureOptions", "SteeringSpec"} <= set(steering.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        steering.Nope  # noqa: B018

@@ -260,7 +260,8 @@ def test_shared_memory_is_released_every_way(qwen2, monkeypatch):
 
     kept = captured()
     monkeypatch.setenv("CHATSPACE_SHM_TTL", "1")
-    time.sleep(1.5)
+    wait_until(lambda: all(time.time() - (shm.SHM_DIR / g.capture._segment).stat().st_mtime > 1
+                           for g in kept), poll=0.05, what="the kept segments to pass the TTL")
     fresh = captured(1)  # its collection sweeps the expired ones
     assert _chatspace_segments() - before == {fresh[0].capture._segment}
     with pytest.raises(RuntimeError, match="expired after CHATSPACE_SHM_TTL"):

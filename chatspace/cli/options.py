@@ -55,12 +55,13 @@ SLURM_FLAGS: list[Flag] = [
 
 
 def _param_name(flag: str) -> str:
-    return flag.split("/")[0].lstrip("-").replace("-", "_")
+    return flag.split("|")[0].split("/")[0].lstrip("-").replace("-", "_")
 
 
 def _add_options(fn: Callable, flags: list) -> Callable:
+    """One click option per flag; ``--a|--b`` gives the option both spellings."""
     for flag, _, _, kwargs in reversed(flags):
-        fn = click.option(flag, _param_name(flag), **kwargs)(fn)
+        fn = click.option(*flag.split("|"), _param_name(flag), **kwargs)(fn)
     return fn
 
 

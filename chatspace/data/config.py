@@ -51,9 +51,9 @@ class SamplingConfig:
     def validate(self) -> None:
         if self.seed < 0:
             raise BadInput(f"sampling.seed (--seed) must be >= 0, got {self.seed}")
-        if (self.n is None) == (self.p is None):
-            raise BadInput("give exactly one of sampling.n (--n) and sampling.p (--p); "
-                           "--p 1 takes every row")
+        if self.n is not None and self.p is not None:
+            raise BadInput("give at most one of sampling.n (--n) and sampling.p (--p); "
+                           "neither takes every row (--max-rows caps it)")
         if self.n is not None and self.n < 1:
             raise BadInput(f"sampling.n must be >= 1, got {self.n}")
         if self.p is not None and not 0 < self.p <= 1:

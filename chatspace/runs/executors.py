@@ -29,6 +29,7 @@ from chatspace.runs.record import Run
 from chatspace.runs.reduce import reduce_run, task_problem, verify_run
 from chatspace.runs.status import run_status
 from chatspace.runs.task import run_task
+from chatspace.runs.watch import progress_key, progress_line
 from chatspace.specs import SlurmConfig
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,10 @@ class LocalExecutor:
         held: dict[int, str] = {}  # task -> its GPU
         free = list(self.gpus)
         failed: list[int] = []
-        bar = tqdm(total=run.rows, unit="rows", disable=not self.progress, desc=run.run_id,
-                   file=sys.stderr)
+        # a bar on a terminal; in a log, one line each time the run moves
+        bar = tqdm(total=run.rows, unit="rows", desc=run.run_id, file=sys.stderr,
+                   disable=not (self.progress and sys.stderr.isatty()))
+        seen = None
         try:
             with _stopped_by_sigterm():
                 while queue or running or waiting:
@@ -117,7 +120,11 @@ class LocalExecutor:
                         waiting.remove(task)
                         if run.completion(task) is None:
                             queue.append(task)
-                    bar.update(run_status(run)["rows_done"] - bar.n)
+                    status = run_status(run)
+                    bar.update(status["rows_done"] - bar.n)
+                    if self.progress and bar.disable and progress_key(status) != seen:
+                        seen = progress_key(status)
+                        log.info("%s", progress_line(status))
         finally:
             _stop_all(running.values())
             bar.close()

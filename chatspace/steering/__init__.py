@@ -15,6 +15,9 @@ _WHERE = {
     "AblationSpec": "spec", "AddSpec": "spec", "LayerSteeringSpec": "spec",
     "ProjectionCapSpec": "spec", "SteeringSpec": "spec", "apply_ops": "spec",
     "load_vector": "spec",
+    "SteerModel": "model",
+    "Capture": "outputs", "CaptureOptions": "outputs", "Generation": "outputs",
+    "Sampling": "outputs",
 }
 
 __all__ = sorted(_WHERE)

@@ -1,5 +1,6 @@
-"""The steer job's CLI flags: one per key of its own spec tables. The steering flags describe one
-``[[steering]]`` entry, which then replaces the spec file's entries."""
+"""The steer job's CLI flags: one per key of its own spec tables (``|`` separates the persona
+runner's spellings of a flag). The steering flags describe one ``[[steering]]`` entry, which
+then replaces the spec file's entries."""
 
 from __future__ import annotations
 
@@ -38,8 +39,8 @@ STEER_FLAGS: list[Flag] = [
     ("--tensor-parallel-size", "model", "tensor_parallel_size", {"type": int}),
     ("--max-num-seqs", "model", "max_num_seqs",
      {"type": int, "help": "vllm: requests in one batch at most."}),
-    ("--prompts", "prompts", "file",
-     {"help": "JSON list of prompts (strings or chat-message lists)."}),
+    ("--prompts|--prompts-json", "prompts", "file",
+     {"help": "JSON list of prompts (strings or chat-message lists), or JSONL."}),
     ("--prompts-dataset", "prompts", "dataset", {"help": "Dataset to sample prompts from."}),
     ("--prompts-subset", "prompts", "subset", {}),
     ("--prompts-split", "prompts", "split", {}),
@@ -48,20 +49,22 @@ STEER_FLAGS: list[Flag] = [
     ("--prompts-n", "prompts", "n", {"type": int, "help": "Sample exactly N prompts."}),
     ("--prompts-p", "prompts", "p", {"type": float, "help": "Sample a fraction of rows."}),
     ("--prompts-seed", "prompts", "seed", {"type": int}),
-    ("--personas", "personas", "file",
-     {"help": "JSON list of {persona, category, article}."}),
+    ("--personas|--personae-json", "personas", "file",
+     {"help": "JSON list of {persona, category, article} (an empty article: none)."}),
     ("--system-prompt-style", "personas", "system_prompt_style",
      {"type": click.Choice(STYLES),
       "help": "you-are-a: 'You are a pirate.' (default); none: no system prompt."}),
     ("--rename-role/--no-rename-role", "personas", "rename_role",
      {"default": None, "help": "Rename the assistant role in the chat template to the "
-                               "persona."}),
-    ("--temperature", "generation", "temperature", {"type": float}),
+                               "persona (default: on whenever personas are given)."}),
+    ("--temperature", "generation", "temperature", {"type": float, "help": "Default 0.0 "
+                                                                          "(greedy)."}),
     ("--top-p", "generation", "top_p", {"type": float}),
-    ("--max-tokens", "generation", "max_tokens", {"type": int}),
+    ("--max-tokens", "generation", "max_tokens", {"type": int, "help": "New tokens per "
+                                                                     "generation (1024)."}),
     ("--n-reps", "generation", "n_reps", {"type": int, "help": "Generations per prompt."}),
     ("--seed", "generation", "seed", {"type": int, "help": "Seed of every row's sampling."}),
-    ("--thinking/--no-thinking", "generation", "thinking",
+    ("--thinking/--no-thinking|--thinking-mode/--no-thinking-mode", "generation", "thinking",
      {"default": None, "help": "enable_thinking for the chat template."}),
     ("--point-name", "steering", "name", {"help": "Name of the one steering entry the "
                                                  "following flags describe."}),

@@ -108,8 +108,11 @@ def load_personas(cfg: PersonasConfig) -> list[dict[str, str]]:
 
 
 def article(persona: dict[str, str]) -> str:
-    return persona.get("article") or ("an" if persona["persona"][:1].lower() in "aeiou"
-                                      else "a")
+    """The persona's article: as given (an empty one means none: "You are Hamlet."), else
+    "a" or "an" by the persona's first letter."""
+    if "article" in persona:
+        return persona["article"].strip()
+    return "an" if persona["persona"][:1].lower() in "aeiou" else "a"
 
 
 def system_prompt(persona: dict[str, str] | None, style: str) -> str | None:
@@ -117,7 +120,7 @@ def system_prompt(persona: dict[str, str] | None, style: str) -> str | None:
         return None
     if persona is None:
         return "You are an assistant."
-    return f"You are {article(persona)} {persona['persona']}."
+    return " ".join(["You are", *filter(None, [article(persona)]), f"{persona['persona']}."])
 
 
 def messages(prompt: Prompt, system: str | None) -> list[dict[str, str]]:

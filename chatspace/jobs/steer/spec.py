@@ -82,7 +82,13 @@ class PromptsConfig:
 class PersonasConfig:
     file: str | None = None
     system_prompt_style: str = "you-are-a"
-    rename_role: bool = False
+    rename_role: bool | None = None  # default: renamed whenever personas are given
+
+    @property
+    def renames_role(self) -> bool:
+        """Whether the assistant role is renamed to the persona (the persona runner's
+        default whenever there are personas)."""
+        return self.file is not None if self.rename_role is None else self.rename_role
 
     def validate(self) -> None:
         if self.system_prompt_style not in STYLES:
@@ -94,9 +100,10 @@ class PersonasConfig:
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    temperature: float = 0.7
+    # the persona runner's defaults: greedy, and room to finish a thinking section
+    temperature: float = 0.0
     top_p: float = 1.0
-    max_tokens: int = 256
+    max_tokens: int = 1024
     n_reps: int = 1
     seed: int = 0
     thinking: bool | None = None  # enable_thinking for the chat template; None: its default

@@ -83,7 +83,7 @@ class SweepParts:
                                                      max(len(self.personas), 1), gen.n_reps)
             who = self.personas[persona] if self.personas else None
             system = system_prompt(who, spec.personas.system_prompt_style)
-            name = who["persona"] if who and spec.personas.rename_role else None
+            name = who["persona"] if who and spec.personas.renames_role else None
             rows.append((row, point, prompt, who, rep, system,
                          self.model.render(messages(self.prompts[prompt], system),
                                            gen.thinking, name)))
