@@ -198,7 +198,7 @@ def main() -> None:
         seconds = min(values)
         print(f"{name:38} {tokens / seconds:9.1f} {seconds / base - 1:10.1%}")
 
-    hf = SteerModel(path, "hf")
+    hf = SteerModel(path, "hf", batch_size=1)  # one at a time; bench.hf_batching batches
     subset = prompts[:args.hf_prompts]
     hf_rate = len(subset) * args.tokens / timed(
         hf, lambda: steered_run(hf, subset, args.tokens, options=none))

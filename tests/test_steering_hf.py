@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from chatspace.steering import AblationSpec, AddSpec, LayerSteeringSpec, SteeringSpec, apply_ops
+from chatspace.steering import (
+    AblationSpec,
+    AddSpec,
+    LayerSteeringSpec,
+    ProjectionCapSpec,
+    SteeringSpec,
+    apply_ops,
+)
 from chatspace.steering.model import SteerModel
 from chatspace.steering.outputs import Sampling
 from tests.tiny_models import build_model
@@ -65,6 +72,48 @@ def test_each_prompt_gets_its_own_spec(tiny):
                                    capture_layers=[2])[0]
         assert gen.token_ids == alone.token_ids
         torch.testing.assert_close(gen.capture[2], alone.capture[2])
+
+
+def test_a_batch_gives_every_row_its_solo_tokens_and_captures(tiny):
+    """Four specs, unsteered rows, prompts of different lengths and per-row seeds in one
+    left-padded batch: each row equals its own solo run."""
+    specs = [spec_at(1, AddSpec(vector(5), 4.0)), None,
+             spec_at(2, AblationSpec(vector(6), 0.0)),
+             spec_at(0, ProjectionCapSpec(vector(7), -1.0, 1.0)), None,
+             spec_at(3, AddSpec(vector(8), 2.0), AblationSpec(vector(9), 0.5))]
+    prompts = [*PROMPTS, "x", "a much longer prompt that goes on to make the padding matter",
+               [{"role": "user", "content": "Hi"}]]
+    samplings = [Sampling(max_tokens=9, top_k_mass_k=5, logprobs=True),
+                 Sampling(max_tokens=5, temperature=0.9, seed=11),
+                 Sampling(max_tokens=9), Sampling(max_tokens=3, temperature=0.7, seed=4),
+                 Sampling(max_tokens=9), Sampling(max_tokens=7)]
+    layers = [0, 2, 3]
+    calls = tiny.backend.hook_calls
+    together = tiny.generate_sync(prompts, samplings, steering_spec=specs, capture_layers=layers)
+    forwards = (tiny.backend.hook_calls - calls) / tiny.num_layers
+    assert forwards <= max(s.max_tokens for s in samplings), "one forward pass per step"
+    for prompt, sampling, spec, gen in zip(prompts, samplings, specs, together, strict=True):
+        alone = tiny.generate_sync([prompt], sampling, steering_spec=spec,
+                                   capture_layers=layers)[0]
+        assert gen.token_ids == alone.token_ids and gen.finish_reason == alone.finish_reason
+        rows = len(gen.prompt_token_ids) + len(gen.token_ids) - 1
+        for layer in layers:
+            assert gen.capture[layer].shape == alone.capture[layer].shape == \
+                (rows, tiny.hidden_size)
+            cosine = torch.nn.functional.cosine_similarity(gen.capture[layer],
+                                                           alone.capture[layer], dim=-1)
+            assert cosine.min() >= 0.9999
+        if sampling.top_k_mass_k:
+            torch.testing.assert_close(torch.tensor(gen.entropy), torch.tensor(alone.entropy))
+            torch.testing.assert_close(torch.tensor(gen.logprobs), torch.tensor(alone.logprobs))
+
+
+def test_the_device_is_the_first_available_and_batches_follow_it():
+    from chatspace.steering.hf_backend import default_batch_size, pick_device
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert pick_device(None) == pick_device("auto") == expected and pick_device("cpu") == "cpu"
+    assert (default_batch_size("cpu"), default_batch_size("cuda")) == (32, 256)
 
 
 def test_hooks_that_do_not_fire_fail_loudly(tmp_path):

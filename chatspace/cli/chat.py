@@ -13,19 +13,6 @@ from chatspace.errors import BadInput
 OPS = ("add", "cap", "ablate")
 
 
-def pick_device(requested: str | None) -> str:
-    """CUDA, then Apple MPS, then the CPU, unless one is asked for."""
-    if requested:
-        return requested
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
 @click.command()
 @click.argument("model")
 @click.option("--backend", default="hf", show_default=True, help="hf or vllm.")
@@ -92,12 +79,12 @@ def chat(model: str, backend: str, dtype: str, device: str | None, persona: str 
                                      num_layers=num_layers, **vector_defaults)
         except Exception as exc:  # any file that does not load is bad input
             raise BadInput(f"--{'steer' if steer_file else 'vector'}: {exc}") from None
-    _chat(path, backend, dtype, pick_device(device), max_model_len, steering,
+    _chat(path, backend, dtype, device, max_model_len, steering,
           vector_defaults, persona=persona, system=system, thinking=thinking,
           max_tokens=max_tokens, temperature=temperature, seed=seed, capture_layers=layers)
 
 
-def _chat(path: str, backend: str, dtype: str, device: str, max_model_len: int | None,
+def _chat(path: str, backend: str, dtype: str, device: str | None, max_model_len: int | None,
           steering, vector_defaults: dict, **settings) -> None:
     from chatspace.chat.loop import Chat, run_piped, run_terminal
     from chatspace.chat.session import ChatSession, Settings

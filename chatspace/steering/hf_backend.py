@@ -1,6 +1,7 @@
 """The HF transformers backend, the reference every other backend must agree with: forward
-hooks on the decoder layers apply each request's steering ops and copy the post-layer hidden
-states, while a plain KV-cached loop generates one request at a time.
+hooks on the decoder layers apply each row's steering ops and copy the post-layer hidden
+states, while a KV-cached loop generates a batch of prompts together (left-padded, with an
+attention mask and per-row positions, so each row computes what it would alone).
 
 The hooks count their calls: if steering or capture was requested and no hook fired (a model
 whose layers do not go through the hooked modules), generation fails loudly instead of
@@ -42,22 +43,44 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     return model.model.layers
 
 
+def pick_device(requested: str | None = None) -> str:
+    """`requested`, else CUDA, then Apple MPS, then the CPU."""
+    if requested and requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def default_batch_size(device: str) -> int:
+    """Prompts generated together: 256 on a GPU, 32 on the CPU."""
+    return 32 if device == "cpu" else 256
+
+
 class HFBackend:
-    """One HF causal LM with steering and capture hooks on its decoder layers."""
+    """One HF causal LM with steering and capture hooks on its decoder layers; prompts are
+    generated `batch_size` at a time (left padding, attention mask, per-row positions), each
+    row with its own steering spec, sampling and seed."""
 
     def __init__(self, model: str | Path, dtype: torch.dtype = torch.float32,
-                 device: str = "cpu"):
+                 device: str | None = None, batch_size: int | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        self.device = pick_device(device)
+        self.batch_size = batch_size or default_batch_size(self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(str(model))
-        self.model = AutoModelForCausalLM.from_pretrained(str(model), dtype=dtype).to(device)
-        self.model.eval()
+        self.model = AutoModelForCausalLM.from_pretrained(str(model), dtype=dtype)
+        self.model.to(self.device).eval()
         self.layers = decoder_layers(self.model)
         self.hidden_size = self.model.config.hidden_size
         self.num_layers = len(self.layers)
-        self.device = device
-        self._spec: SteeringSpec | None = None
-        self._capture: dict[int, list[torch.Tensor]] | None = None
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = self.tokenizer.eos_token_id or 0
+        self._rows: list[tuple[SteeringSpec, list[int]]] = []  # spec -> its rows in the batch
+        self._steps: dict[int, list[torch.Tensor]] | None = None  # layer -> [B, T, H] per step
         self.hook_calls = 0
         self._lock = asyncio.Lock()
         for index, layer in enumerate(self.layers):
@@ -67,11 +90,13 @@ class HFBackend:
         def hook(module, args, output):
             self.hook_calls += 1
             hidden = output[0] if isinstance(output, tuple) else output
-            spec = self._spec
-            if spec is not None and index in spec.layers:
-                hidden = apply_ops(hidden, spec.layers[index].ops)
-            if self._capture is not None and index in self._capture:
-                self._capture[index].append(hidden[0].detach().clone())
+            steered = [(spec, rows) for spec, rows in self._rows if index in spec.layers]
+            if steered:
+                hidden = hidden.clone()  # the layer's output is never changed in place
+                for spec, rows in steered:
+                    hidden[rows] = apply_ops(hidden[rows], spec.layers[index].ops)
+            if self._steps is not None and index in self._steps:
+                self._steps[index].append(hidden.detach().clone())
             if isinstance(output, tuple):
                 return (hidden, *output[1:])
             return hidden
@@ -86,65 +111,112 @@ class HFBackend:
                                            capture_layers, options, streamer)
 
     def _generate_all(self, token_ids, samplings, specs, capture_layers, options, streamer):
-        return [self._generate_one(list(ids), sampling, spec, capture_layers, options,
-                                   streamer)
-                for ids, sampling, spec in zip(token_ids, samplings, specs, strict=True)]
+        out: list[Generation] = []
+        for start in range(0, len(token_ids), self.batch_size):
+            batch = slice(start, start + self.batch_size)
+            out += self._generate_batch([list(t) for t in token_ids[batch]], samplings[batch],
+                                        specs[batch], capture_layers, options, streamer)
+        return out
+
+    def _set_rows(self, specs: Sequence[SteeringSpec | None]) -> None:
+        groups: dict[int, tuple[SteeringSpec, list[int]]] = {}
+        for row, spec in enumerate(specs):
+            if spec is not None:
+                groups.setdefault(id(spec), (spec, []))[1].append(row)
+        self._rows = list(groups.values())
 
     @torch.no_grad()
-    def _generate_one(self, prompt: list[int], sampling: Sampling, spec: SteeringSpec | None,
-                      capture_layers: Sequence[int] | None, options: CaptureOptions,
-                      streamer=None) -> Generation:
-        generator = torch.Generator(device=self.device)
-        if sampling.seed is not None:
-            generator.manual_seed(sampling.seed)
-        self._spec = spec
-        self._capture = {i: [] for i in capture_layers} if capture_layers else None
+    def _generate_batch(self, prompts: list[list[int]], samplings: Sequence[Sampling],
+                        specs: Sequence[SteeringSpec | None],
+                        capture_layers: Sequence[int] | None, options: CaptureOptions,
+                        streamer=None) -> list[Generation]:
+        rows, width = len(prompts), max(len(p) for p in prompts)
+        ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((rows, width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):  # left padding: every row ends at `width`
+            ids[row, width - len(prompt):] = torch.tensor(prompt)
+            mask[row, width - len(prompt):] = 1
+        generators = [torch.Generator(device=self.device) for _ in prompts]
+        for generator, sampling in zip(generators, samplings, strict=True):
+            if sampling.seed is not None:
+                generator.manual_seed(sampling.seed)
+        gens = [_RowOutput() for _ in prompts]
+        self._set_rows(specs)
+        self._steps = {i: [] for i in capture_layers} if capture_layers else None
         calls_before = self.hook_calls
-        out_ids: list[int] = []
-        logprobs: list[float] = []
-        entropy: list[float] = []
-        mass: list[float] = []
-        finish = "length"
         try:
-            inputs = torch.tensor([prompt], device=self.device)
+            mask = mask.to(self.device)
+            inputs = ids.to(self.device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
             past = None
-            for step in range(sampling.max_tokens):
-                result = self.model(input_ids=inputs, past_key_values=past, use_cache=True)
+            live = list(range(rows))
+            while live:
+                result = self.model(input_ids=inputs, attention_mask=mask,
+                                    position_ids=positions, past_key_values=past,
+                                    use_cache=True)
                 past = result.past_key_values
-                logits = result.logits[0, -1].to(torch.float32)
-                if sampling.top_k_mass_k:
-                    (e,), (m,) = token_metrics(logits[None], sampling.top_k_mass_k)
-                    entropy.append(e)
-                    mass.append(m)
-                token = _sample(logits, sampling, generator)
-                logprobs.append(float(torch.log_softmax(logits, -1)[token]))
-                out_ids.append(token)
-                halted = streamer is not None and streamer([token]) is False
-                if token == self.tokenizer.eos_token_id and not sampling.ignore_eos:
-                    finish = "stop"
+                logits = result.logits[:, -1].to(torch.float32)
+                for row in live:
+                    gens[row].step(self, logits[row], samplings[row], generators[row])
+                if streamer is not None and gens[0].token_ids and \
+                        streamer([gens[0].token_ids[-1]]) is False and gens[0].finish is None:
+                    gens[0].finish = "stopped"
+                live = [r for r in live if gens[r].finish is None]
+                if not live:
                     break
-                if halted:
-                    finish = "stopped"
-                    break
-                if step + 1 < sampling.max_tokens:
-                    inputs = torch.tensor([[token]], device=self.device)
-            if (spec is not None or self._capture is not None) and \
-                    self.hook_calls == calls_before:
+                last = torch.tensor([[g.token_ids[-1]] for g in gens], device=self.device)
+                inputs, positions = last, positions[:, -1:] + 1
+                mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype,
+                                                   device=self.device)], dim=1)
+            if (self._rows or self._steps is not None) and self.hook_calls == calls_before:
                 raise RuntimeError("steering or capture was requested but no decoder-layer "
                                    "hook fired: the model does not run through the hooks")
-            capture = None
-            if self._capture is not None:
-                capture = Capture({i: options.select(torch.cat(rows), len(prompt))
-                                   for i, rows in self._capture.items()},
-                                  prompt_len=len(prompt))
+            return [self._generation(prompts[r], gens[r], samplings[r], r, width, options)
+                    for r in range(rows)]
         finally:
-            self._spec, self._capture = None, None
-        return Generation(prompt_token_ids=prompt, token_ids=out_ids,
-                          text=self.tokenizer.decode(out_ids, skip_special_tokens=False),
-                          finish_reason=finish,
-                          logprobs=logprobs if sampling.logprobs else None, capture=capture,
-                          entropy=entropy if sampling.top_k_mass_k else None,
-                          top_k_mass=mass if sampling.top_k_mass_k else None)
+            self._rows, self._steps = [], None
+
+    def _generation(self, prompt: list[int], out: _RowOutput, sampling: Sampling, row: int,
+                    width: int, options: CaptureOptions) -> Generation:
+        capture = None
+        if self._steps is not None:  # the prompt's rows, then one per fed generated token
+            layers = {}
+            for layer, steps in self._steps.items():
+                rows = [steps[0][row, width - len(prompt):]]
+                rows += [step[row] for step in steps[1:len(out.token_ids)]]
+                layers[layer] = options.select(torch.cat(rows), len(prompt))
+            capture = Capture(layers, prompt_len=len(prompt))
+        return Generation(prompt_token_ids=prompt, token_ids=out.token_ids,
+                          text=self.tokenizer.decode(out.token_ids, skip_special_tokens=False),
+                          finish_reason=out.finish or "length",
+                          logprobs=out.logprobs if sampling.logprobs else None, capture=capture,
+                          entropy=out.entropy if sampling.top_k_mass_k else None,
+                          top_k_mass=out.mass if sampling.top_k_mass_k else None)
+
+
+class _RowOutput:
+    """One row's generation so far; `finish` is set when the row is done."""
+
+    def __init__(self) -> None:
+        self.token_ids: list[int] = []
+        self.logprobs: list[float] = []
+        self.entropy: list[float] = []
+        self.mass: list[float] = []
+        self.finish: str | None = None
+
+    def step(self, backend: HFBackend, logits: torch.Tensor, sampling: Sampling,
+             generator: torch.Generator) -> None:
+        if sampling.top_k_mass_k:
+            (e,), (m,) = token_metrics(logits[None], sampling.top_k_mass_k)
+            self.entropy.append(e)
+            self.mass.append(m)
+        token = _sample(logits, sampling, generator)
+        self.logprobs.append(float(torch.log_softmax(logits, -1)[token]))
+        self.token_ids.append(token)
+        if token == backend.tokenizer.eos_token_id and not sampling.ignore_eos:
+            self.finish = "stop"
+        elif len(self.token_ids) >= sampling.max_tokens:
+            self.finish = "length"
 
 
 def _sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:

@@ -39,10 +39,11 @@ T = TypeVar("T")
 
 class SteerModel:
     def __init__(self, model: str | Path, backend: str = "vllm", dtype: str = "float32",
-                 device: str = "cpu", **engine: Any):
+                 device: str | None = None, batch_size: int | None = None, **engine: Any):
         """`engine`: vLLM engine arguments (max_model_len, max_num_seqs,
-        max_num_batched_tokens, enable_prefix_caching, seed, …); `device` is the HF
-        backend's."""
+        max_num_batched_tokens, enable_prefix_caching, seed, …). `device` (default: CUDA, then
+        MPS, then CPU) and `batch_size` (prompts generated together; default 256 on a GPU, 32
+        on the CPU) are the HF backend's."""
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r} is not available (available: "
                              f"{', '.join(BACKENDS)})")
@@ -58,7 +59,7 @@ class SteerModel:
         else:
             from chatspace.steering.hf_backend import HFBackend
 
-            self.backend = HFBackend(model, torch_dtype, device)
+            self.backend = HFBackend(model, torch_dtype, device, batch_size)
         self.backend_name = backend
         self.tokenizer = self.backend.tokenizer
         self.num_layers = self.backend.num_layers

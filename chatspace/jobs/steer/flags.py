@@ -39,6 +39,11 @@ STEER_FLAGS: list[Flag] = [
     ("--tensor-parallel-size", "model", "tensor_parallel_size", {"type": int}),
     ("--max-num-seqs", "model", "max_num_seqs",
      {"type": int, "help": "vllm: requests in one batch at most."}),
+    ("--device", "model", "device", {"help": "hf: auto (CUDA, then MPS, then CPU), cpu, "
+                                             "cuda, cuda:N or mps."}),
+    ("--batch-size", "model", "batch_size",
+     {"type": int, "help": "hf: prompts generated together (default 256 on a GPU, 32 on "
+                           "the CPU)."}),
     ("--prompts|--prompts-json", "prompts", "file",
      {"help": "JSON list of prompts (strings or chat-message lists), or JSONL."}),
     ("--prompts-dataset", "prompts", "dataset", {"help": "Dataset to sample prompts from."}),

@@ -29,6 +29,8 @@ class SteerModelConfig:
     max_model_len: int | None = None
     tensor_parallel_size: int = 1
     max_num_seqs: int | None = None
+    device: str = "auto"  # hf: auto = CUDA, then MPS, then CPU
+    batch_size: int | None = None  # hf: prompts generated together (default 256 GPU, 32 CPU)
 
     def validate(self) -> None:
         if not self.name:
@@ -38,7 +40,11 @@ class SteerModelConfig:
                            f"got {self.backend!r}")
         if self.dtype not in DTYPES:
             raise BadInput(f"model.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        for name in ("max_model_len", "max_num_seqs"):
+        if self.device not in ("auto", "cpu", "mps", "cuda") and \
+                not self.device.startswith("cuda:"):
+            raise BadInput(f"model.device must be auto, cpu, cuda, cuda:N or mps, "
+                           f"got {self.device!r}")
+        for name in ("max_model_len", "max_num_seqs", "batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise BadInput(f"model.{name} must be >= 1, got {value}")

@@ -58,6 +58,8 @@ class SweepParts:
                       "tensor_parallel_size": model.tensor_parallel_size,
                       "max_num_seqs": model.max_num_seqs}
             engine = {k: v for k, v in engine.items() if v is not None}
+        else:
+            engine = {"device": model.device, "batch_size": model.batch_size}
         with timer.measure("load"):
             path = run.path(run.plan["model"]["path"])
             self.model = SteerModel(str(path), backend=model.backend, dtype=model.dtype,
