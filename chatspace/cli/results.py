@@ -74,12 +74,15 @@ def _print_result(columns: list[str], rows: list[tuple], fmt: str) -> None:
 @click.option("--lowest", is_flag=True, help="--best: lowest first (default: highest).")
 @click.option("--run", "run_ref", metavar="RUN", default=None,
               help="Restrict every view to this run.")
+@click.option("--experiments", "on_experiments", is_flag=True,
+              help="--list, --summary, --best and --compare ID ID over the experiments that "
+                   "scripts logged with chatspace.experiments.save_experiment.")
 @click.option("--csv", "fmt", flag_value="csv", help="Print CSV.")
 @click.option("--json", "fmt", flag_value="json", help="Print a JSON list of rows.")
 @root_option
 def query(sql: str | None, list_runs: bool, summary: bool, compare: tuple[str, str] | None,
-          best: str | None, top: int, lowest: bool, run_ref: str | None, fmt: str | None,
-          root: str | None) -> None:
+          best: str | None, top: int, lowest: bool, run_ref: str | None, on_experiments: bool,
+          fmt: str | None, root: str | None) -> None:
     """Ask DuckDB about the runs under the root, reading their files in place.
 
     \b
@@ -92,9 +95,12 @@ def query(sql: str | None, list_runs: bool, summary: bool, compare: tuple[str, s
       embeddings     every embed shard (id, text, embedding, norm, …, run_id)
       steer_results  every steer results file (point, scale, persona, category,
                      output_text, avg_entropy…, run_id)
+      experiments    every save_experiment call: experiment_id, name, created_at,
+                     config (JSON), metrics (map: metrics['loss']), tags, notes, git_sha
     \b
     chatspace query "SELECT model, count(*) FROM embeddings GROUP BY model"
     chatspace query --list · --summary · --compare RUN RUN · --best rows_per_s
+    chatspace query --experiments --best loss --lowest
     """
     from chatspace.results import query as q
     from chatspace.results.catalog import Catalog
@@ -108,6 +114,10 @@ def query(sql: str | None, list_runs: bool, summary: bool, compare: tuple[str, s
         raise BadInput("nothing to ask: give SQL, --list, --summary, --compare RUN RUN or "
                        "--best METRIC (see --help)")
     root_path = resolve_root(root)
+    if on_experiments:
+        _query_experiments(root_path, sql, list_runs, summary, compare, best, top, lowest,
+                           fmt)
+        return
     only = list(compare) if compare else [run_ref] if run_ref else None
     catalog = Catalog(root_path, only)
     if not catalog.runs:
@@ -120,6 +130,29 @@ def query(sql: str | None, list_runs: bool, summary: bool, compare: tuple[str, s
     else:
         statement = q.LIST_SQL if list_runs else q.SUMMARY_SQL if summary else sql
         result = q.run_sql(q.connect(catalog, q.views_in(statement)), statement)
+    _print_result(result.columns, result.rows, fmt or "table")
+
+
+def _query_experiments(root: Path, sql: str | None, list_them: bool, summary: bool,
+                       compare: tuple[str, str] | None, best: str | None, top: int,
+                       lowest: bool, fmt: str | None) -> None:
+    from chatspace.results import query as q
+    from chatspace.results.catalog import Catalog
+
+    if sql:
+        raise BadInput("--experiments applies to --list, --summary, --best and --compare; "
+                       "plain SQL sees the experiments view anyway")
+    con = q.connect(Catalog(root, []), {"experiments"})
+    if compare:
+        result = q.compare_experiments(con, list(compare))
+    elif best:
+        result = q.best_experiment(con, best, top, lowest)
+    else:
+        statement = q.EXPERIMENTS_LIST_SQL if list_them else q.EXPERIMENTS_SUMMARY_SQL
+        result = q.run_sql(con, statement)
+        if not result.rows:
+            click.echo(f"no experiments under {root}/experiments (nothing logged yet)",
+                       err=True)
     _print_result(result.columns, result.rows, fmt or "table")
 
 

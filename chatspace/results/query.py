@@ -1,8 +1,10 @@
 """DuckDB over the files under a root, with no copy of the data.
 
 Views: ``runs`` and ``tasks`` (from the run records, see `catalog`), ``embeddings`` (every done
-embed task's shard) and ``steer_results`` (every done steer task's results file); the last two
-read the Parquet files in place. The canned questions of `chatspace query` are SQL over them.
+embed task's shard), ``steer_results`` (every done steer task's results file) and
+``experiments`` (what scripts logged with `chatspace.experiments.save_experiment`); the last
+three read the Parquet files in place. The canned questions of `chatspace query` are SQL over
+them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import duckdb
 import pyarrow as pa
 
 from chatspace.errors import BadInput
+from chatspace.experiments import SCHEMA as EXPERIMENTS_SCHEMA
+from chatspace.experiments import experiment_files
 from chatspace.results.catalog import Catalog, RunFiles
 
 _STAGES = pa.map_(pa.string(), pa.float64())
@@ -54,13 +58,18 @@ STEER_METRICS = ("avg_entropy", "avg_entropy_thinking", "avg_entropy_output", "a
                  "avg_top_k_mass_thinking", "avg_top_k_mass_output", "think_end_position",
                  "output_tokens")
 RUN_METRICS = ("rows_done", "wall_seconds", "rows_per_s", "tokens", "cost_usd", "tasks")
+EXPERIMENTS_LIST_SQL = """SELECT experiment_id, name, created_at, tags, metrics, notes
+    FROM experiments ORDER BY created_at, experiment_id"""
+EXPERIMENTS_SUMMARY_SQL = """SELECT name, count(*) AS experiments, min(created_at) AS first,
+    max(created_at) AS last, list_sort(list_distinct(flatten(list(map_keys(metrics)))))
+    AS metrics FROM experiments GROUP BY name ORDER BY name"""
 
 
 def _sql_list(paths: list[str]) -> str:
     return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
 
 
-VIEWS = ("runs", "tasks", *FILE_VIEWS)
+VIEWS = ("runs", "tasks", *FILE_VIEWS, "experiments")
 GLOB_CHARACTERS = re.compile(r"[*?\[\]{}']")
 
 
@@ -101,6 +110,13 @@ def connect(catalog: Catalog, views: set[str] | None = None) -> duckdb.DuckDBPyC
                  if (source := _parquet_source(f, output))]
         source = " UNION ALL BY NAME ".join(scans) or "SELECT NULL::VARCHAR AS run_id LIMIT 0"
         con.execute(f"CREATE VIEW {view} AS {source}")
+    if "experiments" in wanted:
+        files = [str(f) for f in experiment_files(catalog.root)]
+        if files:
+            con.execute("CREATE VIEW experiments AS SELECT * FROM "
+                        f"read_parquet({_sql_list(files)}, union_by_name = true)")
+        else:
+            con.register("experiments", EXPERIMENTS_SCHEMA.empty_table())
     return con
 
 
@@ -170,3 +186,36 @@ def compare(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> Result:
     rows += [(f"mean {m}", *(by_run.get(rid, {}).get(m) for rid in run_ids))
              for m in STEER_METRICS if by_run]
     return Result(["field", *run_ids], rows)
+
+
+def best_experiment(con: duckdb.DuckDBPyConnection, metric: str, top: int,
+                    lowest: bool) -> Result:
+    """Experiments ranked by one of their metrics."""
+    known = {k for (keys,) in con.sql("SELECT DISTINCT map_keys(metrics) FROM "
+                                      "experiments").fetchall() for k in keys}
+    if metric not in known:
+        raise BadInput(f"--best {metric}: no experiment logged that metric (logged: "
+                       f"{', '.join(sorted(known)) or 'none'})")
+    return run_sql(con, f"""SELECT experiment_id, name, created_at, metrics[?] AS "{metric}"
+        FROM experiments WHERE metrics[?] IS NOT NULL
+        ORDER BY 4 {'ASC' if lowest else 'DESC'}, experiment_id LIMIT ?""",
+                   [metric, metric, top])
+
+
+def compare_experiments(con: duckdb.DuckDBPyConnection, ids: list[str]) -> Result:
+    """Config keys whose values differ between two experiments, then every metric."""
+    rows = run_sql(con, "SELECT * FROM experiments WHERE experiment_id IN (?, ?)",
+                   ids).records()
+    found = {r["experiment_id"]: r for r in rows}
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise BadInput(f"--compare: no experiment {missing[0]!r} under this root")
+    configs = {i: _flatten(json.loads(found[i]["config"])) for i in ids}
+    metrics = {i: dict(found[i]["metrics"]) for i in ids}
+    keys = sorted(set().union(*configs.values()))
+    out = [(f"config.{k}", *(configs[i].get(k) for i in ids)) for k in keys
+           if len({json.dumps(configs[i].get(k)) for i in ids}) > 1]
+    out += [(field, *(found[i][field] for i in ids)) for field in ("name", "git_sha")]
+    out += [(f"metric {m}", *(metrics[i].get(m) for i in ids))
+            for m in sorted(set().union(*metrics.values()))]
+    return Result(["field", *ids], out)

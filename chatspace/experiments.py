@@ -1,0 +1,95 @@
+"""The experiment store: a training or analysis script logs what it ran and what it got, and
+`chatspace query` finds it again beside the runs.
+
+    from chatspace.experiments import save_experiment
+    save_experiment("probe-sweep", config={"lr": 1e-3, "layer": 12},
+                    metrics={"loss": 0.41, "accuracy": 0.87}, tags=["probe"], notes="first try")
+
+Each call writes one Parquet row, atomically, to
+``{root}/experiments/{name}/{created}-{id}.parquet`` (root: the `root` argument, else
+``$CHATSPACE_ROOT``, else ``/workspace``) with the experiment id, name, time, config (JSON),
+metrics (a map of numbers), tags, notes, the git commit of the working directory and the host.
+`chatspace query` reads them as the ``experiments`` view; ``--experiments`` turns ``--list``,
+``--summary``, ``--best METRIC`` and ``--compare ID ID`` to them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+import socket
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from chatspace.names import check_name
+from chatspace.runs.record import default_root, write_parquet
+
+SCHEMA = pa.schema([
+    ("experiment_id", pa.string()), ("name", pa.string()),
+    ("created_at", pa.timestamp("us", "UTC")), ("config", pa.string()),
+    ("metrics", pa.map_(pa.string(), pa.float64())), ("tags", pa.list_(pa.string())),
+    ("notes", pa.string()), ("git_sha", pa.string()), ("host", pa.string()),
+])
+
+
+def _git_sha(where: Path) -> str | None:
+    """The commit checked out where the script runs (None outside a git repository)."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=where,
+                              capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        if not isinstance(key, str) or isinstance(value, bool) or \
+                not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"metrics[{key!r}] must be a finite number, got {value!r}")
+        out[key] = float(value)
+    return out
+
+
+def save_experiment(name: str, config: dict[str, Any], metrics: dict[str, float], *,
+                    tags: list[str] | None = None, notes: str | None = None,
+                    root: str | Path | None = None) -> Path:
+    """Record one experiment; returns the file written. ValueError (one line naming the
+    argument) for a name that cannot be a directory, a config that is not JSON, a metric that
+    is not a finite number, or tags that are not strings."""
+    try:
+        check_name(name, "name")
+    except Exception as exc:  # BadInput: the CLI's type; a script gets a ValueError
+        raise ValueError(str(exc)) from None
+    try:
+        config_json = json.dumps(config, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"config is not JSON: {exc}") from None
+    if tags is not None and not all(isinstance(t, str) for t in tags):
+        raise ValueError(f"tags must be strings, got {tags!r}")
+    created = datetime.now(UTC)
+    experiment_id = f"{created:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+    row = {"experiment_id": experiment_id, "name": name, "created_at": created,
+           "config": config_json, "metrics": list(_numbers(metrics).items()),
+           "tags": list(tags or []), "notes": notes, "git_sha": _git_sha(Path.cwd()),
+           "host": socket.gethostname()}
+    path = Path(root or default_root()) / "experiments" / name / f"{experiment_id}.parquet"
+    table = pa.Table.from_pylist([row], SCHEMA)
+    write_parquet(path, [table], SCHEMA, {"compression": "zstd"})
+    return path
+
+
+def experiment_files(root: Path) -> list[Path]:
+    """Every experiment's file under the root, by name then time (temp files of a write in
+    progress start with a dot and are not experiments)."""
+    folder = root / "experiments"
+    if not folder.is_dir():
+        return []
+    return [f for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")
+            for f in sorted(d.glob("[!.]*.parquet"))]
