@@ -294,6 +294,7 @@ def test_unfinished_run_and_compare_in_a_browser(workspace, browser):
 
 
 def test_viz_app(workspace, monkeypatch):
+    pd = pytest.importorskip("pandas", reason="the viz extra (pandas) is not installed")
     testing = pytest.importorskip("streamlit.testing.v1",
                                   reason="the viz extra (streamlit) is not installed")
     monkeypatch.setenv("CHATSPACE_ROOT", str(workspace["root"]))
@@ -305,6 +306,14 @@ def test_viz_app(workspace, monkeypatch):
     assert [t.label for t in app.tabs] == ["Mean entropy", "Top-k mass", "Thinking length",
                                            "Raw data"]
     assert len(app.get("vega_lite_chart")) == 3
+    stats = app.dataframe[0].value  # the first metric's summary statistics per category
+    assert list(stats.columns) == ["count", "mean", "std", "min", "25%", "50%", "75%", "max"]
+    rows = pq.read_table(workspace["steer"].output_paths(0)["results"]).to_pandas()
+    for task in range(1, workspace["steer"].num_tasks):
+        rows = pd.concat([rows, pq.read_table(
+            workspace["steer"].output_paths(task)["results"]).to_pandas()])
+    expected = rows.groupby("category")["avg_entropy"].describe()
+    pd.testing.assert_frame_equal(stats, expected, check_exact=False, rtol=1e-6)
     raw = app.dataframe[-1].value
     assert len(raw) == 54 and "output_text" in raw.columns
     app.sidebar.multiselect[0].set_value(["work"]).run()

@@ -1,6 +1,7 @@
 """The Streamlit app of the persona experiments (`chatspace viz`): pick a steer run, filter
 categories, and look at mean entropy, top-k mass and thinking length per category and
-steering point, or at the raw rows. Reads the run's files under $CHATSPACE_ROOT in place."""
+steering point (box plots, and the summary statistics of each metric: count, mean, std, min,
+quartiles, max), or at the raw rows. Reads the run's files under $CHATSPACE_ROOT in place."""
 
 from __future__ import annotations
 
@@ -34,6 +35,11 @@ def metric_chart(frame: pd.DataFrame, view: str, by: str) -> alt.Chart:
         color=alt.Color("part:N"), xOffset="part:N")
 
 
+def summary_statistics(frame: pd.DataFrame, by: str, column: str) -> pd.DataFrame:
+    """Count, mean, std, min, quartiles and max of `column` per value of `by`."""
+    return frame.groupby(by)[column].describe()
+
+
 def main() -> None:
     st.set_page_config(page_title="chatspace viz", layout="wide")
     root = str(default_root())
@@ -58,8 +64,9 @@ def main() -> None:
     for tab, view in zip(metric_tabs, METRIC_VIEWS, strict=True):
         with tab:
             st.altair_chart(metric_chart(frame, view, by), width="stretch")
-            means = frame.groupby(by)[list(METRIC_VIEWS[view])].mean()
-            st.dataframe(means)
+            for column in METRIC_VIEWS[view]:  # the persona runner's summary statistics
+                st.caption(f"{column} per {by}")
+                st.dataframe(summary_statistics(frame, by, column))
     with raw_tab:
         default = [*ID_COLUMNS, "output_text", "avg_entropy", "avg_top_k_mass",
                    "thinking_tokens"]
