@@ -1,9 +1,10 @@
-"""Models on local disk, never downloaded: a name resolves to a directory that is a path, a model
-recorded under the root (``download-model``), or a snapshot in the HF cache.
+"""Models on local disk: a name resolves to a directory that is a path, a model recorded under
+the root (``download-model``), or a snapshot in the HF cache; tasks never download.
 
-``download-model`` records a model from the HF cache or a local directory under
-``{root}/models/{label}/`` (config, tokenizer, weights; ``_info.json`` with the sha256 of every
-file), so that tasks on compute nodes load it from the shared root.
+``download-model`` records a model from a local directory, the HF cache or (on a login node
+that reaches it) the Hub under ``{root}/models/{label}/`` (config, tokenizer, weights;
+``_info.json`` with the sha256 of every file and the revision's commit), so that tasks on
+compute nodes load it from the shared root.
 """
 
 from __future__ import annotations
@@ -76,10 +77,30 @@ def model_shape(path: str, name: str) -> tuple[int, int]:
     return config.hidden_size, config.num_hidden_layers
 
 
-def record_model(name: str, root: Path) -> dict[str, Any]:
-    """Copy model `name` (HF cache or local directory) under ``{root}/models/{label}``."""
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def record_model(name: str, root: Path, revision: str | None = None,
+                 include: list[str] | None = None) -> dict[str, Any]:
+    """Copy model `name` under ``{root}/models/{label}``: a local directory as it is, a Hub
+    name fetched with `huggingface_hub` (the HF cache first; only the cache when
+    ``HF_HUB_OFFLINE=1``). `include`: the files to take (globs; default: weights, config,
+    tokenizer, chat template)."""
     check_writable(root)
-    ref = find_model(name)
+    patterns = list(include or MODEL_FILES)
+    commit = None
+    if Path(name).expanduser().exists() or _hub_offline():
+        if revision is not None:
+            raise BadInput("--revision needs the Hub (a local directory, or "
+                           "HF_HUB_OFFLINE=1, has no revisions)")
+        ref = find_model(name)
+    else:
+        from chatspace.data.hub import fetch
+
+        check_name(label_of(name), "model name")
+        snapshot = fetch(name, "model", revision, patterns)
+        ref, commit = ModelRef(label_of(name), str(snapshot.path)), snapshot.commit
     check_name(ref.label, "model name")
     source = Path(ref.path)
     dest = check_replaceable(root, root / "models" / ref.label)
@@ -87,13 +108,16 @@ def record_model(name: str, root: Path) -> dict[str, Any]:
     staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dest.parent))
     try:
         files = []
-        for pattern in MODEL_FILES:
-            for src in sorted(source.glob(pattern)):
-                shutil.copyfile(src.resolve(), staging / src.name)  # cache entries are links
-                files.append({"path": src.name, "bytes": src.resolve().stat().st_size,
-                              "sha256": sha256_file(staging / src.name)})
-        info = {"name": name, "label": ref.label, "from": str(source),
-                "files": sorted(files, key=lambda f: f["path"]), "tool": tool_info()}
+        for src in sorted({p for pattern in patterns for p in source.glob(pattern)
+                           if p.is_file()}):
+            shutil.copyfile(src.resolve(), staging / src.name)  # cache entries are links
+            files.append({"path": src.name, "bytes": src.resolve().stat().st_size,
+                          "sha256": sha256_file(staging / src.name)})
+        if not files:
+            raise BadInput(f"model {name}: no file matches {', '.join(patterns)}")
+        info = {"name": name, "label": ref.label, "from": str(source), "revision": revision,
+                "commit": commit, "files": sorted(files, key=lambda f: f["path"]),
+                "tool": tool_info()}
         write_json(staging / "_info.json", info)
         replace_recorded(staging, dest, root)
     finally:

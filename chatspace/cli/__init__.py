@@ -11,10 +11,14 @@ import click
 from chatspace.cli import chat, embed, observe, results, runs
 from chatspace.errors import BadInput, RunFailed
 
+# The only commands that may reach the Hub (on a login node); every other one runs offline.
+ONLINE = ("download-dataset", "download-model")
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def cli(verbose: bool) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
     """chatspace: plan, run and check SLURM batch jobs for ML research (embed datasets, steering
     sweeps).
 
@@ -25,7 +29,8 @@ def cli(verbose: bool) -> None:
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if ctx.invoked_subcommand not in ONLINE:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 for command in (*runs.COMMANDS, *observe.COMMANDS, *embed.COMMANDS, *results.COMMANDS,

@@ -12,6 +12,7 @@ import click
 from chatspace.cli.options import json_option, resolve_root, root_option, spec_options
 from chatspace.cli.output import emit
 from chatspace.cli.runs import execute_option, run_id_option, submit_group
+from chatspace.errors import BadInput
 from chatspace.jobs import JOB_TYPES
 
 EMBED = JOB_TYPES["embed"]
@@ -56,33 +57,60 @@ def embed_dataset(ctx: click.Context, **params: Any) -> None:
     _submit_in_process(ctx, params)
 
 
+def _name(argument: str | None, option: str | None, flag: str) -> str:
+    """NAME given as the argument or as the original tools' option."""
+    if (argument is None) == (option is None):
+        raise BadInput(f"give the name once: as NAME or as {flag}")
+    return argument or option
+
+
 @click.command("download-dataset")
-@click.argument("name")
-@click.option("--subset", default=None)
-@click.option("--split", default=None)
+@click.argument("name", required=False)
+@click.option("--name", "name_option", default=None, help="NAME (the original spelling).")
+@click.option("--subset", "--config", default=None, help="The dataset's subset (config).")
+@click.option("--split", default=None, help="The split (needed when there are several).")
+@click.option("--revision", default=None, help="Hub: a branch, tag or commit (default main).")
 @root_option
 @json_option
-def download_dataset(name: str, subset: str | None, split: str | None, root: str | None,
+def download_dataset(name: str | None, name_option: str | None, subset: str | None,
+                     split: str | None, revision: str | None, root: str | None,
                      as_json: bool) -> None:
-    """Record dataset NAME (HF cache or local files) under ROOT/datasets/raw/, as Parquet with
-    its row counts and features."""
+    """Record dataset NAME under ROOT/datasets/raw/ as Parquet, with its row counts, features,
+    the sha256 of every file and, from the Hub, the commit.
+
+    NAME is a local file or directory, or a Hub dataset fetched with huggingface_hub (HF_TOKEN,
+    HF_ENDPOINT and HF_HOME honoured; an interrupted download resumes; cached copies are used
+    when present). Run it on a login node: compute-node commands never reach the Hub. With
+    HF_HUB_OFFLINE=1, only the local datasets cache is read."""
     from chatspace.data.download import record_dataset
 
-    info = record_dataset(name, subset, split, resolve_root(root))
+    info = record_dataset(_name(name, name_option, "--name"), subset, split,
+                          resolve_root(root), revision)
     emit(as_json, info, [info["path"]])
 
 
 @click.command("download-model")
-@click.argument("name")
+@click.argument("name", required=False)
+@click.option("--repo-id", "repo_id", default=None, help="NAME (the original spelling).")
+@click.option("--revision", default=None, help="Hub: a branch, tag or commit (default main).")
+@click.option("--include", multiple=True, metavar="GLOB",
+              help="Files to take (repeatable; default: weights, config, tokenizer, chat "
+                   "template).")
 @root_option
 @json_option
-def download_model(name: str, root: str | None, as_json: bool) -> None:
-    """Record model NAME (a local directory or a name in the HF cache) under ROOT/models/, with
-    the sha256 of each file, so that tasks on compute nodes load it from the shared root
-    (`--model NAME` then finds it there)."""
+def download_model(name: str | None, repo_id: str | None, revision: str | None,
+                   include: tuple[str, ...], root: str | None, as_json: bool) -> None:
+    """Record model NAME under ROOT/models/, with the sha256 of each file and, from the Hub,
+    the commit, so that tasks on compute nodes load it from the shared root (`--model NAME`
+    then finds it there).
+
+    NAME is a local directory, a model in the HF cache, or a Hub model fetched with
+    huggingface_hub (HF_TOKEN, HF_ENDPOINT, HF_HOME honoured; resumable). With
+    HF_HUB_OFFLINE=1, only the cache is read."""
     from chatspace.models import record_model
 
-    info = record_model(name, resolve_root(root))
+    info = record_model(_name(name, repo_id, "--repo-id"), resolve_root(root), revision,
+                        list(include) or None)
     emit(as_json, info, [info["path"]])
 
 

@@ -1,9 +1,12 @@
-"""`download-dataset`: copy a dataset (from the local HF cache or local files) into the
-workspace as Parquet, under ``datasets/raw/{source}/{dataset}/``, with an ``_info.json`` of its
-row counts and features. Nothing is fetched from the network."""
+"""`download-dataset`: copy a dataset into the workspace as Parquet, under
+``datasets/raw/{source}/{dataset}[/{split}]/``, with an ``_info.json`` of its row counts,
+features, the sha256 of every file and, from the Hub, the revision's commit. A local path is
+read as it is; a Hub name is fetched with `huggingface_hub` (`chatspace.data.hub`), unless
+``HF_HUB_OFFLINE=1``, where only the local `datasets` cache is read."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -12,16 +15,44 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from chatspace.data.config import check_split
-from chatspace.data.sources import open_source, read_file_table
+from chatspace.data.hub import dataset_files, fetch, list_files
+from chatspace.data.sources import (
+    SourceInfo,
+    hub_label,
+    open_files,
+    open_source,
+    read_file_table,
+)
+from chatspace.errors import BadInput
 from chatspace.names import check_replaceable, replace_recorded
-from chatspace.runs.record import check_writable, tool_info, write_json
+from chatspace.runs.record import check_writable, sha256_file, tool_info, write_json
 
 
-def record_dataset(name: str, subset: str | None, split: str | None,
-                   root: Path) -> dict[str, Any]:
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _source(name: str, subset: str | None, split: str | None,
+            revision: str | None) -> tuple[SourceInfo, str | None, str | None]:
+    """The dataset's files, its split and (from the Hub) the commit they were taken at."""
+    if Path(name).expanduser().exists() or _hub_offline():
+        if revision is not None:
+            raise BadInput("--revision needs the Hub (a local path, or HF_HUB_OFFLINE=1, has "
+                           "no revisions)")
+        return open_source(name, subset, split), split, None
+    files, split = dataset_files(list_files(name, "dataset", revision), name, subset, split)
+    check_split(None, split)
+    snapshot = fetch(name, "dataset", revision, include=files)
+    label = hub_label(name, subset)
+    return (open_files([snapshot.path / f for f in files], snapshot.path, "hf", label,
+                       label=split), split, snapshot.commit)
+
+
+def record_dataset(name: str, subset: str | None, split: str | None, root: Path,
+                   revision: str | None = None) -> dict[str, Any]:
     check_writable(root)
     check_split(subset, split)
-    source = open_source(name, subset, split)
+    source, split, commit = _source(name, subset, split, revision)
     dest = check_replaceable(root, root.joinpath("datasets", "raw", source.origin,
                                                  source.dataset, *([split] if split else [])))
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -33,8 +64,10 @@ def record_dataset(name: str, subset: str | None, split: str | None,
             features = features or {f.name: str(f.type) for f in table.schema}
             out = staging / f"part-{number:05d}.parquet"
             pq.write_table(table, out, compression="zstd")
-            files.append({"path": out.name, "rows": table.num_rows, "from": src.path})
+            files.append({"path": out.name, "rows": table.num_rows, "from": src.path,
+                          "bytes": out.stat().st_size, "sha256": sha256_file(out)})
         info = {"name": name, "subset": subset, "split": split, "source": source.origin,
+                "revision": revision, "commit": commit,
                 "rows": sum(f["rows"] for f in files), "features": features, "files": files,
                 "tool": tool_info()}
         write_json(staging / "_info.json", info)

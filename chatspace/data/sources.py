@@ -129,8 +129,16 @@ def _local_files(root: Path) -> list[Path]:
 
 
 def _open_local(root: Path) -> SourceInfo:
-    files, columns = [], None
-    for path in _local_files(root):
+    name = root.stem if root.is_file() else root.name
+    return open_files(_local_files(root), root, "local", name)
+
+
+def open_files(paths: list[Path], root: Path, origin: str, dataset: str,
+               label: str | None = None) -> SourceInfo:
+    """A source over `paths` (files of one dataset, in order, with the same columns); each
+    file's ids are labelled by `label`, else by its path under `root`."""
+    files, columns, first = [], None, 0
+    for path in paths:
         fmt = FORMATS[path.suffix]
         rows, cols = _describe(path, fmt)
         if columns is None:
@@ -138,10 +146,13 @@ def _open_local(root: Path) -> SourceInfo:
         elif set(cols) != set(columns):
             raise BadInput(f"dataset file {path} has columns {list(cols)}, "
                            f"unlike the others' {list(columns)}")
-        label = str(path.relative_to(root).with_suffix("")) if root.is_dir() else path.stem
-        files.append(SourceFile(str(path.resolve()), fmt, rows, label, 0))
-    name = root.stem if root.is_file() else root.name
-    return SourceInfo("local", name, tuple(files), tuple(columns or ()))
+        if label is not None:  # one label for every file: rows numbered across them
+            files.append(SourceFile(str(path.resolve()), fmt, rows, label, first))
+            first += rows
+            continue
+        own = str(path.relative_to(root).with_suffix("")) if root.is_dir() else path.stem
+        files.append(SourceFile(str(path.resolve()), fmt, rows, own, 0))
+    return SourceInfo(origin, dataset, tuple(files), tuple(columns or ()))
 
 
 def _open_hub(name: str, subset: str | None, split: str | None) -> SourceInfo:
@@ -163,8 +174,12 @@ def _open_hub(name: str, subset: str | None, split: str | None) -> SourceInfo:
         rows, _ = _describe(Path(cache_file["filename"]), "arrow")
         files.append(SourceFile(cache_file["filename"], "arrow", rows, split or "train", row))
         row += rows
-    label = name.replace("/", "__") + (f"__{subset}" if subset else "")
-    return SourceInfo("hf", label, tuple(files), tuple(loaded.column_names))
+    return SourceInfo("hf", hub_label(name, subset), tuple(files), tuple(loaded.column_names))
+
+
+def hub_label(name: str, subset: str | None) -> str:
+    """A Hub dataset's name in output paths: ``org__name[__subset]``."""
+    return name.replace("/", "__") + (f"__{subset}" if subset else "")
 
 
 def open_source(name: str, subset: str | None, split: str | None) -> SourceInfo:
