@@ -96,7 +96,7 @@ def test_sigkill_midway_resumes_from_last_part(root):
                model={"batch_size": 8})
     log = root / "task.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "chatspace", "run", "embed-task",
+        proc = subprocess.Popen([sys.executable, "-m", "chatspace", "run", "task",
                                  str(run.dir), "--task", "0"], stdout=out, stderr=out, cwd=REPO)
     parts_dir = run.parts_dir(0)
 
@@ -118,7 +118,7 @@ def test_sigkill_midway_resumes_from_last_part(root):
     stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_bytes(b"PAR1 half a shard from a killed assembly")
 
-    resumed = chatspace("run", "embed-task", str(run.dir), "--task", "0")
+    resumed = chatspace("run", "task", str(run.dir), "--task", "0")
     assert resumed.returncode == 0, resumed.stderr
     assert sorted(p.name for p in shard(run, 0).parent.iterdir()) == ["shard-00000.parquet"]
     assert f"resuming, {committed} of 10 parts already committed" in resumed.stderr
@@ -141,7 +141,7 @@ def test_sigkill_midway_resumes_from_last_part(root):
 
 def test_killed_task_shard_matches_its_own_uninterrupted_rerun(root):
     run = plan(root, PYDOCS, "same-plan", n=120, array=1, run={"part_rows": 30})
-    proc = subprocess.Popen([sys.executable, "-m", "chatspace", "run", "embed-task",
+    proc = subprocess.Popen([sys.executable, "-m", "chatspace", "run", "task",
                              str(run.dir), "--task", "0"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, cwd=REPO)
     wait_until(lambda: list(run.parts_dir(0).glob("part-*.json")), poll=0.05,

@@ -4,7 +4,7 @@
 - `debug`: every task and the reduce in this process, one after another (pdb works).
 - `local`: each task as a `chatspace run task` subprocess, at most K at a time, then the
   reduce; a progress bar follows the committed parts.
-- `slurm`: arrays and an afterok reduce job through submitit (`chatspace.slurm`).
+- `slurm`: arrays and an afterok reduce job through submitit (`chatspace.runs.slurm`).
 """
 
 from __future__ import annotations

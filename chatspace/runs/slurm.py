@@ -211,11 +211,11 @@ def submit(run: Run, tasks: list[int], cfg: SlurmConfig, max_array: int) -> dict
         executor.update_parameters(**reduce_params)
         reduce_job = executor.submit(ReduceJob(run.job), str(run.dir))
     except Exception as exc:  # noqa: BLE001 - sbatch's errors come in many types
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-        record["error"] = first
+        last = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]  # sbatch's reason
+        record["error"] = last
         run.save_submission(record, replace_last=True)
         queued = ", ".join(a["job_id"] for a in record["arrays"]) or "none"
-        raise RunFailed(f"submission of run {run.run_id} stopped: {first}; arrays already "
+        raise RunFailed(f"submission of run {run.run_id} stopped: {last}; arrays already "
                         f"queued: {queued} (see `chatspace status`, `chatspace cancel` or "
                         f"`chatspace resume` {run.run_id})") from None
     record["reduce_job_id"] = reduce_job.job_id

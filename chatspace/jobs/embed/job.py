@@ -1,5 +1,5 @@
 """The embed job type: rows sampled from a dataset, embedded by a backend into Parquet shards
-(one per task) with the DESIGN.md schema, and a manifest with per-shard checksums."""
+(one per task) with the shard schema (README "Outputs"), and a manifest with per-shard checksums."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The embedding shard format (DESIGN.md schema), the same for every backend.
+"""The embedding shard format (README "Outputs"), the same for every backend.
 
 Repeated string columns are dictionary-encoded, the float vectors byte-stream-split and zstd
 compressed: the smallest and fastest layout measured for MiniLM-sized vectors.
