@@ -41,7 +41,9 @@ def slurm_cluster() -> str:
     saying why, if it cannot start."""
     env = {**os.environ, "CHATSPACE_SLURM_MAX_ARRAY_SIZE": str(SLURM_MAX_ARRAY_SIZE)}
     try:
-        out = subprocess.run([str(REPO / "hpc" / "dev-cluster.sh"), "start"], env=env,
+        # one start at a time: test workers (pytest -n) share the one cluster
+        out = subprocess.run(["flock", "/tmp/chatspace-dev-cluster.lock",
+                              str(REPO / "hpc" / "dev-cluster.sh"), "start"], env=env,
                              capture_output=True, text=True, timeout=900)
     except (OSError, subprocess.TimeoutExpired) as exc:
         pytest.skip(f"the dev SLURM cluster could not start: {exc}")
@@ -96,7 +98,9 @@ class ImageBuild:
     the collected tests include a container test, so that the build (minutes on a new
     machine) overlaps the tests that do not need it."""
 
-    SCRIPT = ('set -o pipefail; a=$(containers/dev-apptainer.sh | tail -n 1) && '
+    # under a lock: test workers (pytest -n) build it once and share it
+    SCRIPT = ('set -o pipefail; exec 9>/tmp/chatspace-image-build.lock; flock 9; '
+              'a=$(containers/dev-apptainer.sh | tail -n 1) && '
               'i=$(PATH="$(dirname "$a"):$PATH" containers/dev-image.sh | tail -n 1) && '
               'echo "$a" && echo "$i"')
 
@@ -111,11 +115,14 @@ class ImageBuild:
                                              stdout=subprocess.PIPE, stderr=err,
                                              stdin=subprocess.DEVNULL, start_new_session=True)
 
-    def stop(self) -> None:
-        """End a build nobody waited for (the session was cut short)."""
-        if self.proc is not None and self.proc.poll() is None:
+    def finish(self, interrupted: bool) -> None:
+        """Let a build finish (another test worker may be waiting for it), or end it when the
+        session was interrupted."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        if interrupted:
             os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(60)
+        self.proc.wait()
 
     def wait(self, timeout: float = 2400) -> tuple[Path, Path]:
         """(apptainer, image) once built; skip, saying why, where they cannot be set up."""
@@ -135,16 +142,27 @@ class ImageBuild:
 IMAGE_BUILD = ImageBuild()
 
 
+# Tests that start vLLM engines or watch /dev/shm: one worker runs them all (pytest -n with
+# --dist loadgroup), so that no two engines compete and no test sees another's segments.
+VLLM_GROUP = ("test_steering_vllm.py", "test_steer_job.py", "test_chat.py", "test_compat.py")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Container tests run last, and their image starts building now, in the background."""
-    needs_image = [item for item in items if "real_image" in getattr(item, "fixturenames", ())]
+    """Container tests run last, and their image starts building now, in the background;
+    vLLM tests share one xdist group."""
+    for item in items:
+        if item.path.name in VLLM_GROUP or "shm" in item.name:
+            item.add_marker(pytest.mark.xdist_group("vllm"))
+    needs_image = {id(item) for item in items
+                   if "real_image" in getattr(item, "fixturenames", ())}
     if needs_image:
-        items[:] = [item for item in items if item not in needs_image] + needs_image
+        items[:] = [i for i in items if id(i) not in needs_image] + \
+            [i for i in items if id(i) in needs_image]
         IMAGE_BUILD.start()
 
 
-def pytest_sessionfinish() -> None:
-    IMAGE_BUILD.stop()
+def pytest_sessionfinish(exitstatus: int) -> None:
+    IMAGE_BUILD.finish(interrupted=exitstatus == pytest.ExitCode.INTERRUPTED)
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,8 @@ HELP = """commands:
   /thinking          thinking mode on; /nothinking off
   /tokens N          at most N tokens per reply
   /temperature T     sampling temperature (0: greedy)
-  /steer             show the steering; /steer FILE (a spec or a vector file); /steer off
+  /steer             show the steering; /steer FILE (a spec or a vector file), or
+                     /steer RUN KEY (a vectors run's vector); /steer off
   /capture L,L       capture those layers' hidden states each reply (shapes and norms shown);
                      /capture off
   /scale S           the steering scale (add and ablate ops)
@@ -179,10 +180,11 @@ class Chat:
             session.steering = None
         elif argument:
             model = session.model
-            session.steering = steering_from(str(Path(argument).expanduser()),
-                                             hidden_size=model.hidden_size,
+            ref, _, key = argument.partition(" ")
+            session.steering = steering_from(ref, hidden_size=model.hidden_size,
                                              num_layers=model.num_layers,
-                                             **self.vector_defaults)
+                                             **{**self.vector_defaults,
+                                                "key": key.strip() or None})
         self.say(session.steering.describe() if session.steering else "steering off")
 
     def _capture(self, value: str) -> None:

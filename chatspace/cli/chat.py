@@ -30,7 +30,11 @@ OPS = ("add", "cap", "ablate")
 @click.option("--steer", "steer_file", default=None,
               help="A steering spec file (SteeringSpec.save) or, with --layer/--scale/--op, a "
                    "vector file.")
-@click.option("--vector", default=None, help="A vector file (.npy, .pt, .safetensors).")
+@click.option("--vector", default=None,
+              help="A vector file (.npy, .pt, .safetensors) or a vectors run (id or dir).")
+@click.option("--vector-key", default=None,
+              help="The vector's name in the file or run, e.g. contrast/pirate-assistant/L12 "
+                   "(its layer is the default --layer).")
 @click.option("--layer", type=int, default=None, help="The vector's layer (default: middle).")
 @click.option("--scale", type=float, default=None, help="The vector's scale (default 1).")
 @click.option("--op", default="add", show_default=True, help="add, cap or ablate.")
@@ -40,7 +44,8 @@ OPS = ("add", "cap", "ablate")
 @root_option
 def chat(model: str, backend: str, dtype: str, device: str | None, persona: str | None,
          system: str | None, thinking: bool | None, max_tokens: int, temperature: float,
-         seed: int, steer_file: str | None, vector: str | None, layer: int | None,
+         seed: int, steer_file: str | None, vector: str | None, vector_key: str | None,
+         layer: int | None,
          scale: float | None, op: str, capture_layers: str | None, max_model_len: int | None,
          root: str | None) -> None:
     """Chat with MODEL (a local directory, a model recorded with download-model, or a cached
@@ -63,7 +68,7 @@ def chat(model: str, backend: str, dtype: str, device: str | None, persona: str 
         raise BadInput("--max-tokens must be >= 1 and --temperature within 0..10")
     path = find_model(model, resolve_root(root)).path
     hidden_size, num_layers = model_shape(path, model)
-    vector_defaults = {"layer": layer, "scale": scale, "op": op}
+    vector_defaults = {"layer": layer, "scale": scale, "op": op, "root": resolve_root(root)}
     from chatspace.chat.loop import parse_layers
 
     try:
@@ -76,7 +81,7 @@ def chat(model: str, backend: str, dtype: str, device: str | None, persona: str 
 
         try:
             steering = steering_from(steer_file or vector, hidden_size=hidden_size,
-                                     num_layers=num_layers, **vector_defaults)
+                                     num_layers=num_layers, key=vector_key, **vector_defaults)
         except Exception as exc:  # any file that does not load is bad input
             raise BadInput(f"--{'steer' if steer_file else 'vector'}: {exc}") from None
     _chat(path, backend, dtype, device, max_model_len, steering,

@@ -7,10 +7,12 @@ from pathlib import Path
 
 from chatspace.jobs.embed import EmbedJob
 from chatspace.jobs.steer.job import SteerJob
+from chatspace.jobs.vectors.job import VectorsJob
 from chatspace.runs.job import JobType
 from chatspace.runs.record import Run
 
-JOB_TYPES: dict[str, JobType] = {job.kind: job for job in (EmbedJob(), SteerJob())}
+JOB_TYPES: dict[str, JobType] = {job.kind: job for job in (EmbedJob(), SteerJob(),
+                                                           VectorsJob())}
 
 
 def open_run(ref: str, root: Path) -> Run:

@@ -2,8 +2,9 @@
 
 Views: ``runs`` and ``tasks`` (from the run records, see `catalog`), ``embeddings`` (every done
 embed task's shard), ``steer_results`` (every done steer task's results file) and
-``experiments`` (what scripts logged with `chatspace.experiments.save_experiment`); the last
-three read the Parquet files in place. The canned questions of `chatspace query` are SQL over
+``vectors`` and ``projections`` (what vectors runs computed), and ``experiments`` (what
+scripts logged with `chatspace.experiments.save_experiment`); all but the first two read the
+Parquet files in place. The canned questions of `chatspace query` are SQL over
 them.
 """
 
@@ -44,6 +45,9 @@ TASKS_SCHEMA = pa.schema([
 ])
 # view name -> (job kind, output name) of the Parquet files it reads
 FILE_VIEWS = {"embeddings": ("embed", "shard"), "steer_results": ("steer", "results")}
+# view name -> (job kind, file name) of a Parquet file the reduce of a done run writes
+REDUCE_VIEWS = {"vectors": ("vectors", "vectors.parquet"),
+                "projections": ("vectors", "projections.parquet")}
 
 LIST_SQL = """SELECT run_id, kind, name, model, dataset, state,
     tasks_done || '/' || tasks AS tasks, rows_done AS rows, round(wall_seconds, 1) AS wall_s,
@@ -69,7 +73,7 @@ def _sql_list(paths: list[str]) -> str:
     return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
 
 
-VIEWS = ("runs", "tasks", *FILE_VIEWS, "experiments")
+VIEWS = ("runs", "tasks", *FILE_VIEWS, *REDUCE_VIEWS, "experiments")
 GLOB_CHARACTERS = re.compile(r"[*?\[\]{}']")
 
 
@@ -110,6 +114,14 @@ def connect(catalog: Catalog, views: set[str] | None = None) -> duckdb.DuckDBPyC
                  if (source := _parquet_source(f, output))]
         source = " UNION ALL BY NAME ".join(scans) or "SELECT NULL::VARCHAR AS run_id LIMIT 0"
         con.execute(f"CREATE VIEW {view} AS {source}")
+    for view, (kind, name) in REDUCE_VIEWS.items():
+        if view in wanted:
+            paths = [str(f.run.path(e["path"])) for f in catalog.of_kind(kind) if f.manifest
+                     for e in f.manifest["files"] if e["task"] is None
+                     and e["path"].endswith("/" + name)]
+            source = (f"SELECT * FROM read_parquet({_sql_list(paths)}, union_by_name = true)"
+                      if paths else "SELECT NULL::VARCHAR AS key LIMIT 0")
+            con.execute(f"CREATE VIEW {view} AS {source}")
     if "experiments" in wanted:
         files = [str(f) for f in experiment_files(catalog.root)]
         if files:

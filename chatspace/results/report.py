@@ -181,11 +181,58 @@ def steer_blocks(runs: list[RunFiles]) -> list[Block]:
     return blocks
 
 
+def _reduce_file(files: RunFiles, name: str) -> Path | None:
+    for entry in (files.manifest or {}).get("files", []):
+        if entry["task"] is None and entry["path"].endswith("/" + name):
+            return files.run.path(entry["path"])
+    return None
+
+
+def vectors_blocks(runs: list[RunFiles]) -> list[Block]:
+    """Per layer: the groups on the first two principal components, and every generation's
+    projection on each contrast (or PC) per group."""
+    import pyarrow.parquet as pq
+
+    blocks: list[Block] = []
+    for files in runs:
+        vectors_path = _reduce_file(files, "vectors.parquet")
+        if vectors_path is None:
+            blocks.append('<p class="note">run not reduced yet: no vectors to show</p>')
+            continue
+        vectors = pq.read_table(vectors_path).to_pylist()
+        projections = pq.read_table(_reduce_file(files, "projections.parquet"),
+                                    columns=["group", "key", "projection"]).to_pylist()
+        blocks.append(_table(["key", "kind", "layer", "groups", "norm", "explained variance"],
+                             [[v["key"], v["kind"], v["layer"], ", ".join(v["groups"]),
+                               v["norm"], v["explained_variance"]] for v in vectors]))
+        for layer in sorted({v["layer"] for v in vectors}):
+            pcs = {v["key"].split("/")[0]: dict(v["coordinates"]) for v in vectors
+                   if v["layer"] == layer and v["kind"] == "pc"}
+            blocks.append(f"<h2>Layer {layer}</h2>")
+            if "pc1" in pcs:
+                blocks.append(_chart(svg.scatter(
+                    f"groups on PC1/PC2 · layer {layer}",
+                    {g: (x, pcs.get("pc2", {}).get(g, 0.0)) for g, x in pcs["pc1"].items()},
+                    "PC1", "PC2"), "no principal components"))
+            shown = [v["key"] for v in vectors if v["layer"] == layer
+                     and v["kind"] in ("contrast", "pc")][:4]
+            for key in shown:
+                by_group = _grouped([p for p in projections if p["key"] == key], "group",
+                                    "projection")
+                blocks.append(_chart(svg.box_plot(f"projection on {key}", sorted(by_group),
+                                                  {"projection": by_group}, "projection"),
+                                     f"no projections on {key}"))
+    return blocks
+
+
+BLOCKS = {"embed": embed_blocks, "steer": steer_blocks, "vectors": vectors_blocks}
+
+
 def render(runs: list[RunFiles]) -> str:
     kind = runs[0].run.plan["kind"]
     title = (f"chatspace {kind} run {runs[0].run.run_id}" if len(runs) == 1 else
              f"chatspace {kind} runs {', '.join(f.run.run_id for f in runs)}")
-    blocks = embed_blocks(runs) if kind == "embed" else steer_blocks(runs)
+    blocks = BLOCKS[kind](runs)
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
             f"<h1>{escape(title)}</h1>{_summary(runs)}{''.join(blocks)}</body></html>\n")

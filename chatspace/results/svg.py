@@ -1,4 +1,5 @@
-"""Small inline-SVG charts for self-contained reports: lines, bars, histograms, box plots.
+"""Small inline-SVG charts for self-contained reports: lines, scatters, bars, histograms, box
+plots.
 
 Each function returns one ``<svg class="chart">`` string, or None when there is nothing to
 draw (the report then says so in words). Every drawn datum is an element of class ``mark``
@@ -129,6 +130,24 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], x_label
                       f'fill="{color(i)}"><title>{escape(name)}: {_fmt(x)}, {_fmt(y)}</title>'
                       "</circle>")
     return frame.render(list(series))
+
+
+def scatter(title: str, points: dict[str, tuple[float, float]], x_label: str,
+            y_label: str) -> str | None:
+    """One labelled dot per name (e.g. each group on two principal components)."""
+    if not points:
+        return None
+    xs, ys = [x for x, _ in points.values()], [y for _, y in points.values()]
+    pad = (max(xs) - min(xs)) * 0.1 or 1.0
+    frame = _Frame(title, min(ys), max(ys), y_label, min(xs) - pad, max(xs) + pad, x_label,
+                   from_zero=False)
+    frame.x_ticks()
+    for i, (name, (x, y)) in enumerate(points.items()):
+        frame.add(f'<circle class="mark" cx="{frame.x(x):.1f}" cy="{frame.y(y):.1f}" r="5" '
+                  f'fill="{color(i)}"><title>{escape(name)}: {_fmt(x)}, {_fmt(y)}</title>'
+                  "</circle>")
+        frame.label(frame.x(x) + 7, frame.y(y) + 4, name[:20])
+    return frame.render()
 
 
 def bar_chart(title: str, categories: list[str], series: dict[str, list[float]],

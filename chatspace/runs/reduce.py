@@ -84,11 +84,14 @@ def _reduce(run: Run) -> dict[str, Any]:
             problems.append("row ids are not unique across tasks")
     if problems:
         raise RunFailed(f"reduce of run {run.run_id} failed:\n  " + "\n  ".join(problems))
+    section = run.job.summarize(run, records)
+    made = section.pop("reduce_outputs", [])  # files the reduce itself wrote (task: null)
     manifest = {
         "run_id": run.run_id,
         "kind": run.job.kind,
-        **run.job.summarize(run, records),
-        "files": [{"task": r["task"], **e} for r in records for e in r["outputs"]],
+        **section,
+        "files": [{"task": r["task"], **e} for r in records for e in r["outputs"]]
+        + [{"task": None, **e} for e in made],
         "created_at": run.plan["created_at"],
         "tool": run.plan["tool"],
         "run_config": redact(run.plan["spec"]),
@@ -116,8 +119,9 @@ def verify_run(run: Run) -> list[str]:
                 pq.ParquetFile(run.path(entry["path"])).metadata.num_rows != entry["rows"]:
             problem = f"{entry['path']} row count differs from the manifest"
         if problem:
-            problems.append(f"task {entry['task']}: {problem}")
-    tasks = {e["task"] for e in manifest["files"]}
+            who = "reduce" if entry["task"] is None else f"task {entry['task']}"
+            problems.append(f"{who}: {problem}")
+    tasks = {e["task"] for e in manifest["files"] if e["task"] is not None}
     if tasks != set(range(run.num_tasks)):
         problems.append(f"manifest lists outputs of {len(tasks)} tasks, "
                         f"the plan has {run.num_tasks} tasks")

@@ -139,7 +139,8 @@ def manifest_is_current(run: Run, all_done: bool) -> bool:
     manifest = read_record(run.manifest_path)
     if manifest is None:
         return False
-    listed = {(e["task"], e["path"], e["sha256"]) for e in manifest["files"]}
+    listed = {(e["task"], e["path"], e["sha256"]) for e in manifest["files"]
+              if e["task"] is not None}  # the reduce's own files are checked by verify
     recorded = {(task, e["path"], e["sha256"]) for task in range(run.num_tasks)
                 for e in read_json(run.completion_path(task))["outputs"]}
     return listed == recorded

@@ -75,8 +75,10 @@ STEER_FLAGS: list[Flag] = [
                                                  "following flags describe."}),
     ("--op", "steering", "op", {"type": click.Choice(OPS)}),
     ("--layers", "steering", "layers", {"type": INTS, "help": "Layers to steer, e.g. 8,12."}),
-    ("--vector", "steering", "vector", {"help": ".npy, .pt or .safetensors vector file."}),
-    ("--vector-key", "steering", "vector_key", {"help": "Tensor name in the vector file."}),
+    ("--vector", "steering", "vector", {"help": ".npy, .pt or .safetensors vector file, or a "
+                                                "vectors run (id or directory)."}),
+    ("--vector-key", "steering", "vector_key",
+     {"help": "Tensor name in the vector file, e.g. contrast/pirate-assistant/L12."}),
     ("--scales", "steering", "scales", {"type": FLOATS, "help": "add/ablate scales, e.g. "
                                                                 "1,2,4."}),
     ("--cap-min", "steering", "min", {"type": float}),

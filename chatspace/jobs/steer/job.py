@@ -44,7 +44,7 @@ class SteerJob(JobType):
                                f"{layers} decoder layers)")
         prompts = load_prompts(spec.prompts)
         personas = load_personas(spec.personas)
-        points = expand_points(spec, hidden, layers)
+        points = expand_points(spec, hidden, layers, root)
         rows = len(points) * len(prompts) * max(len(personas), 1) * spec.generation.n_reps
         inputs = {"prompts": prompts, "personas": personas,
                   "points": [p.to_dict() for p, _ in points]}

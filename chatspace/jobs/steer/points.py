@@ -11,6 +11,7 @@ from typing import Any
 
 from chatspace.errors import BadInput
 from chatspace.jobs.steer.spec import SteeringPoint, SteerSpec
+from chatspace.jobs.vectors.refs import vectors_file
 from chatspace.steering.spec import LayerSteeringSpec, SteeringSpec, load_vector, make_op
 
 
@@ -27,10 +28,11 @@ class Point:
         return asdict(self)
 
 
-def expand_points(spec: SteerSpec, hidden_size: int,
-                  num_layers: int) -> list[tuple[Point, SteeringSpec | None]]:
+def expand_points(spec: SteerSpec, hidden_size: int, num_layers: int,
+                  root: Path) -> list[tuple[Point, SteeringSpec | None]]:
     """Every point of the sweep in order, with its steering spec (None: baseline). A spec
-    without ``[[steering]]`` entries is one baseline point."""
+    without ``[[steering]]`` entries is one baseline point. A point's vector is a file or a
+    vectors run under `root` (with `vector_key` naming one of its vectors)."""
     entries = spec.steering or [SteeringPoint(name="baseline")]
     points: list[tuple[Point, SteeringSpec | None]] = []
     for number, entry in enumerate(entries):
@@ -39,7 +41,7 @@ def expand_points(spec: SteerSpec, hidden_size: int,
             points.append((Point(entry.name, None, None, None, None, None), None))
             continue
         try:
-            vector = load_vector(Path(entry.vector).expanduser(), entry.vector_key)
+            vector = load_vector(vectors_file(entry.vector, root), entry.vector_key)
         except ValueError as exc:
             raise BadInput(f"{where}.vector: {exc}") from None
         scales = [None] if entry.op == "cap" else [float(s) for s in entry.scales]

@@ -1,0 +1,1 @@
+"""The vectors job type: steering vectors from finished steer runs' captures."""

@@ -1,0 +1,134 @@
+"""The vectors a run's merged statistics give, per layer: every group's mean, the contrasts
+(``mean(A) - mean(B)``, named pairs or every group against a baseline), and the top principal
+components of the group means (explained variance ratio and each group's coordinates). Then
+the files: ``vectors.safetensors`` (by key: ``mean/{group}/L{layer}``,
+``contrast/{A}-{B}/L{layer}``, ``pc{k}/L{layer}``), ``vectors.parquet`` (one row per vector)
+and ``projections.parquet`` (every generation's projection on every vector of its layer)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from chatspace.jobs.vectors.spec import GroupsConfig
+from chatspace.jobs.vectors.stats import generation_vectors
+from chatspace.runs.record import atomic_path, write_parquet
+
+FORMAT = "chatspace-vectors/1"
+VECTORS_SCHEMA = pa.schema([
+    ("key", pa.string()), ("kind", pa.string()), ("layer", pa.int32()),
+    ("groups", pa.list_(pa.string())), ("counts", pa.list_(pa.int64())),
+    ("norm", pa.float64()), ("explained_variance", pa.float64()),
+    ("coordinates", pa.map_(pa.string(), pa.float64())),
+])
+PROJECTIONS_SCHEMA = pa.schema([
+    ("source_run", pa.string()), ("id", pa.string()), ("row", pa.int64()),
+    ("group", pa.string()), ("layer", pa.int32()), ("key", pa.string()),
+    ("projection", pa.float64()),
+])
+
+
+@dataclass
+class Vector:
+    key: str
+    kind: str  # mean | contrast | pc
+    layer: int
+    groups: list[str]
+    counts: list[int]
+    values: np.ndarray  # float64 [hidden]
+    explained_variance: float | None = None
+    coordinates: dict[str, float] = field(default_factory=dict)
+
+
+def _principal(means: dict[str, np.ndarray], layer: int, k: int,
+               counts: dict[str, int]) -> list[Vector]:
+    """The top `k` principal components of the group means (centred on their mean), each with
+    the explained variance ratio and the groups' coordinates; signs make the largest entry
+    positive, so that runs agree."""
+    names = sorted(means)
+    centred = np.stack([means[g] for g in names])
+    centred = centred - centred.mean(axis=0)
+    _, singular, components = np.linalg.svd(centred, full_matrices=False)
+    variance = singular ** 2
+    out = []
+    for i in range(min(k, len(singular))):
+        component = components[i]
+        if component[np.argmax(np.abs(component))] < 0:
+            component = -component
+        out.append(Vector(f"pc{i + 1}/L{layer}", "pc", layer, names,
+                          [counts[g] for g in names], component,
+                          float(variance[i] / variance.sum()) if variance.sum() else 0.0,
+                          {g: float(c) for g, c in zip(names, centred @ component,
+                                                       strict=True)}))
+    return out
+
+
+def compute(sums: dict[tuple[str, int], np.ndarray], counts: dict[tuple[str, int], int],
+            layers: list[int], cfg: GroupsConfig) -> list[Vector]:
+    vectors: list[Vector] = []
+    for layer in layers:
+        means = {g: s / counts[(g, lay)] for (g, lay), s in sums.items() if lay == layer}
+        n = {g: counts[(g, layer)] for g in means}
+        layer_vectors = [Vector(f"mean/{g}/L{layer}", "mean", layer, [g], [n[g]], means[g])
+                         for g in sorted(means)]
+        pairs = cfg.pairs() + ([(g, cfg.baseline) for g in sorted(means) if g != cfg.baseline]
+                               if cfg.baseline is not None else [])
+        layer_vectors += [Vector(f"contrast/{a}-{b}/L{layer}", "contrast", layer, [a, b],
+                                 [n[a], n[b]], means[a] - means[b])
+                          for a, b in dict.fromkeys(pairs)]
+        if cfg.normalize:
+            for vector in layer_vectors:
+                vector.values = vector.values / max(np.linalg.norm(vector.values), 1e-30)
+        if cfg.pca:
+            layer_vectors += _principal(means, layer, cfg.pca, n)
+        vectors += layer_vectors
+    return vectors
+
+
+def write_vectors(vectors: list[Vector], folder: Path) -> list[Path]:
+    """vectors.safetensors and vectors.parquet, each written atomically."""
+    import torch
+    from safetensors.torch import save
+
+    tensors = {v.key: torch.from_numpy(v.values.astype(np.float32)) for v in vectors}
+    with atomic_path(folder / "vectors.safetensors") as tmp:
+        tmp.write_bytes(save(tensors, metadata={"format": FORMAT}))
+    table = pa.Table.from_pylist([
+        {"key": v.key, "kind": v.kind, "layer": v.layer, "groups": v.groups,
+         "counts": v.counts, "norm": float(np.linalg.norm(v.values)),
+         "explained_variance": v.explained_variance,
+         "coordinates": list(v.coordinates.items())} for v in vectors], VECTORS_SCHEMA)
+    write_parquet(folder / "vectors.parquet", [table], VECTORS_SCHEMA, {"compression": "zstd"})
+    return [folder / "vectors.safetensors", folder / "vectors.parquet"]
+
+
+def write_projections(root: Path, rows: pa.Table, layers: list[int], vectors: list[Vector],
+                      sources: list[str], folder: Path) -> Path:
+    """Every generation's projection on the unit direction of every vector of its layer
+    (written as it is read: one row group per capture file's worth)."""
+    units: dict[int, list[tuple[str, np.ndarray]]] = {layer: [] for layer in layers}
+    for v in vectors:
+        units[v.layer].append((v.key, v.values / max(np.linalg.norm(v.values), 1e-30)))
+    meta = {c: rows.column(c).to_pylist() for c in ("source", "id", "row", "group")}
+
+    def tables():
+        batch: dict[str, list] = {name: [] for name in PROJECTIONS_SCHEMA.names}
+        for number, layer, vector in generation_vectors(root, rows, layers):
+            for key, unit in units[layer]:
+                batch["source_run"].append(sources[meta["source"][number]])
+                for name in ("id", "row", "group"):
+                    batch[name].append(meta[name][number])
+                batch["layer"].append(layer)
+                batch["key"].append(key)
+                batch["projection"].append(float(vector @ unit))
+            if len(batch["id"]) >= 100_000:
+                yield pa.table(batch, schema=PROJECTIONS_SCHEMA)
+                batch = {name: [] for name in PROJECTIONS_SCHEMA.names}
+        yield pa.table(batch, schema=PROJECTIONS_SCHEMA)
+
+    path = folder / "projections.parquet"
+    write_parquet(path, tables(), PROJECTIONS_SCHEMA, {"compression": "zstd"})
+    return path

@@ -1,0 +1,104 @@
+"""The vectors job type: steering vectors from the captures of finished steer runs, on the same
+run machinery. The plan lists every generation with captures (`sources`); each task streams over
+its slice's capture files and commits, part by part, the sufficient statistics of each
+(group, layer) (`stats`); the reduce merges them, computes means, contrasts and principal
+components (`compute`), writes ``vectors.safetensors``, ``vectors.parquet`` and
+``projections.parquet`` under ``vectors/{model}/{name}/{run}/`` and lists them, checksummed, in
+the manifest."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from chatspace.jobs.vectors.flags import VECTORS_FLAGS
+from chatspace.jobs.vectors.spec import VectorsSpec
+from chatspace.runs.job import JobPlan, JobType, Part, PartOutput, TaskCheck
+from chatspace.runs.record import Run
+from chatspace.runs.timing import StageTimer, add_timings
+
+
+class VectorsJob(JobType):
+    """Steering vectors from steer runs' captures: per layer, each group's mean (groups: the
+    values of a results column, --group-by), contrasts (--contrast A:B, --baseline) and the
+    top principal components of the group means (--pca K), with every generation's projection
+    on each; loadable by `load_vector(path, key)` and by a steer spec's `vector`."""
+
+    kind = "vectors"
+    spec_type = VectorsSpec
+    flags = VECTORS_FLAGS
+
+    def plan(self, spec: VectorsSpec, root: Path, run_id: str) -> JobPlan:
+        from chatspace.jobs.vectors.sources import ROWS_FILE, read_inputs, rows_bytes
+
+        inputs = read_inputs(spec, root)
+        out = root / "vectors" / inputs.model["label"] / (spec.run.name or "vectors") / run_id
+        details = {"model": inputs.model, "sources": inputs.sources, "layers": inputs.layers,
+                   "groups": inputs.groups, "generations": inputs.rows.num_rows}
+        return JobPlan(rows=inputs.rows.num_rows, details=details, output_dir=out,
+                       manifest_path=out / "manifest.json",
+                       outputs={"stats": "stats-{task:05d}.parquet"},
+                       files={ROWS_FILE: rows_bytes(inputs.rows)})
+
+    def run_parts(self, run: Run, task: int, parts: list[Part],
+                  timer: StageTimer) -> Iterator[PartOutput]:
+        from chatspace.jobs.vectors.sources import ROWS_FILE
+        from chatspace.jobs.vectors.stats import accumulate
+
+        rows = pq.read_table(run.dir / ROWS_FILE)
+        for part in parts:
+            with timer.measure("read_and_sum"):
+                stats = accumulate(run.root, rows.slice(part.start, part.stop - part.start),
+                                   run.plan["layers"])
+            yield PartOutput(part, {"stats": stats}, {"generations": part.stop - part.start})
+
+    def task_stats(self, run: Run, task: int, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"generations": sum(p["generations"] for p in parts)}
+
+    def check_task(self, run: Run, task: int, record: dict[str, Any]) -> TaskCheck:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        path = run.output_paths(task)["stats"]
+        table = pq.read_table(path)
+        start, stop = run.task_bounds(task)
+        problems = []
+        for layer in run.plan["layers"]:
+            mask = pc.equal(table.column("layer"), layer)
+            counted = pc.sum(table.filter(mask).column("count")).as_py() or 0
+            if counted != stop - start:
+                problems.append(f"stats {path} count {counted} generations at layer {layer}, "
+                                f"its slice has {stop - start}")
+        # a part's partial sums per (group, layer): unique by task and position
+        keys = pa.array([f"{task}:{i}" for i in range(table.num_rows)], pa.string())
+        return TaskCheck(problems, keys)
+
+    def summarize(self, run: Run, records: list[dict[str, Any]]) -> dict[str, Any]:
+        from chatspace.jobs.vectors.compute import compute, write_projections, write_vectors
+        from chatspace.jobs.vectors.sources import ROWS_FILE
+        from chatspace.jobs.vectors.stats import merge
+
+        plan = run.plan
+        sums, counts = merge([pq.read_table(run.output_paths(r["task"])["stats"])
+                              for r in records])
+        vectors = compute(sums, counts, plan["layers"], run.spec.groups)
+        written = write_vectors(vectors, run.output_dir)
+        written.append(write_projections(run.root, pq.read_table(run.dir / ROWS_FILE),
+                                         plan["layers"], vectors,
+                                         [s["run_id"] for s in plan["sources"]],
+                                         run.output_dir))
+        timings: dict[str, dict[str, float]] = {}
+        for record in records:
+            add_timings(timings, record["timings"])
+        return {
+            "model": plan["model"]["label"], "sources": [s["run_id"] for s in plan["sources"]],
+            "group_by": run.spec.groups.by, "groups": plan["groups"], "layers": plan["layers"],
+            "generations": sum(r["generations"] for r in records),
+            "vectors": [{"key": v.key, "kind": v.kind, "layer": v.layer,
+                         "explained_variance": v.explained_variance} for v in vectors],
+            "totals": {"stage_timings": timings},
+            "reduce_outputs": [run.entry(path) for path in written],
+        }

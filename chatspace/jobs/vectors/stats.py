@@ -1,0 +1,75 @@
+"""Sufficient statistics of captures: per (group, layer), the number of generations and the
+float64 sum of their vectors. They merge by addition (tasks and parts in any order give the
+same sums up to float64 rounding), and hold groups x layers x hidden numbers, however many
+generations were read.
+
+A generation's vector at a layer is its capture there: the one row that ``rows = "last"`` or
+``pool = "mean"`` keeps, or the mean of the rows the capture holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+STATS_SCHEMA = pa.schema([("group", pa.string()), ("layer", pa.int32()),
+                          ("count", pa.int64()), ("sum", pa.list_(pa.float64()))])
+
+
+def generation_vectors(root: Path, rows: pa.Table,
+                       layers: list[int]) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(row number in `rows`, layer, float64 vector) for every generation and layer, reading
+    each capture file once, in order."""
+    import torch
+    from safetensors import safe_open
+
+    files = rows.column("file").to_pylist()
+    keys = rows.column("keys").to_pylist()
+    start = 0
+    while start < len(files):
+        stop = start
+        while stop < len(files) and files[stop] == files[start]:
+            stop += 1
+        with safe_open(str(root / files[start]), framework="pt") as fh:
+            for number in range(start, stop):
+                for layer, key in zip(layers, keys[number], strict=True):
+                    tensor = fh.get_tensor(key).to(torch.float64)
+                    vector = tensor.mean(0) if tensor.ndim == 2 else tensor.reshape(-1)
+                    yield number, layer, vector.numpy()
+        start = stop
+
+
+def accumulate(root: Path, rows: pa.Table, layers: list[int]) -> pa.Table:
+    """The statistics of `rows` (a slice of the plan's generations) as a table."""
+    groups = rows.column("group").to_pylist()
+    sums: dict[tuple[str, int], np.ndarray] = {}
+    counts: dict[tuple[str, int], int] = {}
+    for number, layer, vector in generation_vectors(root, rows, layers):
+        key = (groups[number], layer)
+        if key in sums:
+            sums[key] += vector
+        else:
+            sums[key] = vector.copy()
+        counts[key] = counts.get(key, 0) + 1
+    order = sorted(sums)
+    return pa.table({"group": [g for g, _ in order],
+                     "layer": pa.array([layer for _, layer in order], pa.int32()),
+                     "count": pa.array([counts[k] for k in order], pa.int64()),
+                     "sum": [sums[k].tolist() for k in order]}, schema=STATS_SCHEMA)
+
+
+def merge(tables: list[pa.Table]) -> tuple[dict[tuple[str, int], np.ndarray],
+                                           dict[tuple[str, int], int]]:
+    """Totals over every part's statistics: sums and counts by (group, layer)."""
+    sums: dict[tuple[str, int], np.ndarray] = {}
+    counts: dict[tuple[str, int], int] = {}
+    for table in tables:
+        for entry in table.to_pylist():
+            key = (entry["group"], entry["layer"])
+            value = np.asarray(entry["sum"], np.float64)
+            sums[key] = sums[key] + value if key in sums else value
+            counts[key] = counts.get(key, 0) + entry["count"]
+    return sums, counts
