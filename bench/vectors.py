@@ -1,0 +1,135 @@
+"""The vectors job against a plain read of the same capture files, in one run.
+
+    python -m bench.vectors [--generations 256] [--prompt-tokens 44]
+
+A steer sweep (HF backend) on a random-weight model in Qwen2.5-0.5B's shape captures every
+layer's rows for each prompt (`rows = "all"`, one new token): 24 x 44 x 896 values per
+generation, about 1 GB in float32 for 256 generations, then the same in bfloat16. For each:
+
+- plain read: every capture file through `safetensors.torch.load_file`, in order, GB/s
+  (the page cache dropped first where the bench runs as root, as for each task run);
+- the vectors task (one task over every generation, in a subprocess): GB/s of captures read and
+  reduced; the ratio to the plain read (target >= 0.8x: the statistics are not the
+  bottleneck);
+- the task's peak RSS over the captures once and four times (the same run listed 4 times):
+  target <= 1.2x (memory bounded by groups x layers x hidden, not by the generations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from bench.corpus import passages  # noqa: E402
+from bench.steering_overhead import build_bench_model  # noqa: E402
+from chatspace.jobs import JOB_TYPES  # noqa: E402
+from chatspace.jobs.steer.spec import SteerSpec  # noqa: E402
+from chatspace.runs.executors import DebugExecutor  # noqa: E402
+from chatspace.runs.plan import plan_run  # noqa: E402
+from chatspace.specs import resolve_spec  # noqa: E402
+
+CLI = [sys.executable, "-m", "chatspace"]
+
+
+def sweep(root: Path, model: Path, prompts: Path, dtype: str) -> tuple[object, list[Path]]:
+    spec = resolve_spec(SteerSpec, None, {
+        "model": {"name": str(model), "backend": "hf", "dtype": "float32", "batch_size": 16},
+        "prompts": {"file": str(prompts)}, "generation": {"max_tokens": 1, "thinking": False},
+        "capture": {"layers": list(range(24)), "rows": "all", "dtype": dtype},
+        "run": {"part_rows": 16, "name": f"bench-{dtype}"}})
+    run = plan_run(JOB_TYPES["steer"], spec, root).run
+    DebugExecutor().execute(run, range(run.num_tasks))
+    files = sorted(run.output_dir.glob("captures-*/part-*.safetensors"))
+    return run, files
+
+
+def drop_caches() -> bool:
+    """Empty the page cache (root only), so that reads come from the disk as a task's first
+    read of shards on a cluster filesystem does; False when it cannot be done here."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError:
+        return False
+    return True
+
+
+def plain_read(files: list[Path]) -> float:
+    from safetensors.torch import load_file
+
+    drop_caches()
+    start = time.perf_counter()
+    for path in files:
+        load_file(path)
+    return time.perf_counter() - start
+
+
+def vectors_task(root: Path, sources: list[str]) -> tuple[float, float]:
+    """Seconds spent reading and summing captures (the task's own timing, without the
+    process start) and peak RSS (MB) of one vectors task over `sources`, in a subprocess."""
+    args = [f"--from={s}" for s in sources]
+    planned = subprocess.run([*CLI, "plan", "vectors", *args, "--group-by", "prompt_index",
+                              "--pca", "4", "--part-rows", "32", "--json", "--root", str(root)],
+                             capture_output=True, text=True)
+    if planned.returncode != 0:
+        raise SystemExit(planned.stderr)
+    run_dir = json.loads(planned.stdout)["run_dir"]
+    drop_caches()
+    # /usr/bin/time measures the task alone (a child forked from this process would carry
+    # this process's own peak RSS, the model's, past its exec)
+    done = subprocess.run(["/usr/bin/time", "-f", "PEAK_KB %M", *CLI, "run", "task", run_dir,
+                           "--task", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+    if done.returncode != 0:
+        raise SystemExit(done.stderr[-3000:])
+    peak_kb = int(done.stderr.rsplit("PEAK_KB ", 1)[1].split()[0])
+    record = json.loads((Path(run_dir) / "tasks" / "task-00000.json").read_text())
+    return record["timings"]["read_and_sum"]["busy"], peak_kb / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--generations", type=int, default=256)
+    parser.add_argument("--prompt-tokens", type=int, default=44)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-vectors-"))
+    model = build_bench_model(work)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    texts = [p["text"] for p in passages()]
+    prompts = []
+    while len(prompts) < args.generations:  # each about --prompt-tokens tokens
+        ids = tokenizer(texts[len(prompts) % len(texts)])["input_ids"]
+        if len(ids) >= args.prompt_tokens:
+            prompts.append(tokenizer.decode(ids[:args.prompt_tokens]))
+        else:
+            texts.pop(len(prompts) % len(texts))
+    (work / "prompts.json").write_text(json.dumps(prompts))
+    root = work / "root"
+    cold = drop_caches()
+    print(f"{args.generations} generations x 24 layers x ~{args.prompt_tokens} rows x 896; "
+          f"reads {'from the disk (page cache dropped)' if cold else 'from a warm page cache'}")
+    for dtype in ("float32", "bfloat16"):
+        run, files = sweep(root, model, work / "prompts.json", dtype)
+        size = sum(f.stat().st_size for f in files) / 1e9
+        read = plain_read(files)
+        task, rss = vectors_task(root, [run.run_id])
+        _, rss4 = vectors_task(root, [run.run_id] * 4)
+        print(f"{dtype}: {size:.2f} GB of captures in {len(files)} files")
+        print(f"  plain read {size / read:.2f} GB/s; vectors task {size / task:.2f} GB/s "
+              f"read and reduced = {read / task:.2f}x the read's speed (target >= 0.8x)")
+        print(f"  peak RSS {rss:.0f} MB over the captures once, {rss4:.0f} MB over 4x: "
+              f"{rss4 / rss:.2f}x (target <= 1.2x)")
+
+
+if __name__ == "__main__":
+    main()
