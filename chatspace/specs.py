@@ -69,8 +69,8 @@ class SlurmConfig:
             raise BadInput(f"slurm.reduce.cpus must be >= 1, got {self.reduce.cpus}")
         for arg in self.sbatch_args:
             if not isinstance(arg, str) or not arg.startswith("--") or "=" not in arg:
-                raise BadInput(f"slurm.sbatch_args (--sbatch-arg) {arg!r} must look like "
-                               "--key=value")
+                raise BadInput(f"--sbatch-arg {arg!r} must look like --key=value "
+                               "(slurm.sbatch_args)")
 
 
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")

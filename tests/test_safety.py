@@ -163,8 +163,8 @@ def test_sigterm_to_a_local_submit_stops_its_tasks_and_resume_continues(root, tm
     data = tmp_path / "big.jsonl"
     data.write_text(PYDOCS.read_text() * 2)
     proc = subprocess.Popen([sys.executable, "-m", "chatspace", "submit", "embed",
-                             "--dataset", str(data), "--text-field", "text", "--n", "3000",
-                             "--array", "2", "--part-rows", "100", "--run-id", "term",
+                             "--dataset", str(data), "--text-field", "text", "--n", "800",
+                             "--array", "2", "--part-rows", "50", "--run-id", "term",
                              "--executor", "local", "--root", str(root)],
                             cwd=REPO, stderr=subprocess.PIPE, text=True)
     run = wait_until(lambda: (root / "runs" / "term" / "plan.json").exists()
@@ -238,7 +238,7 @@ def test_a_moved_root_still_reads_and_resumes_into_its_new_place(tmp_path):
     assert pq.read_table(moved / manifest["shards"][2]["path"]).num_rows == 10
 
 
-def test_resume_of_a_never_submitted_run_does_not_need_slurm(root, tmp_path):
+def test_resume_and_cancel_of_a_never_submitted_run_do_not_need_slurm(root, tmp_path):
     planned = run_json(chatspace("plan", "embed", *EMBED, "--n", "10", "--json", root=root))
     fake = tmp_path / "bin"
     fake.mkdir()
@@ -246,8 +246,10 @@ def test_resume_of_a_never_submitted_run_does_not_need_slurm(root, tmp_path):
         (fake / name).write_text("#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact "
                                  "slurm controller' >&2\nexit 1\n")
         (fake / name).chmod(0o755)
-    result = chatspace("resume", planned["run_dir"], "--executor", "debug",
-                       env={"PATH": f"{fake}:{os.environ['PATH']}"})
+    broken = {"PATH": f"{fake}:{os.environ['PATH']}"}
+    cancelled = chatspace("cancel", planned["run_dir"], env=broken)
+    assert cancelled.returncode == 0 and "nothing to cancel" in cancelled.stdout
+    result = chatspace("resume", planned["run_dir"], "--executor", "debug", env=broken)
     assert result.returncode == 0, result.stderr
 
 

@@ -217,7 +217,11 @@ def cancel_cmd(run_ref: str, root: str | None) -> None:
         jobs = [job for group in live_jobs(run) for job in group]
         cancel(jobs)
     except SlurmUnavailable as exc:
-        raise RunFailed(f"cannot cancel run {run.run_id}'s jobs: {exc}") from None
+        if _came_from_slurm(run):
+            raise RunFailed(f"cannot cancel run {run.run_id}'s jobs: {exc}") from None
+        log.debug("SLURM cannot be asked (%s); run %s has no SLURM job of its own", exc,
+                  run.run_id)
+        jobs = []
     click.echo(f"cancelled {len(jobs)} job(s) of run {run.run_id}: {', '.join(jobs)}" if jobs
                else f"run {run.run_id} has no queued or running jobs: nothing to cancel")
 
