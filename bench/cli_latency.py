@@ -2,7 +2,7 @@
 `python -c "import click"` measured in the same run, printed as ratios.
 
 Commands: `--help`; `status`, `logs`, `verify` of a finished 2-task embed run (made here with
-the debug executor, not timed); `submit embed --array 64 --executor slurm` on a 10M-row local
+the local executor, not timed); `submit embed --array 64 --executor slurm` on a 10M-row local
 Parquet dataset (metadata only; its jobs are cancelled at once), when `sbatch` answers
 (hpc/dev-cluster.sh start; else that line says why it was left out). Targets on a 2-core
 machine: `--help`, `status`, `logs`, `verify` <= 0.5 s; `submit` <= 1.5 s.
@@ -59,7 +59,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-cli-"))
     root = work / "root"
     done = subprocess.run([*CLI, "submit", "embed", "--dataset", str(PYDOCS), "--text-field",
-                           "text", "--n", "40", "--array", "2", "--executor", "debug", "--json",
+                           "text", "--n", "40", "--array", "2", "--executor", "local", "--json",
                            "--root", str(root)], capture_output=True, text=True, cwd=REPO)
     if done.returncode != 0:
         raise SystemExit(done.stderr)

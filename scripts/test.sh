@@ -3,4 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
-python -m pytest -q "$@"
+# Two workers: most tests wait on subprocesses, daemons or imports on one core. Tests that
+# start vLLM engines share one worker (tests/conftest.py, --dist loadgroup); the Apptainer
+# test image builds in the background from collection and its tests run last.
+python -m pytest -q -n "${CHATSPACE_TEST_WORKERS:-2}" --dist loadgroup "$@"
