@@ -148,11 +148,12 @@ VLLM_GROUP = ("test_steering_vllm.py", "test_steer_job.py", "test_chat.py", "tes
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Container tests run last, and their image starts building now, in the background;
-    vLLM tests share one xdist group."""
+    """Container tests run last, and their image starts building now, in the background.
+    With test workers, each module runs on one worker (its module fixtures are made once),
+    and the vLLM modules all on the same one."""
     for item in items:
-        if item.path.name in VLLM_GROUP or "shm" in item.name:
-            item.add_marker(pytest.mark.xdist_group("vllm"))
+        vllm = item.path.name in VLLM_GROUP or "shm" in item.name
+        item.add_marker(pytest.mark.xdist_group("vllm" if vllm else item.path.name))
     needs_image = {id(item) for item in items
                    if "real_image" in getattr(item, "fixturenames", ())}
     if needs_image:
