@@ -22,8 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+from bench.common import write_many_rows
 
 REPO = Path(__file__).resolve().parent.parent
 PYDOCS = REPO / "jobs" / "data" / "pydocs.jsonl"
@@ -42,13 +41,6 @@ def median_seconds(cmd: list[str], repeat: int, after=None) -> float:
         if after:
             after(done)
     return statistics.median(times)
-
-
-def big_dataset(path: Path, rows: int) -> None:
-    with pq.ParquetWriter(path, pa.schema([("text", pa.string())])) as writer:
-        for start in range(0, rows, 1_000_000):
-            count = min(1_000_000, rows - start)
-            writer.write_table(pa.table({"text": pa.array(["a passage"] * count)}))
 
 
 def main() -> None:
@@ -74,7 +66,7 @@ def main() -> None:
     submit_note = None
     if shutil.which("sbatch") and subprocess.run(["sinfo"], capture_output=True).returncode == 0:
         data = work / "big.parquet"
-        big_dataset(data, args.rows)
+        write_many_rows(data, args.rows)
 
         def cancel(completed: subprocess.CompletedProcess) -> None:
             subprocess.run([*CLI, "cancel", json.loads(completed.stdout)["run_dir"]],

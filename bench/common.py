@@ -26,6 +26,15 @@ def plan_embed(overrides: dict, root: Path) -> Run:
     return plan_run(JOB_TYPES["embed"], spec, root).run
 
 
+def write_many_rows(path: Path, rows: int) -> None:
+    """A Parquet dataset of `rows` short texts, written a million rows at a time (what plans
+    on a large dataset read is its metadata)."""
+    with pq.ParquetWriter(path, pa.schema([("text", pa.string())])) as writer:
+        for start in range(0, rows, 1_000_000):
+            count = min(1_000_000, rows - start)
+            writer.write_table(pa.table({"text": pa.array(["a passage"] * count)}))
+
+
 def write_corpus(path: Path, rows: int, max_words: int | None = None) -> list[str]:
     """At least `rows` real passages (repeated with new ids if the corpus is smaller)."""
     base = passages()

@@ -15,10 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from bench.common import timed
+from bench.common import timed, write_many_rows
 
 
 def main() -> None:
@@ -28,10 +25,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-submit-"))
     data = work / "big.parquet"
-    with pq.ParquetWriter(data, pa.schema([("text", pa.string())])) as writer:
-        for start in range(0, args.rows, 1_000_000):
-            count = min(1_000_000, args.rows - start)
-            writer.write_table(pa.table({"text": pa.array(["a passage"] * count)}))
+    write_many_rows(data, args.rows)
 
     baseline, out = timed(lambda: subprocess.run(
         ["sbatch", "--parsable", f"--array=0-{args.array - 1}", "--wrap=true",

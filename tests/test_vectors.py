@@ -35,6 +35,15 @@ PERSONAS = [{"persona": p, "category": c} for p, c in
             (("pirate", "fiction"), ("engineer", "work"), ("chef", "work"))]
 
 
+def sweep_spec(model: Path, prompts: Path, tokens: int, generation: str = "",
+               rest: str = "") -> str:
+    """A steer spec on the HF backend: the model, the prompts file, `tokens` new tokens (and
+    more [generation] keys), then `rest` (more tables)."""
+    return (f'[model]\nname = "{model}"\nbackend = "hf"\ndtype = "float32"\n'
+            f'[prompts]\nfile = "{prompts}"\n'
+            f"[generation]\nmax_tokens = {tokens}\nthinking = false\n{generation}\n{rest}")
+
+
 def steer(root: Path, spec: str, **sections) -> Run:
     """Plan and run a steer sweep in this process (debug executor)."""
     path = root.parent / f"{len(list(root.parent.glob('*.toml')))}.toml"
@@ -63,27 +72,17 @@ def personas_sweep(tmp_path_factory, tiny_model_dir) -> tuple[Path, Run]:
     (where / "prompts.json").write_text(json.dumps(PROMPTS))
     (where / "personas.json").write_text(json.dumps(PERSONAS))
     root = where / "ws"
-    run = steer(root, f"""
-[model]
-name = "{tiny_model_dir('qwen2')}"
-backend = "hf"
-dtype = "float32"
-[prompts]
-file = "{where / 'prompts.json'}"
+    run = steer(root, sweep_spec(tiny_model_dir("qwen2"), where / "prompts.json", 3,
+                                 "n_reps = 2\ntemperature = 0.8", f"""
 [personas]
 file = "{where / 'personas.json'}"
-[generation]
-max_tokens = 3
-n_reps = 2
-thinking = false
-temperature = 0.8
 [capture]
 layers = [1, 3]
 rows = "last"
 [run]
 array = 2
 part_rows = 5
-""")
+"""))
     return root, run
 
 
@@ -153,17 +152,7 @@ def test_the_closed_loop_recovers_a_planted_direction(tmp_path, tiny_model_dir):
     unit = unit / unit.norm()
     np.save(tmp_path / "planted.npy", unit.numpy())
     scale = 3.0
-    head = f"""
-[model]
-name = "{model}"
-backend = "hf"
-dtype = "float32"
-[prompts]
-file = "{tmp_path / 'prompts.json'}"
-[generation]
-max_tokens = 8
-thinking = false
-"""
+    head = sweep_spec(model, tmp_path / "prompts.json", 8)
     planted = steer(root, head + f"""
 [[steering]]
 name = "baseline"
@@ -205,24 +194,16 @@ def test_a_killed_task_resumes_from_its_committed_partials(tmp_path, tiny_model_
     (tmp_path / "prompts.json").write_text(json.dumps([f"Prompt number {i}?" for i in
                                                        range(50)]))
     (tmp_path / "personas.json").write_text(json.dumps(PERSONAS + [{"persona": "poet"}]))
-    sweep = steer(root, f"""
-[model]
-name = "{tiny_model_dir('qwen2')}"
-backend = "hf"
-dtype = "float32"
-[prompts]
-file = "{tmp_path / 'prompts.json'}"
+    sweep = steer(root, sweep_spec(tiny_model_dir("qwen2"), tmp_path / "prompts.json", 1,
+                                   rest=f"""
 [personas]
 file = "{tmp_path / 'personas.json'}"
-[generation]
-max_tokens = 1
-thinking = false
 [capture]
 layers = [0, 1, 2, 3]
 rows = "all"
 [run]
 part_rows = 64
-""")
+"""))
     args = ["--from", sweep.run_id, "--baseline", "poet", "--pca", "3", "--part-rows", "1"]
     whole = submit_vectors(root, *args, "--run-id", "whole")
     planned = chatspace("plan", "vectors", *args, "--run-id", "killed", root=root)
@@ -248,28 +229,9 @@ part_rows = 64
 def test_bad_input_is_one_line_and_writes_nothing(personas_sweep, tmp_path, tiny_model_dir):
     root, sweep = personas_sweep
     (tmp_path / "p.json").write_text(json.dumps(PROMPTS[:1]))
-    bare = steer(root, f"""
-[model]
-name = "{tiny_model_dir('qwen2')}"
-backend = "hf"
-dtype = "float32"
-[prompts]
-file = "{tmp_path / 'p.json'}"
-[generation]
-max_tokens = 2
-""")
-    small = steer(root, f"""
-[model]
-name = "{build_model(tmp_path / 'small', 'qwen2', hidden=32)}"
-backend = "hf"
-dtype = "float32"
-[prompts]
-file = "{tmp_path / 'p.json'}"
-[generation]
-max_tokens = 2
-[capture]
-layers = [1]
-""")
+    bare = steer(root, sweep_spec(tiny_model_dir("qwen2"), tmp_path / "p.json", 2))
+    small = steer(root, sweep_spec(build_model(tmp_path / "small", "qwen2", hidden=32),
+                                   tmp_path / "p.json", 2, rest="[capture]\nlayers = [1]\n"))
     before = files_under(root)
     for args, expected in (
             (["--from", bare.run_id], f"steer run {bare.run_id} has no captures"),
