@@ -147,6 +147,11 @@ IMAGE_BUILD = ImageBuild()
 VLLM_GROUP = ("test_steering_vllm.py", "test_steer_job.py", "test_chat.py", "test_compat.py")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # known without pytest-xdist too (a run with -p no:xdist)
+    config.addinivalue_line("markers", "xdist_group(name): tests that share one test worker")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Container tests run last, and their image starts building now, in the background.
     With test workers, each module runs on one worker (its module fixtures are made once),

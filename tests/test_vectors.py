@@ -187,6 +187,14 @@ scales = [1.0]
         table = pq.read_table(run.output_paths(0)["results"]).to_pylist()
         tokens[point] = [r["output_token_ids"] for r in table if r["point"] == point]
     assert tokens["recovered/L2/x1"] == tokens["plant/L2/x3"]
+    # chat takes the same: --vector RUN --vector-key KEY, and /steer RUN KEY
+    chat = subprocess.run([sys.executable, "-m", "chatspace", "chat", str(model), "--root",
+                           str(root), "--vector", vectors.run_id, "--vector-key", key,
+                           "--max-tokens", "2", "--no-thinking"],
+                          input=f"/steer\n/steer off\n/steer {vectors.run_id} {key}\nHi\n",
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert chat.returncode == 0, chat.stderr[-2000:]
+    assert chat.stdout.count(f"[{key}] (add at layer 2)") == 2 and "steering off" in chat.stdout
 
 
 def test_a_killed_task_resumes_from_its_committed_partials(tmp_path, tiny_model_dir):
