@@ -42,7 +42,8 @@ def slurm_cluster() -> str:
     env = {**os.environ, "CHATSPACE_SLURM_MAX_ARRAY_SIZE": str(SLURM_MAX_ARRAY_SIZE)}
     try:
         # one start at a time: test workers (pytest -n) share the one cluster
-        out = subprocess.run(["flock", "/tmp/chatspace-dev-cluster.lock",
+        # -o: the daemons the script starts must not inherit (and keep) the lock
+        out = subprocess.run(["flock", "-o", "/tmp/chatspace-dev-cluster.lock",
                               str(REPO / "hpc" / "dev-cluster.sh"), "start"], env=env,
                              capture_output=True, text=True, timeout=900)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -100,8 +101,8 @@ class ImageBuild:
 
     # under a lock: test workers (pytest -n) build it once and share it
     SCRIPT = ('set -o pipefail; exec 9>/tmp/chatspace-image-build.lock; flock 9; '
-              'a=$(containers/dev-apptainer.sh | tail -n 1) && '
-              'i=$(PATH="$(dirname "$a"):$PATH" containers/dev-image.sh | tail -n 1) && '
+              'a=$(containers/dev-apptainer.sh 9>&- | tail -n 1) && '
+              'i=$(PATH="$(dirname "$a"):$PATH" containers/dev-image.sh 9>&- | tail -n 1) && '
               'echo "$a" && echo "$i"')
 
     def __init__(self) -> None:
