@@ -143,23 +143,8 @@ class ImageBuild:
 IMAGE_BUILD = ImageBuild()
 
 
-# Tests that start vLLM engines or watch /dev/shm: one worker runs them all (pytest -n with
-# --dist loadgroup), so that no two engines compete and no test sees another's segments.
-VLLM_GROUP = ("test_steering_vllm.py", "test_steer_job.py", "test_chat.py", "test_compat.py")
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    # known without pytest-xdist too (a run with -p no:xdist)
-    config.addinivalue_line("markers", "xdist_group(name): tests that share one test worker")
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Container tests run last, and their image starts building now, in the background.
-    With test workers, each module runs on one worker (its module fixtures are made once),
-    and the vLLM modules all on the same one."""
-    for item in items:
-        vllm = item.path.name in VLLM_GROUP or "shm" in item.name
-        item.add_marker(pytest.mark.xdist_group("vllm" if vllm else item.path.name))
+    """Container tests run last, and their image starts building now, in the background."""
     needs_image = {id(item) for item in items
                    if "real_image" in getattr(item, "fixturenames", ())}
     if needs_image:

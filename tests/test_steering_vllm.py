@@ -221,18 +221,21 @@ def test_steered_and_unsteered_requests_never_share_cached_prefixes(qwen2, order
         assert_same(out, [expected[kind]])
 
 
-def _chatspace_segments() -> set[str]:
-    return {p.name for p in shm.segments()}
+def _chatspace_segments(model: SteerModel | None = None) -> set[str]:
+    """This user's capture segments; with `model`, only those its engine's worker made (other
+    test workers may run engines at the same time)."""
+    worker = model.stats() and model.backend.worker["pid"] if model is not None else None
+    return {p.name for p in shm.segments() if worker is None or shm.owner(p) == worker}
 
 
 def test_shared_memory_is_released_every_way(qwen2, monkeypatch):
     vllm_model, _ = qwen2
     gc.collect()  # earlier tests' handles
-    before = _chatspace_segments()
+    before = _chatspace_segments(vllm_model)
 
     def captured(n=2):
         out = vllm_model.generate_sync(PROMPTS[:n], Sampling(max_tokens=4), capture_layers=[1])
-        assert len(_chatspace_segments() - before) == n
+        assert len(_chatspace_segments(vllm_model) - before) == n
         return out
 
     async def with_context(out):
@@ -241,21 +244,21 @@ def test_shared_memory_is_released_every_way(qwen2, monkeypatch):
                 assert capture[1].shape[0] > 0
     out = captured()
     vllm_model.run(with_context(out))
-    assert not _chatspace_segments() - before
+    assert not _chatspace_segments(vllm_model) - before
     data = out[0].capture[1]  # read before release stays valid after it
     assert torch.isfinite(data).all()
 
     out = captured()
     for gen in out:
         vllm_model.run(gen.capture.close())
-    assert not _chatspace_segments() - before
+    assert not _chatspace_segments(vllm_model) - before
 
     out = captured()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         del out
         gc.collect()
-    assert not _chatspace_segments() - before
+    assert not _chatspace_segments(vllm_model) - before
     assert any(issubclass(w.category, ResourceWarning) for w in caught)
 
     kept = captured()
@@ -263,7 +266,7 @@ def test_shared_memory_is_released_every_way(qwen2, monkeypatch):
     wait_until(lambda: all(time.time() - (shm.SHM_DIR / g.capture._segment).stat().st_mtime > 1
                            for g in kept), poll=0.05, what="the kept segments to pass the TTL")
     fresh = captured(1)  # its collection sweeps the expired ones
-    assert _chatspace_segments() - before == {fresh[0].capture._segment}
+    assert _chatspace_segments(vllm_model) - before == {fresh[0].capture._segment}
     with pytest.raises(RuntimeError, match="expired after CHATSPACE_SHM_TTL"):
         kept[0].capture[1]
     vllm_model.run(fresh[0].capture.close())
@@ -271,7 +274,7 @@ def test_shared_memory_is_released_every_way(qwen2, monkeypatch):
     monkeypatch.setenv("CHATSPACE_MAX_SHM_GB", "0.000001")
     with pytest.raises(RuntimeError, match="CHATSPACE_MAX_SHM_GB"):
         vllm_model.generate_sync(PROMPTS, Sampling(max_tokens=4), capture_layers=[0, 1, 2, 3])
-    assert not _chatspace_segments() - before and vllm_model.stats()["pending"] == 0
+    assert not _chatspace_segments(vllm_model) - before and vllm_model.stats()["pending"] == 0
 
 
 CLIENT = """
