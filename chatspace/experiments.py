@@ -19,7 +19,6 @@ import json
 import math
 import secrets
 import socket
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 
 from chatspace.names import check_name
-from chatspace.runs.record import default_root, write_parquet
+from chatspace.runs.record import default_root, git_commit, write_parquet
 
 SCHEMA = pa.schema([
     ("experiment_id", pa.string()), ("name", pa.string()),
@@ -35,16 +34,6 @@ SCHEMA = pa.schema([
     ("metrics", pa.map_(pa.string(), pa.float64())), ("tags", pa.list_(pa.string())),
     ("notes", pa.string()), ("git_sha", pa.string()), ("host", pa.string()),
 ])
-
-
-def _git_sha(where: Path) -> str | None:
-    """The commit checked out where the script runs (None outside a git repository)."""
-    try:
-        done = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=where,
-                              capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() or None if done.returncode == 0 else None
 
 
 def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
@@ -77,7 +66,7 @@ def save_experiment(name: str, config: dict[str, Any], metrics: dict[str, float]
     experiment_id = f"{created:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
     row = {"experiment_id": experiment_id, "name": name, "created_at": created,
            "config": config_json, "metrics": list(_numbers(metrics).items()),
-           "tags": list(tags or []), "notes": notes, "git_sha": _git_sha(Path.cwd()),
+           "tags": list(tags or []), "notes": notes, "git_sha": git_commit(Path.cwd()),
            "host": socket.gethostname()}
     path = Path(root or default_root()) / "experiments" / name / f"{experiment_id}.parquet"
     table = pa.Table.from_pylist([row], SCHEMA)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from chatspace.data.hub import fetch, hub_offline
 from chatspace.errors import BadInput
 from chatspace.names import check_name, check_replaceable, replace_recorded
 from chatspace.runs.record import check_writable, sha256_file, tool_info, write_json
@@ -77,10 +78,6 @@ def model_shape(path: str, name: str) -> tuple[int, int]:
     return config.hidden_size, config.num_hidden_layers
 
 
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-
-
 def record_model(name: str, root: Path, revision: str | None = None,
                  include: list[str] | None = None) -> dict[str, Any]:
     """Copy model `name` under ``{root}/models/{label}``: a local directory as it is, a Hub
@@ -90,14 +87,12 @@ def record_model(name: str, root: Path, revision: str | None = None,
     check_writable(root)
     patterns = list(include or MODEL_FILES)
     commit = None
-    if Path(name).expanduser().exists() or _hub_offline():
+    if Path(name).expanduser().exists() or hub_offline():
         if revision is not None:
             raise BadInput("--revision needs the Hub (a local directory, or "
                            "HF_HUB_OFFLINE=1, has no revisions)")
         ref = find_model(name)
     else:
-        from chatspace.data.hub import fetch
-
         check_name(label_of(name), "model name")
         snapshot = fetch(name, "model", revision, patterns)
         ref, commit = ModelRef(label_of(name), str(snapshot.path)), snapshot.commit

@@ -171,7 +171,7 @@ def resume(run_ref: str, root: str | None, executor: str | None, parallelism: in
     """Rerun only RUN's tasks that are not done (missing, failed, partial or lost outputs; one
     compacted array on SLURM), then a new reduce. SLURM options default to the run's own."""
     from chatspace.runs.slurm import check_slurm_options
-    from chatspace.runs.slurm_cli import SlurmUnavailable, cancel, live_jobs
+    from chatspace.runs.slurm_cli import SlurmUnavailable, cancel
 
     run = open_run(run_ref, root)
     history = run.submissions()
@@ -180,13 +180,9 @@ def resume(run_ref: str, root: str | None, executor: str | None, parallelism: in
     slurm = slurm_from_cli(run.spec.slurm, params)
     max_array = check_slurm_options(slurm) if executor == "slurm" else 0
     try:
-        live, stale = live_jobs(run)
+        live, stale = _jobs_of(run)
     except SlurmUnavailable as exc:
-        if _came_from_slurm(run):
-            raise BadInput(f"cannot ask SLURM about run {run.run_id}'s jobs: {exc}") from None
-        log.debug("SLURM cannot be asked (%s); run %s has no SLURM job of its own", exc,
-                  run.run_id)
-        live, stale = [], []
+        raise BadInput(f"cannot ask SLURM about run {run.run_id}'s jobs: {exc}") from None
     if live and not force:
         raise BadInput(f"run {run.run_id} still has queued or running jobs "
                        f"({', '.join(live)}): wait, or use --force to cancel them first")
@@ -197,31 +193,36 @@ def resume(run_ref: str, root: str | None, executor: str | None, parallelism: in
     launch_run(run, executor, slurm, max_array, parallelism, wait, as_json)
 
 
-def _came_from_slurm(run: Run) -> bool:
-    """Whether a submission or an attempt of the run came from SLURM (then its jobs must be
-    checked before anything is rerun)."""
+def _jobs_of(run: Run) -> tuple[list[str], list[str]]:
+    """The run's queued or running SLURM jobs and its stale reduce jobs (`live_jobs`). When
+    SLURM cannot be asked: none if no submission or attempt of the run came from SLURM,
+    else SlurmUnavailable."""
     from chatspace.runs.attempts import attempts
+    from chatspace.runs.slurm_cli import SlurmUnavailable, live_jobs
 
-    return any(r["executor"] == "slurm" for r in run.submissions()) or any(
-        a["slurm"] for t in range(run.num_tasks) for a in attempts(run, t))
+    try:
+        return live_jobs(run)
+    except SlurmUnavailable as exc:
+        if any(r["executor"] == "slurm" for r in run.submissions()) or any(
+                a["slurm"] for t in range(run.num_tasks) for a in attempts(run, t)):
+            raise
+        log.debug("SLURM cannot be asked (%s); run %s has no SLURM job of its own", exc,
+                  run.run_id)
+        return [], []
 
 
 @click.command("cancel")
 @run_argument
 def cancel_cmd(run_ref: str, root: str | None) -> None:
     """Cancel RUN's queued and running SLURM jobs."""
-    from chatspace.runs.slurm_cli import SlurmUnavailable, cancel, live_jobs
+    from chatspace.runs.slurm_cli import SlurmUnavailable, cancel
 
     run = open_run(run_ref, root)
     try:
-        jobs = [job for group in live_jobs(run) for job in group]
+        jobs = [job for group in _jobs_of(run) for job in group]
         cancel(jobs)
     except SlurmUnavailable as exc:
-        if _came_from_slurm(run):
-            raise RunFailed(f"cannot cancel run {run.run_id}'s jobs: {exc}") from None
-        log.debug("SLURM cannot be asked (%s); run %s has no SLURM job of its own", exc,
-                  run.run_id)
-        jobs = []
+        raise RunFailed(f"cannot cancel run {run.run_id}'s jobs: {exc}") from None
     click.echo(f"cancelled {len(jobs)} job(s) of run {run.run_id}: {', '.join(jobs)}" if jobs
                else f"run {run.run_id} has no queued or running jobs: nothing to cancel")
 

@@ -6,7 +6,6 @@ read as it is; a Hub name is fetched with `huggingface_hub` (`chatspace.data.hub
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from chatspace.data.config import check_split
-from chatspace.data.hub import dataset_files, fetch, list_files
+from chatspace.data.hub import dataset_files, fetch, hub_offline, list_files
 from chatspace.data.sources import (
     SourceInfo,
     hub_label,
@@ -28,14 +27,10 @@ from chatspace.names import check_replaceable, replace_recorded
 from chatspace.runs.record import check_writable, sha256_file, tool_info, write_json
 
 
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-
-
 def _source(name: str, subset: str | None, split: str | None,
             revision: str | None) -> tuple[SourceInfo, str | None, str | None]:
     """The dataset's files, its split and (from the Hub) the commit they were taken at."""
-    if Path(name).expanduser().exists() or _hub_offline():
+    if Path(name).expanduser().exists() or hub_offline():
         if revision is not None:
             raise BadInput("--revision needs the Hub (a local path, or HF_HUB_OFFLINE=1, has "
                            "no revisions)")

@@ -23,6 +23,11 @@ from chatspace.errors import BadInput
 log = logging.getLogger(__name__)
 
 
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE is set (then only the local caches are read)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """A repo's files at one commit, in the HF cache."""

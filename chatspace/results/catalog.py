@@ -47,6 +47,13 @@ class RunFiles:
     def manifest(self) -> dict[str, Any] | None:
         return read_record(self.run.manifest_path)
 
+    def reduce_file(self, name: str) -> Path | None:
+        """A file the run's reduce wrote (listed in its manifest with task null), by name."""
+        for entry in (self.manifest or {}).get("files", []):
+            if entry["task"] is None and Path(entry["path"]).name == name:
+                return self.run.path(entry["path"])
+        return None
+
     @property
     def missing_tasks(self) -> list[int]:
         return [t for t in range(self.run.num_tasks) if t not in self.records]

@@ -116,9 +116,8 @@ def connect(catalog: Catalog, views: set[str] | None = None) -> duckdb.DuckDBPyC
         con.execute(f"CREATE VIEW {view} AS {source}")
     for view, (kind, name) in REDUCE_VIEWS.items():
         if view in wanted:
-            paths = [str(f.run.path(e["path"])) for f in catalog.of_kind(kind) if f.manifest
-                     for e in f.manifest["files"] if e["task"] is None
-                     and e["path"].endswith("/" + name)]
+            paths = [str(path) for f in catalog.of_kind(kind)
+                     if (path := f.reduce_file(name)) is not None]
             source = (f"SELECT * FROM read_parquet({_sql_list(paths)}, union_by_name = true)"
                       if paths else "SELECT NULL::VARCHAR AS key LIMIT 0")
             con.execute(f"CREATE VIEW {view} AS {source}")
@@ -182,13 +181,19 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): json.dumps(tree) if isinstance(tree, list) else tree}
 
 
+def _config_differences(configs: dict[str, str]) -> list[tuple[Any, ...]]:
+    """``config.KEY`` rows, one per flattened key whose value differs between the configs
+    (JSON strings, by id), with each one's value."""
+    flat = {i: _flatten(json.loads(c)) for i, c in configs.items()}
+    return [(f"config.{k}", *(values.get(k) for values in flat.values()))
+            for k in sorted(set().union(*flat.values()))
+            if len({json.dumps(values.get(k)) for values in flat.values()}) > 1]
+
+
 def compare(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> Result:
     """Config keys whose values differ between the runs, then headline metrics, side by side."""
     runs = {r["run_id"]: r for r in run_sql(con, "SELECT * FROM runs").records()}
-    configs = {rid: _flatten(json.loads(runs[rid]["config"])) for rid in run_ids}
-    keys = sorted(set().union(*configs.values()))
-    rows = [(f"config.{k}", *(configs[rid].get(k) for rid in run_ids)) for k in keys
-            if len({json.dumps(configs[rid].get(k)) for rid in run_ids}) > 1]
+    rows = _config_differences({rid: runs[rid]["config"] for rid in run_ids})
     rows += [(field, *(runs[rid][field] for rid in run_ids))
              for field in ("kind", "model", "dataset", "state", *RUN_METRICS)]
     means = run_sql(con, f"""SELECT run_id, {', '.join(f'avg({m}) AS {m}' for m in STEER_METRICS)}
@@ -222,11 +227,8 @@ def compare_experiments(con: duckdb.DuckDBPyConnection, ids: list[str]) -> Resul
     missing = [i for i in ids if i not in found]
     if missing:
         raise BadInput(f"--compare: no experiment {missing[0]!r} under this root")
-    configs = {i: _flatten(json.loads(found[i]["config"])) for i in ids}
     metrics = {i: dict(found[i]["metrics"]) for i in ids}
-    keys = sorted(set().union(*configs.values()))
-    out = [(f"config.{k}", *(configs[i].get(k) for i in ids)) for k in keys
-           if len({json.dumps(configs[i].get(k)) for i in ids}) > 1]
+    out = _config_differences({i: found[i]["config"] for i in ids})
     out += [(field, *(found[i][field] for i in ids)) for field in ("name", "git_sha")]
     out += [(f"metric {m}", *(metrics[i].get(m) for i in ids))
             for m in sorted(set().union(*metrics.values()))]

@@ -181,13 +181,6 @@ def steer_blocks(runs: list[RunFiles]) -> list[Block]:
     return blocks
 
 
-def _reduce_file(files: RunFiles, name: str) -> Path | None:
-    for entry in (files.manifest or {}).get("files", []):
-        if entry["task"] is None and entry["path"].endswith("/" + name):
-            return files.run.path(entry["path"])
-    return None
-
-
 def vectors_blocks(runs: list[RunFiles]) -> list[Block]:
     """Per layer: the groups on the first two principal components, and every generation's
     projection on each contrast (or PC) per group."""
@@ -195,12 +188,12 @@ def vectors_blocks(runs: list[RunFiles]) -> list[Block]:
 
     blocks: list[Block] = []
     for files in runs:
-        vectors_path = _reduce_file(files, "vectors.parquet")
+        vectors_path = files.reduce_file("vectors.parquet")
         if vectors_path is None:
             blocks.append('<p class="note">run not reduced yet: no vectors to show</p>')
             continue
         vectors = pq.read_table(vectors_path).to_pylist()
-        projections = pq.read_table(_reduce_file(files, "projections.parquet"),
+        projections = pq.read_table(files.reduce_file("projections.parquet"),
                                     columns=["group", "key", "projection"]).to_pylist()
         blocks.append(_table(["key", "kind", "layer", "groups", "norm", "explained variance"],
                              [[v["key"], v["kind"], v["layer"], ", ".join(v["groups"]),

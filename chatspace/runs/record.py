@@ -173,15 +173,18 @@ def spec_hash(spec: JobSpec) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def tool_info() -> dict[str, str | None]:
+def git_commit(where: Path) -> str | None:
+    """The commit checked out at `where` (None outside a git repository, or without git)."""
     try:
-        done = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"],
-                              cwd=Path(__file__).parent, capture_output=True, text=True,
-                              timeout=5)
-        sha = done.stdout.strip() if done.returncode == 0 else None
+        done = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=where,
+                              capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
-        sha = None
-    return {"version": __version__, "git_sha": sha}
+        return None
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
+
+
+def tool_info() -> dict[str, str | None]:
+    return {"version": __version__, "git_sha": git_commit(Path(__file__).parent)}
 
 
 @dataclass(frozen=True)
@@ -263,6 +266,16 @@ class Run:
 
     def parts_dir(self, task: int) -> Path:
         return self.dir / "parts" / f"task-{task:05d}"
+
+    def completion_record(self, task: int) -> tuple[dict[str, Any] | None, str | None]:
+        """The task's completion record as written (its outputs not checked), or None; with
+        why when a record is there but does not parse (a torn record: not done)."""
+        try:
+            return read_json(self.completion_path(task)), None
+        except FileNotFoundError:
+            return None, None
+        except UnreadableRecord as exc:
+            return None, str(exc)
 
     def completion(self, task: int, check_hash: bool = True) -> dict[str, Any] | None:
         """The task's completion record if the task is done: the record parses and every

@@ -46,12 +46,9 @@ def task_problem(run: Run, task: int) -> str:
     owner = holder(run, task)
     if owner is not None:
         return f"task {task}: running in another process ({describe(owner)}){where}"
-    try:
-        record = read_json(run.completion_path(task))
-    except FileNotFoundError:
-        return f"task {task}: missing, no completion record{where}"
-    except UnreadableRecord as exc:
-        return f"task {task}: {exc}{where}"
+    record, unreadable = run.completion_record(task)
+    if record is None:
+        return f"task {task}: {unreadable or 'missing, no completion record'}{where}"
     problems = output_problems(record, run.root)
     if not problems:
         return f"task {task}: done by another attempt{where}"

@@ -18,7 +18,7 @@ from typing import Any
 
 from chatspace.runs.attempts import attempts, log_spans, reduce_job, task_jobs
 from chatspace.runs.lease import holder
-from chatspace.runs.record import Run, UnreadableRecord, output_problems, read_json, read_record
+from chatspace.runs.record import Run, output_problems, read_json, read_record
 from chatspace.runs.slurm_cli import (
     FINISHED_BAD,
     LIVE_STATES,
@@ -94,13 +94,7 @@ def _files_state(run: Run, task: int, verify: bool) -> dict[str, Any]:
     """What the run directory alone says: done, lost, partial or missing (a completion record
     that does not parse is no record: the error says so, and resume reruns the task)."""
     start, stop = run.task_bounds(task)
-    error = None
-    try:
-        record = read_json(run.completion_path(task))
-    except FileNotFoundError:
-        record = None
-    except UnreadableRecord as exc:
-        record, error = None, [str(exc)]
+    record, unreadable = run.completion_record(task)
     if record is not None:
         lost = output_problems(record, run.root, check_hash=verify)
         if not lost:
@@ -109,7 +103,7 @@ def _files_state(run: Run, task: int, verify: bool) -> dict[str, Any]:
     parts = committed_parts(run, task)
     state = {"state": "partial" if parts else "missing",
              "rows_done": sum(p["rows_in"] for p in parts)}
-    return {**state, "error": error} if error else state
+    return {**state, "error": [unreadable]} if unreadable else state
 
 
 def _apply_job_state(state: dict[str, Any], job: dict[str, str]) -> None:
