@@ -86,9 +86,9 @@ part_rows = 5
     return root, run
 
 
-def numpy_vectors(run: Run, layer: int) -> dict[str, np.ndarray]:
-    """Every generation's capture at `layer`, grouped by persona, loaded whole."""
-    groups: dict[str, list[np.ndarray]] = {}
+def captures(run: Run, layer: int) -> dict[str, tuple[str, np.ndarray]]:
+    """Every generation's persona and capture at `layer`, by id, loaded whole."""
+    out: dict[str, tuple[str, np.ndarray]] = {}
     for task in range(run.num_tasks):
         paths = run.output_paths(task)
         persona = {r["id"]: r["persona"] for r in pq.read_table(
@@ -97,7 +97,15 @@ def numpy_vectors(run: Run, layer: int) -> dict[str, np.ndarray]:
         for entry in pq.read_table(paths["capture_index"]).to_pylist():
             if entry["layer"] == layer:
                 tensor = load_file(folder / entry["file"])[entry["key"]].double().numpy()
-                groups.setdefault(persona[entry["id"]], []).append(tensor.reshape(-1))
+                out[entry["id"]] = persona[entry["id"]], tensor.reshape(-1)
+    return out
+
+
+def numpy_vectors(run: Run, layer: int) -> dict[str, np.ndarray]:
+    """Every generation's capture at `layer`, grouped by persona."""
+    groups: dict[str, list[np.ndarray]] = {}
+    for persona, vector in captures(run, layer).values():
+        groups.setdefault(persona, []).append(vector)
     return {g: np.stack(v) for g, v in groups.items()}
 
 
@@ -136,6 +144,17 @@ def test_means_contrasts_and_pca_equal_numpy_for_any_array_size(personas_sweep):
         assert rows[f"contrast/pirate-engineer/L{layer}"]["counts"] == [8, 8]
     projections = pq.read_table(reduced(one, "projections.parquet"))
     assert projections.num_rows == 24 * len(got)  # 24 generations x 2 layers x 8 vectors each
+    by_id = captures(sweep, 3)
+    for row in projections.to_pylist():  # each the capture on the vector's unit direction
+        if row["layer"] == 3:
+            unit = got[row["key"]].double().numpy()
+            persona, vector = by_id[row["id"]]
+            assert row["group"] == persona
+            assert row["projection"] == pytest.approx(vector @ unit / np.linalg.norm(unit),
+                                                      rel=1e-6, abs=1e-6)
+    ids = projections.column("id").to_pylist()  # a generation's rows together
+    runs_of_ids = [i for n, i in enumerate(ids) if n == 0 or ids[n - 1] != i]
+    assert len(runs_of_ids) == len(set(ids)) == 24
     listed = chatspace("query", "SELECT count(*) AS n FROM vectors WHERE kind = 'pc'", "--json",
                        root=root)
     assert listed.returncode == 0 and json.loads(listed.stdout) == [{"n": 8}]  # 2 runs x 2 x 2

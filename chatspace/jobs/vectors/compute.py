@@ -108,26 +108,44 @@ def write_vectors(vectors: list[Vector], folder: Path) -> list[Path]:
 def write_projections(root: Path, rows: pa.Table, layers: list[int], vectors: list[Vector],
                       sources: list[str], folder: Path) -> Path:
     """Every generation's projection on the unit direction of every vector of its layer
-    (written as it is read: one row group per capture file's worth)."""
+    (written as it is read, generation by generation)."""
     units: dict[int, list[tuple[str, np.ndarray]]] = {layer: [] for layer in layers}
     for v in vectors:
         units[v.layer].append((v.key, v.values / max(np.linalg.norm(v.values), 1e-30)))
-    meta = {c: rows.column(c).to_pylist() for c in ("source", "id", "row", "group")}
+    meta = {"source_run": pa.array(sources).take(rows.column("source")),
+            **{c: rows.column(c) for c in ("id", "row", "group")}}
 
-    def tables():
-        batch: dict[str, list] = {name: [] for name in PROJECTIONS_SCHEMA.names}
-        for number, layer, vector in generation_vectors(root, rows, layers):
-            for key, unit in units[layer]:
-                batch["source_run"].append(sources[meta["source"][number]])
-                for name in ("id", "row", "group"):
-                    batch[name].append(meta[name][number])
-                batch["layer"].append(layer)
-                batch["key"].append(key)
-                batch["projection"].append(float(vector @ unit))
-            if len(batch["id"]) >= 100_000:
-                yield pa.table(batch, schema=PROJECTIONS_SCHEMA)
-                batch = {name: [] for name in PROJECTIONS_SCHEMA.names}
-        yield pa.table(batch, schema=PROJECTIONS_SCHEMA)
+    def pieces():
+        for batch in generation_vectors(root, rows, layers):
+            if not units[batch.layer]:
+                continue
+            keys = [key for key, _ in units[batch.layer]]
+            # [generations, vectors]: row-major, a generation's projections side by side
+            projections = batch.vectors @ np.stack([u for _, u in units[batch.layer]]).T
+            yield pa.table({
+                "n": pa.array(np.repeat(np.arange(batch.start, batch.stop), len(keys))),
+                "layer": pa.array(np.full(projections.size, batch.layer, np.int32)),
+                "key": pa.array(keys * (batch.stop - batch.start), pa.string()),
+                "projection": pa.array(projections.reshape(-1)),
+            })
+
+    def flush(held: list[pa.Table]) -> pa.Table:
+        table = pa.concat_tables(held).sort_by("n")  # stable: a generation's layers in order
+        taken = table.column("n")
+        return pa.table({**{name: meta[name].take(taken) for name in meta},
+                         **{c: table.column(c) for c in ("layer", "key", "projection")}}
+                        ).select(PROJECTIONS_SCHEMA.names).cast(PROJECTIONS_SCHEMA)
+
+    def tables():  # row groups of whole capture files, ~100k rows or more
+        held: list[pa.Table] = []
+        for piece in pieces():
+            starts_file = held and piece["n"][0].as_py() != held[-1]["n"][0].as_py()
+            if starts_file and sum(t.num_rows for t in held) >= 100_000:
+                yield flush(held)
+                held = []
+            held.append(piece)
+        if held:
+            yield flush(held)
 
     path = folder / "projections.parquet"
     write_parquet(path, tables(), PROJECTIONS_SCHEMA, {"compression": "zstd"})
