@@ -298,7 +298,7 @@ def test_viz_app(workspace, monkeypatch):
     testing = pytest.importorskip("streamlit.testing.v1",
                                   reason="the viz extra (streamlit) is not installed")
     monkeypatch.setenv("CHATSPACE_ROOT", str(workspace["root"]))
-    app = testing.AppTest.from_file(str(REPO / "chatspace" / "results" / "viz_app.py"),
+    app = testing.AppTest.from_file(str(REPO / "chatspace" / "jobs" / "steer" / "viz_app.py"),
                                     default_timeout=120)
     app.run()
     assert not app.exception

@@ -123,10 +123,10 @@ def query(sql: str | None, list_runs: bool, summary: bool, compare: tuple[str, s
     if not catalog.runs:
         click.echo(f"no runs under {root_path} (nothing planned there yet)", err=True)
     if compare:
-        result = q.compare(q.connect(catalog, {"runs", "steer_results"}),
+        result = q.compare(q.connect(catalog, {"runs", *q.metric_views()}),
                            [f.run.run_id for f in catalog.runs])
     elif best:
-        result = q.best(q.connect(catalog, {"runs", "steer_results"}), best, top, lowest)
+        result = q.best(q.connect(catalog, {"runs", *q.metric_views()}), best, top, lowest)
     else:
         statement = q.LIST_SQL if list_runs else q.SUMMARY_SQL if summary else sql
         result = q.run_sql(q.connect(catalog, q.views_in(statement)), statement)
@@ -199,7 +199,7 @@ def viz(port: int, root: str | None) -> None:
     except ImportError:
         raise BadInput("chatspace viz needs the viz extra: pip install 'chatspace[viz]'") \
             from None
-    app = Path(__file__).resolve().parent.parent / "results" / "viz_app.py"
+    app = Path(__file__).resolve().parent.parent / "jobs" / "steer" / "viz_app.py"
     env = {**os.environ, "CHATSPACE_ROOT": str(resolve_root(root))}
     # exec, not a child process: a signal to this command reaches the server itself
     os.execve(sys.executable, [sys.executable, "-m", "streamlit", "run", str(app),

@@ -105,40 +105,21 @@ class RunFiles:
         ends = [end for _, end in spans if end]
         wall = (max(ends) - min(starts)).total_seconds() if starts and ends else None
         rows_done = sum(r["rows"] for r in self.records.values())
-        spec = plan["spec"]
-        model = plan.get("model")
+        facts = run.job.run_facts(plan, list(self.records.values()))
         return {
-            "run_id": run.run_id, "kind": plan["kind"], "name": spec.get("run", {}).get("name"),
-            "model": model["label"] if isinstance(model, dict) else model,
-            "backend": model.get("backend") if isinstance(model, dict) else plan.get("backend"),
-            "dataset": _dataset(plan),
+            "run_id": run.run_id, "kind": plan["kind"], "name": plan["spec"]["run"]["name"],
+            **{k: facts.get(k) for k in ("model", "backend", "dataset")},
             "state": self.state, "tasks": run.num_tasks, "tasks_done": len(self.records),
             "rows": run.rows, "rows_done": rows_done,
             "created_at": _time(plan["created_at"]),
             "started_at": min(starts) if starts else None,
             "ended_at": max(ends) if ends else None,
             "wall_seconds": wall, "rows_per_s": rows_done / wall if wall else None,
-            "tokens": _summed(self.records, "tokens") or
-            _summed(self.records, "generated_tokens"),
-            "cost_usd": _summed(self.records, "cost_usd"),
+            "tokens": facts.get("tokens"), "cost_usd": facts.get("cost_usd"),
             "output_dir": str(run.output_dir),
             "manifest": str(run.manifest_path) if self.manifest is not None else None,
-            "config": json.dumps(spec, sort_keys=True),
+            "config": json.dumps(plan["spec"], sort_keys=True),
         }
-
-
-def _summed(records: dict[int, dict[str, Any]], key: str) -> float | None:
-    values = [r[key] for r in records.values() if r.get(key) is not None]
-    return sum(values) if values else None
-
-
-def _dataset(plan: dict[str, Any]) -> str | None:
-    """What the run read: the embed dataset, or the steer prompts' file or dataset."""
-    spec = plan["spec"]
-    if "dataset" in spec and isinstance(spec["dataset"], dict):
-        return spec["dataset"].get("name")
-    prompts = spec.get("prompts", {})
-    return prompts.get("file") or prompts.get("dataset")
 
 
 class Catalog:

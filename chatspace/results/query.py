@@ -1,11 +1,11 @@
 """DuckDB over the files under a root, with no copy of the data.
 
-Views: ``runs`` and ``tasks`` (from the run records, see `catalog`), ``embeddings`` (every done
-embed task's shard), ``steer_results`` (every done steer task's results file) and
-``vectors`` and ``projections`` (what vectors runs computed), and ``experiments`` (what
-scripts logged with `chatspace.experiments.save_experiment`); all but the first two read the
-Parquet files in place. The canned questions of `chatspace query` are SQL over
-them.
+Views: ``runs`` and ``tasks`` (from the run records, see `catalog`), the views each job type
+declares over its Parquet files (`JobType.task_views`: every done task's file of an output,
+e.g. ``embeddings``, ``steer_results``; `JobType.reduce_views`: a file its reduce wrote, e.g.
+``vectors``), and ``experiments`` (what scripts logged with
+`chatspace.experiments.save_experiment`); all but the first two read the Parquet files in
+place. The canned questions of `chatspace query` are SQL over them.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import pyarrow as pa
 from chatspace.errors import BadInput
 from chatspace.experiments import SCHEMA as EXPERIMENTS_SCHEMA
 from chatspace.experiments import experiment_files
+from chatspace.jobs import JOB_TYPES
 from chatspace.results.catalog import Catalog, RunFiles
 
 _STAGES = pa.map_(pa.string(), pa.float64())
@@ -43,11 +44,6 @@ TASKS_SCHEMA = pa.schema([
     ("wall_seconds", pa.float64()), ("rows_per_s", pa.float64()),
     ("stage_busy", _STAGES), ("stage_idle", _STAGES), ("stats", pa.string()),
 ])
-# view name -> (job kind, output name) of the Parquet files it reads
-FILE_VIEWS = {"embeddings": ("embed", "shard"), "steer_results": ("steer", "results")}
-# view name -> (job kind, file name) of a Parquet file the reduce of a done run writes
-REDUCE_VIEWS = {"vectors": ("vectors", "vectors.parquet"),
-                "projections": ("vectors", "projections.parquet")}
 
 LIST_SQL = """SELECT run_id, kind, name, model, dataset, state,
     tasks_done || '/' || tasks AS tasks, rows_done AS rows, round(wall_seconds, 1) AS wall_s,
@@ -58,9 +54,6 @@ SUMMARY_SQL = """SELECT kind, model, dataset, count(*) AS runs,
     round(sum(rows_done) / nullif(sum(wall_seconds), 0), 1) AS rows_per_s,
     sum(tokens) AS tokens, round(sum(cost_usd), 4) AS cost_usd
     FROM runs GROUP BY ALL ORDER BY ALL"""
-STEER_METRICS = ("avg_entropy", "avg_entropy_thinking", "avg_entropy_output", "avg_top_k_mass",
-                 "avg_top_k_mass_thinking", "avg_top_k_mass_output", "think_end_position",
-                 "output_tokens")
 RUN_METRICS = ("rows_done", "wall_seconds", "rows_per_s", "tokens", "cost_usd", "tasks")
 EXPERIMENTS_LIST_SQL = """SELECT experiment_id, name, created_at, tags, metrics, notes
     FROM experiments ORDER BY created_at, experiment_id"""
@@ -73,7 +66,6 @@ def _sql_list(paths: list[str]) -> str:
     return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
 
 
-VIEWS = ("runs", "tasks", *FILE_VIEWS, *REDUCE_VIEWS, "experiments")
 GLOB_CHARACTERS = re.compile(r"[*?\[\]{}']")
 
 
@@ -92,35 +84,46 @@ def _parquet_source(files: RunFiles, output: str) -> str | None:
     return _sql_list(paths)
 
 
+def view_names() -> list[str]:
+    """Every view: the run and task tables, each job type's, and the experiments."""
+    kinds = [v for job in JOB_TYPES.values() for v in (*job.task_views, *job.reduce_views)]
+    return ["runs", "tasks", *kinds, "experiments"]
+
+
+def metric_views() -> set[str]:
+    """The views that `best` and `compare` read per-generation metrics from."""
+    return {job.metrics.view for job in JOB_TYPES.values() if job.metrics}
+
+
 def views_in(sql: str) -> set[str]:
     """The views a statement names (a name inside a string literal only costs a view)."""
-    return {v for v in VIEWS if re.search(rf"\b{v}\b", sql, re.IGNORECASE)}
+    return {v for v in view_names() if re.search(rf"\b{v}\b", sql, re.IGNORECASE)}
 
 
 def connect(catalog: Catalog, views: set[str] | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with views over `catalog`'s runs: all four, or just `views` (a
+    """An in-memory DuckDB with views over `catalog`'s runs: all of them, or just `views` (a
     root's records are read only for the views a question needs)."""
-    wanted = set(VIEWS) if views is None else views
+    wanted = set(view_names()) if views is None else views
     con = duckdb.connect()
     if "runs" in wanted:
         con.register("runs", pa.Table.from_pylist(catalog.run_rows(), RUNS_SCHEMA))
     if "tasks" in wanted:
         con.register("tasks", pa.Table.from_pylist(catalog.task_rows(), TASKS_SCHEMA))
-    for view, (kind, output) in FILE_VIEWS.items():
-        if view not in wanted:
-            continue
-        # one scan per run (its files share a schema), joined by column name across runs
-        scans = [f"SELECT * FROM read_parquet({source})" for f in catalog.of_kind(kind)
-                 if (source := _parquet_source(f, output))]
-        source = " UNION ALL BY NAME ".join(scans) or "SELECT NULL::VARCHAR AS run_id LIMIT 0"
-        con.execute(f"CREATE VIEW {view} AS {source}")
-    for view, (kind, name) in REDUCE_VIEWS.items():
-        if view in wanted:
-            paths = [str(path) for f in catalog.of_kind(kind)
-                     if (path := f.reduce_file(name)) is not None]
-            source = (f"SELECT * FROM read_parquet({_sql_list(paths)}, union_by_name = true)"
-                      if paths else "SELECT NULL::VARCHAR AS key LIMIT 0")
-            con.execute(f"CREATE VIEW {view} AS {source}")
+    for kind, job in JOB_TYPES.items():
+        for view, output in job.task_views.items():
+            if view in wanted:
+                # one scan per run (its files share a schema), joined by column name
+                scans = [f"SELECT * FROM read_parquet({source})" for f in catalog.of_kind(kind)
+                         if (source := _parquet_source(f, output))]
+                con.execute(f"CREATE VIEW {view} AS " + (" UNION ALL BY NAME ".join(scans)
+                            or "SELECT NULL::VARCHAR AS run_id LIMIT 0"))
+        for view, name in job.reduce_views.items():
+            if view in wanted:
+                paths = [str(path) for f in catalog.of_kind(kind)
+                         if (path := f.reduce_file(name)) is not None]
+                con.execute(f"CREATE VIEW {view} AS " + (
+                    f"SELECT * FROM read_parquet({_sql_list(paths)}, union_by_name = true)"
+                    if paths else "SELECT NULL::VARCHAR AS key LIMIT 0"))
     if "experiments" in wanted:
         files = [str(f) for f in experiment_files(catalog.root)]
         if files:
@@ -157,19 +160,23 @@ def run_sql(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None
 
 
 def best(con: duckdb.DuckDBPyConnection, metric: str, top: int, lowest: bool) -> Result:
-    """Runs ranked by a run metric, or steering points (run, point, scale) ranked by the mean
-    of a per-generation metric."""
+    """Runs ranked by a run metric, or what a job type's metrics are averaged over (a steer
+    run's points: run, point, scale) ranked by the mean of a per-generation metric."""
     order = "ASC" if lowest else "DESC"
     if metric in RUN_METRICS:
         return run_sql(con, f"""SELECT run_id, kind, name, model, {metric} FROM runs
             WHERE {metric} IS NOT NULL ORDER BY {metric} {order}, run_id LIMIT ?""", [top])
-    if metric in STEER_METRICS:
-        return run_sql(con, f"""SELECT run_id, point, scale, count(*) AS generations,
-            avg({metric}) AS {metric} FROM steer_results GROUP BY ALL
-            HAVING avg({metric}) IS NOT NULL
-            ORDER BY {metric} {order}, run_id, point, scale LIMIT ?""", [top])
+    for job in JOB_TYPES.values():
+        if job.metrics and metric in job.metrics.columns:
+            keys = ", ".join(("run_id", *job.metrics.keys))
+            return run_sql(con, f"""SELECT {keys}, count(*) AS generations,
+                avg({metric}) AS {metric} FROM {job.metrics.view} GROUP BY ALL
+                HAVING avg({metric}) IS NOT NULL ORDER BY {metric} {order}, {keys} LIMIT ?""",
+                           [top])
     raise BadInput(f"--best {metric}: not a metric; choose one of runs' "
-                   f"{', '.join(RUN_METRICS)} or steer results' {', '.join(STEER_METRICS)}")
+                   f"{', '.join(RUN_METRICS)}" + "".join(
+                       f" or {job.metrics.view}' {', '.join(job.metrics.columns)}"
+                       for job in JOB_TYPES.values() if job.metrics))
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -196,12 +203,16 @@ def compare(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> Result:
     rows = _config_differences({rid: runs[rid]["config"] for rid in run_ids})
     rows += [(field, *(runs[rid][field] for rid in run_ids))
              for field in ("kind", "model", "dataset", "state", *RUN_METRICS)]
-    means = run_sql(con, f"""SELECT run_id, {', '.join(f'avg({m}) AS {m}' for m in STEER_METRICS)}
-        FROM steer_results GROUP BY run_id""").records() if any(
-        runs[rid]["kind"] == "steer" for rid in run_ids) else []
-    by_run = {m["run_id"]: m for m in means}
-    rows += [(f"mean {m}", *(by_run.get(rid, {}).get(m) for rid in run_ids))
-             for m in STEER_METRICS if by_run]
+    for kind in dict.fromkeys(runs[rid]["kind"] for rid in run_ids):
+        metrics = JOB_TYPES[kind].metrics
+        if metrics is None:
+            continue
+        means = run_sql(con, f"""SELECT run_id, {', '.join(f'avg({m}) AS {m}'
+                                                           for m in metrics.columns)}
+            FROM {metrics.view} GROUP BY run_id""").records()
+        by_run = {m["run_id"]: m for m in means}
+        rows += [(f"mean {m}", *(by_run.get(rid, {}).get(m) for rid in run_ids))
+                 for m in metrics.columns if by_run]
     return Result(["field", *run_ids], rows)
 
 

@@ -5,6 +5,11 @@ its parts of those rows into tables (`run_parts`), what a finished task's output
 (`check_task`), and what the manifest says about the whole run (`summarize`). The machinery does
 the rest the same way for every kind: slicing, part commits, assembly, completion records,
 reduce, status, resume and the executors.
+
+A job type also says what its results are to the results layer (`query`, `report`), which
+names no kind: the Parquet views over its files (`task_views`, `reduce_views`), its
+per-generation metrics (`metrics`), its facts in the run table (`run_facts`) and its report
+blocks (`report_blocks`).
 """
 
 from __future__ import annotations
@@ -67,6 +72,17 @@ class PartOutput:
 
 
 @dataclass(frozen=True)
+class Metrics:
+    """Per-row metrics of one query view (whose rows name their run: a ``run_id`` column), for
+    `query --best` and `--compare`: their columns, and the columns a mean is taken over
+    besides the run (e.g. a steering point and scale)."""
+
+    view: str
+    keys: tuple[str, ...]
+    columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class TaskCheck:
     """What reduce found in one finished task's outputs: problems (empty when none) and the
     row keys it holds, which must be unique across the run."""
@@ -75,10 +91,21 @@ class TaskCheck:
     keys: pa.Array
 
 
+def summed(records: list[dict[str, Any]], key: str) -> float | None:
+    """The sum of a completion-record field over the records that have it (None if none)."""
+    values = [r[key] for r in records if r.get(key) is not None]
+    return sum(values) if values else None
+
+
 class JobType(ABC):
     kind: ClassVar[str]
     spec_type: ClassVar[type[JobSpec]]
     flags: ClassVar[list[Flag]]  # one CLI flag per key of the job's own tables
+    # query views: view name -> the task output whose files (every done task's) it reads
+    task_views: ClassVar[dict[str, str]] = {}
+    # view name -> a Parquet file the reduce writes (the manifest lists it with task null)
+    reduce_views: ClassVar[dict[str, str]] = {}
+    metrics: ClassVar[Metrics | None] = None
 
     def help(self) -> str:
         return self.__class__.__doc__ or self.kind
@@ -113,3 +140,14 @@ class JobType(ABC):
     @abstractmethod
     def summarize(self, run: Run, records: list[dict[str, Any]]) -> dict[str, Any]:
         """The job's section of the manifest, from every task's completion record."""
+
+    def run_facts(self, plan: dict[str, Any],
+                  records: list[dict[str, Any]]) -> dict[str, Any]:
+        """A run's `model`, `backend`, `dataset`, `tokens` and `cost_usd` for the run table,
+        from its plan and its done tasks' completion records (a fact left out is null)."""
+        return {}
+
+    def report_blocks(self, runs: list[Any]) -> list[str]:
+        """The HTML blocks of `chatspace report` for runs of this kind (`runs`: the results
+        layer's `RunFiles`, one per run)."""
+        return []

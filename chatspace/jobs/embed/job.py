@@ -20,7 +20,7 @@ from chatspace.errors import BadInput, RunFailed
 from chatspace.jobs.embed.flags import EMBED_FLAGS
 from chatspace.jobs.embed.schema import WRITE_OPTIONS, shard_schema
 from chatspace.jobs.embed.spec import EmbedSpec
-from chatspace.runs.job import JobPlan, JobType, Part, PartOutput, TaskCheck
+from chatspace.runs.job import JobPlan, JobType, Part, PartOutput, TaskCheck, summed
 from chatspace.runs.record import Run
 from chatspace.runs.timing import StageTimer, add_timings
 
@@ -57,6 +57,17 @@ class EmbedJob(JobType):
     kind = "embed"
     spec_type = EmbedSpec
     flags = EMBED_FLAGS
+    task_views = {"embeddings": "shard"}
+
+    def run_facts(self, plan: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"model": plan["model"]["label"], "backend": plan["model"]["backend"],
+                "dataset": plan["spec"]["dataset"]["name"],
+                "tokens": summed(records, "tokens"), "cost_usd": summed(records, "cost_usd")}
+
+    def report_blocks(self, runs: list[Any]) -> list[str]:
+        from chatspace.jobs.embed.report import embed_blocks
+
+        return embed_blocks(runs)
 
     def plan(self, spec: EmbedSpec, root: Path, run_id: str) -> JobPlan:
         ds = spec.dataset

@@ -19,7 +19,7 @@ from chatspace.jobs.steer.prompts import load_personas, load_prompts
 from chatspace.jobs.steer.schema import METRICS, RESULTS_SCHEMA, WRITE_OPTIONS
 from chatspace.jobs.steer.spec import SteerSpec
 from chatspace.models import find_model, model_shape
-from chatspace.runs.job import JobPlan, JobType, Part, PartOutput, TaskCheck
+from chatspace.runs.job import JobPlan, JobType, Metrics, Part, PartOutput, TaskCheck, summed
 from chatspace.runs.record import Run, stored_path
 from chatspace.runs.timing import StageTimer, add_timings
 
@@ -32,6 +32,22 @@ class SteerJob(JobType):
     kind = "steer"
     spec_type = SteerSpec
     flags = STEER_FLAGS
+    task_views = {"steer_results": "results"}
+    metrics = Metrics("steer_results", ("point", "scale"), (
+        "avg_entropy", "avg_entropy_thinking", "avg_entropy_output", "avg_top_k_mass",
+        "avg_top_k_mass_thinking", "avg_top_k_mass_output", "think_end_position",
+        "output_tokens"))
+
+    def run_facts(self, plan: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
+        prompts = plan["spec"]["prompts"]
+        return {"model": plan["model"]["label"], "backend": plan["model"]["backend"],
+                "dataset": prompts.get("file") or prompts.get("dataset"),
+                "tokens": summed(records, "generated_tokens")}
+
+    def report_blocks(self, runs: list[Any]) -> list[str]:
+        from chatspace.jobs.steer.report import steer_blocks
+
+        return steer_blocks(runs)
 
     def plan(self, spec: SteerSpec, root: Path, run_id: str) -> JobPlan:
         from chatspace.jobs.steer.points import expand_points, point_file  # torch

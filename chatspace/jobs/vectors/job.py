@@ -30,6 +30,15 @@ class VectorsJob(JobType):
     kind = "vectors"
     spec_type = VectorsSpec
     flags = VECTORS_FLAGS
+    reduce_views = {"vectors": "vectors.parquet", "projections": "projections.parquet"}
+
+    def run_facts(self, plan: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"model": plan["model"]["label"]}
+
+    def report_blocks(self, runs: list[Any]) -> list[str]:
+        from chatspace.jobs.vectors.report import vectors_blocks
+
+        return vectors_blocks(runs)
 
     def plan(self, spec: VectorsSpec, root: Path, run_id: str) -> JobPlan:
         from chatspace.jobs.vectors.sources import ROWS_FILE, read_inputs, rows_bytes

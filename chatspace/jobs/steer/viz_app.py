@@ -11,8 +11,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from chatspace.jobs.steer.report import METRIC_VIEWS, PART_NAMES, steer_results
 from chatspace.results.catalog import Catalog
-from chatspace.results.tables import METRIC_VIEWS, PART_NAMES, steer_results
 from chatspace.runs.record import default_root
 
 ID_COLUMNS = ["point", "scale", "persona", "category", "prompt_index", "rep"]
