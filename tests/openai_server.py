@@ -1,10 +1,11 @@
-"""A local HTTP server that plays OpenAI's ``/v1/embeddings`` for tests and benchmarks.
+"""A local HTTP server that plays OpenAI's ``/v1/embeddings`` (and ``GET /v1/models/{id}``,
+logged apart in `checks`) for tests and benchmarks.
 
 It enforces the API's input limits (≤ 2,048 inputs, ≤ 300k tokens per request, ≤ 8,191 tokens
 per input, no empty input), answers with deterministic vectors derived from each input
 (`vector_for`), reports ``usage`` and ``x-ratelimit-*`` headers, can enforce a tokens/min limit
 (a one-second token bucket, answering 429 with ``retry-after-ms``), logs every request, and
-injects scripted faults. Only 127.0.0.1 is used.
+injects scripted faults (``revoked``: the key is rejected from then on). Only 127.0.0.1 is used.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 from chatspace.jobs.embed.tokens import encoding
 
 FAULTS = ("429", "500", "503", "slow", "drop", "truncated", "shuffle", "count")
+MODELS = ("text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002")
 POISON = "POISON-ROW"  # an input containing this gets a 400, like a policy rejection
 
 
@@ -45,6 +47,8 @@ class FakeOpenAI:
         self.tokens_per_minute, self.fault, self.slow_seconds = (tokens_per_minute, fault,
                                                                  slow_seconds)
         self.log: list[dict[str, Any]] = []
+        self.checks: list[tuple[str, int]] = []  # (path, status) of each GET /v1/models/…
+        self.revoked = False
         self.lock = threading.Lock()
         self.count = 0
         self.bucket = (tokens_per_minute or 0) / 60.0  # one second's worth
@@ -60,6 +64,9 @@ class FakeOpenAI:
 
             def do_POST(self) -> None:  # noqa: N802
                 server.handle(self)
+
+            def do_GET(self) -> None:  # noqa: N802
+                server.model_info(self)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -118,6 +125,21 @@ class FakeOpenAI:
                 return 0.0
             return (min(tokens, rate) - self.bucket) / rate
 
+    def model_info(self, h: BaseHTTPRequestHandler) -> None:
+        """``GET /v1/models/{id}``: 401 for a wrong (or revoked) key, 404 for a model it does
+        not serve."""
+        name = h.path.rstrip("/").removeprefix("/v1/models/")
+        status = (401 if self.revoked or h.headers.get("Authorization") != f"Bearer {self.key}"
+                  else 200 if name in MODELS else 404)
+        with self.lock:
+            self.checks.append((h.path, status))
+        if status == 401:
+            return self._error(h, 401, "Incorrect API key provided.", "invalid_api_key")
+        if status == 404:
+            return self._error(h, 404, f"The model '{name}' does not exist", "model_not_found")
+        return self._send(h, 200, {"id": name, "object": "model", "created": 0,
+                                   "owned_by": "system"})
+
     def handle(self, h: BaseHTTPRequestHandler) -> None:
         body = h.rfile.read(int(h.headers.get("Content-Length", 0)))
         with self.lock:
@@ -135,7 +157,10 @@ class FakeOpenAI:
         if h.path.rstrip("/") != "/v1/embeddings":
             entry["status"] = 404
             return self._error(h, 404, f"no route {h.path}", "unknown_url")
-        if h.headers.get("Authorization") != f"Bearer {self.key}":
+        fault = self.fault(number) if self.fault else None
+        if fault == "revoked":
+            self.revoked = True
+        if self.revoked or h.headers.get("Authorization") != f"Bearer {self.key}":
             entry["status"] = 401
             return self._error(h, 401, "Incorrect API key provided.", "invalid_api_key")
         request = json.loads(raw)
@@ -156,7 +181,6 @@ class FakeOpenAI:
         if problem:
             entry["status"] = 400
             return self._error(h, 400, problem, None)
-        fault = self.fault(number) if self.fault else None
         entry["fault"] = fault if fault in FAULTS or fault in ("quota",) else None
         if fault == "quota":
             entry["status"] = 429

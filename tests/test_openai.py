@@ -136,13 +136,37 @@ def test_quota_exhausted_exits_1_and_keeps_parts(root):
     assert len(parts) == 3
 
 
-def test_wrong_key_exits_2_with_one_line(root):
+def test_wrong_key_or_model_exits_2_with_one_line_before_anything_is_written(root):
+    """Checked when planned, by one free GET /models/{model}: no embedding is requested and
+    nothing is written."""
     with FakeOpenAI(dim=DIM) as server:
-        result = submit(root, server, "--executor", "debug", env={"OPENAI_API_KEY": "sk-bad"})
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("chatspace: error: OpenAI rejected the API key (401)")
-    assert not [line for line in lines if "Traceback" in line]
+        wrong_key = submit(root, server, "--executor", "debug", env={"OPENAI_API_KEY": "sk-bad"})
+        wrong_model = submit(root, server, "--executor", "debug", "--model", "text-embed-4")
+    assert [status for _, status in server.checks] == [401, 404] and server.log == []
+    assert files_under(root) == []
+    for result, message in ((wrong_key, "OpenAI rejected the API key (401)"),
+                            (wrong_model, "model.name: OpenAI does not serve 'text-embed-4'")):
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert lines[-1].startswith(f"chatspace: error: {message}"), lines
+        assert not [line for line in lines if "Traceback" in line]
+
+
+def test_a_key_revoked_mid_run_fails_the_task_and_keeps_its_parts(root):
+    """A task that has committed parts is not bad input: exit 1, its own message, the parts
+    kept for `resume` (with a key that works again)."""
+    with FakeOpenAI(dim=DIM, fault=lambda n: "revoked" if n == 4 else None) as server:
+        result = submit(root, server, "--executor", "debug", "--part-rows", "10",
+                        "--max-in-flight", "1")
+    assert result.returncode == 1
+    error = [line for line in result.stderr.splitlines() if "rejected the API key" in line]
+    assert len(error) == 1 and "(401)" in error[0] and "committed parts are kept" in error[0]
+    assert len(list((root / "runs").glob("*/parts/task-00000/part-*.json"))) == 3
+    with FakeOpenAI(dim=DIM) as server:
+        run_dir = next((root / "runs").glob("*/"))
+        resumed = chatspace("resume", str(run_dir), root=root, env=server.env())
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert len(server.ok_requests()) == 6  # the 6 parts not committed before
 
 
 def test_dry_run_counts_tokens_exactly_and_sends_nothing(root):

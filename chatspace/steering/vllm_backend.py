@@ -105,20 +105,13 @@ class VLLMBackend:
     async def _one(self, prompt: list[int], sampling: Sampling, fingerprint: str | None,
                    layers: list[int] | None, options: CaptureOptions,
                    streamer=None) -> Generation:
-        from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         key = uuid.uuid4().hex
         metrics_k = sampling.top_k_mass_k
         hooked = fingerprint is not None or bool(layers) or bool(metrics_k)
-        params = SamplingParams(
-            max_tokens=sampling.max_tokens, temperature=sampling.temperature,
-            top_p=sampling.top_p, seed=sampling.seed, ignore_eos=sampling.ignore_eos,
-            detokenize=False,
-            logprobs=0 if sampling.logprobs else None,
-            extra_args={EXTRA_KEY: {"key": key, "spec": fingerprint, "layers": layers or [],
-                                    "metrics_k": metrics_k}} if hooked else None,
-            skip_reading_prefix_cache=True if layers else None)
+        params = _params(sampling, {"key": key, "spec": fingerprint, "layers": layers or [],
+                                    "metrics_k": metrics_k} if hooked else None)
         request = TokensPrompt(prompt_token_ids=prompt)
         if fingerprint is not None:
             request["cache_salt"] = fingerprint
@@ -198,3 +191,17 @@ class VLLMBackend:
         if self.engine is not None:
             engine, self.engine = self.engine, None
             engine.shutdown()
+
+
+def _params(sampling: Sampling, hooks: dict | None):
+    """vLLM's SamplingParams for one request; `hooks` (its key, spec fingerprint, capture
+    layers, metrics k) travel in extra_args, since vLLM renames request ids. A capture never
+    reads the prefix cache: its prompt rows must be computed to be captured."""
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        max_tokens=sampling.max_tokens, temperature=sampling.temperature,
+        top_p=sampling.top_p, seed=sampling.seed, ignore_eos=sampling.ignore_eos,
+        detokenize=False, logprobs=0 if sampling.logprobs else None,
+        extra_args={EXTRA_KEY: hooks} if hooks else None,
+        skip_reading_prefix_cache=True if hooks and hooks["layers"] else None)

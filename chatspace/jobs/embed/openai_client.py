@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from chatspace.errors import BadInput, RunFailed
+from chatspace.errors import RunFailed
 from chatspace.jobs.embed.spec import OpenAIConfig
 
 log = logging.getLogger(__name__)
@@ -165,11 +165,12 @@ class Sender:
             if status == 429 and code == "insufficient_quota":
                 raise RunFailed(f"OpenAI: insufficient quota (429 insufficient_quota): "
                                 f"{message}; committed parts are kept") from None
-            if status in (401, 403):
-                raise BadInput(f"OpenAI rejected the API key ({status}): {message}") from None
+            if status in (401, 403):  # checked when planned: revoked or changed since
+                raise RunFailed(f"OpenAI rejected the API key ({status}): {message}; "
+                                "committed parts are kept") from None
             if status == 404:
-                raise BadInput(f"OpenAI: model {self.model['label']!r} or endpoint not found "
-                               f"(404): {message}") from None
+                raise RunFailed(f"OpenAI: model {self.model['label']!r} or endpoint not found "
+                                f"(404): {message}; committed parts are kept") from None
             if status in (408, 409, 429) or status >= 500:
                 return retry_after(exc.response.headers), f"HTTP {status}"
             raise Rejected(f"HTTP {status}: {message}") from None

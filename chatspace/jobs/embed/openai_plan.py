@@ -5,6 +5,7 @@ and by the tasks, so the estimate counts exactly the requests a run sends."""
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from chatspace.jobs.embed.tokens import token_ids
 from chatspace.runs.job import JobPlan
 from chatspace.runs.plan import slice_bounds
 from chatspace.runs.task import part_bounds
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "text-embedding-3-small"
 MAX_INPUT_TOKENS = 8191
@@ -125,13 +128,41 @@ def part_requests(reader: RowReader, indices: np.ndarray,
                                        spec.openai.max_tokens_per_request)
 
 
+def check_access(model: dict[str, Any], key: str) -> None:
+    """Before anything is written, one free request (``GET /models/{model}``): BadInput when
+    the API rejects the key or does not serve the model. Any other failure (a server error,
+    no route from this node) is logged and left to the tasks, which retry."""
+    import openai
+
+    client = openai.OpenAI(api_key=key, base_url=model["base_url"], timeout=model["timeout"],
+                           max_retries=1)
+    try:
+        client.models.retrieve(model["label"])
+    except openai.APIStatusError as exc:
+        message = getattr(exc, "message", str(exc)).splitlines()[0][:200]
+        if exc.status_code in (401, 403):
+            raise BadInput(f"OpenAI rejected the API key ({exc.status_code}): "
+                           f"{message}") from None
+        if exc.status_code == 404:
+            raise BadInput(f"model.name: OpenAI does not serve {model['label']!r} (404): "
+                           f"{message}") from None
+        log.warning("could not check the API key before submitting (HTTP %d): the tasks will "
+                    "retry", exc.status_code)
+    except openai.APIError as exc:
+        log.warning("could not check the API key before submitting (%s): the tasks will "
+                    "retry", type(exc).__name__)
+
+
 def estimate_run(spec: EmbedSpec, plan: JobPlan, execute: bool) -> list[str]:
     """Read every sampled row, count its tokens exactly and pack the requests each part will
-    send; BadInput if executing without an API key."""
-    if execute and not api_key():
-        raise BadInput("OPENAI_API_KEY is not set (environment or ./.env): needed with "
-                       "--execute")
+    send; BadInput if executing without an API key, or with one the API rejects."""
     cfg, model = spec.openai, plan.details["model"]
+    if execute:
+        key = api_key()
+        if not key:
+            raise BadInput("OPENAI_API_KEY is not set (environment or ./.env): needed with "
+                           "--execute")
+        check_access(model, key)
     reader = RowReader(SourceInfo.from_dict(plan.details["source"]))
     sample: np.ndarray = plan.arrays["sample"]
     rows = tokens = requests = truncated = chunked = skipped = 0
