@@ -28,7 +28,7 @@ import numpy as np
 from bench.corpus import passages
 from bench.steering_overhead import HIDDEN, LAYERS, build_bench_model
 from chatspace.jobs import JOB_TYPES
-from chatspace.jobs.steer.spec import SteerSpec
+from chatspace.jobs.steer.sweep_spec import SweepSpec
 from chatspace.runs.plan import plan_run
 from chatspace.runs.task import run_task
 from chatspace.specs import resolve_spec
@@ -49,7 +49,7 @@ def main() -> None:
     (work / "prompts.json").write_text(json.dumps(texts))
     np.save(work / "vector.npy", np.random.default_rng(0).standard_normal(HIDDEN)
             .astype("float32"))
-    spec = resolve_spec(SteerSpec, None, {
+    spec = resolve_spec(SweepSpec, None, {
         "model": {"name": str(model), "dtype": "float32", "max_model_len": 512},
         "prompts": {"file": str(work / "prompts.json")},
         "generation": {"max_tokens": args.tokens, "temperature": 0.7, "seed": 0,
@@ -88,7 +88,7 @@ def main() -> None:
     task_seconds = time.perf_counter() - start
     stages = record["timings"]
     generate = stages["generate"]["busy"]
-    load = stages["load"]["busy"]
+    load = stages["model_load"]["busy"]
     tokens = record["generated_tokens"]
     plain_rate = plain_tokens / plain_seconds
     print(f"{len(prompts)} prompts x 2 reps x {args.tokens} new tokens, model {LAYERS} layers "

@@ -31,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from bench.corpus import passages  # noqa: E402
 from bench.steering_overhead import build_bench_model  # noqa: E402
 from chatspace.jobs import JOB_TYPES  # noqa: E402
-from chatspace.jobs.steer.spec import SteerSpec  # noqa: E402
+from chatspace.jobs.steer.sweep_spec import SweepSpec  # noqa: E402
 from chatspace.runs.executors import DebugExecutor  # noqa: E402
 from chatspace.runs.plan import plan_run  # noqa: E402
 from chatspace.specs import resolve_spec  # noqa: E402
@@ -40,7 +40,7 @@ CLI = [sys.executable, "-m", "chatspace"]
 
 
 def sweep(root: Path, model: Path, prompts: Path, dtype: str) -> tuple[object, list[Path]]:
-    spec = resolve_spec(SteerSpec, None, {
+    spec = resolve_spec(SweepSpec, None, {
         "model": {"name": str(model), "backend": "hf", "dtype": "float32", "batch_size": 16},
         "prompts": {"file": str(prompts)}, "generation": {"max_tokens": 1, "thinking": False},
         "capture": {"layers": list(range(24)), "rows": "all", "dtype": dtype},

@@ -36,8 +36,8 @@ def test_an_attempt_of_a_hand_started_array_stands_for_the_array(root, monkeypat
     with recording(run, 6):  # started as `sbatch --array=0-1 hpc/task.sbatch RUN 5`
         pass
     record = attempts(run, 6)[0]
-    assert record["host"] == socket.gethostname() and record["outcome"] == "done"
-    assert record["slurm"]["job_id"] == "95" and record["slurm"]["job"] == "90_1"
+    assert record.host == socket.gethostname() and record.outcome == "done"
+    assert record.slurm["job_id"] == "95" and record.slurm["job"] == "90_1"
     assert task_jobs(run) == {5: "90_0", 6: "90_1"}  # task 5 is queued in the same array
 
     # a later chatspace submission of task 5 replaces the array's job for it ...
@@ -53,7 +53,7 @@ def test_an_attempt_of_a_hand_started_array_stands_for_the_array(root, monkeypat
     with pytest.raises(RuntimeError), recording(run, 5):
         raise RuntimeError("model weights unreadable\nsecond line")
     failed = attempts(run, 5)[-1]
-    assert (failed["outcome"], failed["error"]) == ("failed", "model weights unreadable")
+    assert (failed.outcome, failed.error) == ("failed", "model weights unreadable")
 
 
 ATTEMPT = """import sys

@@ -36,6 +36,8 @@ def assert_bad(args: list[str], root: Path, expected: str) -> None:
     (["--n", "10", "--model", "/no/such/model"], "model path not found: /no/such/model"),
     (["--n", "10", "--model", "no-org/no-model"], "model 'no-org/no-model' is neither"),
     (["--n", "10", "--batch-size", "0"], "model.batch_size must be >= 1, got 0"),
+    (["--n", "10", "--backend", "openai", "--dimensions", "4000"],
+     "openai.dimensions (--dimensions) must be 1 to 1536 for text-embedding-3-small, got 4000"),
     (["--n", "10", "--parallelism", "0"], "--parallelism must be >= 1, got 0"),
     (["--n", "10", "--executor", "debug", "--parallelism", "2"],
      "--parallelism applies to --executor local only, not debug"),

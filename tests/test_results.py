@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from chatspace.jobs import JOB_TYPES
-from chatspace.jobs.steer.spec import SteerSpec
+from chatspace.jobs.steer.sweep_spec import SweepSpec
 from chatspace.runs.executors import DebugExecutor
 from chatspace.runs.plan import plan_run
 from chatspace.runs.record import Run, read_json
@@ -51,7 +51,7 @@ layers = [1]
 vector = "{where / 'vector.npy'}"
 scales = [2.0, 8.0]
 """)
-    spec = resolve_spec(SteerSpec, where / "sweep.toml", {
+    spec = resolve_spec(SweepSpec, where / "sweep.toml", {
         "model": {"name": str(model), "backend": "hf", "dtype": "float32",
                   "max_model_len": 256},
         "prompts": {"file": str(where / "prompts.json")},

@@ -221,7 +221,7 @@ def test_a_flipped_byte_is_caught_where_the_readme_says(root):
 def test_a_moved_root_still_reads_and_resumes_into_its_new_place(tmp_path):
     root = tmp_path / "ws"
     run = embed(root, PYDOCS, n=30, array=3)
-    assert not Path(run.plan["output_dir"]).is_absolute()
+    assert not Path(run.plan.output_dir).is_absolute()
     shutil.rmtree(run.parts_dir(2), ignore_errors=True)
     run.completion_path(2).unlink()
     run.output_paths(2)["shard"].unlink()
@@ -233,7 +233,7 @@ def test_a_moved_root_still_reads_and_resumes_into_its_new_place(tmp_path):
     assert chatspace("resume", str(new_dir), "--executor", "debug").returncode == 0
     assert not root.exists(), "nothing may be written under the old root"
     assert chatspace("verify", str(new_dir)).returncode == 0
-    manifest = json.loads((moved / open_run(new_dir).plan["manifest_path"]).read_text())
+    manifest = json.loads((moved / open_run(new_dir).plan.manifest_path).read_text())
     assert all(not Path(s["path"]).is_absolute() for s in manifest["shards"])
     assert pq.read_table(moved / manifest["shards"][2]["path"]).num_rows == 10
 

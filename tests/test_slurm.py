@@ -49,7 +49,7 @@ def test_submit_wait_matches_local_rows_and_bytes(root):
     assert len(record["arrays"]) == 1 and record["arrays"][0]["tasks"] == [0, 1, 2, 3]
     assert record["reduce_sbatch_parameters"]["dependency"] == \
         f"afterok:{record['arrays'][0]['job_id']}"
-    assert read_json(Path(out["run_dir"]) / "submissions.json")[0]["reduce_job_id"]
+    assert read_json(Path(out["run_dir"]) / "submissions.json")["submissions"][0]["reduce_job_id"]
     scripts = [Path(p).read_text() for p in record["sbatch_scripts"]]
     assert "#SBATCH --array=0-3%4" in scripts[0] and "#SBATCH --requeue" in scripts[0]
     assert record["sbatch_parameters"]["array_parallelism"] == 4  # the throttle in force
@@ -64,7 +64,7 @@ def test_submit_wait_matches_local_rows_and_bytes(root):
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["submission"]["nothing_to_do"] is True
     assert (sha256_file(manifest), manifest.stat().st_mtime_ns) == before
-    assert len(read_json(Path(out["run_dir"]) / "submissions.json")) == 1
+    assert len(read_json(Path(out["run_dir"]) / "submissions.json")["submissions"]) == 1
 
     slurm_run = open_run(out["run_dir"])
     local = embed(root, PYDOCS, "on-debug", n=40, array=4)
@@ -72,11 +72,16 @@ def test_submit_wait_matches_local_rows_and_bytes(root):
     assert read_run(slurm_run).drop(drop).equals(read_run(local).drop(drop))
 
     shas = [sha256_file(shard(slurm_run, t)) for t in range(4)]
-    for t in (0, 3):  # the same planned tasks, executed in-process: byte-identical shards
+    for t in range(4):  # the same planned tasks run again by the debug and local executors
         slurm_run.completion_path(t).unlink()
         shard(slurm_run, t).unlink()
-        run_embed_task(slurm_run, t)
-    assert [sha256_file(shard(slurm_run, t)) for t in range(4)] == shas
+    for t in (0, 3):
+        run_embed_task(slurm_run, t)  # in this process, as the debug executor does
+    local_rerun = chatspace("resume", out["run_dir"], "--executor", "local")
+    assert local_rerun.returncode == 0, local_rerun.stderr
+    assert [sha256_file(shard(slurm_run, t)) for t in range(4)] == shas  # byte-identical
+    # one thread policy whatever executes a task: the spec's CPUs per task (default 1)
+    assert {slurm_run.completion(t).threads for t in range(4)} == {1}
 
 
 def test_large_array_is_split_at_max_array_size_and_reduce_waits(root):
@@ -246,7 +251,7 @@ def test_a_reduce_that_fails_to_submit_leaves_its_arrays_visible_and_cancellable
     assert "Requested node configuration is not available" in error
     assert "arrays already queued: " in error and "Traceback" not in result.stderr
     run_dir = str(root / "runs" / "no-reduce")
-    record = read_json(Path(run_dir) / "submissions.json")[-1]
+    record = read_json(Path(run_dir) / "submissions.json")["submissions"][-1]
     assert len(record["arrays"]) == 1 and record["reduce_job_id"] is None and record["error"]
     assert record["arrays"][0]["job_id"] in error
     states = [t["state"] for t in status(run_dir)["tasks"]]

@@ -88,7 +88,7 @@ def test_array_size_changes_neither_rows_nor_vectors(root):
 
 def test_same_run_id_and_spec_reuses_the_plan(root):
     run = plan(root, PYDOCS, "again", n=20)
-    assert plan(root, PYDOCS, "again", n=20).plan["created_at"] == run.plan["created_at"]
+    assert plan(root, PYDOCS, "again", n=20).plan.created_at == run.plan.created_at
 
 
 def test_sigkill_midway_resumes_from_last_part(root):

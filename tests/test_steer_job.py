@@ -359,7 +359,7 @@ def test_download_model_records_a_model_that_plans_find(inputs, root):
                         "--json", root=root)
     assert planned.returncode == 0, planned.stderr
     run = Run.open(json.loads(planned.stdout)["run_id"], root, JOB_TYPES)
-    assert run.path(run.plan["model"]["path"]) == dest
+    assert run.path(run.plan.details["model"]["path"]) == dest
 
 
 def test_prompts_sampled_from_a_dataset(inputs, root, tmp_path):
@@ -382,10 +382,10 @@ def test_prompts_sampled_from_a_dataset(inputs, root, tmp_path):
 @pytest.mark.parametrize("example", ["persona-sweep.toml", "capture-sweep.toml"])
 def test_the_example_specs_are_valid(example, monkeypatch):
     from chatspace.jobs.steer.prompts import load_personas, load_prompts
-    from chatspace.jobs.steer.spec import SteerSpec
+    from chatspace.jobs.steer.sweep_spec import SweepSpec
     from chatspace.specs import resolve_spec
 
     monkeypatch.chdir(REPO)  # their data paths are relative to the checkout
-    spec = resolve_spec(SteerSpec, REPO / "jobs" / example, {})
+    spec = resolve_spec(SweepSpec, REPO / "jobs" / example, {})
     assert load_prompts(spec.prompts)
     assert spec.personas.file is None or len(load_personas(spec.personas)) == 6

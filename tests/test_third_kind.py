@@ -20,6 +20,7 @@ from chatspace.results.catalog import Catalog
 from chatspace.results.query import best, compare, connect, run_sql, view_names
 from chatspace.results.report import render
 from chatspace.runs.executors import launch
+from chatspace.runs.formats import Completion, Plan
 from chatspace.runs.job import JobPlan, JobType, Metrics, Part, PartOutput, TaskCheck
 from chatspace.runs.plan import plan_run
 from chatspace.runs.record import Run, write_parquet
@@ -59,7 +60,7 @@ class SquaresJob(JobType):
                   timer: StageTimer) -> Iterator[PartOutput]:
         for part in parts:
             with timer.measure("square"):
-                n = np.arange(part.start, part.stop) + run.plan["offset"]
+                n = np.arange(part.start, part.stop) + run.plan.details["offset"]
                 table = pa.table({"run_id": [run.run_id] * len(n), "n": n, "square": n * n,
                                   "parity": n % 2})
             yield PartOutput(part, {"values": table}, {"summed": int((n * n).sum())})
@@ -67,21 +68,21 @@ class SquaresJob(JobType):
     def task_stats(self, run: Run, task: int, parts: list[dict[str, Any]]) -> dict[str, Any]:
         return {"summed": sum(p["summed"] for p in parts)}
 
-    def check_task(self, run: Run, task: int, record: dict[str, Any]) -> TaskCheck:
+    def check_task(self, run: Run, task: int, record: Completion) -> TaskCheck:
         table = pq.read_table(run.output_paths(task)["values"])
         start, stop = run.task_bounds(task)
         problems = [] if table.num_rows == stop - start else [f"task {task}: rows missing"]
         return TaskCheck(problems, table.column("n").cast(pa.string()))
 
-    def summarize(self, run: Run, records: list[dict[str, Any]]) -> dict[str, Any]:
-        total = sum(r["summed"] for r in records)
+    def summarize(self, run: Run, records: list[Completion]) -> dict[str, Any]:
+        total = sum(r.details["summed"] for r in records)
         path = run.output_dir / "total.parquet"
         schema = pa.schema([("total", pa.int64())])
         write_parquet(path, [pa.table({"total": [total]}, schema)], schema, {})
         return {"total": total, "reduce_outputs": [run.entry(path)]}
 
-    def run_facts(self, plan: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"dataset": f"integers from {plan['offset']}"}
+    def run_facts(self, plan: Plan, records: list[Completion]) -> dict[str, Any]:
+        return {"dataset": f"integers from {plan.details['offset']}"}
 
     def report_blocks(self, runs: list[Any]) -> list[str]:
         return [f"<h2>Squares</h2><p>{f.run.run_id}: {len(f.files('values'))} files</p>"
@@ -107,7 +108,7 @@ def test_a_third_job_type_is_planned_run_reduced_queried_and_reported(tmp_path, 
         runs.append(run)
 
     catalog = Catalog(root)
-    assert [f.run.plan["kind"] for f in catalog.runs] == ["squares", "squares"]
+    assert [f.run.plan.kind for f in catalog.runs] == ["squares", "squares"]
     assert {"squares", "squares_total"} <= set(view_names())
     con = connect(catalog)
     listed = run_sql(con, "SELECT kind, dataset, state, tasks, rows_done FROM runs "

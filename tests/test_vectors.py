@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from chatspace.jobs import JOB_TYPES
-from chatspace.jobs.steer.spec import SteerSpec
+from chatspace.jobs.steer.sweep_spec import SweepSpec
 from chatspace.runs.executors import DebugExecutor
 from chatspace.runs.plan import plan_run
 from chatspace.runs.record import Run, read_json
@@ -48,7 +48,7 @@ def steer(root: Path, spec: str, **sections) -> Run:
     """Plan and run a steer sweep in this process (debug executor)."""
     path = root.parent / f"{len(list(root.parent.glob('*.toml')))}.toml"
     path.write_text(spec)
-    run = plan_run(JOB_TYPES["steer"], resolve_spec(SteerSpec, path, sections), root).run
+    run = plan_run(JOB_TYPES["steer"], resolve_spec(SweepSpec, path, sections), root).run
     DebugExecutor().execute(run, range(run.num_tasks))
     return run
 

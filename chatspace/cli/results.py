@@ -175,7 +175,7 @@ def report(run_ref: str, output: str | None, others: tuple[str, ...], root: str 
     from chatspace.results.report import write_report
 
     catalog = Catalog(resolve_root(root), [run_ref, *others])
-    kinds = {f.run.plan["kind"] for f in catalog.runs}
+    kinds = {f.run.plan.kind for f in catalog.runs}
     if len(kinds) > 1:
         raise BadInput(f"--compare: runs of different kinds ({', '.join(sorted(kinds))}) "
                        "cannot be overlaid")

@@ -127,10 +127,12 @@ def launch_run(run: Run, executor: str, slurm: SlurmConfig, max_array: int,
                parallelism: int | None, wait: bool, as_json: bool) -> None:
     from chatspace.runs.executors import launch
 
-    record = launch(run, executor, slurm=slurm, max_array=max_array, parallelism=parallelism,
-                    wait=wait, progress=not as_json)
+    submission = launch(run, executor, slurm=slurm, max_array=max_array,
+                        parallelism=parallelism, wait=wait, progress=not as_json)
+    record = (submission.to_dict() if submission is not None else
+              {"executor": executor, "tasks": [], "arrays": [], "nothing_to_do": True})
     summary = {**run_summary(run), "executor": executor, "submission": record}
-    if record.get("nothing_to_do"):
+    if submission is None:
         lines = [f"run {run.run_id} is complete and its manifest verifies: nothing to do",
                  f"manifest: {run.manifest_path}"]
     elif run.manifest_path.exists():
@@ -175,7 +177,7 @@ def resume(run_ref: str, root: str | None, executor: str | None, parallelism: in
 
     run = open_run(run_ref, root)
     history = run.submissions()
-    executor = check_executor(executor or (history[-1]["executor"] if history else None),
+    executor = check_executor(executor or (history[-1].executor if history else None),
                               parallelism, params.get("container"))
     slurm = slurm_from_cli(run.spec.slurm, params)
     max_array = check_slurm_options(slurm) if executor == "slurm" else 0
@@ -203,8 +205,8 @@ def _jobs_of(run: Run) -> tuple[list[str], list[str]]:
     try:
         return live_jobs(run)
     except SlurmUnavailable as exc:
-        if any(r["executor"] == "slurm" for r in run.submissions()) or any(
-                a["slurm"] for t in range(run.num_tasks) for a in attempts(run, t)):
+        if any(r.executor == "slurm" for r in run.submissions()) or any(
+                a.slurm for t in range(run.num_tasks) for a in attempts(run, t)):
             raise
         log.debug("SLURM cannot be asked (%s); run %s has no SLURM job of its own", exc,
                   run.run_id)

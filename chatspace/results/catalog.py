@@ -19,7 +19,8 @@ from typing import Any
 
 from chatspace.jobs import JOB_TYPES, open_run
 from chatspace.runs.attempts import attempts
-from chatspace.runs.record import Run, read_record
+from chatspace.runs.formats import Attempt, Completion, Manifest, NewerRecord, Plan
+from chatspace.runs.record import Run, read_typed_record
 
 log = logging.getLogger(__name__)
 
@@ -35,23 +36,23 @@ class RunFiles:
     run: Run
 
     @cached_property
-    def records(self) -> dict[int, dict[str, Any]]:
+    def records(self) -> dict[int, Completion]:
         """Completion records of the done tasks, by task."""
         return self.run.done_records(check_hash=False)
 
     @cached_property
-    def attempts(self) -> dict[int, list[dict[str, Any]]]:
+    def attempts(self) -> dict[int, list[Attempt]]:
         return {t: attempts(self.run, t) for t in range(self.run.num_tasks)}
 
     @cached_property
-    def manifest(self) -> dict[str, Any] | None:
-        return read_record(self.run.manifest_path)
+    def manifest(self) -> Manifest | None:
+        return read_typed_record(self.run.manifest_path, Manifest)
 
     def reduce_file(self, name: str) -> Path | None:
         """A file the run's reduce wrote (listed in its manifest with task null), by name."""
-        for entry in (self.manifest or {}).get("files", []):
-            if entry["task"] is None and Path(entry["path"]).name == name:
-                return self.run.path(entry["path"])
+        for entry in self.manifest.files if self.manifest else ():
+            if entry.task is None and Path(entry.path).name == name:
+                return self.run.path(entry.path)
         return None
 
     @property
@@ -66,33 +67,33 @@ class RunFiles:
 
     def files(self, output: str) -> list[str]:
         """The files of output `output` that the done tasks list, in task order."""
-        return [str(self.run.path(e["path"])) for r in self.records.values()
-                for e in r["outputs"] if e["name"] == output]
+        return [str(self.run.path(e.path)) for r in self.records.values()
+                for e in r.outputs if e.name == output]
 
     def task_span(self, task: int) -> tuple[datetime | None, datetime | None]:
         """When the task's first attempt started and its last attempt ended."""
         tried = self.attempts.get(task, [])
-        starts = [t for a in tried if (t := _time(a.get("started_at")))]
-        ends = [t for a in tried if (t := _time(a.get("ended_at")))]
+        starts = [t for a in tried if (t := _time(a.started_at))]
+        ends = [t for a in tried if (t := _time(a.ended_at))]
         return (min(starts) if starts else None), (max(ends) if ends else None)
 
     def task_row(self, task: int) -> dict[str, Any]:
         record = self.records.get(task)
         started, ended = self.task_span(task)
-        timings = (record or {}).get("timings", {})
+        timings = record.timings if record else {}
         wall = timings.get("wall", {}).get("seconds")
         stages = {s: t for s, t in timings.items() if s != "wall"}
-        stats = {k: v for k, v in (record or {}).items() if isinstance(v, int | float)
-                 and not isinstance(v, bool) and k not in ("task", "rows", "rows_in")}
+        stats = {k: v for k, v in (record.details if record else {}).items()
+                 if isinstance(v, int | float) and not isinstance(v, bool)}
+        tried = self.attempts.get(task)
         return {
-            "run_id": self.run.run_id, "kind": self.run.plan["kind"], "task": task,
+            "run_id": self.run.run_id, "kind": self.run.plan.kind, "task": task,
             "state": "done" if record else "not done",
-            "rows": record["rows"] if record else None,
-            "rows_in": record["rows_in"] if record else None,
-            "attempts": len(self.attempts.get(task, [])),
-            "host": (self.attempts.get(task) or [{}])[-1].get("host"),
+            "rows": record.rows if record else None,
+            "rows_in": record.rows_in if record else None,
+            "attempts": len(tried or []), "host": tried[-1].host if tried else None,
             "started_at": started, "ended_at": ended, "wall_seconds": wall,
-            "rows_per_s": record["rows"] / wall if record and wall else None,
+            "rows_per_s": record.rows / wall if record and wall else None,
             "stage_busy": {s: t.get("busy", 0.0) for s, t in stages.items()},
             "stage_idle": {s: t.get("idle", 0.0) for s, t in stages.items()},
             "stats": json.dumps(stats, sort_keys=True),
@@ -104,21 +105,21 @@ class RunFiles:
         starts = [start for start, _ in spans if start]
         ends = [end for _, end in spans if end]
         wall = (max(ends) - min(starts)).total_seconds() if starts and ends else None
-        rows_done = sum(r["rows"] for r in self.records.values())
+        rows_done = sum(r.rows for r in self.records.values())
         facts = run.job.run_facts(plan, list(self.records.values()))
         return {
-            "run_id": run.run_id, "kind": plan["kind"], "name": plan["spec"]["run"]["name"],
+            "run_id": run.run_id, "kind": plan.kind, "name": plan.spec["run"]["name"],
             **{k: facts.get(k) for k in ("model", "backend", "dataset")},
             "state": self.state, "tasks": run.num_tasks, "tasks_done": len(self.records),
             "rows": run.rows, "rows_done": rows_done,
-            "created_at": _time(plan["created_at"]),
+            "created_at": _time(plan.created_at),
             "started_at": min(starts) if starts else None,
             "ended_at": max(ends) if ends else None,
             "wall_seconds": wall, "rows_per_s": rows_done / wall if wall else None,
             "tokens": facts.get("tokens"), "cost_usd": facts.get("cost_usd"),
             "output_dir": str(run.output_dir),
             "manifest": str(run.manifest_path) if self.manifest is not None else None,
-            "config": json.dumps(plan["spec"], sort_keys=True),
+            "config": json.dumps(plan.spec, sort_keys=True),
         }
 
 
@@ -133,17 +134,20 @@ class Catalog:
             return
         self.runs = []
         for folder in sorted((root / "runs").glob("[!.]*/")):
-            plan = read_record(folder / "plan.json")
-            if plan is None:  # not planned (yet), or torn: logged by read_record
+            try:
+                plan = read_typed_record(folder / "plan.json", Plan)
+            except NewerRecord as exc:  # the other runs are still listed
+                log.warning("skipping %s", exc)
                 continue
-            kind = plan.get("kind")
-            if kind not in JOB_TYPES:
-                log.warning("skipping %s: unknown kind %r", folder, kind)
+            if plan is None:  # not planned (yet), or torn: logged by read_typed_record
                 continue
-            self.runs.append(RunFiles(Run(root, folder.name, JOB_TYPES[kind])))
+            if plan.kind not in JOB_TYPES:
+                log.warning("skipping %s: unknown kind %r", folder, plan.kind)
+                continue
+            self.runs.append(RunFiles(Run(root, folder.name, JOB_TYPES[plan.kind])))
 
     def of_kind(self, kind: str) -> list[RunFiles]:
-        return [f for f in self.runs if f.run.plan["kind"] == kind]
+        return [f for f in self.runs if f.run.plan.kind == kind]
 
     def run_rows(self) -> list[dict[str, Any]]:
         return [f.run_row() for f in self.runs]

@@ -76,7 +76,7 @@ def _parquet_source(files: RunFiles, output: str) -> str | None:
     paths = sorted(files.files(output))
     if not paths:
         return None
-    template = files.run.plan["outputs"][output]  # e.g. "shard-{task:05d}.parquet"
+    template = files.run.plan.outputs[output]  # e.g. "shard-{task:05d}.parquet"
     pattern = str(files.run.output_dir / re.sub(r"\{task[^}]*\}", "*", template))
     if not GLOB_CHARACTERS.search(str(files.run.output_dir)) and \
             sorted(glob.glob(pattern)) == paths:

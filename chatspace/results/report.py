@@ -34,7 +34,7 @@ def _summary(runs: list[RunFiles]) -> Block:
 
 
 def render(runs: list[RunFiles]) -> str:
-    kind = runs[0].run.plan["kind"]  # the CLI reports runs of one kind at a time
+    kind = runs[0].run.plan.kind  # the CLI reports runs of one kind at a time
     title = (f"chatspace {kind} run {runs[0].run.run_id}" if len(runs) == 1 else
              f"chatspace {kind} runs {', '.join(f.run.run_id for f in runs)}")
     blocks = runs[0].run.job.report_blocks(runs)

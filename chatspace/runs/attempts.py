@@ -17,6 +17,7 @@ queued or not yet started, when the array is one contiguous range.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import socket
 from collections.abc import Iterator
@@ -25,7 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from chatspace.runs.record import Run, read_record, record_files, write_json
+from chatspace.runs.formats import Attempt, LogFile
+from chatspace.runs.record import Run, read_typed_record, record_files, write_record
 
 REDUCE = "reduce"
 
@@ -56,56 +58,54 @@ def _slurm_identity() -> dict[str, Any] | None:
     return identity
 
 
-def _own_logs() -> list[dict[str, Any]]:
+def _own_logs() -> tuple[LogFile, ...]:
     """The files this process's stdout and stderr write to, with their sizes now (Linux)."""
-    logs: list[dict[str, Any]] = []
+    logs: list[LogFile] = []
     for fd in (1, 2):
         try:
             path = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             continue
-        if os.path.isfile(path) and path not in [e["path"] for e in logs]:
-            logs.append({"path": path, "offset": os.path.getsize(path)})
-    return logs
+        if os.path.isfile(path) and path not in [e.path for e in logs]:
+            logs.append(LogFile(path, os.path.getsize(path)))
+    return tuple(logs)
 
 
 @contextlib.contextmanager
-def recording(run: Run, task: int | None) -> Iterator[dict[str, Any]]:
+def recording(run: Run, task: int | None) -> Iterator[None]:
     """Record an attempt of `task` (None: the reduce) for as long as the block runs."""
     started = _now()
     host = socket.gethostname()
-    record: dict[str, Any] = {
-        "task": task, "host": host, "pid": os.getpid(),
-        "started_at": started.isoformat(timespec="microseconds"),
-        "slurm": _slurm_identity(), "logs": _own_logs(),
-        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-    }
+    record = Attempt(task=task, host=host, pid=os.getpid(),
+                     started_at=started.isoformat(timespec="microseconds"),
+                     slurm=_slurm_identity(), logs=_own_logs(),
+                     cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
     path = (run.dir / "attempts" / attempt_group(task)
             / f"{started:%Y%m%dT%H%M%S%f}-{host}-{os.getpid()}.json")
-    write_json(path, record)
+    write_record(path, record)
     try:
-        yield record
+        yield
     except BaseException as exc:
-        record.update(ended_at=_now().isoformat(timespec="microseconds"), outcome="failed",
-                      error=(str(exc).strip().splitlines() or [type(exc).__name__])[0][:300])
-        write_json(path, record)
+        write_record(path, dataclasses.replace(
+            record, ended_at=_now().isoformat(timespec="microseconds"), outcome="failed",
+            error=(str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]))
         raise
-    record.update(ended_at=_now().isoformat(timespec="microseconds"), outcome="done")
-    write_json(path, record)
+    write_record(path, dataclasses.replace(
+        record, ended_at=_now().isoformat(timespec="microseconds"), outcome="done"))
 
 
-def attempts(run: Run, task: int | None) -> list[dict[str, Any]]:
+def attempts(run: Run, task: int | None) -> list[Attempt]:
     """The recorded attempts of `task` (None: the reduce), oldest first; a torn record is
     skipped (logged)."""
     folder = run.dir / "attempts" / attempt_group(task)
-    return [r for p in record_files(folder) if (r := read_record(p)) is not None]
+    return [r for p in record_files(folder) if (r := read_typed_record(p, Attempt)) is not None]
 
 
 def _when(stamp: str) -> datetime:
     return datetime.fromisoformat(stamp)
 
 
-def task_jobs(run: Run, attempted: list[list[dict[str, Any]]] | None = None) -> dict[int, str]:
+def task_jobs(run: Run, attempted: list[list[Attempt]] | None = None) -> dict[int, str]:
     """The SLURM job (``A_a``, or ``J`` for a one-task array) of each task's latest attempt or
     submission; a task whose latest attempt or submission ran outside SLURM has none.
     `attempted` is every task's `attempts` when the caller has read them already."""
@@ -113,20 +113,20 @@ def task_jobs(run: Run, attempted: list[list[dict[str, Any]]] | None = None) -> 
         attempted = [attempts(run, task) for task in range(run.num_tasks)]
     events: list[tuple[datetime, int, str | None]] = []
     submitted = set()
-    for record in run.submissions():
-        when = _when(record["submitted_at"])
-        events += [(when, task, None) for task in record.get("tasks", [])]
-        for array in record.get("arrays", []):
+    for submission in run.submissions():
+        when = _when(submission.submitted_at)
+        events += [(when, task, None) for task in submission.tasks or ()]
+        for array in submission.arrays:
             submitted.add(array["job_id"])
             events += [(when, t, j) for t, j in zip(array["tasks"], array["jobs"], strict=True)]
     for record in (r for history in attempted for r in history):
-        when, slurm = _when(record["started_at"]), record["slurm"]
-        events.append((when, record["task"], slurm and slurm["job"]))
+        when, slurm = _when(record.started_at), record.slurm
+        events.append((when, record.task, slurm and slurm["job"]))
         array = slurm.get("array_job_id") if slurm else None
         if array and array not in submitted and \
                 slurm["array_task_count"] == slurm["array_task_max"] - slurm["array_task_min"] + 1:
             # an array chatspace did not submit (an sbatch template): task = offset + index
-            offset = record["task"] - slurm["array_task_id"]
+            offset = record.task - slurm["array_task_id"]
             events += [(when, i + offset, f"{array}_{i}")
                        for i in range(slurm["array_task_min"], slurm["array_task_max"] + 1)
                        if 0 <= i + offset < run.num_tasks and i != slurm["array_task_id"]]
@@ -141,9 +141,8 @@ def task_jobs(run: Run, attempted: list[list[dict[str, Any]]] | None = None) -> 
 
 def reduce_job(run: Run) -> str | None:
     """The SLURM job of the run's latest reduce: submitted by chatspace, or one that started."""
-    events = [(_when(r["submitted_at"]), r.get("reduce_job_id")) for r in run.submissions()]
-    events += [(_when(r["started_at"]), r["slurm"] and r["slurm"]["job"])
-               for r in attempts(run, None)]
+    events = [(_when(r.submitted_at), r.reduce_job_id) for r in run.submissions()]
+    events += [(_when(r.started_at), r.slurm and r.slurm["job"]) for r in attempts(run, None)]
     return max(events, key=lambda e: e[0])[1] if events else None
 
 
@@ -163,7 +162,7 @@ class LogSpan:
 
 
 def log_spans(run: Run, task: int | None, attempt: int | None = None, *,
-              history: list[dict[str, Any]] | None = None,
+              history: list[Attempt] | None = None,
               jobs: dict[int, str] | None = None) -> list[LogSpan]:
     """Existing logs of attempt number `attempt` (1-based; default the latest) of `task`
     (None: the reduce), cut to what that attempt wrote when a later one appended to the same
@@ -172,17 +171,16 @@ def log_spans(run: Run, task: int | None, attempt: int | None = None, *,
     history = attempts(run, task) if history is None else history
     if attempt is not None and not 1 <= attempt <= len(history):
         return []
-    if history and history[(attempt or len(history)) - 1]["logs"]:
+    if history and history[(attempt or len(history)) - 1].logs:
         number = (attempt or len(history)) - 1
         spans = []
-        for entry in history[number]["logs"]:
-            shares = [[e["offset"] for e in r["logs"] if e["path"] == entry["path"]]
-                      for r in history]
+        for entry in history[number].logs:
+            shares = [[e.offset for e in r.logs if e.path == entry.path] for r in history]
             earlier = any(shares[:number])  # the first one also shows its job's preamble
             later = [o for offsets in shares[number + 1:] for o in offsets]
-            path = Path(entry["path"])
+            path = Path(entry.path)
             if path.exists():
-                spans.append(LogSpan(path, entry["offset"] if earlier else 0,
+                spans.append(LogSpan(path, entry.offset if earlier else 0,
                                      later[0] if later else None))
         return spans
     if attempt is not None and attempt != len(history):

@@ -1,5 +1,6 @@
-"""Executors decide where a run's tasks and its reduce run; the work itself is the same
-`chatspace run …` entry points everywhere.
+"""Executors decide where a run's tasks and its reduce run, behind one interface
+(`Executor.submit(run, tasks) -> Submission`); the work itself is the same `run_task` /
+`chatspace run …` entry points everywhere, so task code does not know where it runs.
 
 - `debug`: every task and the reduce in this process, one after another (pdb works).
 - `local`: each task as a `chatspace run task` subprocess, at most K at a time, then the
@@ -16,26 +17,59 @@ import signal
 import subprocess
 import sys
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import ClassVar
 
 from tqdm import tqdm
 
 from chatspace.errors import BadInput, RunFailed
 from chatspace.runs.commands import task_command
+from chatspace.runs.formats import Submission
 from chatspace.runs.lease import TaskBusy, describe, holder
 from chatspace.runs.record import Run
 from chatspace.runs.reduce import reduce_run, task_problem, verify_run
-from chatspace.runs.status import run_status
-from chatspace.runs.task import run_task
-from chatspace.runs.watch import progress_key, progress_line
+from chatspace.runs.task import committed_parts, run_task, task_threads
 from chatspace.specs import SlurmConfig
 
 log = logging.getLogger(__name__)
 
 
-class DebugExecutor:
+class Executor(ABC):
+    """Where tasks run: `submit` runs (here) or queues (SLURM) `tasks` of `run` and then its
+    reduce, and returns the submission as the run's submissions.json records it."""
+
+    name: ClassVar[str]
+
+    def parallelism(self, run: Run) -> int:
+        """How many of the run's tasks run at the same time (at most)."""
+        return 1
+
+    @abstractmethod
+    def submit(self, run: Run, tasks: Sequence[int]) -> Submission:
+        """Run or queue the tasks, then the reduce."""
+
+
+class RunsHere(Executor):
+    """An executor that runs the tasks from this process (in it, or as its children), then
+    the reduce: `submit` returns when the run is done."""
+
+    def submit(self, run: Run, tasks: Sequence[int]) -> Submission:
+        submission = Submission(
+            executor=self.name, tasks=tuple(tasks),
+            tasks_at_once=min(self.parallelism(run), max(len(tasks), 1)),
+            submitted_at=datetime.now(UTC).isoformat(timespec="microseconds"))
+        run.save_submission(submission.to_dict())
+        self.execute(run, tasks)
+        return submission
+
+    @abstractmethod
+    def execute(self, run: Run, tasks: Sequence[int]) -> None:
+        """Run the tasks, then the reduce."""
+
+
+class DebugExecutor(RunsHere):
     name = "debug"
 
     def execute(self, run: Run, tasks: Sequence[int]) -> None:
@@ -57,22 +91,25 @@ def visible_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU")]
 
 
-class LocalExecutor:
-    """Tasks as local processes, at most `parallelism` at once (default: one per GPU, else
-    one per core); with GPUs each running task gets its own (CUDA_VISIBLE_DEVICES)."""
+class LocalExecutor(RunsHere):
+    """Tasks as local processes, at most `parallelism` at once (default: one per GPU, else as
+    many as the cores hold at the run's threads per task, `task_threads`); with GPUs each
+    running task gets its own (CUDA_VISIBLE_DEVICES)."""
 
     name = "local"
 
     def __init__(self, parallelism: int | None = None, progress: bool = True):
         self.gpus = visible_gpus()
-        self.parallelism = max(1, parallelism or len(self.gpus) or os.cpu_count() or 1)
+        self.given = parallelism
         self.progress = progress
 
-    def _start(self, run: Run, task: int, threads: int, workers: int,
-               gpu: str | None) -> subprocess.Popen:
+    def parallelism(self, run: Run) -> int:
+        cores = len(os.sched_getaffinity(0))
+        return max(1, self.given or len(self.gpus) or cores // task_threads(run))
+
+    def _start(self, run: Run, task: int, gpu: str | None) -> subprocess.Popen:
         run.log_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads),
-               "CHATSPACE_TASKS_AT_ONCE": str(workers)}
+        env = dict(os.environ)
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
         cmd = [sys.executable, "-m", "chatspace", *task_command(run, task)[1:]]
@@ -83,8 +120,7 @@ class LocalExecutor:
 
     def execute(self, run: Run, tasks: Sequence[int]) -> None:
         queue = list(tasks)
-        workers = min(self.parallelism, max(len(queue), 1))
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        workers = min(self.parallelism(run), max(len(queue), 1))
         running: dict[int, subprocess.Popen] = {}
         waiting: list[int] = []  # tasks another process was running: rerun if left undone
         held: dict[int, str] = {}  # task -> its GPU
@@ -101,7 +137,7 @@ class LocalExecutor:
                         task = queue.pop(0)
                         if free:
                             held[task] = free.pop(0)
-                        running[task] = self._start(run, task, threads, workers, held.get(task))
+                        running[task] = self._start(run, task, held.get(task))
                     time.sleep(0.5)
                     for task, proc in list(running.items()):
                         if proc.poll() is None:
@@ -120,11 +156,12 @@ class LocalExecutor:
                         waiting.remove(task)
                         if run.completion(task) is None:
                             queue.append(task)
-                    status = run_status(run)
-                    bar.update(status["rows_done"] - bar.n)
-                    if self.progress and bar.disable and progress_key(status) != seen:
-                        seen = progress_key(status)
-                        log.info("%s", progress_line(status))
+                    done = rows_done(run, tasks)
+                    bar.update(done - bar.n)
+                    if self.progress and bar.disable and (done, len(running)) != seen:
+                        seen = (done, len(running))
+                        log.info("run %s: %d/%d rows; %d task(s) running, %d failed",
+                                 run.run_id, done, run.rows, len(running), len(failed))
         finally:
             _stop_all(running.values())
             bar.close()
@@ -132,6 +169,20 @@ class LocalExecutor:
             raise RunFailed(f"run {run.run_id}: {len(failed)} task(s) failed:\n  "
                             + "\n  ".join(task_problem(run, t) for t in sorted(failed)))
         reduce_run(run)
+
+
+def rows_done(run: Run, tasks: Sequence[int]) -> int:
+    """Rows of `run` done so far, from its files alone: the slice of every task that has a
+    completion record (or is not among `tasks`, the ones being run: done before), and the
+    committed parts of the others."""
+    done, running = 0, set(tasks)
+    for task in range(run.num_tasks):
+        start, stop = run.task_bounds(task)
+        if task not in running or run.completion_path(task).exists():
+            done += stop - start
+        else:
+            done += sum(part.rows_in for part in committed_parts(run, task))
+    return done
 
 
 class Stopped(RunFailed):
@@ -181,29 +232,31 @@ def check_not_running(run: Run, tasks: Sequence[int]) -> None:
                        + ": wait for it to end, or stop it first")
 
 
+def make_executor(name: str, *, slurm: SlurmConfig, max_array: int = 1001,
+                  parallelism: int | None = None, progress: bool = True) -> Executor:
+    if name == "slurm":
+        from chatspace.runs.slurm import SlurmExecutor
+
+        return SlurmExecutor(slurm, max_array)
+    return DebugExecutor() if name == "debug" else LocalExecutor(parallelism, progress)
+
+
 def launch(run: Run, executor: str, *, slurm: SlurmConfig, max_array: int = 1001,
            parallelism: int | None = None, wait: bool = False,
-           progress: bool = True) -> dict[str, Any]:
+           progress: bool = True) -> Submission | None:
     """Run (local, debug) or submit (slurm) every task of `run` that is not done, then its
-    reduce; record the submission in the run record and return it. A finished run whose
-    manifest verifies is left as it is (nothing run, nothing rewritten)."""
+    reduce, and return the submission as recorded. A finished run whose manifest verifies is
+    left as it is: nothing run, nothing rewritten (None)."""
     pending = [t for t in range(run.num_tasks) if run.completion(t) is None]
     check_not_running(run, pending)
     if not pending and run.manifest_path.exists() and not verify_run(run):
         log.info("run %s is complete and its manifest verifies: nothing to do", run.run_id)
-        return {"executor": executor, "tasks": [], "arrays": [], "nothing_to_do": True}
-    if executor == "slurm":
-        from chatspace.runs.slurm import SlurmExecutor
+        return None
+    runner = make_executor(executor, slurm=slurm, max_array=max_array,
+                           parallelism=parallelism, progress=progress)
+    submission = runner.submit(run, pending)
+    if wait and executor == "slurm":
+        from chatspace.runs.watch import follow
 
-        record = SlurmExecutor(slurm, max_array).execute(run, pending)
-        if wait:
-            from chatspace.runs.watch import follow
-
-            follow(run, progress)
-        return record
-    record = {"executor": executor, "tasks": pending,
-              "submitted_at": datetime.now(UTC).isoformat(timespec="microseconds")}
-    run.save_submission(record)
-    runner = DebugExecutor() if executor == "debug" else LocalExecutor(parallelism, progress)
-    runner.execute(run, pending)
-    return record
+        follow(run, progress)
+    return submission

@@ -26,6 +26,7 @@ import pyarrow as pa
 from chatspace.specs import JobSpec
 
 if TYPE_CHECKING:
+    from chatspace.runs.formats import Completion, Plan
     from chatspace.runs.record import Run
     from chatspace.runs.timing import StageTimer
 
@@ -91,9 +92,9 @@ class TaskCheck:
     keys: pa.Array
 
 
-def summed(records: list[dict[str, Any]], key: str) -> float | None:
-    """The sum of a completion-record field over the records that have it (None if none)."""
-    values = [r[key] for r in records if r.get(key) is not None]
+def summed(records: list[Completion], key: str) -> float | None:
+    """The sum of a job's completion stat over the records that have it (None if none)."""
+    values = [r.details[key] for r in records if r.details.get(key) is not None]
     return sum(values) if values else None
 
 
@@ -134,15 +135,14 @@ class JobType(ABC):
         return {}
 
     @abstractmethod
-    def check_task(self, run: Run, task: int, record: dict[str, Any]) -> TaskCheck:
+    def check_task(self, run: Run, task: int, record: Completion) -> TaskCheck:
         """Check one task's outputs (whose bytes already match its completion record)."""
 
     @abstractmethod
-    def summarize(self, run: Run, records: list[dict[str, Any]]) -> dict[str, Any]:
+    def summarize(self, run: Run, records: list[Completion]) -> dict[str, Any]:
         """The job's section of the manifest, from every task's completion record."""
 
-    def run_facts(self, plan: dict[str, Any],
-                  records: list[dict[str, Any]]) -> dict[str, Any]:
+    def run_facts(self, plan: Plan, records: list[Completion]) -> dict[str, Any]:
         """A run's `model`, `backend`, `dataset`, `tokens` and `cost_usd` for the run table,
         from its plan and its done tasks' completion records (a fact left out is null)."""
         return {}

@@ -14,16 +14,18 @@ import numpy as np
 
 from chatspace.errors import BadInput
 from chatspace.names import check_inside, check_name
+from chatspace.runs.formats import Plan, TaskSlice
 from chatspace.runs.job import JobPlan, JobType
 from chatspace.runs.record import (
     Run,
     atomic_path,
     check_writable,
-    read_json,
+    read_typed,
     spec_hash,
     stored_path,
     tool_info,
     write_json,
+    write_record,
 )
 from chatspace.specs import JobSpec
 
@@ -61,7 +63,7 @@ def plan_run(job: JobType, spec: JobSpec, root: Path, run_id: str | None = None,
         check_name(run_id, "--run-id")
         existing = Run(root, run_id, job)
         if existing.plan_path.exists():
-            if read_json(existing.plan_path)["spec_hash"] != digest:
+            if read_typed(existing.plan_path, Plan).spec_hash != digest:
                 raise BadInput(f"run id {run_id} already exists at {existing.dir} with a "
                                "different spec; choose another --run-id")
             return Planned(existing, False, job.estimate(spec, existing_plan(existing), execute))
@@ -73,21 +75,15 @@ def plan_run(job: JobType, spec: JobSpec, root: Path, run_id: str | None = None,
     estimate = job.estimate(spec, resolved, execute)
     if estimate and not execute:
         return Planned(None, False, estimate)
-    plan = {
-        "run_id": run.run_id,
-        "kind": job.kind,
-        "created_at": datetime.now(UTC).isoformat(timespec="microseconds"),
-        "spec": spec.to_dict(),
-        "spec_hash": digest,
-        **resolved.details,
-        "tasks": [{"task": i, "start": s, "stop": e} for i, (s, e) in enumerate(slices)],
-        "output_dir": stored_path(resolved.output_dir, root),
-        "outputs": resolved.outputs,
-        "primary_output": next(iter(resolved.outputs)),
-        "part_files": resolved.part_files,
-        "manifest_path": stored_path(resolved.manifest_path, root),
-        "tool": tool_info(),
-    }
+    plan = Plan(
+        run_id=run.run_id, kind=job.kind,
+        created_at=datetime.now(UTC).isoformat(timespec="microseconds"),
+        spec=spec.to_dict(), spec_hash=digest,
+        tasks=tuple(TaskSlice(i, s, e) for i, (s, e) in enumerate(slices)),
+        output_dir=stored_path(resolved.output_dir, root), outputs=resolved.outputs,
+        manifest_path=stored_path(resolved.manifest_path, root), tool=tool_info(),
+        primary_output=next(iter(resolved.outputs)), part_files=resolved.part_files,
+        details=resolved.details)
     for name, array in resolved.arrays.items():
         with atomic_path(run.dir / f"{name}.npy") as tmp, open(tmp, "wb") as fh:
             np.save(fh, array)
@@ -95,7 +91,7 @@ def plan_run(job: JobType, spec: JobSpec, root: Path, run_id: str | None = None,
         with atomic_path(run.dir / name) as tmp:
             tmp.write_bytes(content)
     write_json(run.dir / "spec.json", spec.to_dict())
-    write_json(run.plan_path, plan)  # written last: its presence means "planned"
+    write_record(run.plan_path, plan)  # written last: its presence means "planned"
     log.info("planned %s run %s: %d rows in %d tasks", job.kind, run.run_id, resolved.rows,
              len(slices))
     return Planned(run, True, estimate)
@@ -103,6 +99,6 @@ def plan_run(job: JobType, spec: JobSpec, root: Path, run_id: str | None = None,
 
 def existing_plan(run: Run) -> JobPlan:
     """A reused run's plan in the form `JobType.estimate` takes."""
-    return JobPlan(rows=run.rows, details=run.plan, output_dir=run.output_dir,
-                   manifest_path=run.manifest_path, outputs=run.plan["outputs"],
-                   arrays=run.arrays, part_files=run.plan.get("part_files", {}))
+    return JobPlan(rows=run.rows, details=run.plan.details, output_dir=run.output_dir,
+                   manifest_path=run.manifest_path, outputs=run.plan.outputs,
+                   arrays=run.arrays, part_files=run.plan.part_files)

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from chatspace import __version__
 from chatspace.errors import BadInput, RunFailed
 from chatspace.names import check_name
+from chatspace.runs.formats import Completion, FileEntry, Plan, Record, Submission, Submissions
 from chatspace.runs.job import JobType
 from chatspace.specs import JobSpec, spec_from_dict
 
@@ -91,16 +92,34 @@ def read_json(path: Path) -> Any:
                                "crash or edited") from None
 
 
-def read_record(path: Path) -> Any | None:
-    """A record, or None when it is absent or does not parse (logged: the caller treats it as
-    not written, and a rerun writes it again)."""
+R = TypeVar("R", bound=Record)
+
+
+def read_typed(path: Path, cls: type[R]) -> R:
+    """A record file as its type: UnreadableRecord if it does not parse, NewerRecord if a
+    newer chatspace wrote it, FileNotFoundError if absent."""
+    data = read_json(path)
     try:
-        return read_json(path)
+        return cls.parse(data, path)
+    except (TypeError, AttributeError, KeyError) as exc:  # a field missing or of a wrong type
+        raise UnreadableRecord(f"{path} is not a {cls.FORMAT} record ({exc})") from None
+
+
+def read_typed_record(path: Path, cls: type[R]) -> R | None:
+    """`read_typed`, or None when the record is absent or does not parse (logged: the caller
+    treats it as not written, and a rerun writes it again); a record of a newer version is
+    still an error (NewerRecord)."""
+    try:
+        return read_typed(path, cls)
     except FileNotFoundError:
         return None
     except UnreadableRecord as exc:
         log.warning("%s", exc)
         return None
+
+
+def write_record(path: Path, record: Record) -> None:
+    write_json(path, record.to_dict())
 
 
 def record_files(folder: Path, prefix: str = "") -> list[Path]:
@@ -140,32 +159,31 @@ def stored_path(path: Path, root: Path) -> str:
         return str(path)
 
 
-def file_entry(path: Path, root: Path, **extra: Any) -> dict[str, Any]:
+def file_entry(path: Path, root: Path, **extra: Any) -> FileEntry:
     """A file as completion records and manifests list it: path (relative to the root), bytes,
     sha256."""
-    return {"path": stored_path(path, root), "bytes": path.stat().st_size,
-            "sha256": sha256_file(path), **extra}
+    return FileEntry(path=stored_path(path, root), bytes=path.stat().st_size,
+                     sha256=sha256_file(path), **extra)
 
 
-def file_problem(entry: dict[str, Any], root: Path, check_hash: bool = True) -> str | None:
+def file_problem(entry: FileEntry, root: Path, check_hash: bool = True) -> str | None:
     """Why a listed file no longer matches its entry (None if it does). Records written
     before paths were relative hold absolute paths, which `root /` leaves as they are."""
-    path = root / entry["path"]
+    path = root / entry.path
     try:
         size = os.stat(path).st_size
     except FileNotFoundError:
         return f"{path} is missing"
-    if size != entry["bytes"]:
-        return f"{path} has {size} bytes, its record says {entry['bytes']}"
-    if check_hash and sha256_file(path) != entry["sha256"]:
+    if size != entry.bytes:
+        return f"{path} has {size} bytes, its record says {entry.bytes}"
+    if check_hash and sha256_file(path) != entry.sha256:
         return f"{path} sha256 differs from its record"
     return None
 
 
-def output_problems(record: dict[str, Any], root: Path,
-                    check_hash: bool = True) -> list[str]:
+def output_problems(record: Completion, root: Path, check_hash: bool = True) -> list[str]:
     """Why the outputs a completion record lists no longer match it ([] when they all do)."""
-    return [p for entry in record["outputs"] if (p := file_problem(entry, root, check_hash))]
+    return [p for entry in record.outputs if (p := file_problem(entry, root, check_hash))]
 
 
 def spec_hash(spec: JobSpec) -> str:
@@ -208,20 +226,20 @@ class Run:
         return self.dir / "logs"
 
     @cached_property
-    def plan(self) -> dict[str, Any]:
-        return read_json(self.plan_path)
+    def plan(self) -> Plan:
+        return read_typed(self.plan_path, Plan)
 
     def path(self, stored: str) -> Path:
         """A path as this run's records store it (relative to the root) made usable."""
         return self.root / stored
 
-    def entry(self, path: Path, **extra: Any) -> dict[str, Any]:
+    def entry(self, path: Path, **extra: Any) -> FileEntry:
         """`file_entry` for a file of this run."""
         return file_entry(path, self.root, **extra)
 
     @cached_property
     def spec(self) -> Any:
-        return spec_from_dict(self.job.spec_type, self.plan["spec"])
+        return spec_from_dict(self.job.spec_type, self.plan.spec)
 
     @cached_property
     def arrays(self) -> dict[str, np.ndarray]:
@@ -230,35 +248,34 @@ class Run:
 
     @property
     def num_tasks(self) -> int:
-        return len(self.plan["tasks"])
+        return len(self.plan.tasks)
 
     @property
     def rows(self) -> int:
-        return self.plan["tasks"][-1]["stop"]
+        return self.plan.rows
 
     def task_bounds(self, task: int) -> tuple[int, int]:
-        entry = self.plan["tasks"][task]
-        return entry["start"], entry["stop"]
+        entry = self.plan.tasks[task]
+        return entry.start, entry.stop
 
     @property
     def output_dir(self) -> Path:
-        return self.path(self.plan["output_dir"])
+        return self.path(self.plan.output_dir)
 
     @property
     def manifest_path(self) -> Path:
-        return self.path(self.plan["manifest_path"])
+        return self.path(self.plan.manifest_path)
 
     def output_paths(self, task: int) -> dict[str, Path]:
         """Output name -> the file the task writes; the primary output (whose rows a
         completion record counts) first."""
-        outputs = self.plan["outputs"]
-        first = self.plan.get("primary_output", next(iter(outputs)))
+        outputs, first = self.plan.outputs, self.plan.primary
         return {name: self.output_dir / outputs[name].format(task=task)
                 for name in [first, *sorted(set(outputs) - {first})]}
 
     def part_file_path(self, task: int, part: int, name: str) -> Path:
         """Where part `part` of `task` keeps its file of part-file output `name`."""
-        pattern = self.plan.get("part_files", {})[name]
+        pattern = self.plan.part_files[name]
         return self.output_dir / pattern.format(task=task, part=part)
 
     def completion_path(self, task: int) -> Path:
@@ -267,45 +284,47 @@ class Run:
     def parts_dir(self, task: int) -> Path:
         return self.dir / "parts" / f"task-{task:05d}"
 
-    def completion_record(self, task: int) -> tuple[dict[str, Any] | None, str | None]:
+    def completion_record(self, task: int) -> tuple[Completion | None, str | None]:
         """The task's completion record as written (its outputs not checked), or None; with
         why when a record is there but does not parse (a torn record: not done)."""
         try:
-            return read_json(self.completion_path(task)), None
+            return read_typed(self.completion_path(task), Completion), None
         except FileNotFoundError:
             return None, None
         except UnreadableRecord as exc:
             return None, str(exc)
 
-    def completion(self, task: int, check_hash: bool = True) -> dict[str, Any] | None:
+    def completion(self, task: int, check_hash: bool = True) -> Completion | None:
         """The task's completion record if the task is done: the record parses and every
         output it lists is there with its recorded size (and sha256 unless `check_hash` is
         False)."""
-        record = read_record(self.completion_path(task))
+        record = read_typed_record(self.completion_path(task), Completion)
         if record is None or output_problems(record, self.root, check_hash):
             return None
         return record
 
-    def done_records(self, check_hash: bool = True) -> dict[int, dict[str, Any]]:
+    def done_records(self, check_hash: bool = True) -> dict[int, Completion]:
         """The completion records of every done task, by task: what `completion` says task
         by task, from one scan of the records' directory (for views over many tasks)."""
         records = [r for p in record_files(self.dir / "tasks", "task-")
-                   if (r := read_record(p)) is not None]
-        return {r["task"]: r for r in sorted(records, key=lambda r: r["task"])
+                   if (r := read_typed_record(p, Completion)) is not None]
+        return {r.task: r for r in sorted(records, key=lambda r: r.task)
                 if not output_problems(r, self.root, check_hash)}
 
     @property
     def submissions_path(self) -> Path:
         return self.dir / "submissions.json"
 
-    def submissions(self) -> list[dict[str, Any]]:
+    def submissions(self) -> list[Submission]:
         """Every submission of this run (executor, job ids, sbatch parameters), oldest first."""
-        return read_record(self.submissions_path) or []
+        record = read_typed_record(self.submissions_path, Submissions)
+        return list(record.submissions) if record else []
 
     def save_submission(self, record: dict[str, Any], replace_last: bool = False) -> None:
         """Append a submission, or update the latest one as its jobs get queued."""
-        history = self.submissions()
-        write_json(self.submissions_path, [*history[:-1 if replace_last else None], record])
+        history = self.submissions()[:-1 if replace_last else None]
+        write_record(self.submissions_path,
+                     Submissions(submissions=(*history, Submission.parse(record))))
 
     @classmethod
     def open(cls, ref: str, root: Path, job_types: Mapping[str, JobType]) -> Run:
@@ -322,7 +341,7 @@ class Run:
             raise BadInput(f"no planned run {ref!r} (looked for {path}/plan.json and "
                            f"{plan_path})")
         try:
-            kind = read_json(plan_path).get("kind")
+            kind = read_typed(plan_path, Plan).kind
         except UnreadableRecord as exc:
             raise BadInput(f"run {ref}: {exc}") from None
         if kind not in job_types:

@@ -3,6 +3,7 @@ type's own checks, write the checksummed manifest, and re-check a finished run a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from datetime import UTC, datetime
@@ -14,14 +15,15 @@ import pyarrow.parquet as pq
 
 from chatspace.errors import RunFailed
 from chatspace.runs.attempts import log_spans, recording
+from chatspace.runs.formats import Completion, FileEntry, Manifest, ManifestFile
 from chatspace.runs.lease import describe, holder
 from chatspace.runs.record import (
     Run,
     UnreadableRecord,
     file_problem,
     output_problems,
-    read_json,
-    write_json,
+    read_typed,
+    write_record,
 )
 
 log = logging.getLogger(__name__)
@@ -55,17 +57,18 @@ def task_problem(run: Run, task: int) -> str:
     return f"task {task}: output {'; '.join(problems)}{where}"
 
 
-def reduce_run(run: Run) -> dict[str, Any]:
+def reduce_run(run: Run) -> Manifest:
     """Validate every task's outputs and write manifest.json; RunFailed names each bad task.
     Recorded as an attempt of the run's reduce."""
     with recording(run, None):
         return _reduce(run)
 
 
-def _reduce(run: Run) -> dict[str, Any]:
+def _reduce(run: Run) -> Manifest:
     started = datetime.now(UTC)
     problems: list[str] = []
-    records, keys = [], []
+    records: list[Completion] = []
+    keys = []
     for task in range(run.num_tasks):
         record = run.completion(task)
         if record is None:
@@ -81,23 +84,23 @@ def _reduce(run: Run) -> dict[str, Any]:
             problems.append("row ids are not unique across tasks")
     if problems:
         raise RunFailed(f"reduce of run {run.run_id} failed:\n  " + "\n  ".join(problems))
-    section = run.job.summarize(run, records)
-    made = section.pop("reduce_outputs", [])  # files the reduce itself wrote (task: null)
-    manifest = {
-        "run_id": run.run_id,
-        "kind": run.job.kind,
-        **section,
-        "files": [{"task": r["task"], **e} for r in records for e in r["outputs"]]
-        + [{"task": None, **e} for e in made],
-        "created_at": run.plan["created_at"],
-        "tool": run.plan["tool"],
-        "run_config": redact(run.plan["spec"]),
-    }
-    manifest.setdefault("totals", {})["reduce_seconds"] = round(
-        (datetime.now(UTC) - started).total_seconds(), 3)
-    write_json(run.manifest_path, manifest)
+    details = run.job.summarize(run, records)
+    made: list[FileEntry] = details.pop("reduce_outputs", [])  # the reduce's own files
+    totals = details.pop("totals", {})
+    totals["reduce_seconds"] = round((datetime.now(UTC) - started).total_seconds(), 3)
+    files = [ManifestFile(**_fields(e), task=r.task) for r in records for e in r.outputs]
+    manifest = Manifest(
+        run_id=run.run_id, kind=run.job.kind,
+        files=(*files, *(ManifestFile(**_fields(e), task=None) for e in made)),
+        created_at=run.plan.created_at, tool=run.plan.tool,
+        run_config=redact(run.plan.spec), totals=totals, details=details)
+    write_record(run.manifest_path, manifest)
     log.info("manifest written: %s", run.manifest_path)
     return manifest
+
+
+def _fields(entry: FileEntry) -> dict[str, Any]:
+    return {f.name: getattr(entry, f.name) for f in dataclasses.fields(FileEntry)}
 
 
 def verify_run(run: Run) -> list[str]:
@@ -107,18 +110,18 @@ def verify_run(run: Run) -> list[str]:
         return [f"no manifest at {run.manifest_path}: the run has not been reduced"]
     problems = []
     try:
-        manifest = read_json(run.manifest_path)
+        manifest = read_typed(run.manifest_path, Manifest)
     except UnreadableRecord as exc:
         return [str(exc)]
-    for entry in manifest["files"]:
+    for entry in manifest.files:
         problem = file_problem(entry, run.root)
-        if problem is None and entry.get("rows") is not None and \
-                pq.ParquetFile(run.path(entry["path"])).metadata.num_rows != entry["rows"]:
-            problem = f"{entry['path']} row count differs from the manifest"
+        if problem is None and entry.rows is not None and \
+                pq.ParquetFile(run.path(entry.path)).metadata.num_rows != entry.rows:
+            problem = f"{entry.path} row count differs from the manifest"
         if problem:
-            who = "reduce" if entry["task"] is None else f"task {entry['task']}"
+            who = "reduce" if entry.task is None else f"task {entry.task}"
             problems.append(f"{who}: {problem}")
-    tasks = {e["task"] for e in manifest["files"] if e["task"] is not None}
+    tasks = {e.task for e in manifest.files if e.task is not None}
     if tasks != set(range(run.num_tasks)):
         problems.append(f"manifest lists outputs of {len(tasks)} tasks, "
                         f"the plan has {run.num_tasks} tasks")

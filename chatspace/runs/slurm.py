@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shlex
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any
 import submitit
 
 from chatspace.errors import BadInput, RunFailed
+from chatspace.runs.executors import Executor
+from chatspace.runs.formats import Submission
 from chatspace.runs.job import JobType
 from chatspace.runs.record import Run
 from chatspace.runs.reduce import reduce_run
@@ -151,7 +154,7 @@ def sbatch_lines(run: Run, max_array: int) -> list[str]:
     comment that tags it as the run's, so `status`, `cancel` and `resume` find it in the queue
     before it starts."""
     cfg, tasks = run.spec.slurm, run.num_tasks
-    params = task_parameters(cfg, run.plan["kind"], min(tasks, max_array))
+    params = task_parameters(cfg, run.plan.kind, min(tasks, max_array))
     env = (f"CHATSPACE_IMAGE={shlex.quote(str(Path(cfg.container).resolve()))} "
            f"CHATSPACE_ROOT={shlex.quote(str(run.root))} " if cfg.container else "")
     logs = run.log_dir
@@ -165,7 +168,7 @@ def sbatch_lines(run: Run, max_array: int) -> list[str]:
                 f"--comment={run_comment(run, offset)}", "hpc/task.sbatch", str(run.dir),
                 str(offset)]
         lines.append(f"a{number}=$({env}sbatch --parsable {shlex.join(args)})")
-    reduce = reduce_parameters(cfg, run.plan["kind"], [])
+    reduce = reduce_parameters(cfg, run.plan.kind, [])
     after = ":".join(f"${name}" for name in names)
     args = [f"--output={logs}/reduce-%j.out", f"--error={logs}/reduce-%j.err",
             *sbatch_flags(reduce), f"--comment={run_comment(run, None)}", "hpc/reduce.sbatch",
@@ -184,11 +187,12 @@ def submit(run: Run, tasks: list[int], cfg: SlurmConfig, max_array: int) -> dict
     The submission record is saved after every sbatch, so jobs already queued stay visible
     to status, cancel and resume if a later sbatch fails (RunFailed says so)."""
     executor = _executor(cfg, run)
-    kind = run.plan["kind"]
+    kind = run.plan.kind
     params = task_parameters(cfg, kind, min(len(tasks), max_array))  # every array's
     record: dict[str, Any] = {
         "executor": "slurm",
         "submitted_at": datetime.now(UTC).isoformat(timespec="microseconds"),
+        "tasks_at_once": min(cfg.array_parallelism or len(tasks), max(len(tasks), 1)),
         "arrays": [], "reduce_job_id": None, "sbatch_scripts": [],
         "sbatch_parameters": params,
         "python": executor.python, "slurm_config": asdict(cfg),
@@ -224,11 +228,14 @@ def submit(run: Run, tasks: list[int], cfg: SlurmConfig, max_array: int) -> dict
     return record
 
 
-class SlurmExecutor:
+class SlurmExecutor(Executor):
     name = "slurm"
 
     def __init__(self, cfg: SlurmConfig, max_array: int):
         self.cfg, self.max_array = cfg, max_array
 
-    def execute(self, run: Run, tasks: list[int]) -> dict[str, Any]:
-        return submit(run, list(tasks), self.cfg, self.max_array)
+    def parallelism(self, run: Run) -> int:
+        return min(self.cfg.array_parallelism or run.num_tasks, run.num_tasks)
+
+    def submit(self, run: Run, tasks: Sequence[int]) -> Submission:
+        return Submission.parse(submit(run, list(tasks), self.cfg, self.max_array))

@@ -140,7 +140,7 @@ def queued_jobs(run: Run) -> tuple[dict[int, str], list[str], dict[str, dict[str
     any of them has started: task -> job id, the reduce job ids, and their states. Not asked
     where SLURM is not installed, nor for a run whose latest submission ran locally."""
     history = run.submissions()
-    if (history[-1]["executor"] if history else "slurm") != "slurm" or \
+    if (history[-1].executor if history else "slurm") != "slurm" or \
             shutil.which("squeue") is None:
         return {}, [], {}
     tasks: dict[int, str] = {}
@@ -167,7 +167,7 @@ def live_jobs(run: Run) -> tuple[list[str], list[str]]:
     Jobs come from the submission and attempt records and from the queue (`queued_jobs`)."""
     tasks, reduces, _ = queued_jobs(run)
     ids = [*task_jobs(run).values(), *tasks.values(), *reduces]
-    ids += [r["reduce_job_id"] for r in run.submissions() if r.get("reduce_job_id")]
+    ids += [r.reduce_job_id for r in run.submissions() if r.reduce_job_id]
     ids += [job for job in [reduce_job(run)] if job]
     live, stale = [], []
     for job, state in job_states(ids).items():

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from chatspace.runs.attempts import attempts, log_spans, reduce_job, task_jobs
+from chatspace.runs.formats import Attempt, Completion, Manifest, Submission
 from chatspace.runs.lease import holder
-from chatspace.runs.record import Run, output_problems, read_json, read_record
+from chatspace.runs.record import Run, output_problems, read_typed, read_typed_record
 from chatspace.runs.slurm_cli import (
     FINISHED_BAD,
     LIVE_STATES,
@@ -49,12 +50,12 @@ def tail(path: Path, lines: int = 5) -> list[str]:
         return []
 
 
-def _elapsed(attempt: dict[str, Any] | None, live: bool) -> float | None:
+def _elapsed(attempt: Attempt | None, live: bool) -> float | None:
     """Seconds the attempt ran (so far, while its task is live)."""
     if attempt is None:
         return None
-    started = datetime.fromisoformat(attempt["started_at"])
-    end = attempt.get("ended_at")
+    started = datetime.fromisoformat(attempt.started_at)
+    end = attempt.ended_at
     if end is None and not live:
         return None  # killed without a trace of when
     ended = datetime.fromisoformat(end) if end else datetime.now(started.tzinfo)
@@ -63,7 +64,7 @@ def _elapsed(attempt: dict[str, Any] | None, live: bool) -> float | None:
 
 def task_state(run: Run, task: int, jobs: dict[int, str], states: dict[str, dict[str, str]],
                verify: bool = False, slurm_error: str | None = None,
-               history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+               history: list[Attempt] | None = None) -> dict[str, Any]:
     """State of one task, given the run's `task_jobs()` and their SLURM `states` (and the
     task's `attempts` when the caller has them): state, rows done, attempts, node and elapsed
     time of the latest attempt, its log. Every output of a done task is stat'ed against its
@@ -72,7 +73,7 @@ def task_state(run: Run, task: int, jobs: dict[int, str], states: dict[str, dict
     history = attempts(run, task) if history is None else history
     latest = history[-1] if history else None
     state: dict[str, Any] = {"task": task, "rows": stop - start, "attempts": len(history),
-                             "node": latest["host"] if latest else None}
+                             "node": latest.host if latest else None}
     logs = log_spans(run, task, history=history, jobs=jobs)
     state["log"] = str(logs[-1].path) if logs else None
     state.update(_files_state(run, task, verify))
@@ -102,7 +103,7 @@ def _files_state(run: Run, task: int, verify: bool) -> dict[str, Any]:
         return {"state": "lost", "rows_done": 0, "error": lost}
     parts = committed_parts(run, task)
     state = {"state": "partial" if parts else "missing",
-             "rows_done": sum(p["rows_in"] for p in parts)}
+             "rows_done": sum(p.rows_in for p in parts)}
     return {**state, "error": [unreadable]} if unreadable else state
 
 
@@ -130,22 +131,22 @@ def manifest_is_current(run: Run, all_done: bool) -> bool:
     rerun it is stale until the next reduce rewrites it)."""
     if not (all_done and run.manifest_path.exists()):
         return False
-    manifest = read_record(run.manifest_path)
+    manifest = read_typed_record(run.manifest_path, Manifest)
     if manifest is None:
         return False
-    listed = {(e["task"], e["path"], e["sha256"]) for e in manifest["files"]
-              if e["task"] is not None}  # the reduce's own files are checked by verify
-    recorded = {(task, e["path"], e["sha256"]) for task in range(run.num_tasks)
-                for e in read_json(run.completion_path(task))["outputs"]}
+    listed = {(e.task, e.path, e.sha256) for e in manifest.files
+              if e.task is not None}  # the reduce's own files are checked by verify
+    recorded = {(task, e.path, e.sha256) for task in range(run.num_tasks)
+                for e in read_typed(run.completion_path(task), Completion).outputs}
     return listed == recorded
 
 
-def _started_at(submissions: list[dict[str, Any]],
-                attempted: list[list[dict[str, Any]]]) -> datetime | None:
+def _started_at(submissions: list[Submission],
+                attempted: list[list[Attempt]]) -> datetime | None:
     """When the run's work began: its first submission, else its first task attempt (a run
     started by hand with the sbatch templates)."""
-    stamps = [datetime.fromisoformat(submissions[0]["submitted_at"])] if submissions else []
-    stamps += [datetime.fromisoformat(h[0]["started_at"]) for h in attempted if h]
+    stamps = [datetime.fromisoformat(submissions[0].submitted_at)] if submissions else []
+    stamps += [datetime.fromisoformat(h[0].started_at) for h in attempted if h]
     return min(stamps) if stamps else None
 
 
@@ -177,7 +178,7 @@ def run_status(run: Run, verify: bool = False) -> dict[str, Any]:
         "run_dir": str(run.dir),
         "manifest": str(run.manifest_path) if current else None,
         "manifest_stale": run.manifest_path.exists() and not current,
-        "executor": history[-1]["executor"] if history else ("slurm" if jobs else None),
+        "executor": history[-1].executor if history else ("slurm" if jobs else None),
         "rows": run.rows,
         "rows_done": rows_done,
         "rows_per_second": round(rate, 2) if rate else None,

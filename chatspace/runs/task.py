@@ -9,6 +9,7 @@ task a no-op on rerun. Nothing here knows which executor runs it, nor what the j
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -17,23 +18,24 @@ import shutil
 import socket
 import sys
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pyarrow.parquet as pq
 
 from chatspace.runs.attempts import recording
+from chatspace.runs.formats import Completion, PartSidecar, PartTime
 from chatspace.runs.job import Part, PartOutput
 from chatspace.runs.lease import holding
 from chatspace.runs.record import (
     Run,
     atomic_path,
-    read_json,
-    read_record,
+    read_typed,
+    read_typed_record,
     record_files,
-    write_json,
     write_parquet,
+    write_record,
 )
 from chatspace.runs.stages import DONE, Stage, get, put
 from chatspace.runs.timing import StageTimer
@@ -67,11 +69,11 @@ def part_file(run: Run, task: int, part: int, output: str) -> Path:
     return run.parts_dir(task) / f"part-{part:05d}.{output}.parquet"
 
 
-def committed_parts(run: Run, task: int) -> list[dict[str, Any]]:
+def committed_parts(run: Run, task: int) -> list[PartSidecar]:
     """Sidecars of the parts a task has committed so far (for resuming and for progress); a
     torn sidecar is a part not committed (logged), which the task runs again."""
     return [r for p in record_files(run.parts_dir(task), "part-")
-            if (r := read_record(p)) is not None]
+            if (r := read_typed_record(p, PartSidecar)) is not None]
 
 
 class TaskRunner:
@@ -87,11 +89,11 @@ class TaskRunner:
             with atomic_path(self.run.parts_dir(self.task) /
                              f"part-{out.part.number:05d}.{name}") as tmp:
                 tmp.write_bytes(content)
-        write_json(sidecar_path(self.run, self.task, out.part.number),
-                   {"part": out.part.number, "rows_in": out.part.stop - out.part.start,
-                    "rows": {n: t.num_rows for n, t in out.tables.items()},
-                    "files": sorted(out.files), "stats": out.stats,
-                    "committed_at": datetime.now(UTC).isoformat(timespec="microseconds")})
+        write_record(sidecar_path(self.run, self.task, out.part.number), PartSidecar(
+            part=out.part.number, rows_in=out.part.stop - out.part.start,
+            rows={n: t.num_rows for n, t in out.tables.items()}, stats=out.stats,
+            files=tuple(sorted(out.files)),
+            committed_at=datetime.now(UTC).isoformat(timespec="microseconds")))
         release_free_memory()
         log.info("task %d: part %d committed (%d rows)", self.task, out.part.number,
                  out.part.stop - out.part.start)
@@ -126,14 +128,14 @@ class TaskRunner:
         if writer.error is not None:
             raise writer.error
 
-    def execute(self) -> dict[str, Any]:
+    def execute(self) -> Completion:
         self._remove_stale_temporaries()
         log.info("task %d of run %s starting on %s (python %s, CUDA_VISIBLE_DEVICES=%s)",
                  self.task, self.run.run_id, socket.gethostname(), sys.prefix,
                  os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
         start, stop = self.run.task_bounds(self.task)
         parts = part_bounds(start, stop, self.run.spec.run.part_rows)
-        done = {sc["part"] for sc in committed_parts(self.run, self.task)}
+        done = {sc.part for sc in committed_parts(self.run, self.task)}
         pending = [p for p in parts if p.number not in done]
         if len(pending) < len(parts):
             log.info("task %d: resuming, %d of %d parts already committed", self.task,
@@ -151,8 +153,9 @@ class TaskRunner:
             log.info("task %d: removing %s left by an interrupted attempt", self.task, path)
             path.unlink(missing_ok=True)
 
-    def _finish(self, parts: list[Part]) -> dict[str, Any]:
-        sidecars = [read_json(sidecar_path(self.run, self.task, p.number)) for p in parts]
+    def _finish(self, parts: list[Part]) -> Completion:
+        sidecars = [read_typed(sidecar_path(self.run, self.task, p.number), PartSidecar)
+                    for p in parts]
         entries = []
         for name, path in self.run.output_paths(self.task).items():
             files = [part_file(self.run, self.task, p.number, name) for p in parts]
@@ -160,41 +163,68 @@ class TaskRunner:
             with self.timer.measure("assemble"):
                 write_parquet(path, (pq.read_table(f, schema=schema) for f in files), schema,
                               self.job.write_options(name))
-            rows = sum(sc["rows"][name] for sc in sidecars)
+            rows = sum(sc.rows[name] for sc in sidecars)
             entries.append(self.run.entry(path, name=name, rows=rows))
         for sidecar in sidecars:  # part files move as they are (a rerun finds them moved)
-            for name in sidecar.get("files", []):
-                dest = self.run.part_file_path(self.task, sidecar["part"], name)
-                source = self.run.parts_dir(self.task) / f"part-{sidecar['part']:05d}.{name}"
+            for name in sidecar.files:
+                dest = self.run.part_file_path(self.task, sidecar.part, name)
+                source = self.run.parts_dir(self.task) / f"part-{sidecar.part:05d}.{name}"
                 if source.exists():
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     os.replace(source, dest)
-                entries.append(self.run.entry(dest, name=name, part=sidecar["part"]))
-        record = {
-            "task": self.task,
-            "rows": entries[0]["rows"],
-            "rows_in": sum(sc["rows_in"] for sc in sidecars),
-            "outputs": entries,
-            "parts": [{"part": sc["part"], "rows_in": sc["rows_in"],
-                       "committed_at": sc.get("committed_at")} for sc in sidecars],
-            **self.job.task_stats(self.run, self.task, [sc["stats"] for sc in sidecars]),
-            "timings": self.timer.summary(),
-        }
-        write_json(self.run.completion_path(self.task), record)
+                entries.append(self.run.entry(dest, name=name, part=sidecar.part))
+        record = Completion(
+            task=self.task, rows=entries[0].rows, rows_in=sum(sc.rows_in for sc in sidecars),
+            outputs=tuple(entries), timings=self.timer.summary(), threads=task_threads(self.run),
+            parts=tuple(PartTime(sc.part, sc.rows_in, sc.committed_at) for sc in sidecars),
+            details=self.job.task_stats(self.run, self.task, [sc.stats for sc in sidecars]))
+        write_record(self.run.completion_path(self.task), record)
         shutil.rmtree(self.run.parts_dir(self.task), ignore_errors=True)
-        log.info("task %d done: %d rows -> %s", self.task, record["rows"],
-                 ", ".join(e["path"] for e in entries))
+        log.info("task %d done: %d rows -> %s", self.task, record.rows,
+                 ", ".join(e.path for e in entries))
         return record
 
 
-def run_task(run: Run, task: int) -> dict[str, Any]:
+def task_threads(run: Run) -> int:
+    """The CPU threads every task of `run` computes with, whatever executes it: the CPUs the
+    spec gives a task (``slurm.cpus_per_task``, SLURM's default of 1 when unset). Float sums
+    depend on the thread count, so one rule everywhere keeps the outputs byte-identical
+    across executors."""
+    return run.spec.slurm.cpus_per_task or 1
+
+
+@contextlib.contextmanager
+def cpu_threads(count: int) -> Iterator[None]:
+    """Run the block with `count` CPU threads: OMP_NUM_THREADS for what it imports or starts
+    (torch, a vLLM engine), and torch's pool if torch is loaded; both restored after (the
+    debug executor runs tasks in the caller's process)."""
+    saved = os.environ.get("OMP_NUM_THREADS")
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    os.environ["OMP_NUM_THREADS"] = str(count)
+    if torch is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            torch.set_num_threads(before or len(os.sched_getaffinity(0)))
+
+
+def run_task(run: Run, task: int) -> Completion:
     """The task entry point shared by every executor and the sbatch templates: it holds the
-    task's lease (TaskBusy while another process runs the task), and each call that has work
-    to do is recorded as an attempt of the task."""
+    task's lease (TaskBusy while another process runs the task), computes with the run's
+    thread count (`task_threads`), and each call that has work to do is recorded as an
+    attempt of the task."""
     with holding(run, task):
         done = run.completion(task)
         if done is not None:
-            log.info("task %d already complete (%d rows); nothing to do", task, done["rows"])
+            log.info("task %d already complete (%d rows); nothing to do", task, done.rows)
             return done
-        with recording(run, task):
+        with recording(run, task), cpu_threads(task_threads(run)):
             return TaskRunner(run, task).execute()

@@ -150,7 +150,8 @@ class Generation:
     prompt_token_ids: list[int]
     token_ids: list[int]
     text: str
-    finish_reason: str  # "stop" (end of sequence) or "length" (max_tokens)
+    # "stop" (end of sequence), "length" (max_tokens) or "stopped" (the streamer halted it)
+    finish_reason: str
     logprobs: list[float] | None = None
     capture: Capture | None = None
     entropy: list[float] | None = None  # per generated token (Sampling.top_k_mass_k)

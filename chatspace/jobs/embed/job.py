@@ -20,6 +20,7 @@ from chatspace.errors import BadInput, RunFailed
 from chatspace.jobs.embed.flags import EMBED_FLAGS
 from chatspace.jobs.embed.schema import WRITE_OPTIONS, shard_schema
 from chatspace.jobs.embed.spec import EmbedSpec
+from chatspace.runs.formats import Completion, Plan
 from chatspace.runs.job import JobPlan, JobType, Part, PartOutput, TaskCheck, summed
 from chatspace.runs.record import Run
 from chatspace.runs.timing import StageTimer, add_timings
@@ -59,9 +60,10 @@ class EmbedJob(JobType):
     flags = EMBED_FLAGS
     task_views = {"embeddings": "shard"}
 
-    def run_facts(self, plan: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"model": plan["model"]["label"], "backend": plan["model"]["backend"],
-                "dataset": plan["spec"]["dataset"]["name"],
+    def run_facts(self, plan: Plan, records: list[Completion]) -> dict[str, Any]:
+        return {"model": plan.details["model"]["label"],
+                "backend": plan.details["model"]["backend"],
+                "dataset": plan.spec["dataset"]["name"],
                 "tokens": summed(records, "tokens"), "cost_usd": summed(records, "cost_usd")}
 
     def report_blocks(self, runs: list[Any]) -> list[str]:
@@ -99,13 +101,13 @@ class EmbedJob(JobType):
 
     def run_parts(self, run: Run, task: int, parts: list[Part],
                   timer: StageTimer) -> Iterator[PartOutput]:
-        plan = run.plan
-        source = SourceInfo.from_dict(plan["source"])
+        details = run.plan.details
+        source = SourceInfo.from_dict(details["source"])
         sample = run.arrays["sample"]
         constants = {"source": source.origin, "dataset": source.dataset,
-                     "split": run.spec.dataset.split, "model": plan["model"]["label"],
-                     "created_at": plan["created_at"], "run_id": run.run_id}
-        if plan["model"]["backend"] == "openai":
+                     "split": run.spec.dataset.split, "model": details["model"]["label"],
+                     "created_at": run.plan.created_at, "run_id": run.run_id}
+        if details["model"]["backend"] == "openai":
             from chatspace.jobs.embed.openai_backend import OpenAIParts as Backend
         else:
             from chatspace.jobs.embed.st_backend import STParts as Backend
@@ -129,7 +131,7 @@ class EmbedJob(JobType):
                 stats[key] = sum(p[key] for p in parts)
         return stats
 
-    def check_task(self, run: Run, task: int, record: dict[str, Any]) -> TaskCheck:
+    def check_task(self, run: Run, task: int, record: Completion) -> TaskCheck:
         path = run.output_paths(task)["shard"]
         schema = pq.read_schema(path)
         dim = schema.field("embedding").type.list_size
@@ -138,15 +140,16 @@ class EmbedJob(JobType):
                              pa.array([], pa.string()))
         table = pq.read_table(path, columns=["id", "metadata", "embedding", "run_id"])
         problems = []
-        if dim != record["embedding_dim"]:
+        stats = record.details
+        if dim != stats["embedding_dim"]:
             problems.append(f"shard {path} has dimension {dim}, its record says "
-                            f"{record['embedding_dim']}")
-        if table.num_rows != record["rows"]:
+                            f"{stats['embedding_dim']}")
+        if table.num_rows != record.rows:
             problems.append(f"shard {path} has {table.num_rows} rows but its completion "
-                            f"record says {record['rows']}")
+                            f"record says {record.rows}")
         start, stop = run.task_bounds(task)
         rows = [json.loads(m)["row"] for m in table.column("metadata").to_pylist()]
-        covered = np.sort(np.array(rows + [s["row"] for s in record["skipped_rows"]], np.int64))
+        covered = np.sort(np.array(rows + [s["row"] for s in stats["skipped_rows"]], np.int64))
         if not np.array_equal(covered, run.arrays["sample"][start:stop]):
             problems.append(f"shard {path} rows do not cover its slice [{start}, {stop}) "
                             "of the plan")
@@ -158,36 +161,38 @@ class EmbedJob(JobType):
             problems.append(f"shard {path} holds rows of another run")
         return TaskCheck(problems, table.column("id").combine_chunks())
 
-    def summarize(self, run: Run, records: list[dict[str, Any]]) -> dict[str, Any]:
-        plan, spec = run.plan, run.spec
-        dims = {r["embedding_dim"] for r in records}
+    def summarize(self, run: Run, records: list[Completion]) -> dict[str, Any]:
+        details, spec = run.plan.details, run.spec
+        stats = [r.details for r in records]
+        dims = {s["embedding_dim"] for s in stats}
         if len(dims) > 1:
             raise RunFailed(f"reduce of run {run.run_id} failed: shards disagree on the "
                             f"embedding dimension: {sorted(dims)}")
         reasons: dict[str, int] = {}
         timings: dict[str, dict[str, float]] = {}
         for record in records:
-            for reason, count in record["skipped"].items():
+            for reason, count in record.details["skipped"].items():
                 reasons[reason] = reasons.get(reason, 0) + count
-            add_timings(timings, record["timings"])
-        totals: dict[str, Any] = {"bytes": sum(r["outputs"][0]["bytes"] for r in records)}
+            add_timings(timings, record.timings)
+        totals: dict[str, Any] = {"bytes": sum(r.outputs[0].bytes for r in records)}
         for key in SUMMED_STATS:
-            if records and key in records[0]:
-                totals[key] = sum(r[key] for r in records)
+            if stats and key in stats[0]:
+                totals[key] = sum(s[key] for s in stats)
         totals["stage_timings"] = timings
         return {
             "dataset": spec.dataset.name,
             "subset": spec.dataset.subset,
             "split": spec.dataset.split,
-            "source": plan["source"]["origin"],
-            "model": plan["model"]["label"],
-            "backend": plan["model"]["backend"],
+            "source": details["source"]["origin"],
+            "model": details["model"]["label"],
+            "backend": details["model"]["backend"],
             "embedding_dim": dims.pop() if dims else None,
-            "rows_total": sum(r["rows"] for r in records),
+            "rows_total": sum(r.rows for r in records),
             "rows_skipped": {"total": sum(reasons.values()), "reasons": reasons},
-            "sampling": {k: v for k, v in plan["sampling"].items() if v is not None},
-            "shards": [{**{k: r["outputs"][0][k] for k in ("path", "bytes", "sha256")},
-                        "task": r["task"], "rows": r["rows"], "min_norm": r["min_norm"],
-                        "max_norm": r["max_norm"], "timings": r["timings"]} for r in records],
+            "sampling": {k: v for k, v in details["sampling"].items() if v is not None},
+            "shards": [{"path": r.outputs[0].path, "bytes": r.outputs[0].bytes,
+                        "sha256": r.outputs[0].sha256, "task": r.task, "rows": r.rows,
+                        "min_norm": r.details["min_norm"], "max_norm": r.details["max_norm"],
+                        "timings": r.timings} for r in records],
             "totals": totals,
         }

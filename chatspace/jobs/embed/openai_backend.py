@@ -11,7 +11,6 @@ so a rerun never requests a committed part again.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,11 +27,11 @@ from chatspace.runs.timing import StageTimer
 
 
 def tasks_at_once(run: Run) -> int:
-    """How many tasks of this run share the rate limits: the local executor says so in the
-    environment; on SLURM the array throttle (or the array size) bounds it."""
-    given = os.environ.get("CHATSPACE_TASKS_AT_ONCE")
-    if given and given.isdigit() and int(given) > 0:
-        return int(given)
+    """How many tasks of this run share the rate limits: as its latest submission records,
+    else (tasks started by hand with the templates) the array throttle or the array size."""
+    submitted = run.submissions()
+    if submitted and submitted[-1].tasks_at_once:
+        return submitted[-1].tasks_at_once
     throttle = run.spec.slurm.array_parallelism or run.num_tasks
     return max(1, min(throttle, run.num_tasks))
 
@@ -42,7 +41,7 @@ class OpenAIParts:
                  timer: StageTimer):
         self.run, self.spec, self.timer = run, run.spec, timer
         self.source, self.sample, self.constants = source, sample, constants
-        self.model = run.plan["model"]
+        self.model = run.plan.details["model"]
         self.reader = RowReader(source)  # keeps the last block read: parts are consecutive
 
     def _client(self) -> Any:
@@ -55,7 +54,7 @@ class OpenAIParts:
                                   timeout=self.model["timeout"], max_retries=0)
 
     async def _embed(self, sender: Sender, part: Part) -> PartOutput:
-        with self.timer.measure("load"):
+        with self.timer.measure("read_and_tokenize"):
             rows, inputs, requests = part_requests(self.reader,
                                                    self.sample[part.start:part.stop], self.spec)
         before = SendStats(**vars(sender.stats))

@@ -58,6 +58,9 @@ def api_model(spec: EmbedSpec) -> dict[str, Any]:
     if dims is not None and not name.startswith("text-embedding-3"):
         raise BadInput(f"openai.dimensions (--dimensions) is only for text-embedding-3-* "
                        f"models, not {name}")
+    if dims is not None and name in NATIVE_DIMENSIONS and not 1 <= dims <= NATIVE_DIMENSIONS[name]:
+        raise BadInput(f"openai.dimensions (--dimensions) must be 1 to "
+                       f"{NATIVE_DIMENSIONS[name]} for {name}, got {dims}")
     try:
         timeout = spec.openai.timeout or float(os.environ.get("OPENAI_TIMEOUT") or
                                                DEFAULT_TIMEOUT)

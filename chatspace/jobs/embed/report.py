@@ -20,13 +20,13 @@ if TYPE_CHECKING:
 def _rate_points(files: RunFiles, task: int, origin: datetime) -> list[tuple[float, float]]:
     """(seconds since the run started, rows/s) for each committed part of a done task."""
     record = files.records[task]
-    starts = sorted(datetime.fromisoformat(a["started_at"]) for a in files.attempts[task])
-    parts = sorted((datetime.fromisoformat(p["committed_at"]), p["rows_in"])
-                   for p in record.get("parts", []) if p.get("committed_at"))
+    starts = sorted(datetime.fromisoformat(a.started_at) for a in files.attempts[task])
+    parts = sorted((datetime.fromisoformat(p.committed_at), p.rows_in)
+                   for p in record.parts if p.committed_at)
     if not parts:  # records written before per-part times: the task's average at its end
         _, end = files.task_span(task)
-        wall = record["timings"]["wall"]["seconds"]
-        return [((end - origin).total_seconds(), record["rows"] / wall)] if end and wall else []
+        wall = record.timings["wall"]["seconds"]
+        return [((end - origin).total_seconds(), record.rows / wall)] if end and wall else []
     points, previous = [], None
     for when, rows in parts:
         begun = [s for s in starts if s <= when]
@@ -56,8 +56,8 @@ def _throughput(runs: list[RunFiles]) -> Block:
         return chart(svg.line_chart("rows/s per task over time", series,
                                     "seconds since the run's first task started", "rows/s"),
                      "no task has finished")
-    rates = {f.run.run_id: [(t, r["rows"] / r["timings"]["wall"]["seconds"])
-                            for t, r in f.records.items() if r["timings"]["wall"]["seconds"]]
+    rates = {f.run.run_id: [(t, r.rows / r.timings["wall"]["seconds"])
+                            for t, r in f.records.items() if r.timings["wall"]["seconds"]]
              for f in runs}
     return chart(svg.line_chart("rows/s per task", rates, "task", "rows/s", whole_x=True),
                  "no task has finished")
@@ -65,10 +65,10 @@ def _throughput(runs: list[RunFiles]) -> Block:
 
 def _stages(files: RunFiles) -> list[Block]:
     tasks = sorted(files.records)
-    stages = sorted({s for r in files.records.values() for s in r["timings"]} - {"wall"})
+    stages = sorted({s for r in files.records.values() for s in r.timings} - {"wall"})
     blocks = []
     for kind in ("busy", "idle"):
-        series = {s: [files.records[t]["timings"].get(s, {}).get(kind, 0.0) for t in tasks]
+        series = {s: [files.records[t].timings.get(s, {}).get(kind, 0.0) for t in tasks]
                   for s in stages}
         blocks.append(chart(svg.bar_chart(
             f"stage {kind} seconds per task · {files.run.run_id}",
@@ -81,7 +81,7 @@ def _skipped(runs: list[RunFiles]) -> Block:
     reasons: dict[str, dict[str, int]] = {}
     for files in runs:
         for record in files.records.values():
-            for reason, count in record.get("skipped", {}).items():
+            for reason, count in record.details.get("skipped", {}).items():
                 by_run = reasons.setdefault(reason, defaultdict(int))
                 by_run[files.run.run_id] += count
     return chart(svg.bar_chart(
@@ -92,14 +92,14 @@ def _skipped(runs: list[RunFiles]) -> Block:
 
 def _tokens(files: RunFiles) -> list[Block]:
     tasks = sorted(files.records)
-    tokens = [files.records[t].get("tokens") or 0 for t in tasks]
-    padding = [max((files.records[t].get("padded_tokens") or 0) - n, 0)
+    tokens = [files.records[t].details.get("tokens") or 0 for t in tasks]
+    padding = [max((files.records[t].details.get("padded_tokens") or 0) - n, 0)
                for t, n in zip(tasks, tokens, strict=True)]
     series = {"tokens": tokens, "padding": padding} if any(padding) else {"tokens": tokens}
     blocks = [chart(svg.bar_chart(f"tokens and padding per task · {files.run.run_id}",
                                   [f"task {t}" for t in tasks], series, "tokens",
                                   stacked=True), "no task has finished")]
-    cost = [files.records[t].get("cost_usd") for t in tasks]
+    cost = [files.records[t].details.get("cost_usd") for t in tasks]
     if any(c is not None for c in cost):
         blocks.append(svg.bar_chart(f"cost per task (USD) · {files.run.run_id}",
                                     [f"task {t}" for t in tasks],

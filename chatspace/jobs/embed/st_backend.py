@@ -77,7 +77,7 @@ class STParts:
 
     def __call__(self, parts: list[Part]) -> Iterator[PartOutput]:
         with self.timer.measure("model_load"):
-            plan_model = self.run.plan["model"]
+            plan_model = self.run.plan.details["model"]
             encoder = Encoder(ModelRef(plan_model["label"], plan_model["path"]),
                               self.spec.model)
         reader = RowReader(self.source)
@@ -86,9 +86,9 @@ class STParts:
 
         def load_all() -> None:
             for part in parts:
-                with self.timer.measure("load"):
+                with self.timer.measure("read_and_tokenize"):
                     work = self._load(part, reader, encoder)
-                with self.timer.measure("load", "idle"):
+                with self.timer.measure("read_and_tokenize", "idle"):
                     put(loaded, work, stop)
             put(loaded, DONE, stop)
 

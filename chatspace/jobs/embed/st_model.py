@@ -45,9 +45,8 @@ class Encoder:
         import torch
         from sentence_transformers import SentenceTransformer
 
-        # torch's default thread count follows the CPUs this process may use (a cluster's
-        # cgroup or affinity), whatever started it: no executor-specific override, since a
-        # different thread count changes the float sums and the shards' bytes
+        # the thread count is the run's, set by the machinery for every executor
+        # (`runs.task.task_threads`): a different count changes the float sums and the bytes
         self.torch = torch
         self.device = pick_device(cfg.device)
         try:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 BPE_URL = "https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
-ENCODINGS = ("cl100k_base", "o200k_base")
 
 
 def _cache_dir() -> Path:

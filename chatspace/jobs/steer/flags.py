@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from chatspace.jobs.steer.spec import BACKENDS, DTYPES, OPS, POOLS, ROWS, STYLES
+from chatspace.jobs.steer.sweep_spec import BACKENDS, DTYPES, OPS, POOLS, ROWS, STYLES
 from chatspace.runs.job import Flag
 
 

@@ -17,8 +17,9 @@ from chatspace.errors import BadInput
 from chatspace.jobs.steer.flags import STEER_FLAGS
 from chatspace.jobs.steer.prompts import load_personas, load_prompts
 from chatspace.jobs.steer.schema import METRICS, RESULTS_SCHEMA, WRITE_OPTIONS
-from chatspace.jobs.steer.spec import SteerSpec
+from chatspace.jobs.steer.sweep_spec import SweepSpec
 from chatspace.models import find_model, model_shape
+from chatspace.runs.formats import Completion, Plan
 from chatspace.runs.job import JobPlan, JobType, Metrics, Part, PartOutput, TaskCheck, summed
 from chatspace.runs.record import Run, stored_path
 from chatspace.runs.timing import StageTimer, add_timings
@@ -30,7 +31,7 @@ class SteerJob(JobType):
     captures, then write a manifest summarising metrics per point and per category."""
 
     kind = "steer"
-    spec_type = SteerSpec
+    spec_type = SweepSpec
     flags = STEER_FLAGS
     task_views = {"steer_results": "results"}
     metrics = Metrics("steer_results", ("point", "scale"), (
@@ -38,9 +39,9 @@ class SteerJob(JobType):
         "avg_top_k_mass_thinking", "avg_top_k_mass_output", "think_end_position",
         "output_tokens"))
 
-    def run_facts(self, plan: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
-        prompts = plan["spec"]["prompts"]
-        return {"model": plan["model"]["label"], "backend": plan["model"]["backend"],
+    def run_facts(self, plan: Plan, records: list[Completion]) -> dict[str, Any]:
+        prompts, model = plan.spec["prompts"], plan.details["model"]
+        return {"model": model["label"], "backend": model["backend"],
                 "dataset": prompts.get("file") or prompts.get("dataset"),
                 "tokens": summed(records, "generated_tokens")}
 
@@ -49,7 +50,7 @@ class SteerJob(JobType):
 
         return steer_blocks(runs)
 
-    def plan(self, spec: SteerSpec, root: Path, run_id: str) -> JobPlan:
+    def plan(self, spec: SweepSpec, root: Path, run_id: str) -> JobPlan:
         from chatspace.jobs.steer.points import expand_points, point_file  # torch
 
         ref = find_model(spec.model.name, root)
@@ -94,7 +95,7 @@ class SteerJob(JobType):
     def task_stats(self, run: Run, task: int, parts: list[dict[str, Any]]) -> dict[str, Any]:
         return {"generated_tokens": sum(p["generated_tokens"] for p in parts)}
 
-    def check_task(self, run: Run, task: int, record: dict[str, Any]) -> TaskCheck:
+    def check_task(self, run: Run, task: int, record: Completion) -> TaskCheck:
         path = run.output_paths(task)["results"]
         table = pq.read_table(path)
         problems = []
@@ -109,31 +110,31 @@ class SteerJob(JobType):
             problems.append(f"results {path} holds rows of another run")
         if "capture_index" in run.output_paths(task):
             index = pq.read_table(run.output_paths(task)["capture_index"])
-            listed = {Path(e["path"]).name for e in record["outputs"]
-                      if e["name"] == "captures"}
+            listed = {Path(e.path).name for e in record.outputs if e.name == "captures"}
             missing = set(index.column("file").to_pylist()) - listed
             if missing:
                 problems.append(f"capture index of task {task} names files its completion "
                                 f"record does not list: {sorted(missing)}")
         return TaskCheck(problems, table.column("id").combine_chunks())
 
-    def summarize(self, run: Run, records: list[dict[str, Any]]) -> dict[str, Any]:
-        tables = [pq.read_table(run.output_paths(r["task"])["results"]) for r in records]
+    def summarize(self, run: Run, records: list[Completion]) -> dict[str, Any]:
+        tables = [pq.read_table(run.output_paths(r.task)["results"]) for r in records]
         results = pa.concat_tables(tables) if tables else RESULTS_SCHEMA.empty_table()
         timings: dict[str, dict[str, float]] = {}
         for record in records:
-            add_timings(timings, record["timings"])
+            add_timings(timings, record.timings)
+        details = run.plan.details
         return {
-            "model": run.plan["model"]["label"], "backend": run.plan["model"]["backend"],
-            "sweep": run.plan["sweep"], "generations": results.num_rows,
-            "generated_tokens": sum(r["generated_tokens"] for r in records),
+            "model": details["model"]["label"], "backend": details["model"]["backend"],
+            "sweep": details["sweep"], "generations": results.num_rows,
+            "generated_tokens": sum(r.details["generated_tokens"] for r in records),
             "per_point": _grouped(results, "point"),
             "per_category": _grouped(results, "category"),
-            "results": [{k: r["outputs"][0][k] for k in ("path", "bytes", "sha256")}
-                        | {"task": r["task"], "rows": r["rows"]} for r in records],
-            "captures": sum(1 for r in records for e in r["outputs"]
-                            if e["name"] == "captures"),
-            "totals": {"bytes": sum(e["bytes"] for r in records for e in r["outputs"]),
+            "results": [{"path": r.outputs[0].path, "bytes": r.outputs[0].bytes,
+                         "sha256": r.outputs[0].sha256, "task": r.task, "rows": r.rows}
+                        for r in records],
+            "captures": sum(1 for r in records for e in r.outputs if e.name == "captures"),
+            "totals": {"bytes": sum(e.bytes for r in records for e in r.outputs),
                        "stage_timings": timings},
         }
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from chatspace.data.config import SamplingConfig
 from chatspace.errors import BadInput
-from chatspace.jobs.steer.spec import PersonasConfig, PromptsConfig
+from chatspace.jobs.steer.sweep_spec import PersonasConfig, PromptsConfig
 
 Prompt = str | list[dict[str, str]]
 

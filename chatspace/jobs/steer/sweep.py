@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -24,6 +25,20 @@ from chatspace.runs.record import Run, read_json
 from chatspace.runs.timing import StageTimer
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    """One row of a part, decoded: its steering point, prompt, persona and repetition, the
+    system prompt it gets and the rendered prompt's token ids."""
+
+    row: int
+    point: int
+    prompt: int
+    persona: dict[str, Any] | None
+    rep: int
+    system: str | None
+    token_ids: list[int]
 
 
 def row_seed(seed: int, row: int) -> int:
@@ -60,8 +75,8 @@ class SweepParts:
             engine = {k: v for k, v in engine.items() if v is not None}
         else:
             engine = {"device": model.device, "batch_size": model.batch_size}
-        with timer.measure("load"):
-            path = run.path(run.plan["model"]["path"])
+        with timer.measure("model_load"):
+            path = run.path(run.plan.details["model"]["path"])
             self.model = SteerModel(str(path), backend=model.backend, dtype=model.dtype,
                                     **engine)
         self.think_end = self.model.tokenizer.convert_tokens_to_ids(THINK_END)
@@ -86,17 +101,17 @@ class SweepParts:
             who = self.personas[persona] if self.personas else None
             system = system_prompt(who, spec.personas.system_prompt_style)
             name = who["persona"] if who and spec.personas.renames_role else None
-            rows.append((row, point, prompt, who, rep, system,
-                         self.model.render(messages(self.prompts[prompt], system),
-                                           gen.thinking, name)))
+            rows.append(SweepRow(row, point, prompt, who, rep, system,
+                                 self.model.render(messages(self.prompts[prompt], system),
+                                                   gen.thinking, name)))
         samplings = [Sampling(max_tokens=gen.max_tokens, temperature=gen.temperature,
-                              top_p=gen.top_p, seed=row_seed(gen.seed, r[0]),
+                              top_p=gen.top_p, seed=row_seed(gen.seed, r.row),
                               top_k_mass_k=spec.metrics.top_k_mass_k) for r in rows]
         capture = spec.capture
         with self.timer.measure("generate"):
             outs = self.model.generate_sync(
-                [r[6] for r in rows], samplings,
-                steering_spec=[self.steering[r[1]] for r in rows],
+                [r.token_ids for r in rows], samplings,
+                steering_spec=[self.steering[r.point] for r in rows],
                 capture_layers=capture.layers or None,
                 capture=CaptureOptions(capture.rows, capture.pool, capture.dtype))
         with self.timer.measure("results"):
@@ -110,24 +125,23 @@ class SweepParts:
                  tokens, len(rows))
         return PartOutput(part, tables, {"generated_tokens": tokens}, files)
 
-    def _results(self, rows, outs, samplings) -> pa.Table:
+    def _results(self, rows: list[SweepRow], outs, samplings) -> pa.Table:
         plan, records = self.run.plan, []
-        for (row, point, prompt, who, rep, system, ids), out, sampling in zip(
-                rows, outs, samplings, strict=True):
-            meta = self.points[point]
+        for r, out, sampling in zip(rows, outs, samplings, strict=True):
+            meta, who = self.points[r.point], r.persona
             records.append({
-                "id": f"{self.run.run_id}:{row}", "row": row, "point": meta["name"],
+                "id": f"{self.run.run_id}:{r.row}", "row": r.row, "point": meta["name"],
                 "op": meta["op"], "layers": [meta["layer"]] if meta["layer"] is not None else [],
                 "scale": meta["scale"], "persona": who["persona"] if who else None,
-                "category": who.get("category") if who else None, "prompt_index": prompt,
-                "rep": rep, "prompt": self._prompt_text(prompt), "system_prompt": system,
+                "category": who.get("category") if who else None, "prompt_index": r.prompt,
+                "rep": r.rep, "prompt": self._prompt_text(r.prompt), "system_prompt": r.system,
                 "output_text": out.text, "output_token_ids": out.token_ids,
-                "prompt_tokens": len(ids),
+                "prompt_tokens": len(r.token_ids),
                 "output_tokens": len(out.token_ids), "finish_reason": out.finish_reason,
                 **generation_metrics(out.token_ids, out.entropy, out.top_k_mass,
                                      self.think_end, self.spec.generation.thinking is not False),
                 "seed": sampling.seed, "run_id": self.run.run_id,
-                "created_at": plan["created_at"]})
+                "created_at": plan.created_at})
         return pa.Table.from_pylist(records, schema=RESULTS_SCHEMA)
 
     def _prompt_text(self, number: int) -> str:

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from chatspace.jobs.vectors.flags import VECTORS_FLAGS
 from chatspace.jobs.vectors.spec import VectorsSpec
+from chatspace.runs.formats import Completion, Plan
 from chatspace.runs.job import JobPlan, JobType, Part, PartOutput, TaskCheck
 from chatspace.runs.record import Run
 from chatspace.runs.timing import StageTimer, add_timings
@@ -32,8 +33,8 @@ class VectorsJob(JobType):
     flags = VECTORS_FLAGS
     reduce_views = {"vectors": "vectors.parquet", "projections": "projections.parquet"}
 
-    def run_facts(self, plan: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"model": plan["model"]["label"]}
+    def run_facts(self, plan: Plan, records: list[Completion]) -> dict[str, Any]:
+        return {"model": plan.details["model"]["label"]}
 
     def report_blocks(self, runs: list[Any]) -> list[str]:
         from chatspace.jobs.vectors.report import vectors_blocks
@@ -61,13 +62,13 @@ class VectorsJob(JobType):
         for part in parts:
             with timer.measure("read_and_sum"):
                 stats = accumulate(run.root, rows.slice(part.start, part.stop - part.start),
-                                   run.plan["layers"])
+                                   run.plan.details["layers"])
             yield PartOutput(part, {"stats": stats}, {"generations": part.stop - part.start})
 
     def task_stats(self, run: Run, task: int, parts: list[dict[str, Any]]) -> dict[str, Any]:
         return {"generations": sum(p["generations"] for p in parts)}
 
-    def check_task(self, run: Run, task: int, record: dict[str, Any]) -> TaskCheck:
+    def check_task(self, run: Run, task: int, record: Completion) -> TaskCheck:
         import pyarrow as pa
         import pyarrow.compute as pc
 
@@ -75,7 +76,7 @@ class VectorsJob(JobType):
         table = pq.read_table(path)
         start, stop = run.task_bounds(task)
         problems = []
-        for layer in run.plan["layers"]:
+        for layer in run.plan.details["layers"]:
             mask = pc.equal(table.column("layer"), layer)
             counted = pc.sum(table.filter(mask).column("count")).as_py() or 0
             if counted != stop - start:
@@ -85,13 +86,13 @@ class VectorsJob(JobType):
         keys = pa.array([f"{task}:{i}" for i in range(table.num_rows)], pa.string())
         return TaskCheck(problems, keys)
 
-    def summarize(self, run: Run, records: list[dict[str, Any]]) -> dict[str, Any]:
+    def summarize(self, run: Run, records: list[Completion]) -> dict[str, Any]:
         from chatspace.jobs.vectors.compute import compute, write_projections, write_vectors
         from chatspace.jobs.vectors.sources import ROWS_FILE
         from chatspace.jobs.vectors.stats import merge
 
-        plan = run.plan
-        sums, counts = merge([pq.read_table(run.output_paths(r["task"])["stats"])
+        plan = run.plan.details
+        sums, counts = merge([pq.read_table(run.output_paths(r.task)["stats"])
                               for r in records])
         vectors = compute(sums, counts, plan["layers"], run.spec.groups)
         written = write_vectors(vectors, run.output_dir)
@@ -101,11 +102,11 @@ class VectorsJob(JobType):
                                          run.output_dir))
         timings: dict[str, dict[str, float]] = {}
         for record in records:
-            add_timings(timings, record["timings"])
+            add_timings(timings, record.timings)
         return {
             "model": plan["model"]["label"], "sources": [s["run_id"] for s in plan["sources"]],
             "group_by": run.spec.groups.by, "groups": plan["groups"], "layers": plan["layers"],
-            "generations": sum(r["generations"] for r in records),
+            "generations": sum(r.details["generations"] for r in records),
             "vectors": [{"key": v.key, "kind": v.kind, "layer": v.layer,
                          "explained_variance": v.explained_variance} for v in vectors],
             "totals": {"stage_timings": timings},

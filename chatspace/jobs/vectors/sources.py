@@ -33,7 +33,7 @@ class Inputs:
 
 def _open(ref: str, root: Path) -> Run:
     run = Run.open(ref, root, {"steer": SteerJob()})
-    if "capture_index" not in run.plan["outputs"]:
+    if "capture_index" not in run.plan.outputs:
         raise BadInput(f"source.runs: steer run {run.run_id} has no captures (its sweep "
                        "captured no layers: [capture] layers)")
     undone = [t for t in range(run.num_tasks) if run.completion(t, check_hash=False) is None]
@@ -70,7 +70,8 @@ def read_inputs(spec: VectorsSpec, root: Path) -> Inputs:
         raise BadInput(f"groups.by (--group-by) {by!r} is not a results column (columns: "
                        f"{', '.join(n for n in RESULTS_SCHEMA.names if n != 'output_token_ids')})")
     runs = [_open(ref, root) for ref in spec.source.runs]
-    shapes = {(r.plan["model"]["label"], r.plan["model"]["hidden_size"]) for r in runs}
+    shapes = {(r.plan.details["model"]["label"], r.plan.details["model"]["hidden_size"])
+              for r in runs}
     if len(shapes) > 1:
         raise BadInput("source.runs: the runs are of different models or hidden sizes ("
                        + "; ".join(f"{m} hidden {h}" for m, h in sorted(shapes)) + ")")
@@ -103,7 +104,7 @@ def read_inputs(spec: VectorsSpec, root: Path) -> Inputs:
         "file": [stored_path(r["folder"] / r["keys"][chosen[0]][0], root) for r in records],
         "keys": [[r["keys"][layer][1] for layer in chosen] for r in records],
     })
-    model = runs[0].plan["model"]
+    model = runs[0].plan.details["model"]
     return Inputs(rows, list(chosen), groups,
                   {"label": model["label"], "hidden_size": model["hidden_size"]},
                   [{"run_id": r.run_id, "run_dir": stored_path(r.dir, root),

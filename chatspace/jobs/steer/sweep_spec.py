@@ -194,7 +194,7 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class SteerSpec(JobSpec):
+class SweepSpec(JobSpec):
     model: SteerModelConfig = SteerModelConfig()
     prompts: PromptsConfig = PromptsConfig()
     personas: PersonasConfig = PersonasConfig()

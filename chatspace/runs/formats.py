@@ -1,0 +1,372 @@
+"""The records the run machinery writes under a root, as types: one frozen dataclass per file
+with one parse/serialise pair, read once at the edge (`Run`, `attempts`, `catalog`) and used
+typed inside. Each record names its ``format`` and ``version``. A record without them was
+written by a release before versions (version 1) and reads the same way; a record of a newer
+version than this chatspace knows is `NewerRecord`, naming both versions.
+
+A job type's own fields (its plan details, its completion stats, its manifest summary) sit
+flat in the same JSON object beside the machinery's, as they always have; the types keep them
+as `details`, a dict the job type reads. `docs/formats.md` is generated from these types
+(`formats_markdown`), and a test keeps it so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self
+
+from chatspace.errors import RunFailed
+
+
+class NewerRecord(RunFailed):
+    """A record written by a newer chatspace, in a version this one cannot read."""
+
+
+def doc(text: str, default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
+    """A field with its documentation (docs/formats.md lists it)."""
+    if default is not dataclasses.MISSING:
+        kwargs["default"] = default
+    return field(metadata={"doc": text}, **kwargs)
+
+
+@dataclass(frozen=True)
+class Item:
+    """A typed object inside a record (a file entry, a task's slice)."""
+
+    OMIT_NONE: ClassVar[bool] = False  # leave out optional fields that are None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> Self:
+        return cls(**_typed(cls, {k: v for k, v in data.items() if k in _names(cls)}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if not (self.OMIT_NONE and getattr(self, f.name) is None
+                        and f.default is not dataclasses.MISSING)}
+
+
+@dataclass(frozen=True)
+class Record(Item):
+    """A record file: its machinery fields typed, the job type's fields in `details`."""
+
+    FORMAT: ClassVar[str]
+    VERSION: ClassVar[int]
+    PATH: ClassVar[str]  # where it is written, for the docs
+    WRITER: ClassVar[str]  # who writes it and when it is complete, for the docs
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], where: object = "record") -> Self:
+        given_format = data.get("format", cls.FORMAT)
+        if given_format != cls.FORMAT:
+            raise RunFailed(f"{where} is a {given_format!r} record, not {cls.FORMAT!r}")
+        version = data.get("version", 1)
+        if not isinstance(version, int) or version > cls.VERSION:
+            raise NewerRecord(f"{where} is {cls.FORMAT} version {version}; this chatspace "
+                              f"reads up to version {cls.VERSION}: upgrade chatspace to read it")
+        names = _names(cls) - {"details"}
+        details = {k: v for k, v in data.items() if k not in names | {"format", "version"}}
+        known = {k: v for k, v in data.items() if k in names}
+        return cls(**_typed(cls, known), details=details)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in super().to_dict().items() if k != "details"}
+        return {"format": self.FORMAT, "version": self.VERSION, **self.details, **out}
+
+
+def _names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _typed(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Nested typed objects (lists of `Item`s, an `Item`) built from their dicts."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for name, value in values.items():
+        hint = _unwrap(hints[name])
+        args = typing.get_args(hint)
+        if value is not None and typing.get_origin(hint) is tuple:  # JSON lists as tuples
+            value = tuple(args[0].parse(v) if _is_item(args[0]) else v for v in value)
+        elif value is not None and _is_item(hint):
+            value = hint.parse(value)
+        out[name] = value
+    return out
+
+
+def _unwrap(hint: Any) -> Any:
+    """``X | None`` -> X."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) and \
+        len(args) == 1 else hint
+
+
+def _is_item(hint: Any) -> bool:
+    return isinstance(hint, type) and issubclass(hint, Item)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Item):
+        return value.to_dict()
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+# -- the records ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileEntry(Item):
+    OMIT_NONE = True  # an output has rows, a part file its part
+
+    path: str = doc("the file, relative to the root (absolute in version 1 records)")
+    bytes: int = doc("its size")
+    sha256: str = doc("its checksum")
+    name: str | None = doc("the output it is (the job type's output name)", None)
+    rows: int | None = doc("Parquet rows in it (Parquet outputs)", None)
+    part: int | None = doc("the part it came from (files kept per part)", None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ManifestFile(FileEntry):
+    task: int | None = doc("the task that wrote it (null: the reduce)")
+
+
+@dataclass(frozen=True)
+class TaskSlice(Item):
+    task: int = doc("task number")
+    start: int = doc("first row of the plan's rows")
+    stop: int = doc("one past the last row")
+
+
+@dataclass(frozen=True)
+class Plan(Record):
+    """What a run is: written once by `plan` (also by `submit`), last of the run's planning
+    files, so its presence means the run is planned."""
+
+    FORMAT = "chatspace-plan"
+    VERSION = 2
+    PATH = "runs/{run_id}/plan.json"
+    WRITER = "`chatspace plan` / `submit`; complete when it exists (written last, atomically)"
+
+    run_id: str = doc("the run's id (also its directory name)")
+    kind: str = doc("the job type that runs it (embed, steer, vectors, …)")
+    created_at: str = doc("when it was planned (ISO 8601, UTC)")
+    spec: dict[str, Any] = doc("the resolved job spec, every table with its defaults")
+    spec_hash: str = doc("sha256 of the spec's work part (without [slurm])")
+    tasks: tuple[TaskSlice, ...] = doc("each task's contiguous slice of the rows")
+    output_dir: str = doc("where the tasks' outputs go, relative to the root")
+    outputs: dict[str, str] = doc("output name -> file pattern with {task:05d}")
+    manifest_path: str = doc("where the reduce writes the manifest, relative to the root")
+    tool: dict[str, Any] = doc("chatspace version and git_sha that planned it")
+    primary_output: str | None = doc("the output whose rows completion records count", None)
+    part_files: dict[str, str] = doc("output name -> pattern with {task} and {part} of files "
+                                     "kept per part", default_factory=dict)
+    details: dict[str, Any] = doc("the job type's details (model, sources, sampling, …), "
+                                  "flat beside the fields above", default_factory=dict)
+
+    @property
+    def primary(self) -> str:
+        return self.primary_output or next(iter(self.outputs))
+
+    @property
+    def rows(self) -> int:
+        return self.tasks[-1].stop
+
+
+@dataclass(frozen=True)
+class PartTime(Item):
+    part: int = doc("part number within the run's rows")
+    rows_in: int = doc("rows of the plan the part covered")
+    committed_at: str | None = doc("when its sidecar was written", None)
+
+
+@dataclass(frozen=True)
+class Completion(Record):
+    """A finished task: written last by the task, after every output is in place."""
+
+    FORMAT = "chatspace-completion"
+    VERSION = 2
+    PATH = "runs/{run_id}/tasks/task-{task:05d}.json"
+    WRITER = ("the task (`chatspace run task`), after its outputs are assembled; the task is "
+              "done when it parses and every file it lists has its recorded size")
+
+    task: int = doc("task number")
+    rows: int = doc("rows in the primary output")
+    rows_in: int = doc("rows of the plan the task covered")
+    outputs: tuple[FileEntry, ...] = doc("every output file with bytes and sha256")
+    timings: dict[str, dict[str, float]] = doc("stage -> {busy, idle} seconds; wall -> "
+                                               "{seconds}")
+    parts: tuple[PartTime, ...] = doc("its parts and when each was committed", ())
+    threads: int | None = doc("the CPU threads it computed with (`slurm.cpus_per_task`)", None)
+    details: dict[str, Any] = doc("the job type's task stats (tokens, skipped rows, …), flat",
+                                  default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PartSidecar(Record):
+    """A committed part of a task: written after the part's files; removed when the task
+    completes."""
+
+    FORMAT = "chatspace-part"
+    VERSION = 2
+    PATH = "runs/{run_id}/parts/task-{task:05d}/part-{part:05d}.json"
+    WRITER = "the task's writer thread, after the part's Parquet files"
+
+    part: int = doc("part number")
+    rows_in: int = doc("rows of the plan it covered")
+    rows: dict[str, int] = doc("output name -> rows written")
+    stats: dict[str, Any] = doc("the job type's stats of the part")
+    files: tuple[str, ...] = doc("names of the part files kept as they are", ())
+    committed_at: str | None = doc("when it was committed", None)
+    details: dict[str, Any] = doc("unused", default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LogFile(Item):
+    path: str = doc("a log file the attempt's stdout or stderr went to")
+    offset: int = doc("its size when the attempt started (where the attempt's output begins)")
+
+
+@dataclass(frozen=True)
+class Attempt(Record):
+    """One run of a task (or of the reduce), wherever it ran."""
+
+    FORMAT = "chatspace-attempt"
+    VERSION = 2
+    PATH = "runs/{run_id}/attempts/{task-NNNNN|reduce}/{start}-{host}-{pid}.json"
+    WRITER = "the attempt itself, when it starts and again when it ends (a killed one has no end)"
+
+    task: int | None = doc("task number; null for the reduce")
+    host: str = doc("where it ran")
+    pid: int = doc("its process id")
+    started_at: str = doc("when it started")
+    slurm: dict[str, Any] | None = doc("its SLURM job and array ids, when under SLURM", None)
+    logs: tuple[LogFile, ...] = doc("where its output went", ())
+    cuda_visible_devices: str | None = doc("the GPUs it saw", None)
+    ended_at: str | None = doc("when it ended", None)
+    outcome: str | None = doc("done | failed", None)
+    error: str | None = doc("the first line of its error, when it failed", None)
+    details: dict[str, Any] = doc("unused", default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Submission(Item):
+    executor: str = doc("local | debug | slurm")
+    submitted_at: str = doc("when")
+    tasks: tuple[int, ...] | None = doc("local/debug: the tasks it ran", None)
+    tasks_at_once: int | None = doc("how many of its tasks run at the same time (they share "
+                                    "rate limits)", None)
+    arrays: tuple[dict[str, Any], ...] = doc("slurm: each job array (job_id, tasks)", ())
+    reduce_job_id: str | None = doc("slurm: the afterok reduce job", None)
+    sbatch_scripts: tuple[str, ...] | None = doc("slurm: submitit's scripts", None)
+    sbatch_parameters: dict[str, Any] | None = doc("slurm: the tasks' sbatch parameters", None)
+    reduce_sbatch_parameters: dict[str, Any] | None = doc("slurm: the reduce's", None)
+    python: str | None = doc("slurm: the interpreter the jobs run", None)
+    slurm_config: dict[str, Any] | None = doc("slurm: the [slurm] table used", None)
+    error: str | None = doc("slurm: why a later sbatch failed, if one did", None)
+
+
+@dataclass(frozen=True)
+class Submissions(Record):
+    """Every submission of a run, oldest first."""
+
+    FORMAT = "chatspace-submissions"
+    VERSION = 2
+    PATH = "runs/{run_id}/submissions.json"
+    WRITER = ("`submit` / `resume`, before and after each sbatch (version 1: a bare list of "
+              "submissions)")
+
+    submissions: tuple[Submission, ...] = doc("each submission", ())
+    details: dict[str, Any] = doc("unused", default_factory=dict)
+
+    @classmethod
+    def parse(cls, data: Any, where: object = "record") -> Self:
+        if isinstance(data, list):  # version 1
+            data = {"submissions": data}
+        return super().parse(data, where)
+
+
+@dataclass(frozen=True)
+class Manifest(Record):
+    """A reduced run: every file checksummed, and the job type's summary."""
+
+    FORMAT = "chatspace-manifest"
+    VERSION = 2
+    PATH = "{the plan's manifest_path}"
+    WRITER = "the reduce, after every task's outputs passed their checks"
+
+    run_id: str = doc("the run")
+    kind: str = doc("its job type")
+    files: tuple[ManifestFile, ...] = doc("every file of the run: the tasks' (task: N) and the "
+                                       "reduce's own (task: null)")
+    created_at: str = doc("when the run was planned")
+    tool: dict[str, Any] = doc("chatspace version and git_sha that planned it")
+    run_config: dict[str, Any] = doc("the spec, secrets redacted")
+    totals: dict[str, Any] = doc("sums over tasks, stage timings, reduce_seconds",
+                                 default_factory=dict)
+    details: dict[str, Any] = doc("the job type's summary (rows_total, per-point metrics, "
+                                  "…), flat", default_factory=dict)
+
+
+RECORDS: tuple[type[Record], ...] = (Plan, Completion, PartSidecar, Attempt, Submissions,
+                                     Manifest)
+
+
+def formats_markdown() -> str:
+    """docs/formats.md: every record file, who writes it, when it is complete, its fields."""
+    lines = ["# Record formats", "",
+             "Generated from `chatspace/runs/formats.py` (`python -m chatspace.runs.formats "
+             "> docs/formats.md`); a test keeps the two equal.", "",
+             "Every record is JSON, written atomically (a dot-named temp file, fsync, rename). "
+             "Each carries `format` and `version`; a record without them is version 1 (written "
+             "before versions) and reads the same. A job type's own fields sit flat beside "
+             "the machinery's (`details` below). Paths are relative to the root.", ""]
+    for cls in RECORDS:
+        lines += [f"## `{cls.PATH}` — {cls.FORMAT}, version {cls.VERSION}", "",
+                  " ".join((cls.__doc__ or "").split()), "", f"Written by: {cls.WRITER}.", ""]
+        lines += _field_table(cls)
+    lines += ["## Objects inside records", ""]
+    for item in (FileEntry, ManifestFile, TaskSlice, PartTime, LogFile, Submission):
+        lines += [f"### {item.__name__}", ""] + _field_table(item)
+    lines += ["## Other files of a run", "", "| file | what | written |", "|---|---|---|"]
+    lines += [f"| `{path}` | {what} | {when} |" for path, what, when in OTHER_FILES]
+    return "\n".join(lines) + "\n"
+
+
+OTHER_FILES = (
+    ("runs/{run_id}/spec.json", "the resolved spec (as in plan.json)", "before plan.json"),
+    ("runs/{run_id}/{name}.npy, other files", "what the job type's plan saved (the embed "
+     "sample, the steer inputs)", "before plan.json"),
+    ("runs/{run_id}/parts/task-NNNNN/part-NNNNN.{output}.parquet", "a committed part's rows",
+     "before its sidecar; joined into the task's output, then removed"),
+    ("runs/{run_id}/leases/task-NNNNN.lock", "a POSIX lock held by the process running the "
+     "task (never stale: the kernel releases it)", "when the task starts"),
+    ("runs/{run_id}/logs/", "executor logs (submitit's, `local-NNNNN.log`)", "as tasks run"),
+    ("{output_dir}/…", "the job type's outputs (README, Outputs): listed with bytes and "
+     "sha256 in completion records and the manifest", "by tasks and the reduce"),
+)
+
+
+def _field_table(cls: type) -> list[str]:
+    hints = typing.get_type_hints(cls)
+    rows = ["| field | type | meaning |", "|---|---|---|"]
+    for f in dataclasses.fields(cls):
+        rows.append(f"| `{f.name}` | `{_type_name(hints[f.name])}` | "
+                    f"{f.metadata.get('doc', '')} |")
+    return [*rows, ""]
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, type) and not typing.get_args(hint):
+        return hint.__name__
+    return re.sub(r"(?:[A-Za-z_]\w*\.)+(?=[A-Za-z_])", "", str(hint))
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(formats_markdown())
