@@ -13,6 +13,7 @@ as `details`, a dict the job type reads. `docs/formats.md` is generated from the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import types
 import typing
@@ -77,16 +78,23 @@ class Record(Item):
         return {"format": self.FORMAT, "version": self.VERSION, **self.details, **out}
 
 
-def _names(cls: type) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls)}
+@functools.cache
+def _names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls))
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """Each field's type, ``X | None`` unwrapped to X (read once per type)."""
+    return {name: _unwrap(hint) for name, hint in typing.get_type_hints(cls).items()}
 
 
 def _typed(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     """Nested typed objects (lists of `Item`s, an `Item`) built from their dicts."""
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     out = {}
     for name, value in values.items():
-        hint = _unwrap(hints[name])
+        hint = hints[name]
         args = typing.get_args(hint)
         if value is not None and typing.get_origin(hint) is tuple:  # JSON lists as tuples
             value = tuple(args[0].parse(v) if _is_item(args[0]) else v for v in value)
