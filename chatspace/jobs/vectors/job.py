@@ -59,10 +59,13 @@ class VectorsJob(JobType):
         from chatspace.jobs.vectors.stats import accumulate
 
         rows = pq.read_table(run.dir / ROWS_FILE)
-        for part in parts:
+        files = rows.column("file")
+        for number, part in enumerate(parts):
+            following = parts[number + 1].start if number + 1 < len(parts) else None
             with timer.measure("read_and_sum"):
                 stats = accumulate(run.root, rows.slice(part.start, part.stop - part.start),
-                                   run.plan.details["layers"])
+                                   run.plan.details["layers"],
+                                   files[following].as_py() if following is not None else None)
             yield PartOutput(part, {"stats": stats}, {"generations": part.stop - part.start})
 
     def task_stats(self, run: Run, task: int, parts: list[dict[str, Any]]) -> dict[str, Any]:
