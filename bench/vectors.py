@@ -11,7 +11,8 @@ generation, about 1 GB in float32 for 256 generations, then the same in bfloat16
 - the vectors task (one task over every generation, in a subprocess): GB/s of captures read and
   reduced; the ratio to the plain read (target >= 0.8x: the statistics are not the
   bottleneck). The two alternate `--repeats` times (this machine's disk speed drifts by
-  up to 2x between runs), and the medians are compared;
+  up to 2x between runs), and the medians are compared; then the same with the page cache
+  warm (where the read costs only the copy out of the cache);
 - the task's peak RSS over the captures once and four times (the same run listed 4 times):
   target <= 1.2x (memory bounded by groups x layers x hidden, not by the generations).
 """
@@ -64,17 +65,18 @@ def drop_caches() -> bool:
     return True
 
 
-def plain_read(files: list[Path]) -> float:
+def plain_read(files: list[Path], cold: bool = True) -> float:
     from safetensors.torch import load_file
 
-    drop_caches()
+    if cold:
+        drop_caches()
     start = time.perf_counter()
     for path in files:
         load_file(path)
     return time.perf_counter() - start
 
 
-def vectors_task(root: Path, sources: list[str]) -> tuple[float, float]:
+def vectors_task(root: Path, sources: list[str], cold: bool = True) -> tuple[float, float]:
     """Seconds spent reading and summing captures (the task's own timing, without the
     process start) and peak RSS (MB) of one vectors task over `sources`, in a subprocess."""
     args = [f"--from={s}" for s in sources]
@@ -84,7 +86,8 @@ def vectors_task(root: Path, sources: list[str]) -> tuple[float, float]:
     if planned.returncode != 0:
         raise SystemExit(planned.stderr)
     run_dir = json.loads(planned.stdout)["run_dir"]
-    drop_caches()
+    if cold:
+        drop_caches()
     # /usr/bin/time measures the task alone (a child forked from this process would carry
     # this process's own peak RSS, the model's, past its exec)
     done = subprocess.run(["/usr/bin/time", "-f", "PEAK_KB %M", *CLI, "run", "task", run_dir,
@@ -124,19 +127,21 @@ def main() -> None:
     for dtype in ("float32", "bfloat16"):
         run, files = sweep(root, model, work / "prompts.json", dtype)
         size = sum(f.stat().st_size for f in files) / 1e9
-        reads, tasks, ratios = [], [], []
-        for _ in range(args.repeats):  # alternating: the disk's speed drifts between runs
-            reads.append(plain_read(files))
-            tasks.append(vectors_task(root, [run.run_id]))
-            ratios.append(reads[-1] / tasks[-1][0])
-        read, task = statistics.median(reads), statistics.median(t for t, _ in tasks)
-        rss = tasks[0][1]
-        _, rss4 = vectors_task(root, [run.run_id] * 4)
         print(f"{dtype}: {size:.2f} GB of captures in {len(files)} files")
-        print(f"  plain read {size / read:.2f} GB/s; vectors task {size / task:.2f} GB/s "
-              f"read and reduced (medians of {args.repeats}, alternating); ratio per pair: "
-              f"{', '.join(f'{r:.2f}' for r in ratios)}; median "
-              f"{statistics.median(ratios):.2f}x the read's speed (target >= 0.8x)")
+        for cold in (True, False):
+            reads, tasks, ratios = [], [], []
+            for _ in range(args.repeats):  # alternating: the disk's speed drifts
+                reads.append(plain_read(files, cold))
+                tasks.append(vectors_task(root, [run.run_id], cold))
+                ratios.append(reads[-1] / tasks[-1][0])
+            read, task = statistics.median(reads), statistics.median(t for t, _ in tasks)
+            print(f"  {'from the disk' if cold else 'page cache warm'}: plain read "
+                  f"{size / read:.2f} GB/s; vectors task {size / task:.2f} GB/s read and "
+                  f"reduced (medians of {args.repeats}, alternating); ratio per pair: "
+                  f"{', '.join(f'{r:.2f}' for r in ratios)}; median "
+                  f"{statistics.median(ratios):.2f}x the read's speed (target >= 0.8x)")
+        rss = vectors_task(root, [run.run_id])[1]
+        _, rss4 = vectors_task(root, [run.run_id] * 4)
         print(f"  peak RSS {rss:.0f} MB over the captures once, {rss4:.0f} MB over 4x: "
               f"{rss4 / rss:.2f}x (target <= 1.2x)")
 
