@@ -73,7 +73,7 @@ def file_vectors(path: Path) -> dict[str, np.ndarray]:
     """Every capture in a safetensors file as one float32 vector (its row, or the mean of its
     rows), by key, from one pass over a private mapping of the file: the captures of a file
     share a dtype and a width and lie back to back, so they are the row segments of one
-    matrix, summed by one `index_add_` (in float32, within 1e-7 relative for the rows of one
+    matrix, summed by `index_add_` (in float32, within 1e-7 relative for the rows of one
     generation; generations are summed in float64). Nothing is copied per tensor, as
     `safetensors.torch.load_file` does (tensor by tensor through `safe_open` is ~50x
     slower), and the sum runs without the GIL, beside the reader thread."""
