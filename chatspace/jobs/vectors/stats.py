@@ -90,8 +90,11 @@ def file_vectors(path: Path) -> dict[str, np.ndarray]:
         return {}
     dtype, width = DTYPES[entries[0][2]["dtype"]], entries[0][2]["shape"][-1]
     counts = [math.prod(info["shape"][:-1]) for _, _, info in entries]
+    if 0 in counts:
+        raise RunFailed(f"capture file {path}: {entries[counts.index(0)][1]} holds no rows, "
+                        "so it has no mean (e.g. response rows of a one-token generation)")
     if any(info["dtype"] != entries[0][2]["dtype"] or info["shape"][-1] != width
-           for _, _, info in entries) or 0 in counts or any(
+           for _, _, info in entries) or any(
             entries[i][0][0] != entries[i - 1][0][1] for i in range(1, len(entries))):
         raise RunFailed(f"capture file {path} is not laid out as steer runs write it (one "
                         "dtype and width, captures back to back)")
