@@ -3,7 +3,6 @@ type's own checks, write the checksummed manifest, and re-check a finished run a
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 from datetime import UTC, datetime
@@ -88,19 +87,15 @@ def _reduce(run: Run) -> Manifest:
     made: list[FileEntry] = details.pop("reduce_outputs", [])  # the reduce's own files
     totals = details.pop("totals", {})
     totals["reduce_seconds"] = round((datetime.now(UTC) - started).total_seconds(), 3)
-    files = [ManifestFile(**_fields(e), task=r.task) for r in records for e in r.outputs]
+    files = [ManifestFile(**e.to_dict(), task=r.task) for r in records for e in r.outputs]
     manifest = Manifest(
         run_id=run.run_id, kind=run.job.kind,
-        files=(*files, *(ManifestFile(**_fields(e), task=None) for e in made)),
+        files=(*files, *(ManifestFile(**e.to_dict(), task=None) for e in made)),
         created_at=run.plan.created_at, tool=run.plan.tool,
         run_config=redact(run.plan.spec), totals=totals, details=details)
     write_record(run.manifest_path, manifest)
     log.info("manifest written: %s", run.manifest_path)
     return manifest
-
-
-def _fields(entry: FileEntry) -> dict[str, Any]:
-    return {f.name: getattr(entry, f.name) for f in dataclasses.fields(FileEntry)}
 
 
 def verify_run(run: Run) -> list[str]:

@@ -85,6 +85,11 @@ def _duration(text: str | None) -> float | None:
     return sum(float(v) * units[u] for v, u in parts) if parts else None
 
 
+def api_message(exc: Exception) -> str:
+    """The first line of what the API said in an error reply (at most 200 characters)."""
+    return getattr(exc, "message", str(exc)).splitlines()[0][:200]
+
+
 def retry_after(headers: Any) -> float | None:
     """The server's requested wait, from retry-after-ms or retry-after (seconds)."""
     if headers is None:
@@ -161,7 +166,7 @@ class Sender:
 
         if isinstance(exc, openai.APIStatusError):
             status, code = exc.status_code, getattr(exc, "code", None)
-            message = getattr(exc, "message", str(exc)).splitlines()[0][:200]
+            message = api_message(exc)
             if status == 429 and code == "insufficient_quota":
                 raise RunFailed(f"OpenAI: insufficient quota (429 insufficient_quota): "
                                 f"{message}; committed parts are kept") from None

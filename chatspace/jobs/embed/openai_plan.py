@@ -142,7 +142,9 @@ def check_access(model: dict[str, Any], key: str) -> None:
     try:
         client.models.retrieve(model["label"])
     except openai.APIStatusError as exc:
-        message = getattr(exc, "message", str(exc)).splitlines()[0][:200]
+        from chatspace.jobs.embed.openai_client import api_message
+
+        message = api_message(exc)
         if exc.status_code in (401, 403):
             raise BadInput(f"OpenAI rejected the API key ({exc.status_code}): "
                            f"{message}") from None
