@@ -5,6 +5,7 @@ loads)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -21,7 +22,9 @@ from chatspace.runs.record import Run, read_json
 from chatspace.steering.spec import AddSpec, LayerSteeringSpec, SteeringSpec
 from tests.conftest import REPO, chatspace, wait_until
 
-SOCKET = "chatspace-test"
+# one tmux server per test process: xdist workers each run chat tests, and one worker's
+# kill-server must not end the other's session
+SOCKET = f"chatspace-test-{os.getpid()}"
 
 
 @pytest.fixture(scope="module")
