@@ -89,11 +89,15 @@ class Terminal:
 
     def ask(self, message: str, label: str = "assistant") -> str:
         """Send a message; the reply's line once the next prompt shows."""
-        mark = len(self.screen())
+        mark = len(self.screen()) - len("you>")
         self.type(message)
-        screen = self.wait_for("\nyou>", after=mark + len(message))
-        reply = screen[mark:].split(f"{label}> ", 1)
-        assert len(reply) == 2, screen[mark:]
+        # the prompt this message was typed at: output from an earlier command may still be
+        # on its way when `mark` is taken, so the reply is looked for after the echo
+        asked = self.wait_for(f"you> {message}\n", after=mark)
+        start = asked.index(f"you> {message}\n", mark) + len(f"you> {message}")
+        screen = self.wait_for("\nyou>", after=start)
+        reply = screen[start:].split(f"{label}> ", 1)
+        assert len(reply) == 2, screen[start:]
         return reply[1].split("\nyou>", 1)[0].strip()
 
     def close(self) -> None:
