@@ -120,3 +120,11 @@ def test_the_names_users_need_come_from_one_place():
     assert {"SteerModel", "Sampling", "CaptureOptions", "SteeringSpec"} <= set(steering.__all__)
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         steering.Nope  # noqa: B018
+
+
+def test_the_op_names_are_the_operations():
+    """Specs and the CLI take the op names from `choices` (no torch): they name every op."""
+    from chatspace.steering.choices import OP_NAMES
+    from chatspace.steering.spec import OPS
+
+    assert tuple(OPS) == OP_NAMES and all(OPS[name].op == name for name in OPS)

@@ -6,7 +6,6 @@ change to `chatspace/runs` or `chatspace/results`."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +25,14 @@ from chatspace.runs.plan import plan_run
 from chatspace.runs.record import Run, write_parquet
 from chatspace.runs.reduce import verify_run
 from chatspace.runs.timing import StageTimer
-from chatspace.specs import JobSpec, SlurmConfig, resolve_spec
+from chatspace.specs import JobSpec, Section, SlurmConfig, option, resolve_spec
 
 
-@dataclass(frozen=True)
-class SquaresConfig:
-    count: int = 10
-    offset: int = 0
+class SquaresConfig(Section):
+    count: int = option(10, "How many integers.", ge=1)
+    offset: int = option(0, "The first integer.")
 
 
-@dataclass(frozen=True, kw_only=True)
 class SquaresSpec(JobSpec):
     squares: SquaresConfig = SquaresConfig()
 
@@ -45,7 +42,6 @@ class SquaresJob(JobType):
 
     kind = "squares"
     spec_type = SquaresSpec
-    flags = []
     task_views = {"squares": "values"}
     reduce_views = {"squares_total": "total.parquet"}
     metrics = Metrics("squares", ("parity",), ("square",))

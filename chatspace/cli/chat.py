@@ -9,8 +9,7 @@ import click
 
 from chatspace.cli.options import resolve_root, root_option
 from chatspace.errors import BadInput
-
-OPS = ("add", "cap", "ablate")
+from chatspace.steering.choices import BACKENDS, OP_NAMES
 
 
 @click.command()
@@ -58,10 +57,10 @@ def chat(model: str, backend: str, dtype: str, device: str | None, persona: str 
     """
     from chatspace.models import find_model, model_shape
 
-    if backend not in ("hf", "vllm"):
-        raise BadInput(f"--backend {backend!r} is not one of hf, vllm")
-    if op not in OPS:
-        raise BadInput(f"--op {op!r} is not one of {', '.join(OPS)}")
+    if backend not in BACKENDS:
+        raise BadInput(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if op not in OP_NAMES:
+        raise BadInput(f"--op {op!r} is not one of {', '.join(OP_NAMES)}")
     if steer_file and vector:
         raise BadInput("give --steer or --vector, not both")
     if max_tokens < 1 or not 0 <= temperature <= 10:

@@ -1,111 +1,166 @@
 """Command-line options: the flags that override job-spec keys, and the shared decorators.
 
-A flag is (flag, spec table, key, click options): a job type lists the flags of its own tables,
-this module those of the shared ``[run]`` and ``[slurm]`` tables; `spec_from_cli` turns the
-given flags into spec overrides, so every spec key has exactly one flag.
+A job spec's flags are generated from its fields (`spec_flags`): one per key of each table,
+named, typed, defaulted and explained by the field itself (`chatspace.specs.option`), so a
+default is written once. `spec_from_cli` turns the flags given into spec overrides.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import typing
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import BaseModel
 
 from chatspace.errors import BadInput
 from chatspace.jobs import open_run as open_job_run
-from chatspace.runs.job import Flag, JobType
+from chatspace.runs.job import JobType
 from chatspace.runs.record import Run, default_root
-from chatspace.specs import JobSpec, SlurmConfig, build_section, resolve_spec
+from chatspace.specs import (
+    JobSpec,
+    SlurmConfig,
+    base_type,
+    flag_spellings,
+    is_list,
+    resolve_spec,
+    sections,
+    validated,
+)
 
-RUN_FLAGS: list[Flag] = [
-    ("--array", "run", "array", {"type": int, "help": "Number of tasks (slices)."}),
-    ("--part-rows", "run", "part_rows", {"type": int, "help": "Rows per committed part: the "
-                                                              "unit a killed task resumes from."}),
-    ("--name", "run", "name", {"help": "A label for the run (default: the spec file's name); "
-                                       "steer runs write under it."}),
-]
-
-SLURM_FLAGS: list[Flag] = [
-    ("--partition", "slurm", "partition", {"help": "SLURM partition."}),
-    ("--account", "slurm", "account", {}),
-    ("--qos", "slurm", "qos", {}),
-    ("--time", "slurm", "time", {"help": "Per-task time limit, SLURM format (default 1:00:00)."}),
-    ("--mem", "slurm", "mem", {"help": "Memory per task, e.g. 16G."}),
-    ("--cpus-per-task", "slurm", "cpus_per_task", {"type": int}),
-    ("--gpus-per-task", "slurm", "gpus_per_task", {"type": int}),
-    ("--constraint", "slurm", "constraint", {}),
-    ("--exclude", "slurm", "exclude", {"help": "Nodes to avoid."}),
-    ("--array-parallelism", "slurm", "array_parallelism",
-     {"type": int, "help": "At most K array tasks at once (the %K throttle; default: no "
-                           "throttle, all tasks may run at once)."}),
-    ("--job-name", "slurm", "job_name", {}),
-    ("--sbatch-arg", "slurm", "sbatch_args",
-     {"multiple": True, "help": "Extra sbatch option as --key=value (repeatable)."}),
-    ("--container", "slurm", "container",
-     {"type": click.Path(dir_okay=False), "help": "Apptainer image (.sif) to run tasks in."}),
-    ("--reduce-partition", "slurm.reduce", "partition",
-     {"help": "The reduce job's partition (default: the cluster's default, not the tasks')."}),
-    ("--reduce-time", "slurm.reduce", "time", {"help": "The reduce job's time limit (0:30:00)."}),
-    ("--reduce-mem", "slurm.reduce", "mem", {"help": "The reduce job's memory (4G)."}),
-    ("--reduce-cpus", "slurm.reduce", "cpus", {"type": int, "help": "The reduce job's CPUs (1)."}),
-]
+SHARED = ("run", "slurm")  # the tables every spec has: their flags come after the job's own
 
 
-def _param_name(flag: str) -> str:
-    return flag.split("|")[0].split("/")[0].lstrip("-").replace("-", "_")
+class NumberList(click.ParamType):
+    """A comma-separated list of numbers: ``4,8,12`` or ``0.5,1,2``."""
+
+    def __init__(self, kind: type):
+        self.kind, self.name = kind, f"{kind.__name__}s"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        try:
+            return [self.kind(v) for v in str(value).split(",") if v.strip()]
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of {self.kind.__name__}s",
+                      param, ctx)
 
 
-def _add_options(fn: Callable, flags: list) -> Callable:
+@dataclass(frozen=True)
+class Flag:
+    """A CLI flag that overrides one spec key (`table` may be nested: ``slurm.reduce``)."""
+
+    spellings: str  # "--a|--b": both spellings; "--x/--no-x": a switch
+    table: str
+    key: str
+    options: dict[str, Any]
+
+    @property
+    def param(self) -> str:
+        return self.spellings.split("|")[0].split("/")[0].lstrip("-").replace("-", "_")
+
+
+def _click_options(hint: Any, default: Any, help_text: str) -> dict[str, Any]:
+    """click keywords for a field of type `hint`; the default goes into the help text (the
+    option itself defaults to None: a flag not given leaves the spec file's value)."""
+    kind = base_type(hint)
+    options: dict[str, Any] = {"default": None}
+    if typing.get_origin(kind) is typing.Literal:
+        options["type"] = click.Choice([str(c) for c in typing.get_args(kind)])
+    elif is_list(kind):
+        (item,) = typing.get_args(kind)
+        options.update({"multiple": True} if item is str else
+                       {"type": NumberList(int if item is int else float)})
+    elif kind in (int, float):
+        options["type"] = kind
+    shown = {True: "on", False: "off"}.get(default, default) if isinstance(default, bool) \
+        else default
+    if shown not in (None, "", []):
+        help_text = f"{help_text.rstrip('.')} (default: {shown}).".lstrip()
+    return {**options, "help": help_text or None}
+
+
+def _section_flags(section: type[BaseModel], table: str) -> list[Flag]:
+    flags = []
+    for name, info in section.model_fields.items():
+        hint = base_type(info.annotation)
+        if isinstance(hint, type) and issubclass(hint, BaseModel):
+            flags += _section_flags(hint, f"{table}.{name}")
+            continue
+        flags.append(Flag(flag_spellings(section, name), table, name,
+                          _click_options(info.annotation, info.default,
+                                         info.description or "")))
+    return flags
+
+
+def spec_flags(spec_type: type[JobSpec]) -> list[Flag]:
+    """One flag per key of every table of `spec_type`: the job's own tables, then [run] and
+    [slurm]."""
+    tables = sections(spec_type)
+    flags = []
+    for table in [t for t in tables if t not in SHARED] + list(SHARED):
+        hint = tables[table]
+        flags += _section_flags(typing.get_args(hint)[0] if is_list(hint) else hint, table)
+    params = [f.param for f in flags]
+    assert len(params) == len(set(params)), f"two flags of {spec_type.__name__} share a name"
+    return flags
+
+
+def _add_options(fn: Callable, flags: list[Flag]) -> Callable:
     """One click option per flag; ``--a|--b`` gives the option both spellings."""
-    for flag, _, _, kwargs in reversed(flags):
-        fn = click.option(*flag.split("|"), _param_name(flag), **kwargs)(fn)
+    for flag in reversed(flags):
+        fn = click.option(*flag.spellings.split("|"), flag.param, **flag.options)(fn)
     return fn
 
 
 def spec_options(job: JobType) -> Callable[[Callable], Callable]:
-    """SPEC_FILE and the job type's flags, then --array and --part-rows."""
+    """SPEC_FILE and the flags of the job's tables and [run] ([slurm]'s: `slurm_options`)."""
+    flags = [f for f in spec_flags(job.spec_type) if f.table.split(".")[0] != "slurm"]
+
     def decorate(fn: Callable) -> Callable:
-        fn = _add_options(fn, job.flags + RUN_FLAGS)
+        fn = _add_options(fn, flags)
         return click.argument("spec_file", required=False, type=click.Path(dir_okay=False))(fn)
     return decorate
+
+
+SLURM_FLAGS = [f for f in spec_flags(JobSpec) if f.table.split(".")[0] == "slurm"]
 
 
 def slurm_options(fn: Callable) -> Callable:
     return _add_options(fn, SLURM_FLAGS)
 
 
-def overrides_from(params: dict[str, Any], flags: list) -> dict[str, dict[str, Any]]:
+def overrides_from(params: dict[str, Any], flags: list[Flag]) -> dict[str, dict[str, Any]]:
     """Spec overrides from CLI params; an option not given (None, or empty for a repeatable
     one) leaves the spec's value."""
     overrides: dict[str, dict[str, Any]] = {}
-    for flag, table, key, _ in flags:
-        value = params.get(_param_name(flag))
+    for flag in flags:
+        value = params.get(flag.param)
         if isinstance(value, tuple):  # a repeatable option
             value = list(value) or None
-        overrides.setdefault(table, {})[key] = value
+        overrides.setdefault(flag.table, {})[flag.key] = value
     return overrides
 
 
 def slurm_from_cli(current: SlurmConfig, params: dict[str, Any]) -> SlurmConfig:
     """`current` with the SLURM flags that were given (for `resume`)."""
     given = overrides_from(params, SLURM_FLAGS)
-    values = dataclasses.asdict(current)
+    values = current.model_dump()
     values.update({k: v for k, v in given["slurm"].items() if v is not None})
     values["reduce"].update({k: v for k, v in given["slurm.reduce"].items() if v is not None})
-    config = build_section(SlurmConfig, values, "slurm")
-    config.validate()
-    return config
+    return validated(SlurmConfig, values, "slurm")
 
 
 def spec_from_cli(job: JobType, spec_file: str | None, params: dict[str, Any]) -> JobSpec:
     spec = resolve_spec(job.spec_type, spec_file,
-                        overrides_from(params, job.flags + RUN_FLAGS + SLURM_FLAGS))
+                        overrides_from(params, spec_flags(job.spec_type)))
     if spec.run.name is None and spec_file is not None:
-        spec = dataclasses.replace(spec, run=dataclasses.replace(spec.run,
-                                                                 name=Path(spec_file).stem))
+        named = {**spec.run.model_dump(), "name": Path(spec_file).stem}
+        spec = validated(job.spec_type, {**spec.model_dump(), "run": named})
     return spec
 
 

@@ -3,33 +3,34 @@ from a dataset, and their validation."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal, get_args
 
 from chatspace.errors import BadInput
 from chatspace.names import check_name
+from chatspace.specs import Fraction, Section, option
 
-EXTRACT_MODES = ("first-assistant", "conversation")
+Extract = Literal["first-assistant", "conversation"]
+EXTRACT_MODES: tuple[str, ...] = get_args(Extract)
 
 
-@dataclass(frozen=True)
-class DatasetConfig:
-    name: str = ""
-    subset: str | None = None
-    split: str | None = None
-    text_field: str | None = None
-    messages_field: str | None = None
-    extract: str = "first-assistant"
-    id_field: str | None = None
+class DatasetConfig(Section):
+    name: str = option("", "HF dataset name (local cache) or a local file/directory (parquet, "
+                           "jsonl, csv, arrow).", flag="--dataset")
+    subset: str | None = option(None, "HF dataset configuration.")
+    split: str | None = option(None, "Dataset split (required for multi-split HF datasets).")
+    text_field: str | None = option(None, "Column holding the text to embed.")
+    messages_field: str | None = option(None, "Column holding chat messages (list of "
+                                              "{role, content}).")
+    extract: Extract = option("first-assistant", "What to embed from a messages column.")
+    id_field: str | None = option(None, "Column with stable row ids (default: "
+                                        "{file or split}:{row}).")
 
-    def validate(self) -> None:
+    def check(self) -> None:
         if not self.name:
             raise BadInput("dataset.name is required (--dataset NAME_OR_PATH)")
         if (self.text_field is None) == (self.messages_field is None):
             raise BadInput("give exactly one of dataset.text_field (--text-field) and "
                            "dataset.messages_field (--messages-field)")
-        if self.extract not in EXTRACT_MODES:
-            raise BadInput(f"dataset.extract must be one of {', '.join(EXTRACT_MODES)}, "
-                           f"got {self.extract!r}")
         check_split(self.subset, self.split)
 
 
@@ -41,22 +42,13 @@ def check_split(subset: str | None, split: str | None) -> None:
         check_name(split, "dataset.split (--split)")
 
 
-@dataclass(frozen=True)
-class SamplingConfig:
-    seed: int = 0
-    n: int | None = None
-    p: float | None = None
-    max_rows: int | None = None
+class SamplingConfig(Section):
+    seed: int = option(0, "Sampling seed.", ge=0)
+    n: int | None = option(None, "Sample exactly N rows.", ge=1)
+    p: Fraction | None = option(None, "Sample a fraction P in (0, 1].")
+    max_rows: int | None = option(None, "Cap on sampled rows.", ge=1)
 
-    def validate(self) -> None:
-        if self.seed < 0:
-            raise BadInput(f"sampling.seed (--seed) must be >= 0, got {self.seed}")
+    def check(self) -> None:
         if self.n is not None and self.p is not None:
             raise BadInput("give at most one of sampling.n (--n) and sampling.p (--p); "
                            "neither takes every row (--max-rows caps it)")
-        if self.n is not None and self.n < 1:
-            raise BadInput(f"sampling.n must be >= 1, got {self.n}")
-        if self.p is not None and not 0 < self.p <= 1:
-            raise BadInput(f"sampling.p must be in (0, 1], got {self.p}")
-        if self.max_rows is not None and self.max_rows < 1:
-            raise BadInput(f"sampling.max_rows must be >= 1, got {self.max_rows}")

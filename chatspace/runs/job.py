@@ -30,10 +30,6 @@ if TYPE_CHECKING:
     from chatspace.runs.record import Run
     from chatspace.runs.timing import StageTimer
 
-# A CLI flag that overrides one spec key: (flag, table, key, click option keywords).
-Flag = tuple[str, str, str, dict[str, Any]]
-
-
 @dataclass(frozen=True)
 class JobPlan:
     """What a job type resolved from a spec, before the machinery slices and records it."""
@@ -101,7 +97,6 @@ def summed(records: list[Completion], key: str) -> float | None:
 class JobType(ABC):
     kind: ClassVar[str]
     spec_type: ClassVar[type[JobSpec]]
-    flags: ClassVar[list[Flag]]  # one CLI flag per key of the job's own tables
     # query views: view name -> the task output whose files (every done task's) it reads
     task_views: ClassVar[dict[str, str]] = {}
     # view name -> a Parquet file the reduce writes (the manifest lists it with task null)

@@ -11,7 +11,6 @@ import logging
 import shlex
 import shutil
 from collections.abc import Sequence
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -195,7 +194,7 @@ def submit(run: Run, tasks: list[int], cfg: SlurmConfig, max_array: int) -> dict
         "tasks_at_once": min(cfg.array_parallelism or len(tasks), max(len(tasks), 1)),
         "arrays": [], "reduce_job_id": None, "sbatch_scripts": [],
         "sbatch_parameters": params,
-        "python": executor.python, "slurm_config": asdict(cfg),
+        "python": executor.python, "slurm_config": cfg.model_dump(),
     }
     run.save_submission(record)
     try:

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from chatspace.steering.choices import BACKENDS
 from chatspace.steering.outputs import CaptureOptions, Generation, Sampling
 from chatspace.steering.spec import SteeringSpec
 
@@ -33,7 +34,6 @@ Prompt = str | list[dict[str, str]] | list[int]
 # Called with each step's new token ids while one prompt generates; returning False stops the
 # generation there (finish_reason "stopped").
 Streamer = Callable[[list[int]], bool | None]
-BACKENDS = ("vllm", "hf")
 T = TypeVar("T")
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from chatspace.steering import shm
+from chatspace.steering.choices import POOLS, ROWS
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,6 @@ class Sampling:
             raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
         if self.top_k_mass_k is not None and self.top_k_mass_k < 1:
             raise ValueError(f"sampling.top_k_mass_k must be >= 1, got {self.top_k_mass_k}")
-
-
-ROWS = ("all", "prompt", "response", "last")
-POOLS = ("none", "mean")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ import pyarrow.parquet as pq
 from chatspace.data.sampling import draw_sample
 from chatspace.data.sources import SourceInfo, check_ids, open_source
 from chatspace.errors import BadInput, RunFailed
-from chatspace.jobs.embed.flags import EMBED_FLAGS
 from chatspace.jobs.embed.schema import WRITE_OPTIONS, shard_schema
 from chatspace.jobs.embed.spec import EmbedSpec
 from chatspace.runs.formats import Completion, Plan
@@ -57,7 +56,6 @@ class EmbedJob(JobType):
 
     kind = "embed"
     spec_type = EmbedSpec
-    flags = EMBED_FLAGS
     task_views = {"embeddings": "shard"}
 
     def run_facts(self, plan: Plan, records: list[Completion]) -> dict[str, Any]:

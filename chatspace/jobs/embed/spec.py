@@ -4,102 +4,78 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal, get_args
 
 from chatspace.data.config import DatasetConfig, SamplingConfig
 from chatspace.errors import BadInput
-from chatspace.specs import JobSpec
+from chatspace.specs import JobSpec, Section, option
 
-BACKENDS = ("sentence-transformers", "openai")
-DTYPES = ("float32", "float16", "bfloat16")
-DEVICES = ("auto", "cpu", "cuda")
-LONG_INPUTS = ("truncate", "chunk")
+Backend = Literal["sentence-transformers", "openai"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
 # OpenAI's documented limits for /v1/embeddings.
 API_MAX_INPUTS = 2048
 API_MAX_REQUEST_TOKENS = 300_000
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    name: str | None = None
-    backend: str = "sentence-transformers"
-    batch_size: int = 64
-    tokens_per_batch: int | None = None
-    bucket_min_tokens: int = 16
-    bucket_max_tokens: int = 512
-    compile: bool = False
-    dtype: str = "float32"
-    device: str = "auto"
+class ModelConfig(Section):
+    name: str | None = option(
+        None, "sentence-transformers: a local model dir or cached hub name (default: bundled "
+              "all-MiniLM-L6-v2); openai: the API model (default $OPENAI_EMBED_MODEL or "
+              "text-embedding-3-small).", flag="--model")
+    backend: Backend = option("sentence-transformers",
+                              "sentence-transformers (GPU or CPU) or openai (the embeddings "
+                              "API; dry run unless --execute).")
+    batch_size: int = option(64, "Rows per batch.", ge=1)
+    tokens_per_batch: int | None = option(None, "Size batches by tokens instead of rows.",
+                                          ge=1)
+    bucket_min_tokens: int = option(16, ge=1)
+    bucket_max_tokens: int = option(512, ge=1)
+    compile: bool = option(False, "torch.compile the model (warm-up per bucket).",
+                           flag="--compile-model/--no-compile-model")
+    dtype: Literal["float32", "float16", "bfloat16"] = option("float32")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N.")
 
-    def validate(self) -> None:
-        if self.backend not in BACKENDS:
-            raise BadInput(f"model.backend must be one of {', '.join(BACKENDS)}, "
-                           f"got {self.backend!r}")
-        for name in ("batch_size", "bucket_min_tokens", "bucket_max_tokens"):
-            if getattr(self, name) < 1:
-                raise BadInput(f"model.{name} must be >= 1, got {getattr(self, name)}")
-        if self.tokens_per_batch is not None and self.tokens_per_batch < 1:
-            raise BadInput(f"model.tokens_per_batch must be >= 1, got {self.tokens_per_batch}")
+    def check(self) -> None:
         if self.bucket_min_tokens > self.bucket_max_tokens:
             raise BadInput(f"model.bucket_min_tokens ({self.bucket_min_tokens}) exceeds "
                            f"model.bucket_max_tokens ({self.bucket_max_tokens})")
-        if self.dtype not in DTYPES:
-            raise BadInput(f"model.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.device not in DEVICES and not self.device.startswith("cuda:"):
-            raise BadInput(f"model.device must be one of {', '.join(DEVICES)} or cuda:N, "
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise BadInput(f"model.device (--device) must be auto, cpu, cuda or cuda:N, "
                            f"got {self.device!r}")
 
 
-@dataclass(frozen=True)
-class OpenAIConfig:
+class OpenAIConfig(Section):
     """How the OpenAI backend sends requests. The rate limits are the whole run's: each task
     takes its share (limit / tasks running at once)."""
 
-    requests_per_minute: int = 3_000
-    tokens_per_minute: int = 1_000_000
-    max_in_flight: int = 8
-    dimensions: int | None = None
-    long_inputs: str = "truncate"
-    max_inputs_per_request: int = API_MAX_INPUTS
-    max_tokens_per_request: int = 270_000
-    timeout: float | None = None  # seconds; default $OPENAI_TIMEOUT or 60
-    max_attempts: int = 8
-    price_per_million: float | None = None  # USD per 1M tokens; default from the price table
-
-    def validate(self) -> None:
-        for name in ("requests_per_minute", "tokens_per_minute", "max_in_flight",
-                     "max_attempts"):
-            if getattr(self, name) < 1:
-                raise BadInput(f"openai.{name} must be >= 1, got {getattr(self, name)}")
-        if not 1 <= self.max_inputs_per_request <= API_MAX_INPUTS:
-            raise BadInput(f"openai.max_inputs_per_request must be in 1..{API_MAX_INPUTS}, "
-                           f"got {self.max_inputs_per_request}")
-        if not 8191 <= self.max_tokens_per_request <= API_MAX_REQUEST_TOKENS:
-            raise BadInput(f"openai.max_tokens_per_request must be in 8191.."
-                           f"{API_MAX_REQUEST_TOKENS}, got {self.max_tokens_per_request}")
-        if self.long_inputs not in LONG_INPUTS:
-            raise BadInput(f"openai.long_inputs must be one of {', '.join(LONG_INPUTS)}, "
-                           f"got {self.long_inputs!r}")
-        if self.dimensions is not None and self.dimensions < 1:
-            raise BadInput(f"openai.dimensions must be >= 1, got {self.dimensions}")
-        if self.timeout is not None and self.timeout <= 0:
-            raise BadInput(f"openai.timeout must be > 0, got {self.timeout}")
-        if self.price_per_million is not None and self.price_per_million < 0:
-            raise BadInput(f"openai.price_per_million must be >= 0, got {self.price_per_million}")
+    requests_per_minute: int = option(3_000, "openai: the whole run's request rate limit.",
+                                      ge=1)
+    tokens_per_minute: int = option(1_000_000, "openai: the whole run's token rate limit.",
+                                    ge=1)
+    max_in_flight: int = option(8, "openai: concurrent requests per task.", ge=1)
+    dimensions: int | None = option(None, "openai: output dimensions (text-embedding-3-* "
+                                          "only).", ge=1)
+    long_inputs: Literal["truncate", "chunk"] = option(
+        "truncate", "openai: inputs over 8,191 tokens are truncated or embedded in chunks and "
+                    "averaged.")
+    max_inputs_per_request: int = option(API_MAX_INPUTS, "openai: inputs packed into one "
+                                                         "request.", ge=1, le=API_MAX_INPUTS)
+    max_tokens_per_request: int = option(270_000, "openai: tokens packed into one request.",
+                                         ge=8191, le=API_MAX_REQUEST_TOKENS)
+    timeout: float | None = option(None, "openai: seconds per request (default "
+                                         "$OPENAI_TIMEOUT or 60).", flag="--openai-timeout",
+                                   gt=0)
+    max_attempts: int = option(8, "openai: tries per request before the task fails.", ge=1)
+    price_per_million: float | None = option(None, "openai: USD per 1M tokens (default: the "
+                                                   "price table).", ge=0)
 
 
-@dataclass(frozen=True, kw_only=True)
 class EmbedSpec(JobSpec):
-    dataset: DatasetConfig = DatasetConfig()
+    dataset: DatasetConfig
     sampling: SamplingConfig = SamplingConfig()
     model: ModelConfig = ModelConfig()
     openai: OpenAIConfig = OpenAIConfig()
 
-    def validate(self) -> None:
-        self.dataset.validate()
-        self.sampling.validate()
-        self.model.validate()
-        self.openai.validate()
+    def check(self) -> None:
         if self.openai.dimensions is not None and self.model.backend != "openai":
             raise BadInput("openai.dimensions (--dimensions) needs model.backend openai")
-        super().validate()

@@ -14,7 +14,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from chatspace.errors import BadInput
-from chatspace.jobs.steer.flags import STEER_FLAGS
 from chatspace.jobs.steer.prompts import load_personas, load_prompts
 from chatspace.jobs.steer.schema import METRICS, RESULTS_SCHEMA, WRITE_OPTIONS
 from chatspace.jobs.steer.sweep_spec import SweepSpec
@@ -32,7 +31,6 @@ class SteerJob(JobType):
 
     kind = "steer"
     spec_type = SweepSpec
-    flags = STEER_FLAGS
     task_views = {"steer_results": "results"}
     metrics = Metrics("steer_results", ("point", "scale"), (
         "avg_entropy", "avg_entropy_thinking", "avg_entropy_output", "avg_top_k_mass",

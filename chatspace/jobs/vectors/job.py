@@ -14,7 +14,6 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from chatspace.jobs.vectors.flags import VECTORS_FLAGS
 from chatspace.jobs.vectors.spec import VectorsSpec
 from chatspace.runs.formats import Completion, Plan
 from chatspace.runs.job import JobPlan, JobType, Part, PartOutput, TaskCheck
@@ -30,7 +29,6 @@ class VectorsJob(JobType):
 
     kind = "vectors"
     spec_type = VectorsSpec
-    flags = VECTORS_FLAGS
     reduce_views = {"vectors": "vectors.parquet", "projections": "projections.parquet"}
 
     def run_facts(self, plan: Plan, records: list[Completion]) -> dict[str, Any]:

@@ -108,7 +108,7 @@ def read_inputs(spec: VectorsSpec, root: Path) -> Inputs:
     return Inputs(rows, list(chosen), groups,
                   {"label": model["label"], "hidden_size": model["hidden_size"]},
                   [{"run_id": r.run_id, "run_dir": stored_path(r.dir, root),
-                    "capture": r.spec.capture.__dict__} for r in runs])
+                    "capture": r.spec.capture.model_dump()} for r in runs])
 
 
 def rows_bytes(table: pa.Table) -> bytes:

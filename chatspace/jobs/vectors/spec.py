@@ -3,46 +3,43 @@ their captures (``[groups]``), plus the shared ``[run]`` and ``[slurm]`` tables.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from chatspace.errors import BadInput
-from chatspace.specs import JobSpec
+from chatspace.specs import JobSpec, Section, option
 
 
-@dataclass(frozen=True)
-class SourceConfig:
-    runs: list[str] = field(default_factory=list)  # steer run ids or run directories
-    layers: list[int] | None = None  # default: every captured layer
+class SourceConfig(Section):
+    runs: list[str] = option([], "A finished steer run with captures (id or directory); "
+                                 "repeatable.", flag="--from-run|--from")
+    layers: list[int] | None = option(None, "Layers to use, e.g. 8,12 (default: every "
+                                            "captured one).")
+
+    def check(self) -> None:
+        if not self.runs:
+            raise BadInput("source.runs is required: the steer runs to read (--from RUN, "
+                           "repeatable)")
 
 
-@dataclass(frozen=True)
-class GroupsConfig:
-    by: str = "persona"  # a results column: persona, category, point, prompt_index, …
-    contrasts: list[str] = field(default_factory=list)  # "A:B": mean(A) - mean(B)
-    baseline: str | None = None  # every other group against this one
-    pca: int = 0  # top principal components of the group means
-    normalize: bool = False  # mean and contrast vectors scaled to unit norm
+class GroupsConfig(Section):
+    by: str = option("persona", "Results column whose values are the groups (persona, "
+                                "category, point, prompt_index, …).", flag="--group-by",
+                     min_length=1)
+    contrasts: list[str] = option([], "A:B: the mean of group A minus that of group B "
+                                      "(repeatable).", flag="--contrast")
+    baseline: str | None = option(None, "Every other group against this one.")
+    pca: int = option(0, "Top K principal components of the group means (0: none).", ge=0)
+    normalize: bool = option(False, "Scale mean and contrast vectors to unit norm.")
+
+    def check(self) -> None:
+        for contrast in self.contrasts:
+            left, sep, right = contrast.partition(":")
+            if not sep or not left or not right:
+                raise BadInput(f"groups.contrasts (--contrast) {contrast!r} must look like "
+                               "A:B (two group names)")
 
     def pairs(self) -> list[tuple[str, str]]:
         return [tuple(c.split(":", 1)) for c in self.contrasts]  # type: ignore[misc]
 
 
-@dataclass(frozen=True, kw_only=True)
 class VectorsSpec(JobSpec):
-    source: SourceConfig = SourceConfig()
+    source: SourceConfig
     groups: GroupsConfig = GroupsConfig()
-
-    def validate(self) -> None:
-        super().validate()
-        if not self.source.runs:
-            raise BadInput("source.runs is required: the steer runs to read (--from RUN, "
-                           "repeatable)")
-        for contrast in self.groups.contrasts:
-            left, sep, right = contrast.partition(":")
-            if not sep or not left or not right:
-                raise BadInput(f"groups.contrasts (--contrast) {contrast!r} must look like "
-                               "A:B (two group names)")
-        if self.groups.pca < 0:
-            raise BadInput(f"groups.pca (--pca) must be >= 0, got {self.groups.pca}")
-        if not self.groups.by:
-            raise BadInput("groups.by (--group-by) must name a results column")
