@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.corpus import passages  # noqa: E402
-from chatspace.jobs import JOB_TYPES  # noqa: E402
+from chatspace.jobs import KINDS  # noqa: E402
 from chatspace.jobs.embed.spec import EmbedSpec  # noqa: E402
 from chatspace.runs.plan import plan_run  # noqa: E402
 from chatspace.runs.record import Run  # noqa: E402
@@ -23,7 +23,7 @@ from chatspace.specs import resolve_spec  # noqa: E402
 def plan_embed(overrides: dict, root: Path) -> Run:
     """Plan an embed run from spec overrides (as the CLI flags give them)."""
     spec = resolve_spec(EmbedSpec, None, overrides)
-    return plan_run(JOB_TYPES["embed"], spec, root).run
+    return plan_run(KINDS["embed"], spec, root).run
 
 
 def write_many_rows(path: Path, rows: int) -> None:

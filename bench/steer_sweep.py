@@ -27,7 +27,7 @@ import numpy as np
 
 from bench.corpus import passages
 from bench.steering_overhead import HIDDEN, LAYERS, build_bench_model
-from chatspace.jobs import JOB_TYPES
+from chatspace.jobs import KINDS
 from chatspace.jobs.steer.sweep_spec import SweepSpec
 from chatspace.runs.plan import plan_run
 from chatspace.runs.task import run_task
@@ -58,7 +58,7 @@ def main() -> None:
                      "vector": str(work / "vector.npy"), "scales": [2.0]},
         "capture": {"layers": [LAYERS - 1], "rows": "last"},
         "run": {"part_rows": 2 * args.prompts, "name": "bench"}})
-    run = plan_run(JOB_TYPES["steer"], spec, work / "root", None).run
+    run = plan_run(KINDS["steer"], spec, work / "root", None).run
 
     from transformers import AutoTokenizer
     from vllm import LLM, SamplingParams

@@ -33,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.corpus import passages  # noqa: E402
 from bench.steering_overhead import build_bench_model  # noqa: E402
-from chatspace.jobs import JOB_TYPES  # noqa: E402
+from chatspace.jobs import KINDS  # noqa: E402
 from chatspace.jobs.steer.sweep_spec import SweepSpec  # noqa: E402
 from chatspace.runs.executors import DebugExecutor  # noqa: E402
 from chatspace.runs.plan import plan_run  # noqa: E402
@@ -48,7 +48,7 @@ def sweep(root: Path, model: Path, prompts: Path, dtype: str) -> tuple[object, l
         "prompts": {"file": str(prompts)}, "generation": {"max_tokens": 1, "thinking": False},
         "capture": {"layers": list(range(24)), "rows": "all", "dtype": dtype},
         "run": {"part_rows": 16, "name": f"bench-{dtype}"}})
-    run = plan_run(JOB_TYPES["steer"], spec, root).run
+    run = plan_run(KINDS["steer"], spec, root).run
     DebugExecutor().execute(run, range(run.num_tasks))
     files = sorted(run.output_dir.glob("captures-*/part-*.safetensors"))
     return run, files

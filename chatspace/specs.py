@@ -1,6 +1,6 @@
 """Job specs: TOML files with one table per concern, overridden by CLI flags, validated once.
 
-Every job type's spec is a pydantic model (`JobSpec`) of section models (`Section`), ending
+Every kind's spec is a pydantic model (`JobSpec`) of section models (`Section`), ending
 with the shared ``[run]`` and ``[slurm]`` tables. A field states its type, default, constraints
 and help text once (`option`): the CLI generates its flag from it, and a value that breaks it
 becomes one line naming the field and its flag (`sampling.n (--n) must be >= 1, got 0`).
@@ -161,7 +161,7 @@ class SlurmConfig(Section):
 
 
 class JobSpec(Section):
-    """The tables every job type shares; a job type's spec subclasses this with its own."""
+    """The tables every kind shares; a kind's spec subclasses this with its own."""
 
     run: RunConfig = RunConfig()
     slurm: SlurmConfig = SlurmConfig()

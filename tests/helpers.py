@@ -8,7 +8,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from chatspace.jobs import JOB_TYPES
+from chatspace.jobs import KINDS
 from chatspace.jobs.embed.spec import EmbedSpec
 from chatspace.runs.executors import DebugExecutor
 from chatspace.runs.plan import plan_run
@@ -22,7 +22,7 @@ def plan(root: Path, data: Path, run_id: str | None = None, *, n: int = 60,
                  "sampling": {"n": n, "seed": 1}, "run": {"array": array}}
     for section, values in sections.items():
         overrides.setdefault(section, {}).update(values)
-    return plan_run(JOB_TYPES["embed"], resolve_spec(EmbedSpec, None, overrides), root,
+    return plan_run(KINDS["embed"], resolve_spec(EmbedSpec, None, overrides), root,
                     run_id).run
 
 
@@ -37,7 +37,7 @@ def shard(run: Run, task: int) -> Path:
 
 
 def open_run(ref: str | Path) -> Run:
-    return Run.open(str(ref), Path("/nonexistent"), JOB_TYPES)
+    return Run.open(str(ref), Path("/nonexistent"), KINDS)
 
 
 def read_run(run: Run) -> pa.Table:

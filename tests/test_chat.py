@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from chatspace.jobs import JOB_TYPES
+from chatspace.jobs import KINDS
 from chatspace.runs.record import Run, read_json
 from chatspace.steering.spec import AddSpec, LayerSteeringSpec, SteeringSpec
 from tests.conftest import REPO, chatspace, wait_until
@@ -164,7 +164,7 @@ def test_chat_in_a_terminal(terminal, files, tmp_path):
                        "--prompts", str(saved), "--max-tokens", "4", "--executor", "debug",
                        "--json", root=root)
     assert result.returncode == 0, result.stderr[-2000:]
-    run = Run.open(json.loads(result.stdout)["run_dir"], root, JOB_TYPES)
+    run = Run.open(json.loads(result.stdout)["run_dir"], root, KINDS)
     assert read_json(run.manifest_path)["generations"] == 6
 
     terminal.type("/quit")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from chatspace.jobs import JOB_TYPES
+from chatspace.jobs import KINDS
 from chatspace.runs.commands import reduce_command, task_command
 from chatspace.runs.record import Run
 from tests.conftest import PYDOCS, REPO, chatspace
@@ -90,7 +90,7 @@ def test_apptainer_def_is_well_formed_and_pinned():
     assert "HF_HOME" in sections["environment"] and ".venv/bin:$PATH" in sections["environment"]
     assert sections["runscript"].strip() == 'exec chatspace "$@"'
     assert "import torch, sentence_transformers, vllm" in sections["test"]
-    assert "chatspace.steering.vllm_worker, chatspace.jobs.steer.job" in sections["test"]
+    assert "chatspace.steering.vllm_worker, chatspace.jobs.steer.kind" in sections["test"]
     assert "chatspace --help" in sections["test"]
     assert "{{ VERSION }}" in sections["labels"] and "{{ GIT_SHA }}" in sections["labels"]
     assert sections["help"].strip()
@@ -119,7 +119,7 @@ def test_apptainer_pins_agree_with_pyproject_lock_and_build_script():
 
 
 def test_templates_run_the_shared_task_and_reduce_commands():
-    run = Run(Path("/r"), "x", JOB_TYPES["embed"])
+    run = Run(Path("/r"), "x", KINDS["embed"])
     embed = (REPO / "hpc" / "task.sbatch").read_text()
     reduce = (REPO / "hpc" / "reduce.sbatch").read_text()
     task_line = " ".join(task_command(run, '"$TASK"')).replace("/r/runs/x", '"$RUN"')

@@ -62,7 +62,7 @@ def test_the_check_sees_a_lazy_import(tmp_path):
     """An import inside a function is found (the check would catch `runs` importing a job)."""
     module = tmp_path / "chatspace" / "runs" / "x.py"
     module.parent.mkdir(parents=True)
-    module.write_text("def f():\n    from ..jobs import JOB_TYPES\n    return JOB_TYPES\n")
+    module.write_text("def f():\n    from ..jobs import KINDS\n    return KINDS\n")
     assert chatspace_imports(module, tmp_path) == {"chatspace.jobs"}
 
 

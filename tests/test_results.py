@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from chatspace.jobs import JOB_TYPES
+from chatspace.jobs import KINDS
 from chatspace.jobs.steer.sweep_spec import SweepSpec
 from chatspace.runs.executors import DebugExecutor
 from chatspace.runs.plan import plan_run
@@ -59,7 +59,7 @@ scales = [2.0, 8.0]
         "generation": {"max_tokens": 10, "temperature": 0.8, "n_reps": 2, "seed": 1,
                        "thinking": True},
         "run": {"array": 2, "part_rows": 12, "name": "personas"}})
-    run = plan_run(JOB_TYPES["steer"], spec, root).run
+    run = plan_run(KINDS["steer"], spec, root).run
     DebugExecutor().execute(run, range(run.num_tasks))
     return run
 
@@ -78,10 +78,10 @@ def workspace(tmp_path_factory, tiny_model_dir) -> dict:
                              "--json", root=root, env=server.env())
         done = openai("submit", "embed", "--executor", "debug", "--array", "3")
         assert done.returncode == 0, done.stderr[-2000:]
-        runs["api"] = Run.open(json.loads(done.stdout)["run_dir"], root, JOB_TYPES)
+        runs["api"] = Run.open(json.loads(done.stdout)["run_dir"], root, KINDS)
         planned = openai("plan", "embed", "--array", "3", "--n", "45")
         assert planned.returncode == 0, planned.stderr[-2000:]
-        partial = Run.open(json.loads(planned.stdout)["run_dir"], root, JOB_TYPES)
+        partial = Run.open(json.loads(planned.stdout)["run_dir"], root, KINDS)
         for task in ("0", "2"):
             ran = chatspace("run", "task", str(partial.dir), "--task", task,
                             env=server.env())

@@ -1,4 +1,4 @@
-"""The steer job type (`submit steer`) on a tiny local model: a sweep through the run machinery
+"""The steer kind (`submit steer`) on a tiny local model: a sweep through the run machinery
 (debug, local, and the dev SLURM cluster with real vLLM), resume after SIGKILL, the metrics
 against an independent computation, persona rendering, and bad input (exit 2, one line,
 nothing written)."""
@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from chatspace.jobs import JOB_TYPES
+from chatspace.jobs import KINDS
 from chatspace.jobs.steer.metrics import generation_metrics
 from chatspace.jobs.steer.prompts import messages, system_prompt
 from chatspace.runs.record import Run, read_json
@@ -90,7 +90,7 @@ def results(run: Run) -> pa.Table:
 
 def submitted(out: subprocess.CompletedProcess) -> Run:
     assert out.returncode == 0, out.stderr[-3000:]
-    return Run.open(json.loads(out.stdout)["run_dir"], Path("/nonexistent"), JOB_TYPES)
+    return Run.open(json.loads(out.stdout)["run_dir"], Path("/nonexistent"), KINDS)
 
 
 def captures(run: Run) -> dict[str, torch.Tensor]:
@@ -157,7 +157,7 @@ def test_a_killed_task_resumes_from_its_last_part(inputs, root):
                                 "--run-id", "whole", root=root))
     planned = chatspace("plan", "steer", spec, *hf, "--run-id", "killed", root=root)
     assert planned.returncode == 0, planned.stderr
-    run = Run.open("killed", root, JOB_TYPES)
+    run = Run.open("killed", root, KINDS)
     task = subprocess.Popen([sys.executable, "-m", "chatspace", "run", "task", str(run.dir),
                              "--task", "0"], cwd=REPO, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -198,7 +198,7 @@ def test_a_sigkilled_vllm_task_leaves_no_engine_behind(inputs, root):
                                "--root", str(root)], cwd=REPO, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
     run = wait_until(lambda: (root / "runs" / "orphan" / "plan.json").exists()
-                     and Run.open("orphan", root, JOB_TYPES), what="the plan")
+                     and Run.open("orphan", root, KINDS), what="the plan")
     owner = wait_until(lambda: holder(run, 0), what="the task to start")
     wait_until(lambda: len(_group(owner["pid"])) >= 2, timeout=300, what="its vLLM engine")
     engine = [p for p in _group(owner["pid"]) if p != owner["pid"]]
@@ -281,7 +281,7 @@ def test_the_persona_runners_defaults_and_spellings(inputs, root):
                         str(inputs["dir"] / "prompts.json"), "--personae-json", str(personas),
                         "--no-thinking-mode", "--json", root=root)
     assert planned.returncode == 0, planned.stderr[-2000:]
-    run = Run.open(json.loads(planned.stdout)["run_dir"], root, JOB_TYPES)
+    run = Run.open(json.loads(planned.stdout)["run_dir"], root, KINDS)
     generation = run.spec.generation
     assert (generation.temperature, generation.max_tokens, generation.thinking) == \
         (0.0, 1024, False)
@@ -358,7 +358,7 @@ def test_download_model_records_a_model_that_plans_find(inputs, root):
     planned = chatspace("plan", "steer", str(inputs["spec"]), "--model", inputs["model"].name,
                         "--json", root=root)
     assert planned.returncode == 0, planned.stderr
-    run = Run.open(json.loads(planned.stdout)["run_id"], root, JOB_TYPES)
+    run = Run.open(json.loads(planned.stdout)["run_id"], root, KINDS)
     assert run.path(run.plan.details["model"]["path"]) == dest
 
 
@@ -372,7 +372,7 @@ def test_prompts_sampled_from_a_dataset(inputs, root, tmp_path):
                         "--prompts-text-field", "text", "--prompts-n", "5", "--prompts-seed",
                         "2", "--json", root=root)
     assert planned.returncode == 0, planned.stderr[-2000:]
-    run = Run.open(json.loads(planned.stdout)["run_id"], root, JOB_TYPES)
+    run = Run.open(json.loads(planned.stdout)["run_id"], root, KINDS)
     prompts = read_json(run.dir / "inputs.json")["prompts"]
     texts = [json.loads(line)["text"] for line in PYDOCS.read_text().splitlines()]
     assert len(prompts) == 5 and all(p in texts for p in prompts)

@@ -1,4 +1,4 @@
-"""A third job type, defined here and registered at run time, goes through the whole machinery
+"""A third kind, defined here and registered at run time, goes through the whole machinery
 and the results layer — planned, run by an executor, reduced and verified, listed by `query`
 (run table, its own views, its metrics for --best and --compare) and reported — without any
 change to `chatspace/runs` or `chatspace/results`."""
@@ -14,13 +14,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from chatspace.jobs import JOB_TYPES
+from chatspace.jobs import KINDS
 from chatspace.results.catalog import Catalog
 from chatspace.results.query import best, compare, connect, run_sql, view_names
 from chatspace.results.report import render
 from chatspace.runs.executors import launch
 from chatspace.runs.formats import Completion, Plan
-from chatspace.runs.job import JobPlan, JobType, Metrics, Part, PartOutput, TaskCheck
+from chatspace.runs.kind import Kind, Metrics, Part, PartOutput, TaskCheck, WorkPlan
 from chatspace.runs.plan import plan_run
 from chatspace.runs.record import Run, write_parquet
 from chatspace.runs.reduce import verify_run
@@ -37,18 +37,18 @@ class SquaresSpec(JobSpec):
     squares: SquaresConfig = SquaresConfig()
 
 
-class SquaresJob(JobType):
+class SquaresKind(Kind):
     """The squares of the integers offset .. offset + count - 1."""
 
-    kind = "squares"
+    name = "squares"
     spec_type = SquaresSpec
     task_views = {"squares": "values"}
     reduce_views = {"squares_total": "total.parquet"}
     metrics = Metrics("squares", ("parity",), ("square",))
 
-    def plan(self, spec: SquaresSpec, root: Path, run_id: str) -> JobPlan:
+    def plan(self, spec: SquaresSpec, root: Path, run_id: str) -> WorkPlan:
         out = root / "squares" / run_id
-        return JobPlan(rows=spec.squares.count, details={"offset": spec.squares.offset},
+        return WorkPlan(rows=spec.squares.count, details={"offset": spec.squares.offset},
                        output_dir=out, manifest_path=out / "manifest.json",
                        outputs={"values": "values-{task:05d}.parquet"})
 
@@ -86,10 +86,10 @@ class SquaresJob(JobType):
 
 
 @pytest.fixture
-def squares(monkeypatch) -> JobType:
-    job = SquaresJob()
-    monkeypatch.setitem(JOB_TYPES, job.kind, job)
-    return job
+def squares(monkeypatch) -> Kind:
+    kind = SquaresKind()
+    monkeypatch.setitem(KINDS, kind.name, kind)
+    return kind
 
 
 def test_a_third_job_type_is_planned_run_reduced_queried_and_reported(tmp_path, squares):

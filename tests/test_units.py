@@ -18,7 +18,7 @@ from chatspace.data.texts import extract
 from chatspace.errors import BadInput
 from chatspace.jobs.embed.bucketing import make_batches
 from chatspace.jobs.embed.spec import EmbedSpec, ModelConfig
-from chatspace.runs.job import PartOutput
+from chatspace.runs.kind import PartOutput
 from chatspace.runs.plan import slice_bounds
 from chatspace.runs.task import part_bounds
 from chatspace.specs import resolve_spec
@@ -162,12 +162,12 @@ def test_parts_made_before_a_job_fails_are_committed(tmp_path):
     """A job that fails on its fourth part (say, an API quota) keeps its first three."""
     import pyarrow as pa
 
-    from chatspace.jobs import JOB_TYPES
+    from chatspace.jobs import KINDS
     from chatspace.runs.record import Run
     from chatspace.runs.task import TaskRunner
     from tests.helpers import plan
 
-    class FailsOnFourthPart(type(JOB_TYPES["embed"])):
+    class FailsOnFourthPart(type(KINDS["embed"])):
         def run_parts(self, run, task, parts, timer):
             for part in parts[:3]:
                 yield PartOutput(part, {"shard": pa.table({"n": [part.number]})},

@@ -1,4 +1,4 @@
-"""The vectors job type on real steer runs of a tiny model (HF backend) and their real capture
+"""The vectors kind on real steer runs of a tiny model (HF backend) and their real capture
 shards: means, contrasts and PCA equal numpy's on the same captures loaded whole, for any array
 size; the closed loop recovers a planted direction and steering with it reproduces the
 planted generations; a killed task resumes from its committed partials; bad input is one
@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from chatspace.jobs import JOB_TYPES
+from chatspace.jobs import KINDS
 from chatspace.jobs.steer.sweep_spec import SweepSpec
 from chatspace.runs.executors import DebugExecutor
 from chatspace.runs.plan import plan_run
@@ -48,7 +48,7 @@ def steer(root: Path, spec: str, **sections) -> Run:
     """Plan and run a steer sweep in this process (debug executor)."""
     path = root.parent / f"{len(list(root.parent.glob('*.toml')))}.toml"
     path.write_text(spec)
-    run = plan_run(JOB_TYPES["steer"], resolve_spec(SweepSpec, path, sections), root).run
+    run = plan_run(KINDS["steer"], resolve_spec(SweepSpec, path, sections), root).run
     DebugExecutor().execute(run, range(run.num_tasks))
     return run
 
@@ -56,7 +56,7 @@ def steer(root: Path, spec: str, **sections) -> Run:
 def submit_vectors(root: Path, *args: str) -> Run:
     out = chatspace("submit", "vectors", *args, "--executor", "debug", "--json", root=root)
     assert out.returncode == 0, out.stderr[-3000:]
-    return Run.open(json.loads(out.stdout)["run_dir"], root, JOB_TYPES)
+    return Run.open(json.loads(out.stdout)["run_dir"], root, KINDS)
 
 
 def reduced(run: Run, name: str) -> Path:
@@ -235,7 +235,7 @@ part_rows = 64
     whole = submit_vectors(root, *args, "--run-id", "whole")
     planned = chatspace("plan", "vectors", *args, "--run-id", "killed", root=root)
     assert planned.returncode == 0, planned.stderr
-    run = Run.open("killed", root, JOB_TYPES)
+    run = Run.open("killed", root, KINDS)
     task = subprocess.Popen([sys.executable, "-m", "chatspace", "run", "task", str(run.dir),
                              "--task", "0"], cwd=REPO, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -13,9 +13,9 @@ from chatspace.cli.options import json_option, resolve_root, root_option, spec_o
 from chatspace.cli.output import emit
 from chatspace.cli.runs import execute_option, run_id_option, submit_group
 from chatspace.errors import BadInput
-from chatspace.jobs import JOB_TYPES
+from chatspace.jobs import KINDS
 
-EMBED = JOB_TYPES["embed"]
+EMBED = KINDS["embed"]
 
 
 def _submit_in_process(ctx: click.Context, params: dict[str, Any]) -> None:

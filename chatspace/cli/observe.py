@@ -79,7 +79,7 @@ def _status_lines(run: Run, state: dict[str, Any], wanted: set[str]) -> list[str
             if state["rows_per_second"] and state["eta_seconds"] else "")
     manifest = state["manifest"] or ("(stale: tasks changed since the last reduce)"
                                      if state["manifest_stale"] else "(not reduced yet)")
-    lines = [f"run {run.run_id} ({run.job.kind}): {state['rows_done']}/{state['rows']} rows; "
+    lines = [f"run {run.run_id} ({run.kind.name}): {state['rows_done']}/{state['rows']} rows; "
              + ", ".join(f"{n} {s}" for s, n in state["counts"].items()) + rate,
              f"manifest: {manifest}"]
     if state["slurm_error"]:

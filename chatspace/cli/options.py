@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from chatspace.errors import BadInput
 from chatspace.jobs import open_run as open_job_run
-from chatspace.runs.job import JobType
+from chatspace.runs.kind import Kind
 from chatspace.runs.record import Run, default_root
 from chatspace.specs import (
     JobSpec,
@@ -31,7 +31,7 @@ from chatspace.specs import (
     validated,
 )
 
-SHARED = ("run", "slurm")  # the tables every spec has: their flags come after the job's own
+SHARED = ("run", "slurm")  # the tables every spec has: their flags come after the kind's own
 
 
 class NumberList(click.ParamType):
@@ -98,7 +98,7 @@ def _section_flags(section: type[BaseModel], table: str) -> list[Flag]:
 
 
 def spec_flags(spec_type: type[JobSpec]) -> list[Flag]:
-    """One flag per key of every table of `spec_type`: the job's own tables, then [run] and
+    """One flag per key of every table of `spec_type`: the kind's own tables, then [run] and
     [slurm]."""
     tables = sections(spec_type)
     flags = []
@@ -117,9 +117,9 @@ def _add_options(fn: Callable, flags: list[Flag]) -> Callable:
     return fn
 
 
-def spec_options(job: JobType) -> Callable[[Callable], Callable]:
-    """SPEC_FILE and the flags of the job's tables and [run] ([slurm]'s: `slurm_options`)."""
-    flags = [f for f in spec_flags(job.spec_type) if f.table.split(".")[0] != "slurm"]
+def spec_options(kind: Kind) -> Callable[[Callable], Callable]:
+    """SPEC_FILE and the flags of the kind's tables and [run] ([slurm]'s: `slurm_options`)."""
+    flags = [f for f in spec_flags(kind.spec_type) if f.table.split(".")[0] != "slurm"]
 
     def decorate(fn: Callable) -> Callable:
         fn = _add_options(fn, flags)
@@ -155,12 +155,12 @@ def slurm_from_cli(current: SlurmConfig, params: dict[str, Any]) -> SlurmConfig:
     return validated(SlurmConfig, values, "slurm")
 
 
-def spec_from_cli(job: JobType, spec_file: str | None, params: dict[str, Any]) -> JobSpec:
-    spec = resolve_spec(job.spec_type, spec_file,
-                        overrides_from(params, spec_flags(job.spec_type)))
+def spec_from_cli(kind: Kind, spec_file: str | None, params: dict[str, Any]) -> JobSpec:
+    spec = resolve_spec(kind.spec_type, spec_file,
+                        overrides_from(params, spec_flags(kind.spec_type)))
     if spec.run.name is None and spec_file is not None:
         named = {**spec.run.model_dump(), "name": Path(spec_file).stem}
-        spec = validated(job.spec_type, {**spec.model_dump(), "run": named})
+        spec = validated(kind.spec_type, {**spec.model_dump(), "run": named})
     return spec
 
 

@@ -20,5 +20,5 @@ def emit(as_json: bool, data: dict[str, Any], lines: list[str]) -> None:
 
 def run_summary(run: Run) -> dict[str, Any]:
     manifest = run.manifest_path
-    return {"run_id": run.run_id, "kind": run.job.kind, "run_dir": str(run.dir),
+    return {"run_id": run.run_id, "kind": run.kind.name, "run_dir": str(run.dir),
             "manifest": str(manifest) if manifest.exists() else None}

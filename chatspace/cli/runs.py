@@ -1,5 +1,5 @@
-"""Commands that start and stop runs, the same for every job type: ``plan KIND``, ``submit
-KIND`` (one subcommand per registered job type), ``resume``, ``cancel``, and the ``run task`` /
+"""Commands that start and stop runs, the same for every kind: ``plan KIND``, ``submit
+KIND`` (one subcommand per registered kind), ``resume``, ``cancel``, and the ``run task`` /
 ``run reduce`` entry points that executors and the sbatch templates call."""
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from chatspace.cli.options import (
 )
 from chatspace.cli.output import emit, run_summary
 from chatspace.errors import BadInput, RunFailed
-from chatspace.jobs import JOB_TYPES
-from chatspace.runs.job import JobType
+from chatspace.jobs import KINDS
+from chatspace.runs.kind import Kind
 from chatspace.runs.plan import Planned, plan_run
 from chatspace.runs.record import Run
 from chatspace.specs import SlurmConfig
@@ -64,11 +64,11 @@ def _sbatch_lines(run: Run) -> list[str]:
                 "MaxArraySize of 1001", *sbatch_lines(run, 1001)]
 
 
-def plan_command(job: JobType) -> click.Command:
-    @click.command(job.kind, help=f"Plan a {job.kind} run from SPEC_FILE (TOML) and/or flags; "
+def plan_command(kind: Kind) -> click.Command:
+    @click.command(kind.name, help=f"Plan a {kind.name} run from SPEC_FILE (TOML) and/or flags; "
                                   "print the run directory, then the sbatch commands that run "
                                   "it with the templates in hpc/.")
-    @spec_options(job)
+    @spec_options(kind)
     @slurm_options
     @root_option
     @run_id_option
@@ -76,8 +76,8 @@ def plan_command(job: JobType) -> click.Command:
     @json_option
     def command(spec_file: str | None, root: str | None, run_id: str | None, execute: bool,
                 as_json: bool, **params: Any) -> None:
-        spec = spec_from_cli(job, spec_file, params)
-        planned = plan_run(job, spec, resolve_root(root), run_id, execute)
+        spec = spec_from_cli(kind, spec_file, params)
+        planned = plan_run(kind, spec, resolve_root(root), run_id, execute)
         if planned.run is None or (planned.estimate and not execute):
             _dry_run(planned, as_json)
             return
@@ -89,11 +89,11 @@ def plan_command(job: JobType) -> click.Command:
     return command
 
 
-def submit_command(job: JobType) -> click.Command:
-    @click.command(job.kind, help=job.help() + "\n\nWith SLURM, one job array per MaxArraySize "
+def submit_command(kind: Kind) -> click.Command:
+    @click.command(kind.name, help=kind.help() + "\n\nWith SLURM, one job array per MaxArraySize "
                    "tasks and a reduce job (afterok) are submitted; `submit` returns at once "
                    "unless --wait.")
-    @spec_options(job)
+    @spec_options(kind)
     @slurm_options
     @root_option
     @run_id_option
@@ -104,13 +104,13 @@ def submit_command(job: JobType) -> click.Command:
                 executor: str | None, parallelism: int | None, wait: bool, as_json: bool,
                 **params: Any) -> None:
         executor = check_executor(executor, parallelism, params.get("container"))
-        spec = spec_from_cli(job, spec_file, params)
+        spec = spec_from_cli(kind, spec_file, params)
         max_array = 0
         if executor == "slurm":
             from chatspace.runs.slurm import check_slurm_options
 
             max_array = check_slurm_options(spec.slurm)
-        planned = plan_run(job, spec, resolve_root(root), run_id, execute)
+        planned = plan_run(kind, spec, resolve_root(root), run_id, execute)
         if planned.run is None or (planned.estimate and not execute):
             _dry_run(planned, as_json)
             return
@@ -156,7 +156,7 @@ def submit_group() -> None:
     """Plan a run and execute it (SLURM, local processes, or in-process)."""
 
 
-for _job in JOB_TYPES.values():
+for _job in KINDS.values():
     plan_group.add_command(plan_command(_job))
     submit_group.add_command(submit_command(_job))
 

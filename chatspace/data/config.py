@@ -1,4 +1,4 @@
-"""The ``[dataset]`` and ``[sampling]`` spec tables, shared by every job type that reads rows
+"""The ``[dataset]`` and ``[sampling]`` spec tables, shared by every kind that reads rows
 from a dataset, and their validation."""
 
 from __future__ import annotations

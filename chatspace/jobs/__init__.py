@@ -1,20 +1,20 @@
-"""Job types and the registry that maps a run's ``kind`` to the job type that runs it. The CLI
-hands the run machinery a job type from here; the machinery never imports this package."""
+"""The kinds of batch work a run can be (embed, steer, vectors), each a package here, and the
+registry that maps a run's ``kind`` to the `Kind` that runs it. The CLI hands the run machinery
+a kind from here; the machinery never imports this package."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from chatspace.jobs.embed import EmbedJob
-from chatspace.jobs.steer.job import SteerJob
-from chatspace.jobs.vectors.job import VectorsJob
-from chatspace.runs.job import JobType
+from chatspace.jobs.embed import EmbedKind
+from chatspace.jobs.steer.kind import SteerKind
+from chatspace.jobs.vectors.kind import VectorsKind
+from chatspace.runs.kind import Kind
 from chatspace.runs.record import Run
 
-JOB_TYPES: dict[str, JobType] = {job.kind: job for job in (EmbedJob(), SteerJob(),
-                                                           VectorsJob())}
+KINDS: dict[str, Kind] = {kind.name: kind for kind in (EmbedKind(), SteerKind(), VectorsKind())}
 
 
 def open_run(ref: str, root: Path) -> Run:
-    """The planned run RUN (a run id under root, or a run directory) with its job type."""
-    return Run.open(ref, root, JOB_TYPES)
+    """The planned run RUN (a run id under root, or a run directory) with its kind."""
+    return Run.open(ref, root, KINDS)

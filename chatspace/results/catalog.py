@@ -17,7 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from chatspace.jobs import JOB_TYPES, open_run
+from chatspace.jobs import KINDS, open_run
 from chatspace.runs.attempts import attempts
 from chatspace.runs.formats import Attempt, Completion, Manifest, NewerRecord, Plan
 from chatspace.runs.record import Run, read_typed_record
@@ -106,7 +106,7 @@ class RunFiles:
         ends = [end for _, end in spans if end]
         wall = (max(ends) - min(starts)).total_seconds() if starts and ends else None
         rows_done = sum(r.rows for r in self.records.values())
-        facts = run.job.run_facts(plan, list(self.records.values()))
+        facts = run.kind.run_facts(plan, list(self.records.values()))
         return {
             "run_id": run.run_id, "kind": plan.kind, "name": plan.spec["run"]["name"],
             **{k: facts.get(k) for k in ("model", "backend", "dataset")},
@@ -141,10 +141,10 @@ class Catalog:
                 continue
             if plan is None:  # not planned (yet), or torn: logged by read_typed_record
                 continue
-            if plan.kind not in JOB_TYPES:
+            if plan.kind not in KINDS:
                 log.warning("skipping %s: unknown kind %r", folder, plan.kind)
                 continue
-            self.runs.append(RunFiles(Run(root, folder.name, JOB_TYPES[plan.kind])))
+            self.runs.append(RunFiles(Run(root, folder.name, KINDS[plan.kind])))
 
     def of_kind(self, kind: str) -> list[RunFiles]:
         return [f for f in self.runs if f.run.plan.kind == kind]

@@ -1,4 +1,4 @@
-"""HTML fragments of `chatspace report` that every job type's blocks are built from: tables,
+"""HTML fragments of `chatspace report` that every kind's blocks are built from: tables,
 charts (inline SVG, `svg`) with a note when there is nothing to draw, and values grouped for
 box plots."""
 

@@ -1,8 +1,8 @@
 """DuckDB over the files under a root, with no copy of the data.
 
-Views: ``runs`` and ``tasks`` (from the run records, see `catalog`), the views each job type
-declares over its Parquet files (`JobType.task_views`: every done task's file of an output,
-e.g. ``embeddings``, ``steer_results``; `JobType.reduce_views`: a file its reduce wrote, e.g.
+Views: ``runs`` and ``tasks`` (from the run records, see `catalog`), the views each kind
+declares over its Parquet files (`Kind.task_views`: every done task's file of an output,
+e.g. ``embeddings``, ``steer_results``; `Kind.reduce_views`: a file its reduce wrote, e.g.
 ``vectors``), and ``experiments`` (what scripts logged with
 `chatspace.experiments.save_experiment`); all but the first two read the Parquet files in
 place. The canned questions of `chatspace query` are SQL over them.
@@ -22,7 +22,7 @@ import pyarrow as pa
 from chatspace.errors import BadInput
 from chatspace.experiments import SCHEMA as EXPERIMENTS_SCHEMA
 from chatspace.experiments import experiment_files
-from chatspace.jobs import JOB_TYPES
+from chatspace.jobs import KINDS
 from chatspace.results.catalog import Catalog, RunFiles
 
 _STAGES = pa.map_(pa.string(), pa.float64())
@@ -85,14 +85,14 @@ def _parquet_source(files: RunFiles, output: str) -> str | None:
 
 
 def view_names() -> list[str]:
-    """Every view: the run and task tables, each job type's, and the experiments."""
-    kinds = [v for job in JOB_TYPES.values() for v in (*job.task_views, *job.reduce_views)]
+    """Every view: the run and task tables, each kind's, and the experiments."""
+    kinds = [v for kind in KINDS.values() for v in (*kind.task_views, *kind.reduce_views)]
     return ["runs", "tasks", *kinds, "experiments"]
 
 
 def metric_views() -> set[str]:
     """The views that `best` and `compare` read per-generation metrics from."""
-    return {job.metrics.view for job in JOB_TYPES.values() if job.metrics}
+    return {kind.metrics.view for kind in KINDS.values() if kind.metrics}
 
 
 def views_in(sql: str) -> set[str]:
@@ -109,17 +109,17 @@ def connect(catalog: Catalog, views: set[str] | None = None) -> duckdb.DuckDBPyC
         con.register("runs", pa.Table.from_pylist(catalog.run_rows(), RUNS_SCHEMA))
     if "tasks" in wanted:
         con.register("tasks", pa.Table.from_pylist(catalog.task_rows(), TASKS_SCHEMA))
-    for kind, job in JOB_TYPES.items():
-        for view, output in job.task_views.items():
+    for kind_name, kind in KINDS.items():
+        for view, output in kind.task_views.items():
             if view in wanted:
                 # one scan per run (its files share a schema), joined by column name
-                scans = [f"SELECT * FROM read_parquet({source})" for f in catalog.of_kind(kind)
+                scans = [f"SELECT * FROM read_parquet({source})" for f in catalog.of_kind(kind_name)
                          if (source := _parquet_source(f, output))]
                 con.execute(f"CREATE VIEW {view} AS " + (" UNION ALL BY NAME ".join(scans)
                             or "SELECT NULL::VARCHAR AS run_id LIMIT 0"))
-        for view, name in job.reduce_views.items():
+        for view, name in kind.reduce_views.items():
             if view in wanted:
-                paths = [str(path) for f in catalog.of_kind(kind)
+                paths = [str(path) for f in catalog.of_kind(kind_name)
                          if (path := f.reduce_file(name)) is not None]
                 con.execute(f"CREATE VIEW {view} AS " + (
                     f"SELECT * FROM read_parquet({_sql_list(paths)}, union_by_name = true)"
@@ -160,23 +160,23 @@ def run_sql(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None
 
 
 def best(con: duckdb.DuckDBPyConnection, metric: str, top: int, lowest: bool) -> Result:
-    """Runs ranked by a run metric, or what a job type's metrics are averaged over (a steer
+    """Runs ranked by a run metric, or what a kind's metrics are averaged over (a steer
     run's points: run, point, scale) ranked by the mean of a per-generation metric."""
     order = "ASC" if lowest else "DESC"
     if metric in RUN_METRICS:
         return run_sql(con, f"""SELECT run_id, kind, name, model, {metric} FROM runs
             WHERE {metric} IS NOT NULL ORDER BY {metric} {order}, run_id LIMIT ?""", [top])
-    for job in JOB_TYPES.values():
-        if job.metrics and metric in job.metrics.columns:
-            keys = ", ".join(("run_id", *job.metrics.keys))
+    for kind in KINDS.values():
+        if kind.metrics and metric in kind.metrics.columns:
+            keys = ", ".join(("run_id", *kind.metrics.keys))
             return run_sql(con, f"""SELECT {keys}, count(*) AS generations,
-                avg({metric}) AS {metric} FROM {job.metrics.view} GROUP BY ALL
+                avg({metric}) AS {metric} FROM {kind.metrics.view} GROUP BY ALL
                 HAVING avg({metric}) IS NOT NULL ORDER BY {metric} {order}, {keys} LIMIT ?""",
                            [top])
     raise BadInput(f"--best {metric}: not a metric; choose one of runs' "
                    f"{', '.join(RUN_METRICS)}" + "".join(
-                       f" or {job.metrics.view}' {', '.join(job.metrics.columns)}"
-                       for job in JOB_TYPES.values() if job.metrics))
+                       f" or {kind.metrics.view}' {', '.join(kind.metrics.columns)}"
+                       for kind in KINDS.values() if kind.metrics))
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -204,7 +204,7 @@ def compare(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> Result:
     rows += [(field, *(runs[rid][field] for rid in run_ids))
              for field in ("kind", "model", "dataset", "state", *RUN_METRICS)]
     for kind in dict.fromkeys(runs[rid]["kind"] for rid in run_ids):
-        metrics = JOB_TYPES[kind].metrics
+        metrics = KINDS[kind].metrics
         if metrics is None:
             continue
         means = run_sql(con, f"""SELECT run_id, {', '.join(f'avg({m}) AS {m}'

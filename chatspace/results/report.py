@@ -1,6 +1,6 @@
 """`chatspace report`: one self-contained HTML file of a run's plots (inline SVG, inline CSS,
 no script, nothing fetched), or several runs of one kind overlaid: a summary table, then the
-blocks the runs' job type draws (`JobType.report_blocks`)."""
+blocks the runs' kind draws (`Kind.report_blocks`)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def render(runs: list[RunFiles]) -> str:
     kind = runs[0].run.plan.kind  # the CLI reports runs of one kind at a time
     title = (f"chatspace {kind} run {runs[0].run.run_id}" if len(runs) == 1 else
              f"chatspace {kind} runs {', '.join(f.run.run_id for f in runs)}")
-    blocks = runs[0].run.job.report_blocks(runs)
+    blocks = runs[0].run.kind.report_blocks(runs)
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
             f"<h1>{escape(title)}</h1>{_summary(runs)}{''.join(blocks)}</body></html>\n")

@@ -4,9 +4,9 @@ typed inside. Each record names its ``format`` and ``version``. A record without
 written by a release before versions (version 1) and reads the same way; a record of a newer
 version than this chatspace knows is `NewerRecord`, naming both versions.
 
-A job type's own fields (its plan details, its completion stats, its manifest summary) sit
+A kind's own fields (its plan details, its completion stats, its manifest summary) sit
 flat in the same JSON object beside the machinery's, as they always have; the types keep them
-as `details`, a dict the job type reads. `docs/formats.md` is generated from these types
+as `details`, a dict the kind reads. `docs/formats.md` is generated from these types
 (`formats_markdown`), and a test keeps it so.
 """
 
@@ -52,7 +52,7 @@ class Item:
 
 @dataclass(frozen=True)
 class Record(Item):
-    """A record file: its machinery fields typed, the job type's fields in `details`."""
+    """A record file: its machinery fields typed, the kind's fields in `details`."""
 
     FORMAT: ClassVar[str]
     VERSION: ClassVar[int]
@@ -133,7 +133,7 @@ class FileEntry(Item):
     path: str = doc("the file, relative to the root (absolute in version 1 records)")
     bytes: int = doc("its size")
     sha256: str = doc("its checksum")
-    name: str | None = doc("the output it is (the job type's output name)", None)
+    name: str | None = doc("the output it is (the kind's output name)", None)
     rows: int | None = doc("Parquet rows in it (Parquet outputs)", None)
     part: int | None = doc("the part it came from (files kept per part)", None)
 
@@ -161,7 +161,7 @@ class Plan(Record):
     WRITER = "`chatspace plan` / `submit`; complete when it exists (written last, atomically)"
 
     run_id: str = doc("the run's id (also its directory name)")
-    kind: str = doc("the job type that runs it (embed, steer, vectors, …)")
+    kind: str = doc("the kind that runs it (embed, steer, vectors, …)")
     created_at: str = doc("when it was planned (ISO 8601, UTC)")
     spec: dict[str, Any] = doc("the resolved job spec, every table with its defaults")
     spec_hash: str = doc("sha256 of the spec's work part (without [slurm])")
@@ -173,7 +173,7 @@ class Plan(Record):
     primary_output: str | None = doc("the output whose rows completion records count", None)
     part_files: dict[str, str] = doc("output name -> pattern with {task} and {part} of files "
                                      "kept per part", default_factory=dict)
-    details: dict[str, Any] = doc("the job type's details (model, sources, sampling, …), "
+    details: dict[str, Any] = doc("the kind's details (model, sources, sampling, …), "
                                   "flat beside the fields above", default_factory=dict)
 
     @property
@@ -210,7 +210,7 @@ class Completion(Record):
                                                "{seconds}")
     parts: tuple[PartTime, ...] = doc("its parts and when each was committed", ())
     threads: int | None = doc("the CPU threads it computed with (`slurm.cpus_per_task`)", None)
-    details: dict[str, Any] = doc("the job type's task stats (tokens, skipped rows, …), flat",
+    details: dict[str, Any] = doc("the kind's task stats (tokens, skipped rows, …), flat",
                                   default_factory=dict)
 
 
@@ -227,7 +227,7 @@ class PartSidecar(Record):
     part: int = doc("part number")
     rows_in: int = doc("rows of the plan it covered")
     rows: dict[str, int] = doc("output name -> rows written")
-    stats: dict[str, Any] = doc("the job type's stats of the part")
+    stats: dict[str, Any] = doc("the kind's stats of the part")
     files: tuple[str, ...] = doc("names of the part files kept as they are", ())
     committed_at: str | None = doc("when it was committed", None)
     details: dict[str, Any] = doc("unused", default_factory=dict)
@@ -300,7 +300,7 @@ class Submissions(Record):
 
 @dataclass(frozen=True)
 class Manifest(Record):
-    """A reduced run: every file checksummed, and the job type's summary."""
+    """A reduced run: every file checksummed, and the kind's summary."""
 
     FORMAT = "chatspace-manifest"
     VERSION = 2
@@ -308,7 +308,7 @@ class Manifest(Record):
     WRITER = "the reduce, after every task's outputs passed their checks"
 
     run_id: str = doc("the run")
-    kind: str = doc("its job type")
+    kind: str = doc("its kind")
     files: tuple[ManifestFile, ...] = doc("every file of the run: the tasks' (task: N) and the "
                                        "reduce's own (task: null)")
     created_at: str = doc("when the run was planned")
@@ -316,7 +316,7 @@ class Manifest(Record):
     run_config: dict[str, Any] = doc("the spec, secrets redacted")
     totals: dict[str, Any] = doc("sums over tasks, stage timings, reduce_seconds",
                                  default_factory=dict)
-    details: dict[str, Any] = doc("the job type's summary (rows_total, per-point metrics, "
+    details: dict[str, Any] = doc("the kind's summary (rows_total, per-point metrics, "
                                   "…), flat", default_factory=dict)
 
 
@@ -331,7 +331,7 @@ def formats_markdown() -> str:
              "> docs/formats.md`); a test keeps the two equal.", "",
              "Every record is JSON, written atomically (a dot-named temp file, fsync, rename). "
              "Each carries `format` and `version`; a record without them is version 1 (written "
-             "before versions) and reads the same. A job type's own fields sit flat beside "
+             "before versions) and reads the same. A kind's own fields sit flat beside "
              "the machinery's (`details` below). Paths are relative to the root.", ""]
     for cls in RECORDS:
         lines += [f"## `{cls.PATH}` — {cls.FORMAT}, version {cls.VERSION}", "",
@@ -347,14 +347,14 @@ def formats_markdown() -> str:
 
 OTHER_FILES = (
     ("runs/{run_id}/spec.json", "the resolved spec (as in plan.json)", "before plan.json"),
-    ("runs/{run_id}/{name}.npy, other files", "what the job type's plan saved (the embed "
+    ("runs/{run_id}/{name}.npy, other files", "what the kind's plan saved (the embed "
      "sample, the steer inputs)", "before plan.json"),
     ("runs/{run_id}/parts/task-NNNNN/part-NNNNN.{output}.parquet", "a committed part's rows",
      "before its sidecar; joined into the task's output, then removed"),
     ("runs/{run_id}/leases/task-NNNNN.lock", "a POSIX lock held by the process running the "
      "task (never stale: the kernel releases it)", "when the task starts"),
     ("runs/{run_id}/logs/", "executor logs (submitit's, `local-NNNNN.log`)", "as tasks run"),
-    ("{output_dir}/…", "the job type's outputs (README, Outputs): listed with bytes and "
+    ("{output_dir}/…", "the kind's outputs (README, Outputs): listed with bytes and "
      "sha256 in completion records and the manifest", "by tasks and the reduce"),
 )
 

@@ -1,4 +1,4 @@
-"""Plan a run on the login node: the job type resolves its inputs from metadata, the machinery
+"""Plan a run on the login node: the kind resolves its inputs from metadata, the machinery
 cuts the rows into slices and writes the run record. Everything is checked before anything is
 written, and ``plan.json`` is written last: its presence means "planned"."""
 
@@ -15,7 +15,7 @@ import numpy as np
 from chatspace.errors import BadInput
 from chatspace.names import check_inside, check_name
 from chatspace.runs.formats import Plan, TaskSlice
-from chatspace.runs.job import JobPlan, JobType
+from chatspace.runs.kind import Kind, WorkPlan
 from chatspace.runs.record import (
     Run,
     atomic_path,
@@ -53,30 +53,30 @@ class Planned:
     estimate: list[str]
 
 
-def plan_run(job: JobType, spec: JobSpec, root: Path, run_id: str | None = None,
+def plan_run(kind: Kind, spec: JobSpec, root: Path, run_id: str | None = None,
              execute: bool = True) -> Planned:
-    """Plan `spec` under `root`. Work that the job type says must be confirmed (`estimate`)
+    """Plan `spec` under `root`. Work that the kind says must be confirmed (`estimate`)
     is only estimated unless `execute`."""
     check_writable(root)
     digest = spec_hash(spec)
     if run_id is not None:
         check_name(run_id, "--run-id")
-        existing = Run(root, run_id, job)
+        existing = Run(root, run_id, kind)
         if existing.plan_path.exists():
             if read_typed(existing.plan_path, Plan).spec_hash != digest:
                 raise BadInput(f"run id {run_id} already exists at {existing.dir} with a "
                                "different spec; choose another --run-id")
-            return Planned(existing, False, job.estimate(spec, existing_plan(existing), execute))
-    run = Run(root, run_id or new_run_id(), job)
-    resolved = job.plan(spec, root, run.run_id)
+            return Planned(existing, False, kind.estimate(spec, existing_plan(existing), execute))
+    run = Run(root, run_id or new_run_id(), kind)
+    resolved = kind.plan(spec, root, run.run_id)
     check_inside(root, resolved.output_dir, "output directory")
     check_inside(root, resolved.manifest_path, "manifest")
     slices = slice_bounds(resolved.rows, spec.run.array)
-    estimate = job.estimate(spec, resolved, execute)
+    estimate = kind.estimate(spec, resolved, execute)
     if estimate and not execute:
         return Planned(None, False, estimate)
     plan = Plan(
-        run_id=run.run_id, kind=job.kind,
+        run_id=run.run_id, kind=kind.name,
         created_at=datetime.now(UTC).isoformat(timespec="microseconds"),
         spec=spec.to_dict(), spec_hash=digest,
         tasks=tuple(TaskSlice(i, s, e) for i, (s, e) in enumerate(slices)),
@@ -92,13 +92,13 @@ def plan_run(job: JobType, spec: JobSpec, root: Path, run_id: str | None = None,
             tmp.write_bytes(content)
     write_json(run.dir / "spec.json", spec.to_dict())
     write_record(run.plan_path, plan)  # written last: its presence means "planned"
-    log.info("planned %s run %s: %d rows in %d tasks", job.kind, run.run_id, resolved.rows,
+    log.info("planned %s run %s: %d rows in %d tasks", kind.name, run.run_id, resolved.rows,
              len(slices))
     return Planned(run, True, estimate)
 
 
-def existing_plan(run: Run) -> JobPlan:
-    """A reused run's plan in the form `JobType.estimate` takes."""
-    return JobPlan(rows=run.rows, details=run.plan.details, output_dir=run.output_dir,
+def existing_plan(run: Run) -> WorkPlan:
+    """A reused run's plan in the form `Kind.estimate` takes."""
+    return WorkPlan(rows=run.rows, details=run.plan.details, output_dir=run.output_dir,
                    manifest_path=run.manifest_path, outputs=run.plan.outputs,
                    arrays=run.arrays, part_files=run.plan.part_files)

@@ -1,6 +1,6 @@
 """The run record: one directory per run under ``{root}/runs/{run_id}`` holding the resolved
 spec, the plan, per-task completion records, in-progress parts, the submission record and the
-logs. Outputs live where the job type's plan put them, always keyed by run id.
+logs. Outputs live where the kind's plan put them, always keyed by run id.
 
 Every file is written atomically (a temp name with host and pid in the same directory, fsync,
 rename, fsync of the directory). Readers skip temp names (dot-files) and treat a record that
@@ -32,7 +32,7 @@ from chatspace import __version__
 from chatspace.errors import BadInput, RunFailed
 from chatspace.names import check_name
 from chatspace.runs.formats import Completion, FileEntry, Plan, Record, Submission, Submissions
-from chatspace.runs.job import JobType
+from chatspace.runs.kind import Kind
 from chatspace.specs import JobSpec, spec_from_dict
 
 log = logging.getLogger(__name__)
@@ -207,11 +207,11 @@ def tool_info() -> dict[str, str | None]:
 
 @dataclass(frozen=True)
 class Run:
-    """Paths and records of one planned run, and the job type that runs it."""
+    """Paths and records of one planned run, and the kind that runs it."""
 
     root: Path
     run_id: str
-    job: JobType = field(compare=False)
+    kind: Kind = field(compare=False)
 
     @property
     def dir(self) -> Path:
@@ -239,11 +239,11 @@ class Run:
 
     @cached_property
     def spec(self) -> Any:
-        return spec_from_dict(self.job.spec_type, self.plan.spec)
+        return spec_from_dict(self.kind.spec_type, self.plan.spec)
 
     @cached_property
     def arrays(self) -> dict[str, np.ndarray]:
-        """The arrays the job type's plan saved beside plan.json (e.g. the sample), by name."""
+        """The arrays the kind's plan saved beside plan.json (e.g. the sample), by name."""
         return {path.stem: np.load(path) for path in sorted(self.dir.glob("*.npy"))}
 
     @property
@@ -327,7 +327,7 @@ class Run:
                      Submissions(submissions=(*history, Submission.parse(record))))
 
     @classmethod
-    def open(cls, ref: str, root: Path, job_types: Mapping[str, JobType]) -> Run:
+    def open(cls, ref: str, root: Path, job_types: Mapping[str, Kind]) -> Run:
         """Resolve RUN (a run directory or a run id under root) to a planned run of one of
         `job_types`."""
         path = Path(ref).expanduser()

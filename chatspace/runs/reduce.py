@@ -73,7 +73,7 @@ def _reduce(run: Run) -> Manifest:
         if record is None:
             problems.append(task_problem(run, task))
             continue
-        check = run.job.check_task(run, task, record)
+        check = run.kind.check_task(run, task, record)
         problems.extend(f"task {task}: {p}" for p in check.problems)
         records.append(record)
         keys.append(check.keys)
@@ -83,13 +83,13 @@ def _reduce(run: Run) -> Manifest:
             problems.append("row ids are not unique across tasks")
     if problems:
         raise RunFailed(f"reduce of run {run.run_id} failed:\n  " + "\n  ".join(problems))
-    details = run.job.summarize(run, records)
+    details = run.kind.summarize(run, records)
     made: list[FileEntry] = details.pop("reduce_outputs", [])  # the reduce's own files
     totals = details.pop("totals", {})
     totals["reduce_seconds"] = round((datetime.now(UTC) - started).total_seconds(), 3)
     files = [ManifestFile(**e.to_dict(), task=r.task) for r in records for e in r.outputs]
     manifest = Manifest(
-        run_id=run.run_id, kind=run.job.kind,
+        run_id=run.run_id, kind=run.kind.name,
         files=(*files, *(ManifestFile(**e.to_dict(), task=None) for e in made)),
         created_at=run.plan.created_at, tool=run.plan.tool,
         run_config=redact(run.plan.spec), totals=totals, details=details)

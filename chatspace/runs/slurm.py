@@ -20,7 +20,7 @@ import submitit
 from chatspace.errors import BadInput, RunFailed
 from chatspace.runs.executors import Executor
 from chatspace.runs.formats import Submission
-from chatspace.runs.job import JobType
+from chatspace.runs.kind import Kind
 from chatspace.runs.record import Run
 from chatspace.runs.reduce import reduce_run
 from chatspace.runs.slurm_cli import SlurmUnavailable, cluster_config, partitions, run_comment
@@ -65,33 +65,33 @@ def container_python(image: str, root: Path) -> str:
                        f"CHATSPACE_ROOT={root}", str(CONTAINER_SH), "python"])
 
 
-def _open(run_dir: str, job: JobType) -> Run:
+def _open(run_dir: str, kind: Kind) -> Run:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                                                    "%(message)s")
-    return Run.open(run_dir, Path(run_dir).parent.parent, {job.kind: job})
+    return Run.open(run_dir, Path(run_dir).parent.parent, {kind.name: kind})
 
 
 class TaskJob(submitit.helpers.Checkpointable):
     """An array element: the same entry point as `chatspace run task RUN --task I`, called
-    with the run's job type (pickled by submitit) instead of through the CLI. On SLURM's
+    with the run's kind (pickled by submitit) instead of through the CLI. On SLURM's
     pre-timeout or preemption signal submitit requeues it, and the task resumes from its
     committed parts."""
 
-    def __init__(self, job: JobType):
-        self.job = job
+    def __init__(self, kind: Kind):
+        self.kind = kind
 
     def __call__(self, run_dir: str, task: int) -> None:
-        run_task(_open(run_dir, self.job), task)
+        run_task(_open(run_dir, self.kind), task)
 
 
 class ReduceJob:
     """The reduce: the same entry point as `chatspace run reduce RUN`."""
 
-    def __init__(self, job: JobType):
-        self.job = job
+    def __init__(self, kind: Kind):
+        self.kind = kind
 
     def __call__(self, run_dir: str) -> None:
-        reduce_run(_open(run_dir, self.job))
+        reduce_run(_open(run_dir, self.kind))
 
 
 def task_parameters(cfg: SlurmConfig, kind: str, tasks: int) -> dict[str, Any]:
@@ -202,7 +202,7 @@ def submit(run: Run, tasks: list[int], cfg: SlurmConfig, max_array: int) -> dict
         for start in range(0, len(tasks), max_array):
             chunk = tasks[start : start + max_array]
             with executor.batch():
-                jobs = [executor.submit(TaskJob(run.job), str(run.dir), task) for task in chunk]
+                jobs = [executor.submit(TaskJob(run.kind), str(run.dir), task) for task in chunk]
             array = jobs[0].job_id.split("_")[0]  # a 1-task "array" is a plain job
             record["arrays"].append({"job_id": array, "tasks": chunk,
                                      "jobs": [job.job_id for job in jobs]})
@@ -212,7 +212,7 @@ def submit(run: Run, tasks: list[int], cfg: SlurmConfig, max_array: int) -> dict
         reduce_params = reduce_parameters(cfg, kind, [a["job_id"] for a in record["arrays"]])
         record["reduce_sbatch_parameters"] = reduce_params
         executor.update_parameters(**reduce_params)
-        reduce_job = executor.submit(ReduceJob(run.job), str(run.dir))
+        reduce_job = executor.submit(ReduceJob(run.kind), str(run.dir))
     except Exception as exc:  # noqa: BLE001 - sbatch's errors come in many types
         last = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]  # sbatch's reason
         record["error"] = last

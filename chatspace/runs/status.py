@@ -174,7 +174,7 @@ def run_status(run: Run, verify: bool = False) -> dict[str, Any]:
     reduce_logs = log_spans(run, None)
     return {
         "run_id": run.run_id,
-        "kind": run.job.kind,
+        "kind": run.kind.name,
         "run_dir": str(run.dir),
         "manifest": str(run.manifest_path) if current else None,
         "manifest_stale": run.manifest_path.exists() and not current,

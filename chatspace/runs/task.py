@@ -1,6 +1,6 @@
-"""One task of any job type: process slice i of a planned run, part by part.
+"""One task of any kind: process slice i of a planned run, part by part.
 
-The job type yields each part's tables; a writer thread commits them (Parquet files, then a
+The kind yields each part's tables; a writer thread commits them (Parquet files, then a
 sidecar JSON written last) while the job works on the next part. A task that is killed and run
 again skips its committed parts. At the end each output's parts are joined into one file
 atomically and a completion record lists every output with bytes and sha256, which makes the
@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from chatspace.runs.attempts import recording
 from chatspace.runs.formats import Completion, PartSidecar, PartTime
-from chatspace.runs.job import Part, PartOutput
+from chatspace.runs.kind import Part, PartOutput
 from chatspace.runs.lease import holding
 from chatspace.runs.record import (
     Run,
@@ -78,13 +78,13 @@ def committed_parts(run: Run, task: int) -> list[PartSidecar]:
 
 class TaskRunner:
     def __init__(self, run: Run, task: int):
-        self.run, self.task, self.job = run, task, run.job
+        self.run, self.task, self.kind = run, task, run.kind
         self.timer = StageTimer()
 
     def _commit(self, out: PartOutput) -> None:
         for name, table in out.tables.items():
             write_parquet(part_file(self.run, self.task, out.part.number, name), [table],
-                          table.schema, self.job.write_options(name))
+                          table.schema, self.kind.write_options(name))
         for name, content in out.files.items():
             with atomic_path(self.run.parts_dir(self.task) /
                              f"part-{out.part.number:05d}.{name}") as tmp:
@@ -113,7 +113,7 @@ class TaskRunner:
 
         writer = Stage("writer", write_all, stop)
         writer.start()
-        outputs = self.job.run_parts(self.run, self.task, pending, self.timer)
+        outputs = self.kind.run_parts(self.run, self.task, pending, self.timer)
         try:
             for out in outputs:
                 put(made, out, stop)
@@ -162,7 +162,7 @@ class TaskRunner:
             schema = pq.read_schema(files[0])
             with self.timer.measure("assemble"):
                 write_parquet(path, (pq.read_table(f, schema=schema) for f in files), schema,
-                              self.job.write_options(name))
+                              self.kind.write_options(name))
             rows = sum(sc.rows[name] for sc in sidecars)
             entries.append(self.run.entry(path, name=name, rows=rows))
         for sidecar in sidecars:  # part files move as they are (a rerun finds them moved)
@@ -177,7 +177,7 @@ class TaskRunner:
             task=self.task, rows=entries[0].rows, rows_in=sum(sc.rows_in for sc in sidecars),
             outputs=tuple(entries), timings=self.timer.summary(), threads=task_threads(self.run),
             parts=tuple(PartTime(sc.part, sc.rows_in, sc.committed_at) for sc in sidecars),
-            details=self.job.task_stats(self.run, self.task, [sc.stats for sc in sidecars]))
+            details=self.kind.task_stats(self.run, self.task, [sc.stats for sc in sidecars]))
         write_record(self.run.completion_path(self.task), record)
         shutil.rmtree(self.run.parts_dir(self.task), ignore_errors=True)
         log.info("task %d done: %d rows -> %s", self.task, record.rows,

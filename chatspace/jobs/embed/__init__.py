@@ -1,6 +1,6 @@
-"""The embed job type: a dataset sample embedded into Parquet shards by a sentence-transformers
+"""The embed kind: a dataset sample embedded into Parquet shards by a sentence-transformers
 model or the OpenAI embeddings API."""
 
-from chatspace.jobs.embed.job import EmbedJob
+from chatspace.jobs.embed.kind import EmbedKind
 
-__all__ = ["EmbedJob"]
+__all__ = ["EmbedKind"]

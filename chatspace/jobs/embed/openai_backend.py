@@ -21,7 +21,7 @@ from chatspace.errors import RunFailed
 from chatspace.jobs.embed.openai_client import Sender, SendStats
 from chatspace.jobs.embed.openai_plan import Inputs, api_key, part_requests
 from chatspace.jobs.embed.schema import build_table
-from chatspace.runs.job import Part, PartOutput
+from chatspace.runs.kind import Part, PartOutput
 from chatspace.runs.record import Run
 from chatspace.runs.timing import StageTimer
 

@@ -18,7 +18,7 @@ from chatspace.errors import BadInput
 from chatspace.jobs.embed.rows import PartRows, read_part_rows
 from chatspace.jobs.embed.spec import EmbedSpec
 from chatspace.jobs.embed.tokens import token_ids
-from chatspace.runs.job import JobPlan
+from chatspace.runs.kind import WorkPlan
 from chatspace.runs.plan import slice_bounds
 from chatspace.runs.task import part_bounds
 
@@ -158,7 +158,7 @@ def check_access(model: dict[str, Any], key: str) -> None:
                     "retry", type(exc).__name__)
 
 
-def estimate_run(spec: EmbedSpec, plan: JobPlan, execute: bool) -> list[str]:
+def estimate_run(spec: EmbedSpec, plan: WorkPlan, execute: bool) -> list[str]:
     """Read every sampled row, count its tokens exactly and pack the requests each part will
     send; BadInput if executing without an API key, or with one the API rejects."""
     cfg, model = spec.openai, plan.details["model"]

@@ -1,4 +1,4 @@
-"""The embed job's blocks of `chatspace report`: throughput (rows/s per task over time, or per
+"""The embed kind's blocks of `chatspace report`: throughput (rows/s per task over time, or per
 task across runs), stage busy/idle seconds per task, embedding norms, skipped rows by reason,
 tokens and padding (and cost) per task."""
 

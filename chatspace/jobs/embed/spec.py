@@ -1,4 +1,4 @@
-"""The embed job's spec: which rows (``[dataset]``, ``[sampling]``), which model and backend
+"""The embed kind's spec: which rows (``[dataset]``, ``[sampling]``), which model and backend
 (``[model]``), the OpenAI backend's limits (``[openai]``), plus the shared ``[run]`` and
 ``[slurm]`` tables."""
 

@@ -19,7 +19,7 @@ from chatspace.jobs.embed.bucketing import Batch, make_batches
 from chatspace.jobs.embed.rows import PartRows, read_part_rows
 from chatspace.jobs.embed.schema import build_table
 from chatspace.jobs.embed.st_model import Encoder, ModelRef
-from chatspace.runs.job import Part, PartOutput
+from chatspace.runs.kind import Part, PartOutput
 from chatspace.runs.record import Run
 from chatspace.runs.stages import DONE, Stage, get, put
 from chatspace.runs.timing import StageTimer

@@ -1,1 +1,1 @@
-"""The steer job type (`submit steer`)."""
+"""The steer kind (`submit steer`)."""

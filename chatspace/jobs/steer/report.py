@@ -1,4 +1,4 @@
-"""The steer job's results as reports and the viz app show them: every generation with its
+"""The steer kind's results as reports and the viz app show them: every generation with its
 thinking length, the persona experiments' three metric views (mean entropy, top-k mass,
 thinking length; split at the end of the thinking section), and the report's blocks (box plots
 per persona category and per steering point, example generations)."""

@@ -1,4 +1,4 @@
-"""The steer job's output schemas: one results row per generation (README "Outputs") and
+"""The steer kind's output schemas: one results row per generation (README "Outputs") and
 the capture index (row id -> safetensors file, key, layer, shape)."""
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from chatspace.jobs.steer.metrics import THINK_END, generation_metrics
 from chatspace.jobs.steer.points import point_file
 from chatspace.jobs.steer.prompts import messages, system_prompt
 from chatspace.jobs.steer.schema import CAPTURE_INDEX_SCHEMA, RESULTS_SCHEMA
-from chatspace.runs.job import Part, PartOutput
+from chatspace.runs.kind import Part, PartOutput
 from chatspace.runs.record import Run, read_json
 from chatspace.runs.timing import StageTimer
 

@@ -1,4 +1,4 @@
-"""The steer job's spec: which model (``[model]``), which prompts (``[prompts]``), optional
+"""The steer kind's spec: which model (``[model]``), which prompts (``[prompts]``), optional
 personas (``[personas]``), how to generate (``[generation]``), the steering points
 (``[[steering]]``), what to capture (``[capture]``) and the metrics (``[metrics]``), plus the
 shared ``[run]`` and ``[slurm]`` tables. What needs the model or the files (vector sizes, layer

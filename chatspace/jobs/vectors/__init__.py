@@ -1,1 +1,1 @@
-"""The vectors job type: steering vectors from finished steer runs' captures."""
+"""The vectors kind: steering vectors from finished steer runs' captures."""

@@ -12,14 +12,14 @@ from chatspace.errors import BadInput
 
 def vectors_file(ref: str, root: Path) -> Path:
     """The file `ref` names, or the vectors file of the vectors run `ref` names."""
-    from chatspace.jobs.vectors.job import VectorsJob
+    from chatspace.jobs.vectors.kind import VectorsKind
     from chatspace.runs.record import Run
 
     path = Path(ref).expanduser()
     if path.is_file():
         return path
     try:
-        run = Run.open(ref, root, {"vectors": VectorsJob()})
+        run = Run.open(ref, root, {"vectors": VectorsKind()})
     except BadInput:
         raise BadInput(f"{ref}: neither a vector file nor a vectors run under {root}") from None
     found = run.output_dir / "vectors.safetensors"

@@ -1,4 +1,4 @@
-"""The vectors job's blocks of `chatspace report`: its vectors as a table, then per layer the
+"""The vectors kind's blocks of `chatspace report`: its vectors as a table, then per layer the
 groups on the first two principal components (scatter) and every generation's projection on
 each contrast (or PC) per group (box plots)."""
 

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from chatspace.errors import BadInput
-from chatspace.jobs.steer.job import SteerJob
+from chatspace.jobs.steer.kind import SteerKind
 from chatspace.jobs.steer.schema import RESULTS_SCHEMA
 from chatspace.jobs.vectors.spec import VectorsSpec
 from chatspace.runs.record import Run, stored_path
@@ -32,7 +32,7 @@ class Inputs:
 
 
 def _open(ref: str, root: Path) -> Run:
-    run = Run.open(ref, root, {"steer": SteerJob()})
+    run = Run.open(ref, root, {"steer": SteerKind()})
     if "capture_index" not in run.plan.outputs:
         raise BadInput(f"source.runs: steer run {run.run_id} has no captures (its sweep "
                        "captured no layers: [capture] layers)")

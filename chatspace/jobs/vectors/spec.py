@@ -1,4 +1,4 @@
-"""The vectors job's spec: which steer runs to read (``[source]``) and what to compute from
+"""The vectors kind's spec: which steer runs to read (``[source]``) and what to compute from
 their captures (``[groups]``), plus the shared ``[run]`` and ``[slurm]`` tables."""
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
-"""The interface between the run machinery and a job type.
+"""The interface between the run machinery and a kind.
 
-A job type says what its spec is, how a spec becomes rows to run (`plan`), how one task turns
+A kind says what its spec is, how a spec becomes rows to run (`plan`), how one task turns
 its parts of those rows into tables (`run_parts`), what a finished task's outputs must satisfy
 (`check_task`), and what the manifest says about the whole run (`summarize`). The machinery does
 the rest the same way for every kind: slicing, part commits, assembly, completion records,
 reduce, status, resume and the executors.
 
-A job type also says what its results are to the results layer (`query`, `report`), which
+A kind also says what its results are to the results layer (`query`, `report`), which
 names no kind: the Parquet views over its files (`task_views`, `reduce_views`), its
 per-generation metrics (`metrics`), its facts in the run table (`run_facts`) and its report
 blocks (`report_blocks`).
@@ -31,11 +31,11 @@ if TYPE_CHECKING:
     from chatspace.runs.timing import StageTimer
 
 @dataclass(frozen=True)
-class JobPlan:
-    """What a job type resolved from a spec, before the machinery slices and records it."""
+class WorkPlan:
+    """What a kind resolved from a spec, before the machinery slices and records it."""
 
     rows: int  # rows the tasks split between them (contiguous, balanced slices)
-    details: dict[str, Any]  # the job's section of plan.json (sources, model, sampling, ...)
+    details: dict[str, Any]  # the kind's section of plan.json (sources, model, sampling, ...)
     output_dir: Path  # where the tasks' outputs go (includes the run id)
     manifest_path: Path
     # output name -> file name pattern in output_dir, with {task:05d}; the first is the
@@ -60,7 +60,7 @@ class Part:
 @dataclass
 class PartOutput:
     """One part's results: a table per output name, file contents per part-file output name
-    (`JobPlan.part_files`), and JSON stats for its sidecar."""
+    (`WorkPlan.part_files`), and JSON stats for its sidecar."""
 
     part: Part
     tables: dict[str, pa.Table]
@@ -89,13 +89,13 @@ class TaskCheck:
 
 
 def summed(records: list[Completion], key: str) -> float | None:
-    """The sum of a job's completion stat over the records that have it (None if none)."""
+    """The sum of a kind's completion stat over the records that have it (None if none)."""
     values = [r.details[key] for r in records if r.details.get(key) is not None]
     return sum(values) if values else None
 
 
-class JobType(ABC):
-    kind: ClassVar[str]
+class Kind(ABC):
+    name: ClassVar[str]  # embed, steer, vectors, …: the `kind` of its runs' records
     spec_type: ClassVar[type[JobSpec]]
     # query views: view name -> the task output whose files (every done task's) it reads
     task_views: ClassVar[dict[str, str]] = {}
@@ -104,13 +104,13 @@ class JobType(ABC):
     metrics: ClassVar[Metrics | None] = None
 
     def help(self) -> str:
-        return self.__class__.__doc__ or self.kind
+        return self.__class__.__doc__ or self.name
 
     @abstractmethod
-    def plan(self, spec: JobSpec, root: Path, run_id: str) -> JobPlan:
+    def plan(self, spec: JobSpec, root: Path, run_id: str) -> WorkPlan:
         """Resolve inputs from metadata (no heavy reads on a login node); BadInput if wrong."""
 
-    def estimate(self, spec: JobSpec, plan: JobPlan, execute: bool) -> list[str]:
+    def estimate(self, spec: JobSpec, plan: WorkPlan, execute: bool) -> list[str]:
         """Lines saying what running `plan` costs, for work that runs only with --execute
         (an empty list: nothing to confirm). Raise BadInput if it cannot run as asked."""
         return []
@@ -126,7 +126,7 @@ class JobType(ABC):
         return {"compression": "zstd"}
 
     def task_stats(self, run: Run, task: int, parts: list[dict[str, Any]]) -> dict[str, Any]:
-        """The job's section of a completion record, from its parts' stats."""
+        """The kind's section of a completion record, from its parts' stats."""
         return {}
 
     @abstractmethod
@@ -135,7 +135,7 @@ class JobType(ABC):
 
     @abstractmethod
     def summarize(self, run: Run, records: list[Completion]) -> dict[str, Any]:
-        """The job's section of the manifest, from every task's completion record."""
+        """The kind's section of the manifest, from every task's completion record."""
 
     def run_facts(self, plan: Plan, records: list[Completion]) -> dict[str, Any]:
         """A run's `model`, `backend`, `dataset`, `tokens` and `cost_usd` for the run table,

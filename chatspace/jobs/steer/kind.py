@@ -1,4 +1,4 @@
-"""The steer job type: a sweep of steering points x prompts x personas x repetitions, each task
+"""The steer kind: a sweep of steering points x prompts x personas x repetitions, each task
 hosting one engine (vLLM or HF) that generates its slice of rows with per-row steering, token
 metrics and captures; a manifest with metrics per point and per category."""
 
@@ -19,17 +19,17 @@ from chatspace.jobs.steer.schema import METRICS, RESULTS_SCHEMA, WRITE_OPTIONS
 from chatspace.jobs.steer.sweep_spec import SweepSpec
 from chatspace.models import find_model, model_shape
 from chatspace.runs.formats import Completion, Plan
-from chatspace.runs.job import JobPlan, JobType, Metrics, Part, PartOutput, TaskCheck, summed
+from chatspace.runs.kind import Kind, Metrics, Part, PartOutput, TaskCheck, WorkPlan, summed
 from chatspace.runs.record import Run, stored_path
 from chatspace.runs.timing import StageTimer, add_timings
 
 
-class SteerJob(JobType):
+class SteerKind(Kind):
     """Steering sweep: generate every (point, prompt, persona, repetition) row with its own
     steering, with token metrics (entropy, top-k mass, split at </think>) and hidden-state
     captures, then write a manifest summarising metrics per point and per category."""
 
-    kind = "steer"
+    name = "steer"
     spec_type = SweepSpec
     task_views = {"steer_results": "results"}
     metrics = Metrics("steer_results", ("point", "scale"), (
@@ -48,7 +48,7 @@ class SteerJob(JobType):
 
         return steer_blocks(runs)
 
-    def plan(self, spec: SweepSpec, root: Path, run_id: str) -> JobPlan:
+    def plan(self, spec: SweepSpec, root: Path, run_id: str) -> WorkPlan:
         from chatspace.jobs.steer.points import expand_points, point_file  # torch
 
         ref = find_model(spec.model.name, root)
@@ -77,7 +77,7 @@ class SteerJob(JobType):
                              "num_layers": layers, "backend": spec.model.backend},
                    "sweep": {"points": len(points), "prompts": len(prompts),
                              "personas": len(personas), "reps": spec.generation.n_reps}}
-        return JobPlan(rows=rows, details=details, output_dir=out,
+        return WorkPlan(rows=rows, details=details, output_dir=out,
                        manifest_path=out / "manifest.json", outputs=outputs, files=files,
                        part_files=part_files)
 

@@ -1,4 +1,4 @@
-"""The vectors job type: steering vectors from the captures of finished steer runs, on the same
+"""The vectors kind: steering vectors from the captures of finished steer runs, on the same
 run machinery. The plan lists every generation with captures (`sources`); each task streams over
 its slice's capture files and commits, part by part, the sufficient statistics of each
 (group, layer) (`stats`); the reduce merges them, computes means, contrasts and principal
@@ -16,18 +16,18 @@ import pyarrow.parquet as pq
 
 from chatspace.jobs.vectors.spec import VectorsSpec
 from chatspace.runs.formats import Completion, Plan
-from chatspace.runs.job import JobPlan, JobType, Part, PartOutput, TaskCheck
+from chatspace.runs.kind import Kind, Part, PartOutput, TaskCheck, WorkPlan
 from chatspace.runs.record import Run
 from chatspace.runs.timing import StageTimer, add_timings
 
 
-class VectorsJob(JobType):
+class VectorsKind(Kind):
     """Steering vectors from steer runs' captures: per layer, each group's mean (groups: the
     values of a results column, --group-by), contrasts (--contrast A:B, --baseline) and the
     top principal components of the group means (--pca K), with every generation's projection
     on each; loadable by `load_vector(path, key)` and by a steer spec's `vector`."""
 
-    kind = "vectors"
+    name = "vectors"
     spec_type = VectorsSpec
     reduce_views = {"vectors": "vectors.parquet", "projections": "projections.parquet"}
 
@@ -39,14 +39,14 @@ class VectorsJob(JobType):
 
         return vectors_blocks(runs)
 
-    def plan(self, spec: VectorsSpec, root: Path, run_id: str) -> JobPlan:
+    def plan(self, spec: VectorsSpec, root: Path, run_id: str) -> WorkPlan:
         from chatspace.jobs.vectors.sources import ROWS_FILE, read_inputs, rows_bytes
 
         inputs = read_inputs(spec, root)
         out = root / "vectors" / inputs.model["label"] / (spec.run.name or "vectors") / run_id
         details = {"model": inputs.model, "sources": inputs.sources, "layers": inputs.layers,
                    "groups": inputs.groups, "generations": inputs.rows.num_rows}
-        return JobPlan(rows=inputs.rows.num_rows, details=details, output_dir=out,
+        return WorkPlan(rows=inputs.rows.num_rows, details=details, output_dir=out,
                        manifest_path=out / "manifest.json",
                        outputs={"stats": "stats-{task:05d}.parquet"},
                        files={ROWS_FILE: rows_bytes(inputs.rows)})

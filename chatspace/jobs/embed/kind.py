@@ -1,4 +1,4 @@
-"""The embed job type: rows sampled from a dataset, embedded by a backend into Parquet shards
+"""The embed kind: rows sampled from a dataset, embedded by a backend into Parquet shards
 (one per task) with the shard schema (README "Outputs"), and a manifest with per-shard checksums."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from chatspace.errors import BadInput, RunFailed
 from chatspace.jobs.embed.schema import WRITE_OPTIONS, shard_schema
 from chatspace.jobs.embed.spec import EmbedSpec
 from chatspace.runs.formats import Completion, Plan
-from chatspace.runs.job import JobPlan, JobType, Part, PartOutput, TaskCheck, summed
+from chatspace.runs.kind import Kind, Part, PartOutput, TaskCheck, WorkPlan, summed
 from chatspace.runs.record import Run
 from chatspace.runs.timing import StageTimer, add_timings
 
@@ -49,12 +49,12 @@ def _model_plan(spec: EmbedSpec) -> dict[str, Any]:
     return {"backend": spec.model.backend, "label": ref.label, "path": ref.path}
 
 
-class EmbedJob(JobType):
+class EmbedKind(Kind):
     """Embed a dataset: plan a deterministic sample, embed each slice into a Parquet shard
     (sentence-transformers locally, or the OpenAI embeddings API), then write a checksummed
     manifest."""
 
-    kind = "embed"
+    name = "embed"
     spec_type = EmbedSpec
     task_views = {"embeddings": "shard"}
 
@@ -69,7 +69,7 @@ class EmbedJob(JobType):
 
         return embed_blocks(runs)
 
-    def plan(self, spec: EmbedSpec, root: Path, run_id: str) -> JobPlan:
+    def plan(self, spec: EmbedSpec, root: Path, run_id: str) -> WorkPlan:
         ds = spec.dataset
         source = open_source(ds.name, ds.subset, ds.split)
         _check_fields(spec, source.columns)
@@ -85,12 +85,12 @@ class EmbedJob(JobType):
                          "max_rows": spec.sampling.max_rows, "rows_available": source.rows,
                          "rows_sampled": len(sample)},
         }
-        return JobPlan(rows=len(sample), details=details,
+        return WorkPlan(rows=len(sample), details=details,
                        output_dir=root.joinpath("embeddings", *where),
                        manifest_path=root.joinpath("indexes", *where, "manifest.json"),
                        outputs={"shard": "shard-{task:05d}.parquet"}, arrays={"sample": sample})
 
-    def estimate(self, spec: EmbedSpec, plan: JobPlan, execute: bool) -> list[str]:
+    def estimate(self, spec: EmbedSpec, plan: WorkPlan, execute: bool) -> list[str]:
         if spec.model.backend != "openai":
             return []
         from chatspace.jobs.embed.openai_plan import estimate_run
