@@ -180,3 +180,32 @@ def test_parts_made_before_a_job_fails_are_committed(tmp_path):
         TaskRunner(run, 0).execute()
     assert sorted(p.name for p in run.parts_dir(0).glob("*.json")) == [
         "part-00000.json", "part-00001.json", "part-00002.json"]
+
+
+def test_every_spec_key_has_one_generated_flag():
+    """The flags are generated from the fields: one per key of every table, no two with one
+    name, typed and defaulted by the field, and a flag value reaches its key."""
+    from chatspace.cli.options import overrides_from, spec_flags
+    from chatspace.jobs import KINDS
+    from chatspace.specs import is_list, sections
+
+    for kind in KINDS.values():
+        flags = spec_flags(kind.spec_type)
+        keys = {(f.table, f.key) for f in flags}
+        for table, hint in sections(kind.spec_type).items():
+            section = hint.__args__[0] if is_list(hint) else hint
+            for key, info in section.model_fields.items():
+                inner = getattr(info.annotation, "model_fields", None)  # [slurm.reduce]
+                wanted = {(f"{table}.{key}", k) for k in inner} if inner else {(table, key)}
+                assert wanted <= keys, (kind.name, table, key)
+        assert len({f.param for f in flags}) == len(flags)
+    embed = {f.param: f for f in spec_flags(KINDS["embed"].spec_type)}
+    assert "(default: 64)" in embed["batch_size"].options["help"]
+    assert embed["batch_size"].options["type"] is int and embed["batch_size"].options["default"] \
+        is None  # a flag not given leaves the spec file's value
+    assert embed["compile_model"].spellings == "--compile-model/--no-compile-model"
+    steer = {f.param: f for f in spec_flags(KINDS["steer"].spec_type)}
+    assert list(steer["capture_rows"].options["type"].choices) == ["all", "prompt", "response",
+                                                                  "last"]
+    given = overrides_from({"capture_rows": "mean", "prompts": None}, list(steer.values()))
+    assert given["capture"]["rows"] == "mean" and given["prompts"]["file"] is None
