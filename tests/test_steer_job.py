@@ -5,7 +5,6 @@ nothing written)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import pickle
@@ -286,7 +285,7 @@ def test_the_persona_runners_defaults_and_spellings(inputs, root):
     assert (generation.temperature, generation.max_tokens, generation.thinking) == \
         (0.0, 1024, False)
     assert run.spec.personas.renames_role  # renamed whenever personas are given
-    assert not dataclasses.replace(run.spec.personas, rename_role=False).renames_role
+    assert not run.spec.personas.model_copy(update={"rename_role": False}).renames_role
 
 
 BAD = [
