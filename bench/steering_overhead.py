@@ -1,13 +1,17 @@
-"""Cost of chatspace's vLLM steering extension against plain vLLM, measured in one run.
+"""Cost of chatspace's vLLM steering extension against plain vLLM, measured in one run, in
+eager mode against the eager plain engine and compiled against the compiled one.
 
     python -m bench.steering_overhead [--prompts 32] [--tokens 64] [--repeats 2]
+        [--modes eager,compiled]
 
 A random-weight model with the shape of Qwen2.5-0.5B (24 layers, hidden 896, 14 heads, 2 KV
 heads, MLP 4864; a small vocabulary) generates `--tokens` new tokens (EOS ignored) for each of
 `--prompts` real passages (their first `--prompt-tokens` tokens), all requests at once, greedy.
 Plain vLLM (an `AsyncLLM` without the extension) is measured before and after the chatspace
 engine (one engine at a time: an idle vLLM engine still polls the CPU), the chatspace cases in
-turns; each figure is the best of `--repeats`. On the chatspace engine also:
+turns; each figure is the best of `--repeats`. Each mode starts with an empty vLLM cache: the
+engine start times are cold (the first plain engine) and warm (the second). On the eager
+chatspace engine also:
 
 - shared-memory transfer of >= 1 GB of captures (24 layers) to the client versus a pickle
   round trip of the same tensors and versus returning them in vLLM's own `collective_rpc`
@@ -121,37 +125,49 @@ def transfer(model: SteerModel, gigabytes: float) -> None:
           f"ratio {rpc / handoff:.0f}x (handoff), {rpc / handoff_read:.1f}x (with read)")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--prompts", type=int, default=32)
-    parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--prompt-tokens", type=int, default=48)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--gigabytes", type=float, default=1.0)
-    parser.add_argument("--hf-prompts", type=int, default=4)
-    args = parser.parse_args()
-
-    for name, value in ENV_DEFAULTS.items():  # the plain engine runs under the same settings
-        os.environ.setdefault(name, value)
+def mode_cases(model: SteerModel, prompts, tokens: int) -> dict:
+    """The chatspace cases, each a callable that makes one run's awaitable."""
     import torch
-    from transformers import AutoTokenizer
-    from vllm.engine.arg_utils import AsyncEngineArgs
-    from vllm.v1.engine.async_llm import AsyncLLM
 
     from chatspace.steering.outputs import CaptureOptions
 
-    path = build_bench_model(Path(tempfile.mkdtemp(prefix="bench-steering-")))
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    prompts = [tokenizer(p["text"])["input_ids"][:args.prompt_tokens]
-               for p in passages()[:args.prompts]]
-    print(f"{len(prompts)} prompts ({sum(map(len, prompts))} prompt tokens) x {args.tokens} "
-          f"new tokens, model {LAYERS} layers x {HIDDEN}, torch threads "
-          f"{torch.get_num_threads()}")
+    gen = torch.Generator().manual_seed(0)
+    one = SteeringSpec({12: LayerSteeringSpec((AddSpec(torch.randn(HIDDEN, generator=gen),
+                                                       2.0),))})
+    each = [SteeringSpec({12: LayerSteeringSpec((AddSpec(torch.randn(HIDDEN, generator=gen),
+                                                         2.0),))}) for _ in prompts]
+    none = CaptureOptions()
+    return {
+        "idle extension": lambda: steered_run(model, prompts, tokens, options=none),
+        "one-layer steering, every request": lambda: steered_run(
+            model, prompts, tokens, specs=[one] * len(prompts), options=none),
+        "a different spec per request": lambda: steered_run(
+            model, prompts, tokens, specs=each, options=none),
+        "capture every layer, every request": lambda: steered_run(
+            model, prompts, tokens, layers=list(range(LAYERS)), options=none),
+    }
+
+
+TARGETS = {"idle extension": 0.01, "one-layer steering, every request": 0.05,
+           "a different spec per request": 0.10, "capture every layer, every request": 0.15}
+
+
+def measure_mode(path: Path, prompts, args, compiled: bool) -> None:
+    """Plain vLLM (before and after) and the chatspace engine, in one mode, with a fresh
+    compile cache: the first plain start is cold, the second warm."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    os.environ["VLLM_CACHE_ROOT"] = tempfile.mkdtemp(prefix="bench-vllm-cache-")
+    starts: list[float] = []
     tokens = len(prompts) * args.tokens
 
     def plain_seconds() -> float:  # one engine at a time: idle engines still poll the CPU
+        began = time.perf_counter()
         engine = AsyncLLM.from_engine_args(AsyncEngineArgs(
-            model=str(path), dtype="float32", enforce_eager=True, max_model_len=512, seed=0))
+            model=str(path), dtype="float32", enforce_eager=not compiled, max_model_len=512,
+            seed=0))
+        starts.append(time.perf_counter() - began)
         loop = asyncio.new_event_loop()
         try:
             loop.run_until_complete(plain_run(engine, prompts, args.tokens))  # warm-up
@@ -166,46 +182,66 @@ def main() -> None:
         return min(times)
 
     before = plain_seconds()
-    model = SteerModel(path, "vllm", max_model_len=512, seed=0)
-    gen = torch.Generator().manual_seed(0)
-    one = SteeringSpec({12: LayerSteeringSpec((AddSpec(torch.randn(HIDDEN, generator=gen),
-                                                       2.0),))})
-    each = [SteeringSpec({12: LayerSteeringSpec((AddSpec(torch.randn(HIDDEN, generator=gen),
-                                                         2.0),))}) for _ in prompts]
-    none = CaptureOptions()
-    cases = {
-        "idle extension": lambda: steered_run(model, prompts, args.tokens, options=none),
-        "one-layer steering, every request": lambda: steered_run(
-            model, prompts, args.tokens, specs=[one] * len(prompts), options=none),
-        "capture every layer, every request": lambda: steered_run(
-            model, prompts, args.tokens, layers=list(range(LAYERS)), options=none),
-        "a different spec per request": lambda: steered_run(
-            model, prompts, args.tokens, specs=each, options=none),
-    }
+    began = time.perf_counter()
+    model = SteerModel(path, "vllm", max_model_len=512, seed=0, compile=compiled)
+    chatspace_start = time.perf_counter() - began
+    cases = mode_cases(model, prompts, args.tokens)
     model.run(cases["one-layer steering, every request"]())  # warm-up
     timings = {name: [] for name in cases}
     for _ in range(args.repeats):  # in turns, so that drift hits every case alike
         for name, make in cases.items():
             timings[name].append(timed(model, make))
-    transfer(model, args.gigabytes)
+    if not compiled:
+        transfer(model, args.gigabytes)
     model.close()
     after = plain_seconds()
     base = min(before, after)
-    print(f"\n{'case':38} {'tok/s':>9} {'slower by':>10}")
+    mode = "compiled" if compiled else "eager"
+    print(f"\n{mode}: engine start {starts[0]:.0f} s cold, {starts[1]:.0f} s with the compile "
+          f"cache warm; chatspace engine {chatspace_start:.0f} s")
+    print(f"{'case':38} {'tok/s':>9} {'slower by':>10} {'target':>7}")
     print(f"{'plain vLLM (best of before/after)':38} {tokens / base:9.1f} {0:10.1%}   "
           f"(before {tokens / before:.1f}, after {tokens / after:.1f} tok/s)")
     for name, values in timings.items():
         seconds = min(values)
-        print(f"{name:38} {tokens / seconds:9.1f} {seconds / base - 1:10.1%}")
+        print(f"{name:38} {tokens / seconds:9.1f} {seconds / base - 1:10.1%} "
+              f"{TARGETS[name]:7.0%}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--prompt-tokens", type=int, default=48)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--gigabytes", type=float, default=1.0)
+    parser.add_argument("--hf-prompts", type=int, default=4)
+    parser.add_argument("--modes", default="eager,compiled",
+                        help="eager, compiled or both (vLLM's compiled model: a slow start)")
+    args = parser.parse_args()
+
+    for name, value in ENV_DEFAULTS.items():  # the plain engine runs under the same settings
+        os.environ.setdefault(name, value)
+    import torch
+    from transformers import AutoTokenizer
+
+    from chatspace.steering.outputs import CaptureOptions
+
+    path = build_bench_model(Path(tempfile.mkdtemp(prefix="bench-steering-")))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    prompts = [tokenizer(p["text"])["input_ids"][:args.prompt_tokens]
+               for p in passages()[:args.prompts]]
+    print(f"{len(prompts)} prompts ({sum(map(len, prompts))} prompt tokens) x {args.tokens} "
+          f"new tokens, model {LAYERS} layers x {HIDDEN}, torch threads "
+          f"{torch.get_num_threads()}")
+    for mode in args.modes.split(","):
+        measure_mode(path, prompts, args, compiled=mode == "compiled")
 
     hf = SteerModel(path, "hf", batch_size=1)  # one at a time; bench.hf_batching batches
     subset = prompts[:args.hf_prompts]
     hf_rate = len(subset) * args.tokens / timed(
-        hf, lambda: steered_run(hf, subset, args.tokens, options=none))
-    vllm_rate = tokens / min(timings["idle extension"])
-    print(f"\nHF backend {hf_rate:.1f} tok/s ({len(subset)} prompts, one at a time); vLLM "
-          f"backend {vllm_rate:.1f} tok/s ({len(prompts)} prompts batched): "
-          f"{vllm_rate / hf_rate:.1f}x")
+        hf, lambda: steered_run(hf, subset, args.tokens, options=CaptureOptions()))
+    print(f"\nHF backend {hf_rate:.1f} tok/s ({len(subset)} prompts, one at a time)")
 
 
 if __name__ == "__main__":

@@ -236,6 +236,7 @@ def test_piped_messages_get_one_reply_each(files):
     (["{model}", "--steer", "{dir}/spec.safetensors", "--vector", "{dir}/vector.npy"],
      "not both"),
     (["{model}", "--capture-layers", "0,7"], "--capture-layers: layer 7 is out of range"),
+    (["{model}", "--compile"], "compile: the hf backend runs eagerly"),
 ])
 def test_bad_input_exits_2_before_the_chat(files, args, message):
     args = [a.format(model=files["model"], dir=files["dir"]) for a in args]

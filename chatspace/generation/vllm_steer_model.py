@@ -14,8 +14,8 @@ unchanged.
 
 What differs: the steering state set with `set_layer_*` applies to the requests sent after it
 (each request carries its own spec: concurrent requests never see a half-applied update), ops
-of a layer apply in the order add, cap, ablate; `bootstrap_layers` and `enforce_eager` are
-accepted and not needed (hooks are on every layer; eager mode is the engine's). Model names
+of a layer apply in the order add, cap, ablate; `bootstrap_layers` is accepted and not needed
+(every layer can steer); `enforce_eager=False` asks for vLLM's compiled model. Model names
 resolve as `--model` does (a directory, a model recorded under the root, the HF cache).
 """
 
@@ -91,7 +91,7 @@ class VLLMSteerModel:
             engine["max_model_len"] = cfg.max_model_len
         dtype = "bfloat16" if cfg.dtype == "auto" and torch.cuda.is_available() else \
             "float32" if cfg.dtype == "auto" else cfg.dtype
-        self._model = SteerModel(path, "vllm", dtype=dtype,
+        self._model = SteerModel(path, "vllm", dtype=dtype, compile=not enforce_eager,
                                  tensor_parallel_size=cfg.tensor_parallel_size, **engine)
         self.model_name = cfg.model_name
         self.hidden_size, self.layer_count = self._model.hidden_size, self._model.num_layers

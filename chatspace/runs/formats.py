@@ -356,6 +356,8 @@ OTHER_FILES = (
     ("runs/{run_id}/logs/", "executor logs (submitit's, `local-NNNNN.log`)", "as tasks run"),
     ("{output_dir}/…", "the kind's outputs (README, Outputs): listed with bytes and "
      "sha256 in completion records and the manifest", "by tasks and the reduce"),
+    ("cache/vllm/…", "vLLM's cache (the compiled model) of compiled steer tasks, shared by "
+     "every task (when VLLM_CACHE_ROOT is not set); safe to delete", "by the first task"),
 )
 
 

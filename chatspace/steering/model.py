@@ -39,11 +39,13 @@ T = TypeVar("T")
 
 class SteerModel:
     def __init__(self, model: str | Path, backend: str = "vllm", dtype: str = "float32",
-                 device: str | None = None, batch_size: int | None = None, **engine: Any):
+                 device: str | None = None, batch_size: int | None = None,
+                 compile: bool | None = None, **engine: Any):
         """`engine`: vLLM engine arguments (max_model_len, max_num_seqs,
-        max_num_batched_tokens, enable_prefix_caching, seed, …). `device` (default: CUDA, then
-        MPS, then CPU) and `batch_size` (prompts generated together; default 256 on a GPU, 32
-        on the CPU) are the HF backend's."""
+        max_num_batched_tokens, enable_prefix_caching, seed, …). `compile` is vLLM's: its
+        compiled model (and CUDA graphs), default on CUDA, or eager mode, default on the CPU.
+        `device` (default: CUDA, then MPS, then CPU) and `batch_size` (prompts generated
+        together; default 256 on a GPU, 32 on the CPU) are the HF backend's."""
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r} is not available (available: "
                              f"{', '.join(BACKENDS)})")
@@ -55,8 +57,10 @@ class SteerModel:
         if backend == "vllm":
             from chatspace.steering.vllm_backend import VLLMBackend
 
-            self.backend = VLLMBackend(model, dtype, **engine)
+            self.backend = VLLMBackend(model, dtype, compile, **engine)
         else:
+            if compile:
+                raise ValueError("compile: the hf backend runs eagerly (compile is vLLM's)")
             from chatspace.steering.hf_backend import HFBackend
 
             self.backend = HFBackend(model, torch_dtype, device, batch_size)

@@ -1,5 +1,7 @@
-"""The vLLM backend: one `AsyncLLM` engine (eager mode, its own engine-core process) with the
-`vllm_worker.SteeringExtension` hooks in its worker.
+"""The vLLM backend: one `AsyncLLM` engine (its own engine-core process) with the
+`vllm_worker.SteeringExtension` in its worker. The engine is compiled by default on CUDA (vLLM's
+own compilation, CUDA graphs split around the steering op: `vllm_ops`) and eager by default on
+the CPU, where compiling is no faster and starts several times slower; either can be forced.
 
 Every request of a `generate` call goes to the engine at once (never a sequential loop), so
 the engine batches them. A request that is steered or captured carries its own key, steering
@@ -25,9 +27,10 @@ from chatspace.steering import shm
 from chatspace.steering.hf_backend import check_architecture
 from chatspace.steering.outputs import Capture, CaptureOptions, Generation, Sampling
 from chatspace.steering.spec import SteeringSpec
-from chatspace.steering.vllm_worker import EXTRA_KEY
 
 log = logging.getLogger(__name__)
+
+EXTRA_KEY = "chatspace"  # the key of a request's steering in SamplingParams.extra_args
 
 # What vLLM needs here (set only where the caller has not): a bounded CPU KV cache, no usage
 # reports, no hub access, the V1 model runner (the hooks read its batch), a loopback address
@@ -39,7 +42,8 @@ EXTENSION = "chatspace.steering.vllm_worker.SteeringExtension"
 
 
 class VLLMBackend:
-    def __init__(self, model: str | Path, dtype: str = "float32", **engine: object):
+    def __init__(self, model: str | Path, dtype: str = "float32", compile: bool | None = None,
+                 **engine: object):
         for name, value in ENV_DEFAULTS.items():
             os.environ.setdefault(name, value)
         from transformers import AutoConfig, AutoTokenizer
@@ -57,7 +61,12 @@ class VLLMBackend:
             # vLLM 0.32's CPU runner cannot rewind a seeded sampler after a partial prefill
             # ("CPU Generator does not use offset"): keep every prompt in one chunk
             engine["enable_chunked_prefill"] = False
-        args = AsyncEngineArgs(model=str(model), dtype=dtype, enforce_eager=True,
+        self.compiled = torch.cuda.is_available() if compile is None else compile
+        if self.compiled and torch.cuda.is_available() and "compilation_config" not in engine:
+            from chatspace.steering.vllm_ops import splitting_ops
+
+            engine["compilation_config"] = {"splitting_ops": splitting_ops()}
+        args = AsyncEngineArgs(model=str(model), dtype=dtype, enforce_eager=not self.compiled,
                                worker_extension_cls=EXTENSION, **engine)
         self.engine: AsyncLLM | None = AsyncLLM.from_engine_args(args)
         self.worker: dict | None = None

@@ -1,5 +1,7 @@
 """Runs inside vLLM's worker process, mixed into the worker class through
-``worker_extension_cls``: decoder-layer hooks that steer and capture each request differently.
+``worker_extension_cls``: steering and capture of each request differently, at the end of
+each decoder layer, in eager and in compiled mode (the ``chatspace::after_layer`` op,
+`vllm_ops`).
 
 Before every forward pass a pre-hook on the model reads which requests the batch holds, in
 order (``input_batch.req_ids``), where each one's tokens start (``query_start_loc``) and at
@@ -8,8 +10,8 @@ fingerprint and capture layers in its ``SamplingParams.extra_args`` (vLLM rename
 internally, so the key travels there; vectors arrive once per spec through `collective_rpc`).
 Rows are never attributed by shape.
 
-Layer hooks then steer each steered request's rows (the true post-layer state is
-``hidden + residual``; the hook returns a new ``hidden`` so that the sum is the steered state)
+The op then steers each steered request's rows (the true post-layer state is
+``hidden + residual``; it returns a new ``hidden`` so that the sum is the steered state)
 and keep the rows to capture as a new tensor (the next layer's fused add-norm works in place).
 Captured rows are stored with their positions, so a recomputed prefill after preemption
 overwrites instead of duplicating, a forward pass past the end is dropped, and rows that never
@@ -27,14 +29,17 @@ from dataclasses import dataclass, field
 
 import torch
 
-from chatspace.steering import shm
+from chatspace.steering import shm, vllm_ops
 from chatspace.steering.hf_backend import check_architecture
 from chatspace.steering.outputs import CaptureOptions, token_metrics
 from chatspace.steering.spec import Op, SteeringSpec, apply_ops
+from chatspace.steering.vllm_backend import EXTRA_KEY
 
 log = logging.getLogger(__name__)
 
-EXTRA_KEY = "chatspace"
+# the worker imports this module (its extension class) before it builds the model: the decoder
+# layers it builds then end in the steering op, in eager and in compiled mode
+vllm_ops.install()
 
 
 @dataclass
@@ -146,33 +151,34 @@ class _WorkerState:
             planned[layer] = (_rows([(s, e) for _, s, e, _ in members]), kept)
         self.step = _Step(steer, planned, count, sampled)
 
-    def hook(self, index: int):
-        def after_layer(module, args, output):
-            self.hook_calls += 1
-            step = self.step
-            if step is None or (index not in step.steer and index not in step.capture):
-                return None
-            hidden, residual = output
-            steered_hidden = None
-            for rows, ops, members in step.steer.get(index, ()):
-                steered = apply_ops(hidden[rows] + residual[rows], ops) - residual[rows]
-                if isinstance(rows, slice) and rows == slice(0, hidden.shape[0]):
-                    steered_hidden = steered
-                else:
-                    if steered_hidden is None:
-                        steered_hidden = hidden.clone()
-                    steered_hidden[rows] = steered
-                for request in members:
-                    request.steered += 1
-            if steered_hidden is not None:
-                hidden = steered_hidden
-            if index in step.capture:
-                rows, members = step.capture[index]
-                kept = hidden[rows] + residual[rows]  # a new tensor, never a view
-                for request, start, end, position in members:
-                    request.chunks.setdefault(index, []).append((kept, start, end, position))
-            return hidden, residual
-        return after_layer
+    def after_layer(self, index: int, hidden: torch.Tensor,
+                    residual: torch.Tensor) -> torch.Tensor | None:
+        """Called by the ``chatspace::after_layer`` op at the end of decoder layer `index`
+        (`vllm_ops`): steer this step's steered rows, keep the rows to capture; the new
+        hidden state, or None when no row was steered."""
+        self.hook_calls += 1
+        step = self.step
+        if step is None or (index not in step.steer and index not in step.capture):
+            return None
+        steered_hidden = None
+        for rows, ops, members in step.steer.get(index, ()):
+            steered = apply_ops(hidden[rows] + residual[rows], ops) - residual[rows]
+            if isinstance(rows, slice) and rows == slice(0, hidden.shape[0]):
+                steered_hidden = steered
+            else:
+                if steered_hidden is None:
+                    steered_hidden = hidden.clone()
+                steered_hidden[rows] = steered
+            for request in members:
+                request.steered += 1
+        if steered_hidden is not None:
+            hidden = steered_hidden
+        if index in step.capture:
+            rows, members = step.capture[index]
+            kept = hidden[rows] + residual[rows]  # a new tensor, never a view
+            for request, start, end, position in members:
+                request.chunks.setdefault(index, []).append((kept, start, end, position))
+        return steered_hidden
 
     def after_logits(self, module, args, logits: torch.Tensor) -> None:
         """Forward hook on the logits processor: entropy and top-k mass of the distribution
@@ -260,16 +266,16 @@ class SteeringExtension:
             raise ValueError(f"model runner {type(runner).__module__} is not supported "
                              "(set VLLM_USE_V2_MODEL_RUNNER=0)")
         if getattr(self, "_chatspace", None) is None:
-            layers = model.model.layers
             self._chatspace = _WorkerState(runner)
+            # outside the compiled region (vLLM compiles the decoder, `model.model`)
             model.register_forward_pre_hook(self._chatspace.plan, with_kwargs=True)
             model.logits_processor.register_forward_hook(self._chatspace.after_logits)
-            for index, layer in enumerate(layers):
-                layer.register_forward_hook(self._chatspace.hook(index))
+            vllm_ops.attach(self._chatspace)
             shm.sweep()
         return {"architecture": architecture, "pid": os.getpid(),
                 "num_layers": len(model.model.layers),
-                "runner": f"{type(runner).__module__}.{type(runner).__name__}"}
+                "runner": f"{type(runner).__module__}.{type(runner).__name__}",
+                "compiled": not runner.model_config.enforce_eager}
 
     def chatspace_register(self, fingerprint: str, wire: list[dict]) -> None:
         spec = SteeringSpec.from_wire(wire)
@@ -291,8 +297,11 @@ class SteeringExtension:
 
     def chatspace_stats(self, reset: bool = False) -> dict:
         state = self._chatspace
+        from torch._dynamo.utils import counters
+
         stats = {"hook_calls": state.hook_calls, "max_batch": state.max_batch,
-                 "pending": len(state.requests), "specs": len(state.specs)}
+                 "pending": len(state.requests), "specs": len(state.specs),
+                 "graphs_compiled": counters["stats"]["unique_graphs"]}  # by dynamo, ever
         if reset:
             state.max_batch = 0
         return stats

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,8 @@ def decode_row(row: int, prompts: int, personas: int, reps: int) -> tuple[int, i
 
 class SweepParts:
     def __init__(self, run: Run, task: int, timer: StageTimer):
+        import torch
+
         from chatspace.steering.model import SteerModel
         from chatspace.steering.spec import SteeringSpec
 
@@ -71,8 +74,12 @@ class SweepParts:
         if model.backend == "vllm":
             engine = {"seed": self.spec.generation.seed, "max_model_len": model.max_model_len,
                       "tensor_parallel_size": model.tensor_parallel_size,
-                      "max_num_seqs": model.max_num_seqs}
+                      "max_num_seqs": model.max_num_seqs, "compile": model.compile}
             engine = {k: v for k, v in engine.items() if v is not None}
+            if model.compile or model.compile is None and torch.cuda.is_available():
+                # the compiled model's artifacts, under the root that every task of the run
+                # shares: the run compiles once, not once per task (unless the user chose)
+                os.environ.setdefault("VLLM_CACHE_ROOT", str(run.root / "cache" / "vllm"))
         else:
             engine = {"device": model.device, "batch_size": model.batch_size}
         with timer.measure("model_load"):

@@ -6,7 +6,7 @@ ranges, the prompts themselves) is checked when the run is planned."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from chatspace.data.config import check_split
 from chatspace.errors import BadInput
@@ -22,6 +22,8 @@ class SteerModelConfig(Section):
     max_model_len: int | None = option(None, ge=1)
     tensor_parallel_size: int = option(1, ge=1)
     max_num_seqs: int | None = option(None, "vllm: requests in one batch at most.", ge=1)
+    compile: bool | None = option(None, "vllm: its compiled model and CUDA graphs, or eager "
+                                        "mode (default: compiled on CUDA, eager on the CPU).")
     device: str = option("auto", "hf: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or "
                                  "mps.")
     batch_size: int | None = option(None, "hf: prompts generated together (default 256 on a "
@@ -157,6 +159,12 @@ class SweepSpec(JobSpec):
     steering: list[SteeringPoint] = []
     capture: CaptureConfig = CaptureConfig()
     metrics: MetricsConfig = MetricsConfig()
+
+    def work_dict(self) -> dict[str, Any]:
+        out = super().work_dict()
+        if out["model"]["compile"] is None:  # a later key: runs planned before keep their hash
+            del out["model"]["compile"]
+        return out
 
     def check(self) -> None:
         names = set()
