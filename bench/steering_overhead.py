@@ -178,6 +178,9 @@ def measure_mode(path: Path, prompts, args, compiled: bool) -> None:
                 times.append(time.perf_counter() - start)
         finally:
             engine.shutdown()
+            # its sockets close in a callback on this loop: run it (a context whose sockets
+            # stay open hangs the process when it is garbage-collected, in any thread)
+            loop.run_until_complete(asyncio.sleep(0.1))
             loop.close()
         return min(times)
 
