@@ -149,9 +149,12 @@ def accumulate(root: Path, rows: pa.Table, layers: list[int],
     for batch in generation_vectors(root, rows, layers, then):
         if sums is None:
             sums = np.zeros((len(names), len(layers), batch.vectors.shape[1]), np.float64)
-        groups = index[batch.start:batch.stop]
-        np.add.at(sums[:, position[batch.layer]], groups, batch.vectors)
-        np.add.at(counts[:, position[batch.layer]], groups, 1)
+        present, inverse = np.unique(index[batch.start:batch.stop], return_inverse=True)
+        members = np.zeros((len(present), len(inverse)))  # group x generation, one-hot
+        members[inverse, np.arange(len(inverse))] = 1.0
+        column = position[batch.layer]
+        sums[present, column] += members @ batch.vectors  # np.add.at: ~10x slower
+        counts[present, column] += np.bincount(inverse)
     present = np.argwhere(counts > 0)  # (group, layer) pairs, sorted: names are sorted
     return pa.table({
         "group": pa.array([str(names[g]) for g, _ in present], pa.string()),
