@@ -63,9 +63,9 @@ class VLLMBackend:
             engine["enable_chunked_prefill"] = False
         self.compiled = torch.cuda.is_available() if compile is None else compile
         if self.compiled and torch.cuda.is_available() and "compilation_config" not in engine:
-            from chatspace.steering.vllm_ops import splitting_ops
+            from chatspace.steering.vllm_ops import cuda_compilation
 
-            engine["compilation_config"] = {"splitting_ops": splitting_ops()}
+            engine["compilation_config"] = cuda_compilation()
         args = AsyncEngineArgs(model=str(model), dtype=dtype, enforce_eager=not self.compiled,
                                worker_extension_cls=EXTENSION, **engine)
         self.engine: AsyncLLM | None = AsyncLLM.from_engine_args(args)

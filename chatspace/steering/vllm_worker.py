@@ -11,7 +11,7 @@ internally, so the key travels there; vectors arrive once per spec through `coll
 Rows are never attributed by shape.
 
 The op then steers each steered request's rows (the true post-layer state is
-``hidden + residual``; it returns a new ``hidden`` so that the sum is the steered state)
+``hidden + residual``; it rewrites those rows of ``hidden`` so that the sum is the steered state)
 and keep the rows to capture as a new tensor (the next layer's fused add-norm works in place).
 Captured rows are stored with their positions, so a recomputed prefill after preemption
 overwrites instead of duplicating, a forward pass past the end is dropped, and rows that never
@@ -151,34 +151,23 @@ class _WorkerState:
             planned[layer] = (_rows([(s, e) for _, s, e, _ in members]), kept)
         self.step = _Step(steer, planned, count, sampled)
 
-    def after_layer(self, index: int, hidden: torch.Tensor,
-                    residual: torch.Tensor) -> torch.Tensor | None:
+    def after_layer(self, index: int, hidden: torch.Tensor, residual: torch.Tensor) -> None:
         """Called by the ``chatspace::after_layer`` op at the end of decoder layer `index`
-        (`vllm_ops`): steer this step's steered rows, keep the rows to capture; the new
-        hidden state, or None when no row was steered."""
+        (`vllm_ops`): steer this step's steered rows of `hidden` in place (each group's new
+        rows are computed whole before they are written), then keep the rows to capture."""
         self.hook_calls += 1
         step = self.step
         if step is None or (index not in step.steer and index not in step.capture):
-            return None
-        steered_hidden = None
+            return
         for rows, ops, members in step.steer.get(index, ()):
-            steered = apply_ops(hidden[rows] + residual[rows], ops) - residual[rows]
-            if isinstance(rows, slice) and rows == slice(0, hidden.shape[0]):
-                steered_hidden = steered
-            else:
-                if steered_hidden is None:
-                    steered_hidden = hidden.clone()
-                steered_hidden[rows] = steered
+            hidden[rows] = apply_ops(hidden[rows] + residual[rows], ops) - residual[rows]
             for request in members:
                 request.steered += 1
-        if steered_hidden is not None:
-            hidden = steered_hidden
         if index in step.capture:
             rows, members = step.capture[index]
             kept = hidden[rows] + residual[rows]  # a new tensor, never a view
             for request, start, end, position in members:
                 request.chunks.setdefault(index, []).append((kept, start, end, position))
-        return steered_hidden
 
     def after_logits(self, module, args, logits: torch.Tensor) -> None:
         """Forward hook on the logits processor: entropy and top-k mass of the distribution
