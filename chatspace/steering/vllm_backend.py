@@ -31,6 +31,7 @@ from chatspace.steering.spec import SteeringSpec
 log = logging.getLogger(__name__)
 
 EXTRA_KEY = "chatspace"  # the key of a request's steering in SamplingParams.extra_args
+SHUTDOWN_SECONDS = 30.0
 
 # What vLLM needs here (set only where the caller has not): a bounded CPU KV cache, no usage
 # reports, no hub access, the V1 model runner (the hooks read its batch), a loopback address
@@ -199,7 +200,9 @@ class VLLMBackend:
         modules and leaves its shared memory to the resource tracker)."""
         if self.engine is not None:
             engine, self.engine = self.engine, None
-            engine.shutdown()
+            # up to SHUTDOWN_SECONDS for the engine to exit on its own (vLLM's default, 5 s,
+            # kills a busy machine's engine, whose shared memory then leaks)
+            engine.shutdown(timeout=SHUTDOWN_SECONDS)
 
 
 def _params(sampling: Sampling, hooks: dict | None):
