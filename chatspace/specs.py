@@ -60,6 +60,11 @@ def flag_spellings(section: type[BaseModel], name: str) -> str:
     return f"{flag}/--no-{flag[2:]}" if base_type(info.annotation) is bool else flag
 
 
+def primary_flag(spellings: str) -> str:
+    """The first spelling of a flag: ``--a|--b`` -> ``--a``, ``--x/--no-x`` -> ``--x``."""
+    return spellings.split("|")[0].split("/")[0]
+
+
 def base_type(hint: Any) -> Any:
     """A field's type without ``| None`` or ``Annotated`` validators."""
     if typing.get_origin(hint) in (typing.Union, type(int | None)):
@@ -213,7 +218,7 @@ def error_line(spec_type: type[BaseModel], error: Any, where: str = "") -> str:
         return f"{path} must be {_TYPES[kind]}, got {got!r}"
     in_list = any(isinstance(p, int) for p in error["loc"])
     flag = "" if in_list or info is None else \
-        f" ({flag_spellings(section, names[-1]).split('|')[0].split('/')[0]})"
+        f" ({primary_flag(flag_spellings(section, names[-1]))})"
     if kind == "literal_error" and info is not None:
         choices = ", ".join(map(str, typing.get_args(base_type(info.annotation))))
         return f"{path}{flag} must be one of {choices}, got {got!r}"

@@ -26,6 +26,7 @@ from chatspace.specs import (
     base_type,
     flag_spellings,
     is_list,
+    primary_flag,
     resolve_spec,
     sections,
     validated,
@@ -61,7 +62,7 @@ class Flag:
 
     @property
     def param(self) -> str:
-        return self.spellings.split("|")[0].split("/")[0].lstrip("-").replace("-", "_")
+        return primary_flag(self.spellings).lstrip("-").replace("-", "_")
 
 
 def _click_options(hint: Any, default: Any, help_text: str) -> dict[str, Any]:

@@ -42,6 +42,14 @@ ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1",
 EXTENSION = "chatspace.steering.vllm_worker.SteeringExtension"
 
 
+def compiles(compile: bool | None) -> bool:
+    """Whether an engine asked for with `compile` runs vLLM's compiled model (the default:
+    compiled on CUDA, eager elsewhere)."""
+    import torch
+
+    return torch.cuda.is_available() if compile is None else compile
+
+
 class VLLMBackend:
     def __init__(self, model: str | Path, dtype: str = "float32", compile: bool | None = None,
                  **engine: object):
@@ -62,7 +70,7 @@ class VLLMBackend:
             # vLLM 0.32's CPU runner cannot rewind a seeded sampler after a partial prefill
             # ("CPU Generator does not use offset"): keep every prompt in one chunk
             engine["enable_chunked_prefill"] = False
-        self.compiled = torch.cuda.is_available() if compile is None else compile
+        self.compiled = compiles(compile)
         if self.compiled and torch.cuda.is_available() and "compilation_config" not in engine:
             from chatspace.steering.vllm_ops import cuda_compilation
 

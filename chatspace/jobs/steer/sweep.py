@@ -58,10 +58,9 @@ def decode_row(row: int, prompts: int, personas: int, reps: int) -> tuple[int, i
 
 class SweepParts:
     def __init__(self, run: Run, task: int, timer: StageTimer):
-        import torch
-
         from chatspace.steering.model import SteerModel
         from chatspace.steering.spec import SteeringSpec
+        from chatspace.steering.vllm_backend import compiles
 
         self.run, self.task, self.timer, self.spec = run, task, timer, run.spec
         inputs = read_json(run.dir / "inputs.json")
@@ -76,7 +75,7 @@ class SweepParts:
                       "tensor_parallel_size": model.tensor_parallel_size,
                       "max_num_seqs": model.max_num_seqs, "compile": model.compile}
             engine = {k: v for k, v in engine.items() if v is not None}
-            if model.compile or model.compile is None and torch.cuda.is_available():
+            if compiles(model.compile):
                 # the compiled model's artifacts, under the root that every task of the run
                 # shares: the run compiles once, not once per task (unless the user chose)
                 os.environ.setdefault("VLLM_CACHE_ROOT", str(run.root / "cache" / "vllm"))
