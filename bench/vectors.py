@@ -6,13 +6,15 @@ A steer sweep (HF backend) on a random-weight model in Qwen2.5-0.5B's shape capt
 layer's rows for each prompt (`rows = "all"`, one new token): 24 x 44 x 896 values per
 generation, about 1 GB in float32 for 256 generations, then the same in bfloat16. For each:
 
-- plain read: every capture file through `safetensors.torch.load_file`, in order, GB/s
-  (the page cache dropped first where the bench runs as root, as for each task run);
+- plain read: every capture file through `safetensors.torch.load_file`, in order, in a fresh
+  process as the task is, GB/s (the page cache dropped first where the bench runs as root,
+  as for each task run);
 - the vectors task (one task over every generation, in a subprocess): GB/s of captures read and
   reduced; the ratio to the plain read (target >= 0.8x: the statistics are not the
-  bottleneck). The two alternate `--repeats` times (this machine's disk speed drifts by
-  up to 2x between runs), and the medians are compared; then the same with the page cache
-  warm (where the read costs only the copy out of the cache);
+  bottleneck). The two alternate `--repeats` times, each first in turn (this machine's disk
+  speed drifts by up to 2x between runs, and a read can warm the host's cache for the next),
+  and the medians are compared; then the same with the page cache warm (where `load_file`
+  only maps the cached pages, so the ratio shows the cost of the sums themselves);
 - the task's peak RSS over the captures once and four times (the same run listed 4 times):
   target <= 1.2x (memory bounded by groups x layers x hidden, not by the generations).
 """
@@ -26,7 +28,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -54,9 +55,41 @@ def sweep(root: Path, model: Path, prompts: Path, dtype: str) -> tuple[object, l
     return run, files
 
 
+class Cold:
+    """Makes the next read come from the disk, as a task's first read of shards on a cluster
+    filesystem does: drops the page cache (root only) and, with an eviction file, reads it
+    through between two drops, so that a virtual machine's host no longer caches the
+    captures either (here a file read a minute before comes back at up to 2x the disk's
+    speed, which made single pairs of reads differ by 2x)."""
+
+    def __init__(self, evict: Path | None):
+        self.evict = evict
+
+    def __call__(self) -> bool:
+        if not drop_caches():
+            return False
+        if self.evict is not None:
+            with open(self.evict, "rb", buffering=0) as fh:
+                buffer = bytearray(16 << 20)
+                while fh.readinto(buffer):
+                    pass
+            drop_caches()
+        return True
+
+
+def eviction_file(work: Path, gigabytes: float) -> Path | None:
+    """A file of `gigabytes` of random bytes (none are shared or compressible), or None."""
+    if gigabytes <= 0:
+        return None
+    path = work / "evict.bin"
+    with open(path, "wb") as fh:
+        for _ in range(int(gigabytes * 1000 / 16)):
+            fh.write(os.urandom(16_000_000))
+    return path
+
+
 def drop_caches() -> bool:
-    """Empty the page cache (root only), so that reads come from the disk as a task's first
-    read of shards on a cluster filesystem does; False when it cannot be done here."""
+    """Empty the page cache (root only); False when it cannot be done here."""
     os.sync()
     try:
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
@@ -65,18 +98,26 @@ def drop_caches() -> bool:
     return True
 
 
-def plain_read(files: list[Path], cold: bool = True) -> float:
-    from safetensors.torch import load_file
+PLAIN_READ = """import sys, time
+from safetensors.torch import load_file
+start = time.perf_counter()
+for path in sys.argv[1:]:
+    load_file(path)
+print(time.perf_counter() - start)
+"""
 
+
+def plain_read(files: list[Path], cold: Cold | None) -> float:
+    """Seconds a fresh process takes to read `files` with `safetensors.torch.load_file`, in
+    order (its own timing, without the process start: as the task is timed)."""
     if cold:
-        drop_caches()
-    start = time.perf_counter()
-    for path in files:
-        load_file(path)
-    return time.perf_counter() - start
+        cold()
+    done = subprocess.run([sys.executable, "-c", PLAIN_READ, *map(str, files)],
+                          capture_output=True, text=True, check=True)
+    return float(done.stdout)
 
 
-def vectors_task(root: Path, sources: list[str], cold: bool = True) -> tuple[float, float]:
+def vectors_task(root: Path, sources: list[str], cold: Cold | None) -> tuple[float, float]:
     """Seconds spent reading and summing captures (the task's own timing, without the
     process start) and peak RSS (MB) of one vectors task over `sources`, in a subprocess."""
     args = [f"--from={s}" for s in sources]
@@ -87,7 +128,7 @@ def vectors_task(root: Path, sources: list[str], cold: bool = True) -> tuple[flo
         raise SystemExit(planned.stderr)
     run_dir = json.loads(planned.stdout)["run_dir"]
     if cold:
-        drop_caches()
+        cold()
     # /usr/bin/time measures the task alone (a child forked from this process would carry
     # this process's own peak RSS, the model's, past its exec)
     done = subprocess.run(["/usr/bin/time", "-f", "PEAK_KB %M", *CLI, "run", "task", run_dir,
@@ -105,8 +146,11 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=256)
     parser.add_argument("--prompt-tokens", type=int, default=44)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--evict-gb", type=float, default=6,
+                        help="GB read between runs to empty the host's cache (0: none)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-vectors-"))
+    cold = Cold(eviction_file(work, args.evict_gb))
     model = build_bench_model(work)
     from transformers import AutoTokenizer
 
@@ -121,27 +165,36 @@ def main() -> None:
             texts.pop(len(prompts) % len(texts))
     (work / "prompts.json").write_text(json.dumps(prompts))
     root = work / "root"
-    cold = drop_caches()
+    modes = (cold, None) if cold() else (None,)
     print(f"{args.generations} generations x 24 layers x ~{args.prompt_tokens} rows x 896; "
-          f"reads {'from the disk (page cache dropped)' if cold else 'from a warm page cache'}")
+          + (f"each read from the disk starts with the page cache dropped"
+             f"{f' and {args.evict_gb:g} GB read to empty the host cache' if cold.evict else ''}"
+             if len(modes) == 2 else "not root: the page cache cannot be dropped, so every "
+             "read is from a warm cache (the target is for reads from the disk)"))
     for dtype in ("float32", "bfloat16"):
         run, files = sweep(root, model, work / "prompts.json", dtype)
         size = sum(f.stat().st_size for f in files) / 1e9
         print(f"{dtype}: {size:.2f} GB of captures in {len(files)} files")
-        for cold in (True, False):
+        for before in modes:
             reads, tasks, ratios = [], [], []
-            for _ in range(args.repeats):  # alternating: the disk's speed drifts
-                reads.append(plain_read(files, cold))
-                tasks.append(vectors_task(root, [run.run_id], cold))
+            for repeat in range(args.repeats):  # alternating: the disk's speed drifts
+                if repeat % 2:  # and in turn first
+                    tasks.append(vectors_task(root, [run.run_id], before))
+                    reads.append(plain_read(files, before))
+                else:
+                    reads.append(plain_read(files, before))
+                    tasks.append(vectors_task(root, [run.run_id], before))
                 ratios.append(reads[-1] / tasks[-1][0])
             read, task = statistics.median(reads), statistics.median(t for t, _ in tasks)
-            print(f"  {'from the disk' if cold else 'page cache warm'}: plain read "
+            print(f"  {'from the disk' if before else 'page cache warm'}: plain read "
                   f"{size / read:.2f} GB/s; vectors task {size / task:.2f} GB/s read and "
                   f"reduced (medians of {args.repeats}, alternating); ratio per pair: "
                   f"{', '.join(f'{r:.2f}' for r in ratios)}; median "
-                  f"{statistics.median(ratios):.2f}x the read's speed (target >= 0.8x)")
-        rss = vectors_task(root, [run.run_id])[1]
-        _, rss4 = vectors_task(root, [run.run_id] * 4)
+                  f"{statistics.median(ratios):.2f}x the read's speed "
+                  + ("(target >= 0.8x)" if before else "(no target: a cached load_file only "
+                     "maps the pages, so this is the cost of the sums alone)"))
+        rss = vectors_task(root, [run.run_id], modes[0])[1]
+        _, rss4 = vectors_task(root, [run.run_id] * 4, modes[0])
         print(f"  peak RSS {rss:.0f} MB over the captures once, {rss4:.0f} MB over 4x: "
               f"{rss4 / rss:.2f}x (target <= 1.2x)")
 

@@ -92,7 +92,7 @@ def squares(monkeypatch) -> Kind:
     return kind
 
 
-def test_a_third_job_type_is_planned_run_reduced_queried_and_reported(tmp_path, squares):
+def test_a_third_kind_is_planned_run_reduced_queried_and_reported(tmp_path, squares):
     root = tmp_path / "ws"
     runs = []
     for offset in (0, 100):

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from chatspace.errors import RunFailed
 from chatspace.jobs import KINDS
 from chatspace.jobs.steer.sweep_spec import SweepSpec
+from chatspace.jobs.vectors import stats
+from chatspace.jobs.vectors.stats import capture_means
 from chatspace.runs.executors import DebugExecutor
 from chatspace.runs.plan import plan_run
 from chatspace.runs.record import Run, read_json
@@ -251,6 +255,52 @@ part_rows = 64
     mine, theirs = (load_file(reduced(r, "vectors.safetensors")) for r in (run, whole))
     assert mine.keys() == theirs.keys()
     assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+def test_a_damaged_capture_file_fails_its_task_in_one_line(tmp_path, tiny_model_dir,
+                                                           monkeypatch):
+    """A capture file cut short after the plan (an interrupted copy, a full disk) fails the task
+    with one line naming it, after the parts before it are committed (a new plan refuses the
+    run: its outputs no longer have their recorded sizes); the reader thread that ran ahead of
+    the sums is gone, whether the stream fails or its consumer closes it early."""
+    root = tmp_path / "ws"
+    (tmp_path / "prompts.json").write_text(json.dumps(PROMPTS))
+    (tmp_path / "personas.json").write_text(json.dumps(PERSONAS))
+    sweep = steer(root, sweep_spec(tiny_model_dir("qwen2"), tmp_path / "prompts.json", 1,
+                                   rest=f"""
+[personas]
+file = "{tmp_path / 'personas.json'}"
+[capture]
+layers = [1, 2]
+rows = "all"
+[run]
+part_rows = 4
+"""))
+    files = sorted(sweep.output_dir.glob("captures-*/part-*.safetensors"))
+    assert len(files) == 3  # 12 generations, 4 to a part
+    readers = lambda: [t for t in threading.enumerate() if t.name == "capture-reader"]  # noqa: E731
+    monkeypatch.setattr(stats, "READ_BYTES", 1024)  # a few rows a read: the reader must wait
+    means = capture_means(files)
+    assert len(next(means)) == 8  # 4 generations x 2 layers
+    assert readers(), "the reader waits for a buffer, ahead of the sums"
+    means.close()
+    assert readers() == []
+    planned = chatspace("plan", "vectors", "--from", sweep.run_id, "--part-rows", "4",
+                        "--run-id", "cut", root=root)
+    assert planned.returncode == 0, planned.stderr
+    files[-1].write_bytes(files[-1].read_bytes()[:-100])  # cut short after the plan
+    with pytest.raises(RunFailed, match="ends before its rows do"):
+        list(capture_means(files))
+    assert readers() == []
+    refused = chatspace("plan", "vectors", "--from", sweep.run_id, root=root)  # a new plan
+    assert refused.returncode == 2 and "is not finished" in refused.stderr.splitlines()[-1]
+    run = Run.open("cut", root, KINDS)
+    result = chatspace("run", "task", str(run.dir), "--task", "0")
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if "ends before its rows do" in line]
+    assert len(lines) == 1 and str(files[-1]) in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert len(list(run.parts_dir(0).glob("part-*.json"))) == 2 and run.completion(0) is None
 
 
 def test_bad_input_is_one_line_and_writes_nothing(personas_sweep, tmp_path, tiny_model_dir):

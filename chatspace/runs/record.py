@@ -327,9 +327,9 @@ class Run:
                      Submissions(submissions=(*history, Submission.parse(record))))
 
     @classmethod
-    def open(cls, ref: str, root: Path, job_types: Mapping[str, Kind]) -> Run:
+    def open(cls, ref: str, root: Path, kinds: Mapping[str, Kind]) -> Run:
         """Resolve RUN (a run directory or a run id under root) to a planned run of one of
-        `job_types`."""
+        `kinds`."""
         path = Path(ref).expanduser()
         if (path / "plan.json").exists():
             path = path.resolve()
@@ -344,7 +344,7 @@ class Run:
             kind = read_typed(plan_path, Plan).kind
         except UnreadableRecord as exc:
             raise BadInput(f"run {ref}: {exc}") from None
-        if kind not in job_types:
+        if kind not in kinds:
             raise BadInput(f"run {ref} is of kind {kind!r}, which this chatspace does not know "
-                           f"(known: {', '.join(job_types)})")
-        return cls(root, ref, job_types[kind])
+                           f"(known: {', '.join(kinds)})")
+        return cls(root, ref, kinds[kind])

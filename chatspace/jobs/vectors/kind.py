@@ -54,17 +54,18 @@ class VectorsKind(Kind):
     def run_parts(self, run: Run, task: int, parts: list[Part],
                   timer: StageTimer) -> Iterator[PartOutput]:
         from chatspace.jobs.vectors.sources import ROWS_FILE
-        from chatspace.jobs.vectors.stats import accumulate
+        from chatspace.jobs.vectors.stats import part_statistics
 
         rows = pq.read_table(run.dir / ROWS_FILE)
-        files = rows.column("file")
-        for number, part in enumerate(parts):
-            following = parts[number + 1].start if number + 1 < len(parts) else None
-            with timer.measure("read_and_sum"):
-                stats = accumulate(run.root, rows.slice(part.start, part.stop - part.start),
-                                   run.plan.details["layers"],
-                                   files[following].as_py() if following is not None else None)
-            yield PartOutput(part, {"stats": stats}, {"generations": part.stop - part.start})
+        statistics = part_statistics(run.root, rows, [(p.start, p.stop) for p in parts],
+                                     run.plan.details["layers"])
+        try:
+            for part in parts:
+                with timer.measure("read_and_sum"):
+                    stats = next(statistics)
+                yield PartOutput(part, {"stats": stats}, {"generations": part.stop - part.start})
+        finally:
+            statistics.close()  # stops the reader thread
 
     def write_options(self, output: str) -> dict[str, Any]:
         # partial float64 sums neither compress nor repeat: zstd and a dictionary would cost

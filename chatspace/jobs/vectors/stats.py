@@ -1,7 +1,7 @@
 """Sufficient statistics of captures: per (group, layer), the number of generations and the
 float64 sum of their vectors. They merge by addition (tasks and parts in any order give the
 same sums up to float64 rounding), and hold groups x layers x hidden numbers, however many
-generations were read (a task holds one capture file at a time besides them).
+generations were read (a task holds a few fixed read buffers besides them).
 
 A generation's vector at a layer is its capture there: the one row that ``rows = "last"`` or
 ``pool = "mean"`` keeps, or the mean of the rows the capture holds.
@@ -9,14 +9,17 @@ A generation's vector at a layer is its capture there: the one row that ``rows =
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import math
-import mmap
 import os
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +29,11 @@ from chatspace.errors import RunFailed
 
 STATS_SCHEMA = pa.schema([("group", pa.string()), ("layer", pa.int32()),
                           ("count", pa.int64()), ("sum", pa.list_(pa.float64()))])
+DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+          "F64": torch.float64}
+READ_BYTES = 16 << 20  # one read of rows; BUFFERS of them are filled ahead of the sums
+BUFFERS = 3
+CHUNK_ROWS = 2048  # bfloat16 rows to float32 in blocks that stay in cache: 4x faster than whole
 
 
 @dataclass(frozen=True)
@@ -39,95 +47,166 @@ class Batch:
     vectors: np.ndarray
 
 
-def generation_vectors(root: Path, rows: pa.Table, layers: list[int],
-                       then: str | None = None) -> Iterator[Batch]:
-    """Every generation's vector at every layer, one batch per capture file and layer. Each
-    file is mapped and reduced in one pass (`file_vectors`) while a reader thread pulls the
-    next one (at the end: `then`, the file the caller reads next) into the page cache
-    (`warm`), so that the disk and the sums overlap."""
-    files = rows.column("file").to_pylist()
-    keys = rows.column("keys").to_pylist()
-    spans = []  # (start, stop) of each run of rows in one file
-    for number, name in enumerate(files):
-        if spans and files[spans[-1][0]] == name:
-            spans[-1] = (spans[-1][0], number + 1)
-        else:
-            spans.append((number, number + 1))
-    if spans:  # the first file too: faulting a cold mapping in reads it at a third the speed
-        warm(root / files[spans[0][0]])
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="warm") as reader:
-        for i, (start, stop) in enumerate(spans):
-            following = files[spans[i + 1][0]] if i + 1 < len(spans) else then
-            ahead = reader.submit(warm, root / following) if following else None
-            vectors = file_vectors(root / files[start])
-            for index, layer in enumerate(layers):
-                batch = np.stack([vectors[keys[n][index]] for n in range(start, stop)])
-                yield Batch(start, stop, layer, batch.astype(np.float64))
-            if ahead is not None:
-                ahead.result()
+@dataclass(frozen=True)
+class Layout:
+    """Where a capture file's captures lie: back to back from `offset`, one dtype and width,
+    `counts[i]` rows for `keys[i]` (steer runs write them so)."""
+
+    keys: list[str]
+    counts: list[int]
+    dtype: torch.dtype
+    width: int
+    offset: int
 
 
-CHUNK_ROWS = 2048  # bfloat16 rows to float32 in blocks that stay in cache: 4x faster than whole
-DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-          "F64": torch.float64}
-
-
-def file_vectors(path: Path) -> dict[str, np.ndarray]:
-    """Every capture in a safetensors file as one float32 vector (its row, or the mean of its
-    rows), by key, from one pass over a private mapping of the file: the captures of a file
-    share a dtype and a width and lie back to back, so they are the row segments of one
-    matrix, summed by `index_add_` (in float32, within 1e-7 relative for the rows of one
-    generation; generations are summed in float64). Nothing is copied per tensor, as
-    `safetensors.torch.load_file` does (tensor by tensor through `safe_open` is ~50x
-    slower), and the sum runs without the GIL, beside the reader thread."""
-    with open(path, "rb") as fh:
-        mapping = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
-    length = int.from_bytes(mapping[:8], "little")
-    header, base = json.loads(mapping[8:8 + length]), 8 + length
+def read_layout(fh: BinaryIO, path: Path) -> Layout:
+    """The layout of the safetensors file open as `fh`, from its header."""
+    length = int.from_bytes(fh.read(8), "little")
+    header, base = json.loads(fh.read(length)), 8 + length
     entries = sorted((info["data_offsets"], key, info) for key, info in header.items()
                      if key != "__metadata__")
     if not entries:
-        return {}
-    dtype, width = DTYPES[entries[0][2]["dtype"]], entries[0][2]["shape"][-1]
+        return Layout([], [], torch.float32, 0, base)
+    dtype, width = entries[0][2]["dtype"], entries[0][2]["shape"][-1]
     counts = [math.prod(info["shape"][:-1]) for _, _, info in entries]
     if 0 in counts:
         raise RunFailed(f"capture file {path}: {entries[counts.index(0)][1]} holds no rows, "
                         "so it has no mean (e.g. response rows of a one-token generation)")
-    if any(info["dtype"] != entries[0][2]["dtype"] or info["shape"][-1] != width
-           for _, _, info in entries) or any(
-            entries[i][0][0] != entries[i - 1][0][1] for i in range(1, len(entries))):
+    if any(info["dtype"] != dtype or info["shape"][-1] != width for _, _, info in entries) or any(
+            entries[i][0][0] != entries[i - 1][0][1] for i in range(1, len(entries))) or (
+            width * DTYPES[dtype].itemsize > READ_BYTES):
         raise RunFailed(f"capture file {path} is not laid out as steer runs write it (one "
-                        "dtype and width, captures back to back)")
-    first, last = entries[0][0][0], entries[-1][0][1]
-    rows = torch.frombuffer(mapping, dtype=dtype, count=(last - first) // dtype.itemsize,
-                            offset=base + first).view(-1, width)
-    lengths = torch.tensor(counts)
-    segment = torch.repeat_interleave(torch.arange(len(counts)), lengths)
-    sums = torch.zeros(len(counts), width)
-    for at in range(0, len(segment), CHUNK_ROWS):  # converted a cache-sized block at a time
-        sums.index_add_(0, segment[at:at + CHUNK_ROWS],
-                        rows[at:at + CHUNK_ROWS].to(torch.float32))
-    means = (sums / lengths[:, None]).numpy()
-    return {key: means[i] for i, (_, key, _) in enumerate(entries)}
+                        "dtype and width, captures back to back, rows of at most "
+                       f"{READ_BYTES} bytes)")
+    return Layout([key for _, key, _ in entries], counts, DTYPES[dtype], width,
+                  base + entries[0][0][0])
 
 
-def warm(path: Path) -> None:
-    """Read `path` into the page cache without bringing it into the process: one `sendfile`
-    to /dev/null, which holds no GIL for the whole file (8 MB reads through Python wait for
-    the GIL between them, which halved their speed beside the sums); plain reads where the
-    system cannot send a file to /dev/null."""
-    with open(path, "rb", buffering=0) as source, open(os.devnull, "wb") as sink:
-        size, offset = os.fstat(source.fileno()).st_size, 0
-        try:
-            while offset < size:
-                sent = os.sendfile(sink.fileno(), source.fileno(), offset, size - offset)
-                if not sent:
-                    return
-                offset += sent
-        except OSError:  # e.g. macOS: sendfile needs a socket
-            buffer = bytearray(8 << 20)
-            while source.readinto(buffer):
-                pass
+def read_ahead(paths: list[Path], filled: queue.Queue, free: queue.Queue,
+               stop: threading.Event) -> None:
+    """The reader thread: for each file its layout, then its rows in blocks of whole rows,
+    each read into a free buffer (`readinto` holds no GIL while the disk works, and a reused
+    buffer costs no page faults); an error is handed on as the item."""
+    try:
+        for number, path in enumerate(paths):
+            if number + 1 < len(paths):
+                advise_next(paths[number + 1])
+            with open(path, "rb", buffering=0) as fh:
+                layout = read_layout(fh, path)
+                filled.put(layout)
+                fh.seek(layout.offset)
+                row_bytes = layout.width * layout.dtype.itemsize
+                left = sum(layout.counts)
+                while left:
+                    buffer = next_free(free, stop)
+                    if buffer is None:
+                        return
+                    rows = min(READ_BYTES // row_bytes, left)
+                    view, got = memoryview(buffer.numpy())[:rows * row_bytes], 0
+                    while got < len(view):
+                        read = fh.readinto(view[got:])
+                        if not read:
+                            raise RunFailed(f"capture file {path} ends before its rows do")
+                        got += read
+                    filled.put((buffer, rows))
+                    left -= rows
+    except BaseException as error:  # noqa: BLE001 - the consumer raises it
+        filled.put(error)
+
+
+def next_free(free: queue.Queue, stop: threading.Event) -> torch.Tensor | None:
+    """A buffer the sums are done with, or None once the consumer has stopped."""
+    while not stop.is_set():
+        with contextlib.suppress(queue.Empty):
+            return free.get(timeout=0.1)
+    return None
+
+
+def advise_next(path: Path) -> None:
+    """Ask the system to start reading `path` (the file read next) into the page cache now, so
+    the disk has the next file's requests queued while this one is read. Only a hint: a file
+    that cannot be opened fails where it is read."""
+    if hasattr(os, "posix_fadvise"):  # not on macOS
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
+
+
+def capture_means(paths: list[Path]) -> Iterator[dict[str, np.ndarray]]:
+    """Every capture of each file in `paths` as one float32 vector (its row, or the mean of its
+    rows), by key, file after file. A reader thread reads ahead (`read_ahead`) while the rows
+    read are summed by capture (`index_add_`, in float32: within 1e-7 relative for the rows of
+    one generation; generations are summed in float64), so the disk and the sums overlap;
+    memory is BUFFERS reads, whatever the files' sizes."""
+    filled: queue.Queue = queue.Queue()
+    free: queue.Queue = queue.Queue()
+    for _ in range(BUFFERS):
+        free.put(torch.empty(READ_BYTES, dtype=torch.uint8))
+    stop = threading.Event()
+    reader = threading.Thread(target=read_ahead, args=(paths, filled, free, stop),
+                              name="capture-reader", daemon=True)
+    reader.start()
+    try:
+        for _ in paths:
+            layout = take(filled)
+            lengths = torch.tensor(layout.counts, dtype=torch.int64)
+            segment = torch.repeat_interleave(torch.arange(len(layout.counts)), lengths)
+            sums, at = torch.zeros(len(layout.counts), layout.width), 0
+            while at < len(segment):
+                buffer, count = take(filled)
+                rows = buffer[:count * layout.width * layout.dtype.itemsize].view(
+                    layout.dtype).view(count, layout.width)
+                for first in range(0, count, CHUNK_ROWS):  # a cache-sized block at a time
+                    block = rows[first:first + CHUNK_ROWS]
+                    sums.index_add_(0, segment[at + first:at + first + len(block)],
+                                    block.to(torch.float32))
+                at += count
+                free.put(buffer)
+            means = (sums / lengths[:, None]).numpy() if layout.keys else sums.numpy()
+            yield {key: means[i] for i, key in enumerate(layout.keys)}
+    finally:
+        stop.set()
+        reader.join()
+
+
+def take(filled: queue.Queue) -> Any:
+    """The reader's next item; its error raised here."""
+    item = filled.get()
+    if isinstance(item, BaseException):
+        raise item
+    return item
+
+
+def generation_vectors(root: Path, rows: pa.Table, layers: list[int],
+                       breaks: Iterable[int] = ()) -> Iterator[Batch]:
+    """Every generation's vector at every layer, one batch per run of rows in one capture file
+    and layer; no batch spans a row in `breaks` (a batch starts there). Each file is read once
+    (`capture_means`), however many batches it gives."""
+    files = rows.column("file").to_pylist()
+    keys = rows.column("keys").to_pylist()
+    cuts = set(breaks)
+    spans = []  # (start, stop) of each run of rows in one file, cut at the breaks
+    for number, name in enumerate(files):
+        if spans and files[spans[-1][0]] == name and number not in cuts:
+            spans[-1] = (spans[-1][0], number + 1)
+        else:
+            spans.append((number, number + 1))
+    reads = [start for i, (start, _) in enumerate(spans)
+             if not i or files[start] != files[spans[i - 1][0]]]
+    means = capture_means([root / files[start] for start in reads])
+    try:
+        vectors: dict[str, np.ndarray] = {}
+        for i, (start, stop) in enumerate(spans):
+            if not i or files[start] != files[spans[i - 1][0]]:
+                vectors = next(means)
+            for index, layer in enumerate(layers):
+                batch = np.stack([vectors[keys[n][index]] for n in range(start, stop)])
+                yield Batch(start, stop, layer, batch.astype(np.float64))
+    finally:
+        means.close()
 
 
 def _list_column(matrix: np.ndarray) -> pa.ListArray:
@@ -137,19 +216,39 @@ def _list_column(matrix: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1)))
 
 
-def accumulate(root: Path, rows: pa.Table, layers: list[int],
-               then: str | None = None) -> pa.Table:
-    """The statistics of `rows` (a slice of the plan's generations) as a table, sorted by
-    (group, layer); `then` is the capture file read next (read ahead)."""
-    names, index = np.unique(np.asarray(rows.column("group").to_pylist(), dtype=object),
-                             return_inverse=True)
+def part_statistics(root: Path, rows: pa.Table, parts: list[tuple[int, int]],
+                    layers: list[int]) -> Iterator[pa.Table]:
+    """The statistics of each part (`start`, `stop`: rows of the plan's table `rows`), in
+    order, from one stream of reads, so the reader runs on while a part is committed. A part
+    takes exactly its own batches (one per run of rows in one file, per layer), so it is
+    yielded before anything of the next part is read: a damaged file fails its own part."""
+    picked = pa.concat_tables([rows.slice(start, stop - start) for start, stop in parts])
+    files = picked.column("file").to_pylist()
+    ends = list(itertools.accumulate(stop - start for start, stop in parts))
+    batches = generation_vectors(root, picked, layers, ends[:-1])
+    try:
+        for start, stop in zip([0, *ends[:-1]], ends, strict=True):
+            runs = 1 + sum(files[n] != files[n - 1] for n in range(start + 1, stop))
+            groups = picked.column("group").slice(start, stop - start).to_pylist()
+            yield accumulate(groups, itertools.islice(batches, runs * len(layers)), start,
+                             layers)
+    finally:
+        batches.close()
+
+
+def accumulate(groups: list[str], batches: Iterable[Batch], first: int,
+               layers: list[int]) -> pa.Table:
+    """The statistics of the generations of `groups` (their groups, in order; the batches'
+    rows count from `first`), as a table sorted by (group, layer)."""
+    names, index = np.unique(np.asarray(groups, dtype=object), return_inverse=True)
     position = {layer: i for i, layer in enumerate(layers)}
     sums: np.ndarray | None = None
     counts = np.zeros((len(names), len(layers)), np.int64)
-    for batch in generation_vectors(root, rows, layers, then):
+    for batch in batches:
         if sums is None:
             sums = np.zeros((len(names), len(layers), batch.vectors.shape[1]), np.float64)
-        present, inverse = np.unique(index[batch.start:batch.stop], return_inverse=True)
+        present, inverse = np.unique(index[batch.start - first:batch.stop - first],
+                                     return_inverse=True)
         members = np.zeros((len(present), len(inverse)))  # group x generation, one-hot
         members[inverse, np.arange(len(inverse))] = 1.0
         column = position[batch.layer]
