@@ -292,6 +292,10 @@ part_rows = 4
     with pytest.raises(RunFailed, match="ends before its rows do"):
         list(capture_means(files))
     assert readers() == []
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes((1 << 60).to_bytes(8, "little") + b"{}")
+    with pytest.raises(RunFailed, match="is not a safetensors file"):
+        list(capture_means([garbage]))
     refused = chatspace("plan", "vectors", "--from", sweep.run_id, root=root)  # a new plan
     assert refused.returncode == 2 and "is not finished" in refused.stderr.splitlines()[-1]
     run = Run.open("cut", root, KINDS)

@@ -62,7 +62,12 @@ class Layout:
 def read_layout(fh: BinaryIO, path: Path) -> Layout:
     """The layout of the safetensors file open as `fh`, from its header."""
     length = int.from_bytes(fh.read(8), "little")
-    header, base = json.loads(fh.read(length)), 8 + length
+    try:
+        if not 2 <= length <= os.fstat(fh.fileno()).st_size - 8:
+            raise ValueError(f"a header of {length} bytes")
+        header, base = json.loads(fh.read(length)), 8 + length
+    except ValueError as exc:  # JSON's errors and undecodable bytes are ValueErrors
+        raise RunFailed(f"capture file {path} is not a safetensors file ({exc})") from None
     entries = sorted((info["data_offsets"], key, info) for key, info in header.items()
                      if key != "__metadata__")
     if not entries:
