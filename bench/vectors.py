@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -150,7 +151,15 @@ def main() -> None:
                         help="GB read between runs to empty the host's cache (0: none)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-vectors-"))
-    cold = Cold(eviction_file(work, args.evict_gb))
+    try:
+        measure(args, work)
+    finally:
+        shutil.rmtree(work)  # the captures and the eviction file: several GB
+
+
+def measure(args: argparse.Namespace, work: Path) -> None:
+    """Build the sweeps in `work` and print every measure."""
+    cold = Cold(eviction_file(work, args.evict_gb)) if drop_caches() else None
     model = build_bench_model(work)
     from transformers import AutoTokenizer
 
@@ -165,12 +174,12 @@ def main() -> None:
             texts.pop(len(prompts) % len(texts))
     (work / "prompts.json").write_text(json.dumps(prompts))
     root = work / "root"
-    modes = (cold, None) if cold() else (None,)
+    modes = (cold, None) if cold else (None,)
     print(f"{args.generations} generations x 24 layers x ~{args.prompt_tokens} rows x 896; "
           + (f"each read from the disk starts with the page cache dropped"
              f"{f' and {args.evict_gb:g} GB read to empty the host cache' if cold.evict else ''}"
-             if len(modes) == 2 else "not root: the page cache cannot be dropped, so every "
-             "read is from a warm cache (the target is for reads from the disk)"))
+             if cold else "not root: the page cache cannot be dropped, so every read is from "
+             "a warm cache (the target is for reads from the disk)"))
     for dtype in ("float32", "bfloat16"):
         run, files = sweep(root, model, work / "prompts.json", dtype)
         size = sum(f.stat().st_size for f in files) / 1e9
