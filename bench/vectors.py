@@ -58,24 +58,22 @@ def sweep(root: Path, model: Path, prompts: Path, dtype: str) -> tuple[object, l
 
 class Cold:
     """Makes the next read come from the disk, as a task's first read of shards on a cluster
-    filesystem does: drops the page cache (root only) and, with an eviction file, reads it
-    through between two drops, so that a virtual machine's host no longer caches the
-    captures either (here a file read a minute before comes back at up to 2x the disk's
-    speed, which made single pairs of reads differ by 2x)."""
+    filesystem does: drops the page cache (made only where it can be dropped: root) and,
+    with an eviction file, reads it through between two drops, so that a virtual machine's
+    host no longer caches the captures either (here a file read a minute before comes back
+    at up to 2x the disk's speed, which made single pairs of reads differ by 2x)."""
 
     def __init__(self, evict: Path | None):
         self.evict = evict
 
-    def __call__(self) -> bool:
-        if not drop_caches():
-            return False
+    def __call__(self) -> None:
+        drop_caches()
         if self.evict is not None:
             with open(self.evict, "rb", buffering=0) as fh:
                 buffer = bytearray(16 << 20)
                 while fh.readinto(buffer):
                     pass
             drop_caches()
-        return True
 
 
 def eviction_file(work: Path, gigabytes: float) -> Path | None:

@@ -278,7 +278,9 @@ part_rows = 4
 """))
     files = sorted(sweep.output_dir.glob("captures-*/part-*.safetensors"))
     assert len(files) == 3  # 12 generations, 4 to a part
-    readers = lambda: [t for t in threading.enumerate() if t.name == "capture-reader"]  # noqa: E731
+    def readers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "capture-reader"]
+
     monkeypatch.setattr(stats, "READ_BYTES", 1024)  # a few rows a read: the reader must wait
     means = capture_means(files)
     assert len(next(means)) == 8  # 4 generations x 2 layers

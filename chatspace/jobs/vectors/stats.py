@@ -16,6 +16,7 @@ import math
 import os
 import queue
 import threading
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,7 +171,7 @@ def capture_means(paths: list[Path]) -> Iterator[dict[str, np.ndarray]]:
                                     block.to(torch.float32))
                 at += count
                 free.put(buffer)
-            means = (sums / lengths[:, None]).numpy() if layout.keys else sums.numpy()
+            means = (sums / lengths[:, None]).numpy()
             yield {key: means[i] for i, key in enumerate(layout.keys)}
     finally:
         stop.set()
@@ -185,27 +186,35 @@ def take(filled: queue.Queue) -> Any:
     return item
 
 
+def file_runs(files: list[str], breaks: Iterable[int] = ()) -> list[tuple[int, int]]:
+    """(start, stop) of each run of rows in one capture file, also cut at the rows in
+    `breaks` (a run starts there)."""
+    cuts = set(breaks)
+    runs: list[tuple[int, int]] = []
+    for number, name in enumerate(files):
+        if runs and files[runs[-1][0]] == name and number not in cuts:
+            runs[-1] = (runs[-1][0], number + 1)
+        else:
+            runs.append((number, number + 1))
+    return runs
+
+
 def generation_vectors(root: Path, rows: pa.Table, layers: list[int],
                        breaks: Iterable[int] = ()) -> Iterator[Batch]:
     """Every generation's vector at every layer, one batch per run of rows in one capture file
-    and layer; no batch spans a row in `breaks` (a batch starts there). Each file is read once
-    (`capture_means`), however many batches it gives."""
+    (`file_runs`, cut at `breaks`) and layer. Each file is read once (`capture_means`), however
+    many batches it gives."""
     files = rows.column("file").to_pylist()
     keys = rows.column("keys").to_pylist()
-    cuts = set(breaks)
-    spans = []  # (start, stop) of each run of rows in one file, cut at the breaks
-    for number, name in enumerate(files):
-        if spans and files[spans[-1][0]] == name and number not in cuts:
-            spans[-1] = (spans[-1][0], number + 1)
-        else:
-            spans.append((number, number + 1))
-    reads = [start for i, (start, _) in enumerate(spans)
-             if not i or files[start] != files[spans[i - 1][0]]]
-    means = capture_means([root / files[start] for start in reads])
+    spans = file_runs(files, breaks)
+    opens = [not i or files[start] != files[spans[i - 1][0]]  # a span that starts a new read
+             for i, (start, _) in enumerate(spans)]
+    means = capture_means([root / files[start]
+                           for (start, _), new in zip(spans, opens, strict=True) if new])
     try:
         vectors: dict[str, np.ndarray] = {}
-        for i, (start, stop) in enumerate(spans):
-            if not i or files[start] != files[spans[i - 1][0]]:
+        for (start, stop), new in zip(spans, opens, strict=True):
+            if new:
                 vectors = next(means)
             for index, layer in enumerate(layers):
                 batch = np.stack([vectors[keys[n][index]] for n in range(start, stop)])
@@ -228,12 +237,12 @@ def part_statistics(root: Path, rows: pa.Table, parts: list[tuple[int, int]],
     takes exactly its own batches (one per run of rows in one file, per layer), so it is
     yielded before anything of the next part is read: a damaged file fails its own part."""
     picked = pa.concat_tables([rows.slice(start, stop - start) for start, stop in parts])
-    files = picked.column("file").to_pylist()
     ends = list(itertools.accumulate(stop - start for start, stop in parts))
+    starts = [span[0] for span in file_runs(picked.column("file").to_pylist(), ends[:-1])]
     batches = generation_vectors(root, picked, layers, ends[:-1])
     try:
         for start, stop in zip([0, *ends[:-1]], ends, strict=True):
-            runs = 1 + sum(files[n] != files[n - 1] for n in range(start + 1, stop))
+            runs = bisect_left(starts, stop) - bisect_left(starts, start)  # the part's spans
             groups = picked.column("group").slice(start, stop - start).to_pylist()
             yield accumulate(groups, itertools.islice(batches, runs * len(layers)), start,
                              layers)
