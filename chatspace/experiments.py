@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import secrets
 import socket
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from chatspace.errors import BadInput
 from chatspace.names import check_name
 from chatspace.runs.record import default_root, git_commit, write_parquet
 
@@ -36,14 +38,31 @@ SCHEMA = pa.schema([
 ])
 
 
-def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
+def _numbers(metrics: Any) -> dict[str, float]:
+    """The metrics as floats: any real number (numpy's too), finite; ValueError otherwise."""
+    if not isinstance(metrics, dict):
+        raise ValueError(f"metrics must be a dict of numbers, got {type(metrics).__name__}")
     out = {}
     for key, value in metrics.items():
-        if not isinstance(key, str) or isinstance(value, bool) or \
-                not isinstance(value, int | float) or not math.isfinite(value):
+        number = None
+        if isinstance(key, str) and not isinstance(value, bool | str | bytes) and \
+                isinstance(value, numbers.Real):
+            number = float(value)
+        if number is None or not math.isfinite(number) or not _text(key):
             raise ValueError(f"metrics[{key!r}] must be a finite number, got {value!r}")
-        out[key] = float(value)
+        out[key] = number
     return out
+
+
+def _text(value: Any) -> bool:
+    """Whether `value` is a str that is valid Unicode (no lone surrogate)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def save_experiment(name: str, config: dict[str, Any], metrics: dict[str, float], *,
@@ -52,16 +71,26 @@ def save_experiment(name: str, config: dict[str, Any], metrics: dict[str, float]
     """Record one experiment; returns the file written. ValueError (one line naming the
     argument) for a name that cannot be a directory, a config that is not JSON, a metric that
     is not a finite number, or tags that are not strings."""
+    if not isinstance(name, str):
+        raise ValueError(f"name must be a string, got {type(name).__name__}")
     try:
         check_name(name, "name")
-    except Exception as exc:  # BadInput: the CLI's type; a script gets a ValueError
+    except BadInput as exc:  # the CLI's type; a script gets a ValueError
         raise ValueError(str(exc)) from None
+    if not isinstance(config, dict):
+        raise ValueError(f"config must be a dict, got {type(config).__name__}")
     try:
-        config_json = json.dumps(config, sort_keys=True)
-    except (TypeError, ValueError) as exc:
+        config_json = json.dumps(config, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
         raise ValueError(f"config is not JSON: {exc}") from None
-    if tags is not None and not all(isinstance(t, str) for t in tags):
-        raise ValueError(f"tags must be strings, got {tags!r}")
+    if not _text(json.dumps(config, ensure_ascii=False)):
+        raise ValueError("config holds a lone surrogate (an unpaired \\ud800-\\udfff), "
+                         "which is not text")
+    if tags is not None and (isinstance(tags, str) or not isinstance(tags, list | tuple)
+                             or not all(_text(t) for t in tags)):
+        raise ValueError(f"tags must be a list of strings, got {tags!r}")
+    if notes is not None and not _text(notes):
+        raise ValueError(f"notes must be a string, got {type(notes).__name__}")
     created = datetime.now(UTC)
     experiment_id = f"{created:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
     row = {"experiment_id": experiment_id, "name": name, "created_at": created,

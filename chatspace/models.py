@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from chatspace.data.hub import fetch, hub_offline
+from chatspace.data.hub import check_revision, fetch, hub_offline
 from chatspace.errors import BadInput
-from chatspace.names import check_name, check_replaceable, replace_recorded
+from chatspace.names import check_name, check_replaceable, replace_recorded, staging_dir
 from chatspace.runs.record import check_writable, sha256_file, tool_info, write_json
 
 # Files worth copying from a model directory (weights, config, tokenizer, chat template).
@@ -59,15 +58,24 @@ def find_model(name: str, root: Path | None = None,
     return ModelRef(label_of(name), local)
 
 
-def model_shape(path: str, name: str) -> tuple[int, int]:
-    """(hidden size, decoder layers) of a model directory; BadInput when it does not load."""
+class ModelShape(NamedTuple):
+    """What a plan needs of a model: its sizes, its context and its tokenizer."""
+
+    hidden_size: int
+    num_layers: int
+    context: int | None  # positions (max_position_embeddings), when the config says
+    tokenizer: Any
+
+
+def model_shape(path: str, name: str) -> ModelShape:
+    """The shape of a model directory; BadInput when it does not load."""
     from transformers import AutoConfig, AutoTokenizer
 
     from chatspace.steering.hf_backend import check_architecture
 
     try:
         config = AutoConfig.from_pretrained(path)
-        AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as exc:  # transformers raises many kinds
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BadInput(f"model {name}: does not load: {first}") from None
@@ -75,7 +83,8 @@ def model_shape(path: str, name: str) -> tuple[int, int]:
         check_architecture(config.architectures or [type(config).__name__])
     except ValueError as exc:
         raise BadInput(f"model {name}: {exc}") from None
-    return config.hidden_size, config.num_hidden_layers
+    return ModelShape(config.hidden_size, config.num_hidden_layers,
+                      getattr(config, "max_position_embeddings", None), tokenizer)
 
 
 def record_model(name: str, root: Path, revision: str | None = None,
@@ -85,6 +94,7 @@ def record_model(name: str, root: Path, revision: str | None = None,
     ``HF_HUB_OFFLINE=1``). `include`: the files to take (globs; default: weights, config,
     tokenizer, chat template)."""
     check_writable(root)
+    check_revision(revision)
     patterns = list(include or MODEL_FILES)
     commit = None
     if Path(name).expanduser().exists() or hub_offline():
@@ -100,7 +110,7 @@ def record_model(name: str, root: Path, revision: str | None = None,
     source = Path(ref.path)
     dest = check_replaceable(root, root / "models" / ref.label)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dest.parent))
+    staging = staging_dir(dest.parent)
     try:
         files = []
         for src in sorted({p for pattern in patterns for p in source.glob(pattern)

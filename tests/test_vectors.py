@@ -282,7 +282,8 @@ part_rows = 4
         return [t for t in threading.enumerate() if t.name == "capture-reader"]
 
     monkeypatch.setattr(stats, "READ_BYTES", 1024)  # a few rows a read: the reader must wait
-    means = capture_means(files)
+    hidden = sweep.plan.details["model"]["hidden_size"]
+    means = capture_means(files, hidden)
     assert len(next(means)) == 8  # 4 generations x 2 layers
     assert readers(), "the reader waits for a buffer, ahead of the sums"
     means.close()
@@ -292,12 +293,12 @@ part_rows = 4
     assert planned.returncode == 0, planned.stderr
     files[-1].write_bytes(files[-1].read_bytes()[:-100])  # cut short after the plan
     with pytest.raises(RunFailed, match="ends before its rows do"):
-        list(capture_means(files))
+        list(capture_means(files, hidden))
     assert readers() == []
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes((1 << 60).to_bytes(8, "little") + b"{}")
     with pytest.raises(RunFailed, match="is not a safetensors file"):
-        list(capture_means([garbage]))
+        list(capture_means([garbage], hidden))
     refused = chatspace("plan", "vectors", "--from", sweep.run_id, root=root)  # a new plan
     assert refused.returncode == 2 and "is not finished" in refused.stderr.splitlines()[-1]
     run = Run.open("cut", root, KINDS)

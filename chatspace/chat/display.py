@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import TextIO
 
+from chatspace.text import CONTROL, one_line
+
 THINK_START, THINK_END = "<think>", "</think>"
-# control characters a model may emit (an escape sequence would drive the terminal): C0 but tab
-# and newline, DEL, and C1 (0x9b is a one-byte CSI on some terminals)
-CONTROL = {c: "\ufffd" for c in [*range(0x00, 0x09), *range(0x0b, 0x20), *range(0x7f, 0xa0)]}
 DIM, BOLD, RESET = "\x1b[2m", "\x1b[1m", "\x1b[0m"
 
 
@@ -23,7 +22,8 @@ class ReplyPrinter:
     (a partial UTF-8 character waits for its next token)."""
 
     def __init__(self, tokenizer, label: str, thinking: bool, out: TextIO, styled: bool):
-        self.tokenizer, self.label, self.out, self.styled = tokenizer, label, out, styled
+        self.tokenizer, self.out, self.styled = tokenizer, out, styled
+        self.label = label = one_line(label)
         self.start_id, self.end_id = think_ids(tokenizer)
         self.in_thinking = thinking and self.end_id is not None
         self.thinking: list[int] = []

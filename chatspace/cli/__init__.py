@@ -10,6 +10,7 @@ import click
 
 from chatspace.cli import chat, embed, observe, results, runs
 from chatspace.errors import BadInput, RunFailed
+from chatspace.text import printable
 
 # The only commands that may reach the Hub (on a login node); every other one runs offline.
 ONLINE = ("download-dataset", "download-model")
@@ -48,6 +49,6 @@ def main() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except (BadInput, RunFailed) as exc:
-        click.echo(f"chatspace: error: {exc}", err=True)
+        click.echo(f"chatspace: error: {printable(str(exc))}", err=True)
         sys.exit(exc.exit_code)
     sys.exit(code if isinstance(code, int) else 0)

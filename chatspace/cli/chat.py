@@ -69,7 +69,7 @@ def chat(model: str, backend: str, dtype: str, device: str | None, persona: str 
     if max_tokens < 1 or not 0 <= temperature <= 10:
         raise BadInput("--max-tokens must be >= 1 and --temperature within 0..10")
     path = find_model(model, resolve_root(root)).path
-    hidden_size, num_layers = model_shape(path, model)
+    hidden_size, num_layers, _, _ = model_shape(path, model)
     vector_defaults = {"layer": layer, "scale": scale, "op": op, "root": resolve_root(root)}
     from chatspace.chat.loop import parse_layers
 

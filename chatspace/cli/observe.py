@@ -13,6 +13,7 @@ from chatspace.cli.output import emit, run_summary
 from chatspace.errors import BadInput
 from chatspace.runs.record import Run
 from chatspace.runs.status import STATES
+from chatspace.text import printable
 
 
 @click.command()
@@ -47,7 +48,7 @@ def logs(run_ref: str, task: int | None, of_reduce: bool, attempt: int | None,
         raise BadInput(f"{what} of run {run.run_id} has no logs yet in {run.log_dir} (local "
                        "and debug runs reduce in the submitting process)")
     for span in found:
-        click.echo(f"==> {span.path} <==")
+        click.echo(f"==> {printable(str(span.path))} <==")
         lines = span.read().splitlines(keepends=True)
         click.echo("".join(lines[-tail:] if tail else [] if tail == 0 else lines), nl=False)
     if follow and not of_reduce and found[-1].stop is None:

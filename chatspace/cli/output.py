@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from chatspace.runs.record import Run
+from chatspace.text import printable
 
 
 def emit(as_json: bool, data: dict[str, Any], lines: list[str]) -> None:
@@ -15,7 +16,7 @@ def emit(as_json: bool, data: dict[str, Any], lines: list[str]) -> None:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
     else:
         for line in lines:
-            click.echo(line)
+            click.echo(printable(line))
 
 
 def run_summary(run: Run) -> dict[str, Any]:

@@ -15,11 +15,14 @@ import click
 
 from chatspace.cli.options import resolve_root, root_option
 from chatspace.errors import BadInput
+from chatspace.text import printable
 
 CELL_WIDTH = 60
 
 
-def _cell(value: Any, limit: int | None) -> str:
+def _cell(value: Any, limit: int | None, clean: bool = True) -> str:
+    """A value as one cell of text; `clean`: control characters neutralised (a cell from the
+    data must not drive the terminal)."""
     if value is None:
         return ""
     if isinstance(value, float):
@@ -28,7 +31,7 @@ def _cell(value: Any, limit: int | None) -> str:
         text = value.isoformat(timespec="seconds")
     else:
         text = str(value)
-    text = text.replace("\n", " ")
+    text = (printable(text) if clean else text).replace("\n", " ")
     return text if limit is None or len(text) <= limit else text[:limit - 1] + "…"
 
 
@@ -53,11 +56,13 @@ def _print_result(columns: list[str], rows: list[tuple], fmt: str) -> None:
         click.echo(json.dumps([dict(zip(columns, r, strict=True)) for r in rows], indent=2,
                               default=str))
     elif fmt == "csv":
+        # CSV to a file keeps the data as it is; to a terminal, its control characters go
+        clean = sys.stdout.isatty()
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows([[_cell(v, None) for v in r] for r in rows])
+        writer.writerow([_cell(c, None, clean) for c in columns])
+        writer.writerows([[_cell(v, None, clean) for v in r] for r in rows])
     elif columns:
-        _print_table(columns, rows)
+        _print_table([_cell(c, None) for c in columns], rows)
 
 
 @click.command()

@@ -7,14 +7,20 @@ read as it is; a Hub name is fetched with `huggingface_hub` (`chatspace.data.hub
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 
 from chatspace.data.config import check_split
-from chatspace.data.hub import dataset_files, fetch, hub_offline, list_files
+from chatspace.data.hub import (
+    check_revision,
+    dataset_files,
+    fetch,
+    hub_offline,
+    list_files,
+    resolve_commit,
+)
 from chatspace.data.sources import (
     SourceInfo,
     hub_label,
@@ -23,7 +29,7 @@ from chatspace.data.sources import (
     read_file_table,
 )
 from chatspace.errors import BadInput
-from chatspace.names import check_replaceable, replace_recorded
+from chatspace.names import check_replaceable, replace_recorded, staging_dir
 from chatspace.runs.record import check_writable, sha256_file, tool_info, write_json
 
 
@@ -35,9 +41,10 @@ def _source(name: str, subset: str | None, split: str | None,
             raise BadInput("--revision needs the Hub (a local path, or HF_HUB_OFFLINE=1, has "
                            "no revisions)")
         return open_source(name, subset, split), split, None
-    files, split = dataset_files(list_files(name, "dataset", revision), name, subset, split)
+    commit = resolve_commit(name, "dataset", revision)
+    files, split = dataset_files(list_files(name, "dataset", commit), name, subset, split)
     check_split(None, split)
-    snapshot = fetch(name, "dataset", revision, include=files)
+    snapshot = fetch(name, "dataset", commit, include=files)
     label = hub_label(name, subset)
     return (open_files([snapshot.path / f for f in files], snapshot.path, "hf", label,
                        label=split), split, snapshot.commit)
@@ -47,11 +54,12 @@ def record_dataset(name: str, subset: str | None, split: str | None, root: Path,
                    revision: str | None = None) -> dict[str, Any]:
     check_writable(root)
     check_split(subset, split)
+    check_revision(revision)
     source, split, commit = _source(name, subset, split, revision)
     dest = check_replaceable(root, root.joinpath("datasets", "raw", source.origin,
                                                  source.dataset, *([split] if split else [])))
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dest.parent))
+    staging = staging_dir(dest.parent)
     try:
         files, features = [], None
         for number, src in enumerate(source.files):

@@ -13,12 +13,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from chatspace.errors import BadInput
+from chatspace.names import check_relative
+from chatspace.text import one_line
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +40,65 @@ class Snapshot:
     commit: str
 
 
+COMMIT = re.compile(r"[0-9a-f]{40}")
+REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")
+
+
+class HostileAnswer(BadInput):
+    """The Hub (or a mirror) answered something that must not become a path."""
+
+
+def check_revision(revision: str | None) -> str | None:
+    """`--revision` if it is a branch, tag or commit name (letters, digits, ``._/-``, no
+    ``..`` part); BadInput otherwise. It names the Hub's cache files (``refs/{revision}``)."""
+    if revision is not None and not (REVISION.fullmatch(revision)
+                                     and ".." not in revision.split("/")
+                                     and "//" not in revision and not revision.endswith("/")):
+        raise BadInput(f"--revision {one_line(revision[:60])!r} is not a branch, tag or commit "
+                       "name (letters, digits and ._/- only, no '..')")
+    return revision
+
+
+def _check_answer(response: Any) -> None:
+    """Every Hub answer: a commit it names (``X-Repo-Commit``, which the client makes a cache
+    path) must be 40 hex digits."""
+    commit = response.headers.get("X-Repo-Commit")
+    if commit is not None and not COMMIT.fullmatch(commit):
+        raise HostileAnswer(f"the Hub at {_endpoint()} answered the commit "
+                            f"{one_line(commit[:60])!r}, which is not 40 hex digits: refused")
+
+
+def _client() -> Any:
+    """The Hub client's HTTP client, bounded in time (its default waits forever on a server
+    that accepts and never answers) and checking every answer (`_check_answer`)."""
+    import httpx2
+    from huggingface_hub.utils._http import hf_request_event_hook
+
+    return httpx2.Client(event_hooks={"request": [hf_request_event_hook],
+                                      "response": [_check_answer]},
+                         follow_redirects=True, timeout=httpx2.Timeout(hub_timeout()))
+
+
+def hub_timeout() -> float:
+    """Seconds a Hub request may wait for an answer (``HF_HUB_DOWNLOAD_TIMEOUT``, else 30)."""
+    try:
+        return float(os.environ.get("HF_HUB_DOWNLOAD_TIMEOUT") or 30)
+    except ValueError:
+        raise BadInput("HF_HUB_DOWNLOAD_TIMEOUT must be a number of seconds") from None
+
+
+def _endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
 @contextlib.contextmanager
 def _answers(what: str, repo_type: str, repo_id: str, revision: str | None) -> Iterator[None]:
-    """The Hub client's failures as one line each (BadInput)."""
+    """The Hub client's failures as one line each (BadInput), saying what the server
+    answered."""
+    import httpx2
     from huggingface_hub import errors
 
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    endpoint = _endpoint()
     try:
         yield
     except errors.GatedRepoError:
@@ -50,24 +107,35 @@ def _answers(what: str, repo_type: str, repo_id: str, revision: str | None) -> I
     except errors.RevisionNotFoundError:
         raise BadInput(f"{repo_type} {repo_id!r} has no revision {revision!r}") from None
     except errors.RepositoryNotFoundError as exc:
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-        if status == 401:
+        if _status(exc) == 401:
             raise BadInput(f"{what} was not found or needs a token: set HF_TOKEN if it is "
                            "private or gated" + _token_note()) from None
         raise BadInput(f"no {repo_type} {repo_id!r} on {endpoint}") from None
-    except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled, OSError) as exc:
-        if isinstance(exc, errors.HfHubHTTPError):
-            raise
+    except errors.HfHubHTTPError as exc:
+        first = one_line((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:200]
+        raise BadInput(f"{what}: {endpoint} answered HTTP {_status(exc)}: {first}") from None
+    except httpx2.TimeoutException:
+        raise BadInput(f"{what}: {endpoint} did not answer within {hub_timeout():g} s "
+                       "(HF_HUB_DOWNLOAD_TIMEOUT)") from None
+    except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled, httpx2.TransportError):
         raise BadInput(f"cannot reach {endpoint} (no network?), and {what} is not in the HF "
                        "cache (cached copies are used when present)") from None
-    except errors.HfHubHTTPError as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise BadInput(f"{what}: the Hub answered {first}") from None
+    except OSError as exc:  # e.g. a file of another size than the server announced
+        first = one_line((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:200]
+        raise BadInput(f"{what}: the download from {endpoint} failed: {first}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a body that is no answer
+        raise BadInput(f"{what}: {endpoint} sent an answer that is not the Hub's "
+                       f"({type(exc).__name__}: {one_line(str(exc))[:120]})") from None
+
+
+def _status(exc: Exception) -> int | None:
+    return getattr(getattr(exc, "response", None), "status_code", None)
 
 
 def _quiet() -> None:
-    from huggingface_hub.utils import disable_progress_bars
+    from huggingface_hub.utils import disable_progress_bars, set_client_factory
 
+    set_client_factory(_client)
     if not sys.stderr.isatty():
         disable_progress_bars()
     for name in ("httpx", "httpx2"):  # a line per request: too much for a log
@@ -78,31 +146,55 @@ def _what(repo_id: str, repo_type: str, revision: str | None) -> str:
     return f"{repo_type} {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
 
 
-def list_files(repo_id: str, repo_type: str, revision: str | None = None) -> list[str]:
-    """The paths of every file in the repo at `revision` (asks the Hub; nothing is
-    downloaded)."""
+def resolve_commit(repo_id: str, repo_type: str, revision: str | None = None) -> str:
+    """The commit that `revision` (default: the main branch) of the repo is at, asked of the
+    Hub first: 40 hex digits, or BadInput. Everything after asks for that commit, so that no
+    name the server sends becomes a cache path unchecked."""
     from huggingface_hub import HfApi
 
     _quiet()
-    with _answers(_what(repo_id, repo_type, revision), repo_type, repo_id, revision):
-        return sorted(HfApi().list_repo_files(repo_id, repo_type=repo_type, revision=revision))
+    check_revision(revision)
+    what = _what(repo_id, repo_type, revision)
+    with _answers(what, repo_type, repo_id, revision):
+        sha = HfApi().repo_info(repo_id, repo_type=repo_type, revision=revision).sha
+    if not isinstance(sha, str) or not COMMIT.fullmatch(sha):
+        raise HostileAnswer(f"{what}: {_endpoint()} answered the commit "
+                            f"{one_line(str(sha)[:60])!r}, which is not 40 hex digits: refused")
+    return sha
+
+
+def list_files(repo_id: str, repo_type: str, commit: str) -> list[str]:
+    """The paths of every file in the repo at `commit` (asks the Hub; nothing is
+    downloaded); each must be a relative path of plain names."""
+    from huggingface_hub import HfApi
+
+    _quiet()
+    with _answers(_what(repo_id, repo_type, commit), repo_type, repo_id, commit):
+        paths = sorted(HfApi().list_repo_files(repo_id, repo_type=repo_type, revision=commit))
+    for path in paths:
+        if not isinstance(path, str):
+            raise HostileAnswer(f"{repo_type} {repo_id!r}: the listing holds {path!r}")
+        check_relative(path, f"{repo_type} {repo_id!r}: the Hub listed the file")
+    return paths
 
 
 def fetch(repo_id: str, repo_type: str, revision: str | None = None,
           include: list[str] | None = None) -> Snapshot:
     """Download (or find in the cache) the files of `repo_id` (``model`` or ``dataset``) at
-    `revision` matching `include` (globs; default: every file)."""
+    `revision` matching `include` (globs; default: every file). The revision is resolved to
+    its commit first (`resolve_commit`) and the listing checked (`list_files`)."""
     import huggingface_hub
 
-    _quiet()
+    commit = resolve_commit(repo_id, repo_type, revision)
+    list_files(repo_id, repo_type, commit)
     what = _what(repo_id, repo_type, revision)
     with _answers(what, repo_type, repo_id, revision):
         path = Path(huggingface_hub.snapshot_download(repo_id, repo_type=repo_type,
-                                                      revision=revision,
+                                                      revision=commit,
                                                       allow_patterns=include))
     log.info("%s: %d files at commit %s in %s", what,
-             sum(1 for p in path.rglob("*") if p.is_file()), path.name, path)
-    return Snapshot(path, path.name)
+             sum(1 for p in path.rglob("*") if p.is_file()), commit, path)
+    return Snapshot(path, commit)
 
 
 def _token_note() -> str:

@@ -17,10 +17,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from chatspace.errors import BadInput, RunFailed
 from chatspace.jobs import KINDS, open_run
 from chatspace.runs.attempts import attempts
 from chatspace.runs.formats import Attempt, Completion, Manifest, NewerRecord, Plan
 from chatspace.runs.record import Run, read_typed_record
+from chatspace.text import one_line
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +125,22 @@ class RunFiles:
         }
 
 
+def _unusable(files: RunFiles) -> str | None:
+    """Why a run's plan, though it parses, cannot be listed (its spec is not its kind's, a
+    path leaves the root, …), or None. A shared root may hold any file: one bad run must not
+    take `query` and `report` down for the others."""
+    run = files.run
+    try:
+        run.spec  # noqa: B018 - parses the spec as the kind's
+        run.output_dir  # noqa: B018 - a stored path, checked inside the root
+        run.manifest_path  # noqa: B018
+        if not run.num_tasks:
+            return "its plan has no tasks"
+    except (BadInput, RunFailed) as exc:
+        return one_line(str(exc))[:300]
+    return None
+
+
 class Catalog:
     """The runs under a root (or just the runs named: run ids or run directories), with their
     records."""
@@ -144,7 +162,12 @@ class Catalog:
             if plan.kind not in KINDS:
                 log.warning("skipping %s: unknown kind %r", folder, plan.kind)
                 continue
-            self.runs.append(RunFiles(Run(root, folder.name, KINDS[plan.kind])))
+            files = RunFiles(Run(root, folder.name, KINDS[plan.kind]))
+            problem = _unusable(files)
+            if problem:
+                log.warning("skipping run %s: %s", folder.name, problem)
+                continue
+            self.runs.append(files)
 
     def of_kind(self, kind: str) -> list[RunFiles]:
         return [f for f in self.runs if f.run.plan.kind == kind]

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from chatspace.names import check_no_link
 from chatspace.runs.formats import Attempt, LogFile
 from chatspace.runs.record import Run, read_typed_record, record_files, write_record
 
@@ -82,6 +83,7 @@ def recording(run: Run, task: int | None) -> Iterator[None]:
                      cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
     path = (run.dir / "attempts" / attempt_group(task)
             / f"{started:%Y%m%dT%H%M%S%f}-{host}-{os.getpid()}.json")
+    check_no_link(run.root, path.parent, f"run {run.run_id}")
     write_record(path, record)
     try:
         yield

@@ -27,6 +27,14 @@ class NewerRecord(RunFailed):
     """A record written by a newer chatspace, in a version this one cannot read."""
 
 
+class UnreadableRecord(RunFailed):
+    """A record that exists but does not parse into its type: torn by a crash or a full disk,
+    edited, or not a file chatspace wrote."""
+
+
+INT64 = 1 << 63
+
+
 def doc(text: str, default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
     """A field with its documentation (docs/formats.md lists it)."""
     if default is not dataclasses.MISSING:
@@ -42,6 +50,8 @@ class Item:
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> Self:
+        if not isinstance(data, dict):
+            raise TypeError(f"a {cls.__name__} is {str(data)[:40]!r}, not an object")
         return cls(**_typed(cls, {k: v for k, v in data.items() if k in _names(cls)}))
 
     def to_dict(self) -> dict[str, Any]:
@@ -61,11 +71,18 @@ class Record(Item):
 
     @classmethod
     def parse(cls, data: dict[str, Any], where: object = "record") -> Self:
+        if not isinstance(data, dict):
+            raise UnreadableRecord(f"{where} is not a {cls.FORMAT} record (a JSON "
+                                   f"{type(data).__name__}, not an object)")
         given_format = data.get("format", cls.FORMAT)
         if given_format != cls.FORMAT:
-            raise RunFailed(f"{where} is a {given_format!r} record, not {cls.FORMAT!r}")
+            raise UnreadableRecord(f"{where} is a {str(given_format)[:40]!r} record, not "
+                                   f"{cls.FORMAT!r}")
         version = data.get("version", 1)
-        if not isinstance(version, int) or version > cls.VERSION:
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise UnreadableRecord(f"{where} has version {str(version)[:20]!r}, which is not "
+                                   "a version number")
+        if version > cls.VERSION:
             raise NewerRecord(f"{where} is {cls.FORMAT} version {version}; this chatspace "
                               f"reads up to version {cls.VERSION}: upgrade chatspace to read it")
         names = _names(cls) - {"details"}
@@ -89,13 +106,35 @@ def _hints(cls: type) -> dict[str, Any]:
     return {name: _unwrap(hint) for name, hint in typing.get_type_hints(cls).items()}
 
 
+_JSON_TYPES: dict[Any, tuple[type, ...]] = {
+    str: (str,), int: (int,), float: (int, float), bool: (bool,), dict: (dict,),
+    tuple: (list, tuple)}
+
+
+def _check_type(cls: type, name: str, hint: Any, value: Any) -> None:
+    """TypeError unless `value` is what JSON gives for `hint` (an int within 64 bits, a bool
+    that is no int)."""
+    expected = _JSON_TYPES.get(typing.get_origin(hint) or hint)
+    if expected is None or value is None:
+        return
+    wrong = not isinstance(value, expected) or (bool not in expected and isinstance(value, bool))
+    if not wrong and isinstance(value, int) and not -INT64 <= value < INT64:
+        wrong = True
+    if wrong:
+        raise TypeError(f"{cls.__name__}.{name} is {str(value)[:40]!r}, not a "
+                        f"{expected[0].__name__}")
+
+
 def _typed(cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    """Nested typed objects (lists of `Item`s, an `Item`) built from their dicts."""
+    """Nested typed objects (lists of `Item`s, an `Item`) built from their dicts; TypeError
+    when a value is not of its field's type."""
     hints = _hints(cls)
     out = {}
     for name, value in values.items():
         hint = hints[name]
         args = typing.get_args(hint)
+        if not _is_item(hint):
+            _check_type(cls, name, hint, value)
         if value is not None and typing.get_origin(hint) is tuple:  # JSON lists as tuples
             value = tuple(args[0].parse(v) if _is_item(args[0]) else v for v in value)
         elif value is not None and _is_item(hint):

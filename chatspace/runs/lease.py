@@ -20,12 +20,13 @@ import fcntl
 import json
 import os
 import socket
+import stat
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from chatspace.errors import RunFailed
+from chatspace.errors import BadInput, RunFailed
 from chatspace.runs.record import Run
 
 _HELD: dict[Path, dict[str, Any]] = {}  # lock file -> this process's holder record
@@ -63,7 +64,16 @@ def holding(run: Run, task: int) -> Iterator[dict[str, Any]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path in _HELD:
         raise TaskBusy(f"task {task} of run {run.run_id} is already running in this process")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise BadInput(f"run {run.run_id}: {path} is a link to {os.readlink(path)}; chatspace "
+                       "writes nothing through a link under the root") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BadInput(f"run {run.run_id}: {path} is not a regular file")
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -92,8 +102,8 @@ def holder(run: Run, task: int) -> dict[str, Any] | None:
     if path in _HELD:
         return _HELD[path]
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # absent, or a link: no lease of chatspace's
         return None
     try:
         try:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from chatspace.errors import BadInput
-from chatspace.names import check_inside, check_name
+from chatspace.names import check_inside, check_name, check_no_link
 from chatspace.runs.formats import Plan, TaskSlice
 from chatspace.runs.kind import Kind, WorkPlan
 from chatspace.runs.record import (
@@ -71,6 +71,8 @@ def plan_run(kind: Kind, spec: JobSpec, root: Path, run_id: str | None = None,
     resolved = kind.plan(spec, root, run.run_id)
     check_inside(root, resolved.output_dir, "output directory")
     check_inside(root, resolved.manifest_path, "manifest")
+    for folder in (run.dir, resolved.output_dir, resolved.manifest_path.parent):
+        check_no_link(root, folder, "plan")
     slices = slice_bounds(resolved.rows, spec.run.array)
     estimate = kind.estimate(spec, resolved, execute)
     if estimate and not execute:

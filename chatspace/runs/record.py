@@ -12,11 +12,14 @@ where it matters, its recorded sha256).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import socket
+import stat
 import subprocess
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -29,10 +32,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from chatspace import __version__
-from chatspace.errors import BadInput, RunFailed
-from chatspace.names import check_name
-from chatspace.runs.formats import Completion, FileEntry, Plan, Record, Submission, Submissions
+from chatspace.errors import BadInput
+from chatspace.names import check_inside, check_name, check_no_link, check_relative, inside
+from chatspace.runs.formats import (
+    Completion,
+    FileEntry,
+    Plan,
+    Record,
+    Submission,
+    Submissions,
+    UnreadableRecord,
+)
 from chatspace.runs.kind import Kind
+from chatspace.text import one_line
 from chatspace.specs import JobSpec, spec_from_dict
 
 log = logging.getLogger(__name__)
@@ -60,6 +72,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
     with a dot, so that readers skip it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{socket.gethostname()}-{os.getpid()}-{path.name}")
+    tmp.unlink(missing_ok=True)  # ours, left by a killed attempt of this pid (or a planted link)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o666))  # created here, so writing to the name cannot follow a link
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
@@ -74,22 +89,57 @@ def atomic_path(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def strict_json(data: Any) -> Any:
+    """`data` with every non-finite float (NaN, infinity) as None: records are strict JSON,
+    which has no NaN."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: strict_json(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [strict_json(v) for v in data]
+    return data
+
+
 def write_json(path: Path, data: Any) -> None:
+    text = json.dumps(strict_json(data), indent=2, sort_keys=True, allow_nan=False)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(text + "\n")
 
 
-class UnreadableRecord(RunFailed):
-    """A record that exists but does not parse: torn by a crash or a full disk, or edited."""
+MAX_RECORD_BYTES = 64 << 20
+
+
+def read_regular(path: Path, limit: int = MAX_RECORD_BYTES) -> bytes:
+    """The bytes of `path` if it is a regular file (not a link, FIFO or device) of at most
+    `limit` bytes; UnreadableRecord otherwise, FileNotFoundError if absent. A hostile or
+    broken file on a shared root can neither hang a reader nor exhaust its memory."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnreadableRecord(f"{path} is a link, not a record chatspace wrote") from None
+        if exc.errno == errno.ENOENT:
+            raise FileNotFoundError(exc.errno, exc.strerror, str(path)) from None
+        raise UnreadableRecord(f"{path} cannot be read ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnreadableRecord(f"{path} is not a regular file")
+        if info.st_size > limit:
+            raise UnreadableRecord(f"{path} has {info.st_size} bytes, more than a record may "
+                                   f"({limit})")
+        return fh.read(limit + 1)[:limit]
 
 
 def read_json(path: Path) -> Any:
-    """A JSON file; UnreadableRecord (one line naming the file) if it does not parse."""
+    """A JSON record file (`read_regular`); UnreadableRecord (one line naming the file) if it
+    does not parse."""
     try:
-        return json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UnreadableRecord(f"{path} does not parse as JSON ({exc}): it was torn by a "
-                               "crash or edited") from None
+        return json.loads(read_regular(path))
+    except (ValueError, RecursionError) as exc:  # JSON's and UTF-8's errors are ValueErrors
+        raise UnreadableRecord(f"{path} does not parse as JSON ({type(exc).__name__}): it was "
+                               "torn by a crash or edited") from None
 
 
 R = TypeVar("R", bound=Record)
@@ -101,7 +151,7 @@ def read_typed(path: Path, cls: type[R]) -> R:
     data = read_json(path)
     try:
         return cls.parse(data, path)
-    except (TypeError, AttributeError, KeyError) as exc:  # a field missing or of a wrong type
+    except (TypeError, AttributeError, KeyError, ValueError) as exc:  # a field missing/wrong
         raise UnreadableRecord(f"{path} is not a {cls.FORMAT} record ({exc})") from None
 
 
@@ -170,10 +220,15 @@ def file_problem(entry: FileEntry, root: Path, check_hash: bool = True) -> str |
     """Why a listed file no longer matches its entry (None if it does). Records written
     before paths were relative hold absolute paths, which `root /` leaves as they are."""
     path = root / entry.path
+    if not inside(root, path):
+        return f"{path} is outside the root"
     try:
-        size = os.stat(path).st_size
+        info = os.lstat(path)
     except FileNotFoundError:
         return f"{path} is missing"
+    size = info.st_size
+    if not stat.S_ISREG(info.st_mode):
+        return f"{path} is not a regular file"
     if size != entry.bytes:
         return f"{path} has {size} bytes, its record says {entry.bytes}"
     if check_hash and sha256_file(path) != entry.sha256:
@@ -230,8 +285,9 @@ class Run:
         return read_typed(self.plan_path, Plan)
 
     def path(self, stored: str) -> Path:
-        """A path as this run's records store it (relative to the root) made usable."""
-        return self.root / stored
+        """A path as this run's records store it (relative to the root) made usable: checked
+        inside the root when used, since a record on a shared root may have been edited."""
+        return check_inside(self.root, self.root / stored, f"run {self.run_id}: path")
 
     def entry(self, path: Path, **extra: Any) -> FileEntry:
         """`file_entry` for a file of this run."""
@@ -270,13 +326,32 @@ class Run:
         """Output name -> the file the task writes; the primary output (whose rows a
         completion record counts) first."""
         outputs, first = self.plan.outputs, self.plan.primary
-        return {name: self.output_dir / outputs[name].format(task=task)
+        return {name: self.output_dir / self._inside_output(outputs[name].format(task=task))
                 for name in [first, *sorted(set(outputs) - {first})]}
 
     def part_file_path(self, task: int, part: int, name: str) -> Path:
         """Where part `part` of `task` keeps its file of part-file output `name`."""
         pattern = self.plan.part_files[name]
-        return self.output_dir / pattern.format(task=task, part=part)
+        return self.output_dir / self._inside_output(pattern.format(task=task, part=part))
+
+    def _inside_output(self, relative: str) -> str:
+        return check_relative(relative, f"run {self.run_id}: output file")
+
+    def check_folders(self, task: int | None = None) -> None:
+        """BadInput unless every folder this run (and `task`) writes in lies under the root
+        with no link on the way: a link planted in a shared root (``parts``, ``tasks``,
+        ``leases``, the output directory) would send writes and deletes elsewhere."""
+        folders = [self.dir, self.dir / "tasks", self.dir / "leases", self.dir / "parts",
+                   self.dir / "attempts", self.log_dir, self.output_dir,
+                   self.manifest_path.parent]
+        if task is not None:
+            folders += [self.parts_dir(task), self.completion_path(task).parent,
+                        *(p.parent for p in self.output_paths(task).values()),
+                        *(self.part_file_path(task, 0, n).parent for n in self.plan.part_files)]
+        for folder in folders:
+            check_inside(self.root, folder, f"run {self.run_id}: folder")
+            if folder.is_relative_to(self.root):  # (a version 1 record's absolute path may
+                check_no_link(self.root, folder, f"run {self.run_id}")  # spell it otherwise)
 
     def completion_path(self, task: int) -> Path:
         return self.dir / "tasks" / f"task-{task:05d}.json"
@@ -345,6 +420,6 @@ class Run:
         except UnreadableRecord as exc:
             raise BadInput(f"run {ref}: {exc}") from None
         if kind not in kinds:
-            raise BadInput(f"run {ref} is of kind {kind!r}, which this chatspace does not know "
-                           f"(known: {', '.join(kinds)})")
+            raise BadInput(f"run {ref} is a {one_line(kind)[:40]!r} run; a "
+                           f"{' or '.join(kinds)} run is needed here")
         return cls(root, ref, kinds[kind])

@@ -59,6 +59,7 @@ def task_problem(run: Run, task: int) -> str:
 def reduce_run(run: Run) -> Manifest:
     """Validate every task's outputs and write manifest.json; RunFailed names each bad task.
     Recorded as an attempt of the run's reduce."""
+    run.check_folders()
     with recording(run, None):
         return _reduce(run)
 

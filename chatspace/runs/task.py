@@ -14,7 +14,6 @@ import ctypes
 import logging
 import os
 import queue
-import shutil
 import socket
 import sys
 import threading
@@ -179,10 +178,24 @@ class TaskRunner:
             parts=tuple(PartTime(sc.part, sc.rows_in, sc.committed_at) for sc in sidecars),
             details=self.kind.task_stats(self.run, self.task, [sc.stats for sc in sidecars]))
         write_record(self.run.completion_path(self.task), record)
-        shutil.rmtree(self.run.parts_dir(self.task), ignore_errors=True)
+        remove_parts(self.run.parts_dir(self.task))
         log.info("task %d done: %d rows -> %s", self.task, record.rows,
                  ", ".join(e.path for e in entries))
         return record
+
+
+def remove_parts(folder: Path) -> None:
+    """Remove a completed task's parts folder: only the names a task writes there (parts,
+    sidecars, temp files), each unlinked (a link goes, never what it points to); the folder
+    itself only once empty, so that nothing chatspace did not write is deleted."""
+    for name in os.listdir(folder):
+        if name.startswith(("part-", ".tmp-")):
+            (folder / name).unlink()
+    try:
+        folder.rmdir()
+    except OSError as exc:
+        log.warning("kept %s: %s (chatspace removes only the files it wrote there)", folder,
+                    exc.strerror)
 
 
 def task_threads(run: Run) -> int:
@@ -221,6 +234,7 @@ def run_task(run: Run, task: int) -> Completion:
     task's lease (TaskBusy while another process runs the task), computes with the run's
     thread count (`task_threads`), and each call that has work to do is recorded as an
     attempt of the task."""
+    run.check_folders(task)
     with holding(run, task):
         done = run.completion(task)
         if done is not None:

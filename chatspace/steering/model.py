@@ -29,6 +29,7 @@ import torch
 from chatspace.steering.choices import BACKENDS
 from chatspace.steering.outputs import CaptureOptions, Generation, Sampling
 from chatspace.steering.spec import SteeringSpec
+from chatspace.steering.templates import chat_text
 
 Prompt = str | list[dict[str, str]] | list[int]
 # Called with each step's new token ids while one prompt generates; returning False stops the
@@ -74,23 +75,8 @@ class SteerModel:
                     assistant_name: str | None = None) -> str:
         """Chat messages through the tokenizer's chat template, ending with the generation
         prompt; `assistant_name` renames the assistant role in that prompt and in earlier
-        assistant turns (the persona sweeps' "rename the role")."""
-        extra: dict[str, Any] = {}
-        if enable_thinking is not None:
-            extra["enable_thinking"] = enable_thinking
-
-        def template(msgs: list[dict[str, str]], generation: bool) -> str:
-            return self.tokenizer.apply_chat_template(msgs, tokenize=False,
-                                                      add_generation_prompt=generation, **extra)
-        text = template(messages, True)
-        if not assistant_name:
-            return text
-        probe = [{"role": "user", "content": "?"}]  # the assistant header, e.g.
-        opening = template(probe, True)[len(template(probe, False)):]  # <|im_start|>assistant
-        if "assistant" not in opening:
-            raise ValueError("the chat template names no assistant role to rename")
-        header = opening[:opening.index("assistant") + len("assistant")]
-        return text.replace(header, header.replace("assistant", assistant_name))
+        assistant turns (the persona sweeps' "rename the role"; `templates.chat_text`)."""
+        return chat_text(self.tokenizer, messages, enable_thinking, assistant_name)
 
     def render(self, prompt: Prompt, enable_thinking: bool | None = None,
                assistant_name: str | None = None) -> list[int]:

@@ -31,6 +31,7 @@ FORMAT = "chatspace-steering/1"
 # A vector's norm must lie in this range: outside it float32 projections lose the direction
 # (1e-30 entries square to 0) or overflow (1e30 entries square to inf).
 NORM_RANGE = (1e-8, 1e8)
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 @dataclass(frozen=True, eq=False)  # tensors: compare by identity
@@ -173,6 +174,12 @@ def _check_op(op: Op, where: str, hidden_size: int) -> None:
     for name, value in numbers.items():
         if value is not None and not (isinstance(value, int | float) and math.isfinite(value)):
             raise ValueError(f"{where}.{name}: must be a finite number, got {value!r}")
+        if value is not None and abs(value) > FLOAT32_MAX:
+            raise ValueError(f"{where}.{name}: {value!r} is not finite in float32, steering's "
+                             f"compute dtype (at most {FLOAT32_MAX:.4g} in size)")
+    if isinstance(op, AddSpec) and not torch.isfinite(op.scale * vector.to(torch.float32)).all():
+        raise ValueError(f"{where}.scale: {op.scale!r} times the vector overflows float32, "
+                         "steering's compute dtype")
     if isinstance(op, ProjectionCapSpec):
         if op.min is None and op.max is None:
             raise ValueError(f"{where}: give min, max or both")

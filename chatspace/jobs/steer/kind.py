@@ -50,15 +50,19 @@ class SteerKind(Kind):
 
     def plan(self, spec: SweepSpec, root: Path, run_id: str) -> WorkPlan:
         from chatspace.jobs.steer.points import expand_points, point_file  # torch
+        from chatspace.jobs.steer.rendering import check_rows, prompt_template
 
         ref = find_model(spec.model.name, root)
-        hidden, layers = model_shape(ref.path, spec.model.name)
+        hidden, layers, positions, tokenizer = model_shape(ref.path, spec.model.name)
         for layer in spec.capture.layers:
             if not 0 <= layer < layers:
                 raise BadInput(f"capture.layers: layer {layer} out of range (the model has "
                                f"{layers} decoder layers)")
         prompts = load_prompts(spec.prompts)
         personas = load_personas(spec.personas)
+        template = prompt_template(spec, tokenizer)
+        check_rows(spec, tokenizer, template, prompts, personas,
+                   spec.model.max_model_len or positions)
         points = expand_points(spec, hidden, layers, root)
         rows = len(points) * len(prompts) * max(len(personas), 1) * spec.generation.n_reps
         inputs = {"prompts": prompts, "personas": personas,
@@ -75,6 +79,7 @@ class SteerKind(Kind):
         details = {"model": {"label": ref.label, "path": stored_path(Path(ref.path), root),
                              "hidden_size": hidden,
                              "num_layers": layers, "backend": spec.model.backend},
+                   "template": template,
                    "sweep": {"points": len(points), "prompts": len(prompts),
                              "personas": len(personas), "reps": spec.generation.n_reps}}
         return WorkPlan(rows=rows, details=details, output_dir=out,
@@ -127,7 +132,8 @@ class SteerKind(Kind):
             "sweep": details["sweep"], "generations": results.num_rows,
             "generated_tokens": sum(r.details["generated_tokens"] for r in records),
             "per_point": _grouped(results, "point"),
-            "per_category": _grouped(results, "category"),
+            "per_category": [{"category": category, **values} for category, values
+                             in _grouped(results, "category").items()],
             "results": [{"path": r.outputs[0].path, "bytes": r.outputs[0].bytes,
                          "sha256": r.outputs[0].sha256, "task": r.task, "rows": r.rows}
                         for r in records],
@@ -137,11 +143,11 @@ class SteerKind(Kind):
         }
 
 
-def _grouped(results: pa.Table, key: str) -> dict[str, dict[str, Any]]:
-    """Generations and the mean of each metric per value of `key` (null: "none")."""
+def _grouped(results: pa.Table, key: str) -> dict[Any, dict[str, Any]]:
+    """Generations and the mean of each metric per value of `key` (None: the rows with no
+    value, a group of their own)."""
     columns = ["think_end_position", *METRICS]
     grouped = results.group_by(key).aggregate(
         [("row", "count")] + [(c, "mean") for c in columns]).to_pylist()
-    return {str(g[key]) if g[key] is not None else "none":
-            {"generations": g["row_count"],
+    return {g[key]: {"generations": g["row_count"],
              **{c: g[f"{c}_mean"] for c in columns}} for g in grouped}

@@ -32,7 +32,9 @@ def expand_points(spec: SweepSpec, hidden_size: int, num_layers: int,
                   root: Path) -> list[tuple[Point, SteeringSpec | None]]:
     """Every point of the sweep in order, with its steering spec (None: baseline). A spec
     without ``[[steering]]`` entries is one baseline point. A point's vector is a file or a
-    vectors run under `root` (with `vector_key` naming one of its vectors)."""
+    vectors run under `root` (with `vector_key` naming one of its vectors). A point's label is
+    ``{name}/L{layer}/x{scale}`` (``{name}/L{layer}`` for a cap, ``{name}`` for a baseline),
+    unique in the run: BadInput names a label given twice."""
     entries = spec.steering or [SteeringPoint(name="baseline")]
     points: list[tuple[Point, SteeringSpec | None]] = []
     for number, entry in enumerate(entries):
@@ -53,10 +55,23 @@ def expand_points(spec: SweepSpec, hidden_size: int, num_layers: int,
                     steering.check(hidden_size, num_layers)
                 except ValueError as exc:
                     raise BadInput(f"{where} ({entry.vector}): {exc}") from None
-                label = f"{entry.name}/L{layer}" + ("" if scale is None else f"/x{scale:g}")
+                label = f"{entry.name}/L{layer}" + ("" if scale is None else f"/x{exact(scale)}")
                 points.append((Point(label, entry.op, layer, scale, entry.min, entry.max),
                                steering))
+    labels: dict[str, str] = {}
+    for number, (point, _) in enumerate(points):
+        if point.name in labels:
+            raise BadInput(f"steering: point label {point.name!r} is given twice (by "
+                           f"{labels[point.name]} and by point {number}): labels name one "
+                           "configuration each; rename an entry or drop a repeated scale")
+        labels[point.name] = f"point {number}"
     return points
+
+
+def exact(scale: float) -> str:
+    """A scale as a point label shows it: the shortest text that reads back as the same
+    float (``2``, ``0.5``, ``1.0000001``, ``1e+20``), so two scales never share a label."""
+    return str(int(scale)) if scale.is_integer() and abs(scale) < 1e16 else repr(scale)
 
 
 def point_file(number: int) -> str:

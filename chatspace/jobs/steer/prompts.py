@@ -64,7 +64,34 @@ def _read_jsonl(path: str) -> list[Any]:
     return prompts
 
 
+def _encodable(value: Any) -> bool:
+    """Whether every string in `value` (a prompt, a persona entry) is valid Unicode text: a
+    lone surrogate (JSON's ``"\\ud800"``) fails every tokenizer."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_encodable(v) for v in value.values())
+    return all(_encodable(v) for v in value) if isinstance(value, list) else True
+
+
+def _check_encodable(values: list[Any], where: str) -> None:
+    for number, value in enumerate(values):
+        if not _encodable(value):
+            raise BadInput(f"{where}: entry {number} holds a lone surrogate (an unpaired "
+                           "\\ud800-\\udfff escape), which is not text any tokenizer encodes")
+
+
 def load_prompts(cfg: PromptsConfig) -> list[Prompt]:
+    prompts = _load_prompts(cfg)
+    _check_encodable(prompts, f"prompts {cfg.file or cfg.dataset}")
+    return prompts
+
+
+def _load_prompts(cfg: PromptsConfig) -> list[Prompt]:
     if cfg.file is not None:
         prompts = _read_jsonl(cfg.file) if cfg.file.endswith(".jsonl") else \
             _read_json_list(cfg.file, "prompts")
@@ -104,6 +131,7 @@ def load_personas(cfg: PersonasConfig) -> list[dict[str, str]]:
             if key in entry and not isinstance(entry[key], str):
                 raise BadInput(f"personas file {cfg.file}: entry {number}.{key} must be a "
                                "string")
+    _check_encodable(personas, f"personas file {cfg.file}")
     return personas
 
 

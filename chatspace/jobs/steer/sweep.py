@@ -19,7 +19,8 @@ import pyarrow as pa
 
 from chatspace.jobs.steer.metrics import THINK_END, generation_metrics
 from chatspace.jobs.steer.points import point_file
-from chatspace.jobs.steer.prompts import messages, system_prompt
+from chatspace.jobs.steer.prompts import system_prompt
+from chatspace.jobs.steer.rendering import row_ids
 from chatspace.jobs.steer.schema import CAPTURE_INDEX_SCHEMA, RESULTS_SCHEMA
 from chatspace.runs.kind import Part, PartOutput
 from chatspace.runs.record import Run, read_json
@@ -66,6 +67,7 @@ class SweepParts:
         inputs = read_json(run.dir / "inputs.json")
         self.prompts, self.personas = inputs["prompts"], inputs["personas"]
         self.points = inputs["points"]
+        self.template = run.plan.details.get("template", "chat")  # runs planned before: chat
         self.steering = [SteeringSpec.load(run.dir / point_file(n)) if p["op"] else None
                          for n, p in enumerate(self.points)]
         model = self.spec.model
@@ -105,11 +107,12 @@ class SweepParts:
             point, prompt, persona, rep = decode_row(row, len(self.prompts),
                                                      max(len(self.personas), 1), gen.n_reps)
             who = self.personas[persona] if self.personas else None
-            system = system_prompt(who, spec.personas.system_prompt_style)
+            system = None if self.template == "raw" else \
+                system_prompt(who, spec.personas.system_prompt_style)
             name = who["persona"] if who and spec.personas.renames_role else None
             rows.append(SweepRow(row, point, prompt, who, rep, system,
-                                 self.model.render(messages(self.prompts[prompt], system),
-                                                   gen.thinking, name)))
+                                 row_ids(self.model.tokenizer, self.template,
+                                         self.prompts[prompt], system, gen.thinking, name)))
         samplings = [Sampling(max_tokens=gen.max_tokens, temperature=gen.temperature,
                               top_p=gen.top_p, seed=row_seed(gen.seed, r.row),
                               top_k_mass_k=spec.metrics.top_k_mass_k) for r in rows]

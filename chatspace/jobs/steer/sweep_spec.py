@@ -53,6 +53,9 @@ class PromptsConfig(Section):
     n: int | None = option(None, "Sample exactly N prompts.", ge=1)
     p: Fraction | None = option(None, "Sample a fraction of rows.")
     seed: int = option(0, ge=0)
+    template: Literal["chat", "raw"] | None = option(
+        None, "chat: each prompt through the tokenizer's chat template (the default when it "
+              "has one); raw: the prompt's text as it is, no system prompt (base models).")
 
     def check(self) -> None:
         if (self.file is None) == (self.dataset is None):

@@ -3,7 +3,11 @@
 components of the group means (explained variance ratio and each group's coordinates). Then
 the files: ``vectors.safetensors`` (by key: ``mean/{group}/L{layer}``,
 ``contrast/{A}-{B}/L{layer}``, ``pc{k}/L{layer}``), ``vectors.parquet`` (one row per vector)
-and ``projections.parquet`` (every generation's projection on every vector of its layer)."""
+and ``projections.parquet`` (every generation's projection on every vector of its layer).
+
+A group's name goes into a key escaped (`key_name`), so that keys cannot collide: ``%``, ``/``,
+``-`` and ``~`` are written ``%25``, ``%2F``, ``%2D``, ``%7E``, and the missing group (null) is
+``~``. A key that still repeats is an error, never an overwrite."""
 
 from __future__ import annotations
 
@@ -13,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from chatspace.errors import RunFailed
 from chatspace.jobs.vectors.spec import GroupsConfig
-from chatspace.jobs.vectors.stats import generation_vectors
+from chatspace.jobs.vectors.stats import generation_vectors, group_order
 from chatspace.runs.record import atomic_path, write_parquet
 
 FORMAT = "chatspace-vectors/1"
@@ -31,24 +36,33 @@ PROJECTIONS_SCHEMA = pa.schema([
 ])
 
 
+ESCAPED = {c: f"%{ord(c):02X}" for c in "%/-~"}
+MISSING = "~"
+
+
+def key_name(group: str | None) -> str:
+    """A group's name as it stands in a vector key (see the module's docstring)."""
+    return MISSING if group is None else "".join(ESCAPED.get(c, c) for c in group)
+
+
 @dataclass
 class Vector:
     key: str
     kind: str  # mean | contrast | pc
     layer: int
-    groups: list[str]
+    groups: list[str | None]
     counts: list[int]
     values: np.ndarray  # float64 [hidden]
     explained_variance: float | None = None
     coordinates: dict[str, float] = field(default_factory=dict)
 
 
-def _principal(means: dict[str, np.ndarray], layer: int, k: int,
-               counts: dict[str, int]) -> list[Vector]:
+def _principal(means: dict[str | None, np.ndarray], layer: int, k: int,
+               counts: dict[str | None, int]) -> list[Vector]:
     """The top `k` principal components of the group means (centred on their mean), each with
     the explained variance ratio and the groups' coordinates; signs make the largest entry
     positive, so that runs agree."""
-    names = sorted(means)
+    names = sorted(means, key=group_order)
     centred = np.stack([means[g] for g in names])
     centred = centred - centred.mean(axis=0)
     _, singular, components = np.linalg.svd(centred, full_matrices=False)
@@ -61,23 +75,25 @@ def _principal(means: dict[str, np.ndarray], layer: int, k: int,
         out.append(Vector(f"pc{i + 1}/L{layer}", "pc", layer, names,
                           [counts[g] for g in names], component,
                           float(variance[i] / variance.sum()) if variance.sum() else 0.0,
-                          {g: float(c) for g, c in zip(names, centred @ component,
-                                                       strict=True)}))
+                          {key_name(g): float(c) for g, c in zip(names, centred @ component,
+                                                                 strict=True)}))
     return out
 
 
-def compute(sums: dict[tuple[str, int], np.ndarray], counts: dict[tuple[str, int], int],
-            layers: list[int], cfg: GroupsConfig) -> list[Vector]:
+def compute(sums: dict[tuple[str | None, int], np.ndarray],
+            counts: dict[tuple[str | None, int], int], layers: list[int],
+            cfg: GroupsConfig) -> list[Vector]:
     vectors: list[Vector] = []
     for layer in layers:
         means = {g: s / counts[(g, lay)] for (g, lay), s in sums.items() if lay == layer}
         n = {g: counts[(g, layer)] for g in means}
-        layer_vectors = [Vector(f"mean/{g}/L{layer}", "mean", layer, [g], [n[g]], means[g])
-                         for g in sorted(means)]
-        pairs = cfg.pairs() + ([(g, cfg.baseline) for g in sorted(means) if g != cfg.baseline]
+        groups = sorted(means, key=group_order)
+        layer_vectors = [Vector(f"mean/{key_name(g)}/L{layer}", "mean", layer, [g], [n[g]],
+                                means[g]) for g in groups]
+        pairs = cfg.pairs() + ([(g, cfg.baseline) for g in groups if g != cfg.baseline]
                                if cfg.baseline is not None else [])
-        layer_vectors += [Vector(f"contrast/{a}-{b}/L{layer}", "contrast", layer, [a, b],
-                                 [n[a], n[b]], means[a] - means[b])
+        layer_vectors += [Vector(f"contrast/{key_name(a)}-{key_name(b)}/L{layer}", "contrast",
+                                 layer, [a, b], [n[a], n[b]], means[a] - means[b])
                           for a, b in dict.fromkeys(pairs)]
         if cfg.normalize:
             for vector in layer_vectors:
@@ -85,6 +101,11 @@ def compute(sums: dict[tuple[str, int], np.ndarray], counts: dict[tuple[str, int
         if cfg.pca:
             layer_vectors += _principal(means, layer, cfg.pca, n)
         vectors += layer_vectors
+    seen: set[str] = set()
+    for vector in vectors:
+        if vector.key in seen:
+            raise RunFailed(f"two vectors would have the key {vector.key!r}")
+        seen.add(vector.key)
     return vectors
 
 
@@ -105,8 +126,8 @@ def write_vectors(vectors: list[Vector], folder: Path) -> list[Path]:
     return [folder / "vectors.safetensors", folder / "vectors.parquet"]
 
 
-def write_projections(root: Path, rows: pa.Table, layers: list[int], vectors: list[Vector],
-                      sources: list[str], folder: Path) -> Path:
+def write_projections(root: Path, rows: pa.Table, layers: list[int], hidden: int,
+                      vectors: list[Vector], sources: list[str], folder: Path) -> Path:
     """Every generation's projection on the unit direction of every vector of its layer
     (written as it is read, generation by generation)."""
     units: dict[int, list[tuple[str, np.ndarray]]] = {layer: [] for layer in layers}
@@ -116,7 +137,7 @@ def write_projections(root: Path, rows: pa.Table, layers: list[int], vectors: li
             **{c: rows.column(c) for c in ("id", "row", "group")}}
 
     def pieces():
-        for batch in generation_vectors(root, rows, layers):
+        for batch in generation_vectors(root, rows, layers, hidden):
             if not units[batch.layer]:
                 continue
             keys = [key for key, _ in units[batch.layer]]

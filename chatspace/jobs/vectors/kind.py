@@ -58,7 +58,8 @@ class VectorsKind(Kind):
 
         rows = pq.read_table(run.dir / ROWS_FILE)
         statistics = part_statistics(run.root, rows, [(p.start, p.stop) for p in parts],
-                                     run.plan.details["layers"])
+                                     run.plan.details["layers"],
+                                     run.plan.details["model"]["hidden_size"])
         try:
             for part in parts:
                 with timer.measure("read_and_sum"):
@@ -104,7 +105,7 @@ class VectorsKind(Kind):
         vectors = compute(sums, counts, plan["layers"], run.spec.groups)
         written = write_vectors(vectors, run.output_dir)
         written.append(write_projections(run.root, pq.read_table(run.dir / ROWS_FILE),
-                                         plan["layers"], vectors,
+                                         plan["layers"], plan["model"]["hidden_size"], vectors,
                                          [s["run_id"] for s in plan["sources"]],
                                          run.output_dir))
         timings: dict[str, dict[str, float]] = {}

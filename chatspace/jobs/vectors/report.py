@@ -28,7 +28,8 @@ def vectors_blocks(runs: list[RunFiles]) -> list[Block]:
         projections = pq.read_table(files.reduce_file("projections.parquet"),
                                     columns=["group", "key", "projection"]).to_pylist()
         blocks.append(table(["key", "kind", "layer", "groups", "norm", "explained variance"],
-                            [[v["key"], v["kind"], v["layer"], ", ".join(v["groups"]),
+                            [[v["key"], v["kind"], v["layer"],
+                              ", ".join("null" if g is None else g for g in v["groups"]),
                               v["norm"], v["explained_variance"]] for v in vectors]))
         for layer in sorted({v["layer"] for v in vectors}):
             pcs = {v["key"].split("/")[0]: dict(v["coordinates"]) for v in vectors

@@ -15,6 +15,8 @@ from chatspace.errors import BadInput
 from chatspace.jobs.steer.kind import SteerKind
 from chatspace.jobs.steer.schema import RESULTS_SCHEMA
 from chatspace.jobs.vectors.spec import VectorsSpec
+from chatspace.jobs.vectors.stats import group_order
+from chatspace.names import check_name
 from chatspace.runs.record import Run, stored_path
 
 ROWS_FILE = "rows.parquet"
@@ -52,6 +54,7 @@ def _generations(run: Run, by: str) -> tuple[list[dict[str, Any]], set[int]]:
         index = pq.read_table(paths["capture_index"], columns=["id", "file", "key", "layer"])
         keys: dict[str, dict[int, tuple[str, str]]] = {}
         for item in index.to_pylist():
+            check_name(item["file"], f"steer run {run.run_id}: capture index file")
             keys.setdefault(item["id"], {})[item["layer"]] = (item["file"], item["key"])
             layers.add(item["layer"])
         folder = paths["capture_index"].parent
@@ -59,7 +62,7 @@ def _generations(run: Run, by: str) -> tuple[list[dict[str, Any]], set[int]]:
             if result["id"] in keys:
                 value = result[by]
                 entries.append({"id": result["id"], "row": result["row"],
-                                "group": "none" if value is None else str(value),
+                                "group": None if value is None else str(value),
                                 "folder": folder, "keys": keys[result["id"]]})
     return entries, layers
 
@@ -86,13 +89,19 @@ def read_inputs(spec: VectorsSpec, root: Path) -> Inputs:
     if missing or not chosen:
         raise BadInput(f"source.layers (--layers): layer(s) {missing or chosen} not captured in "
                        f"every run (captured in all: {sorted(captured or ()) or 'none'})")
-    groups = sorted({r["group"] for r in records})
+    groups = sorted({r["group"] for r in records}, key=group_order)
     wanted = [g for pair in spec.groups.pairs() for g in pair]
     wanted += [spec.groups.baseline] if spec.groups.baseline is not None else []
     for group in wanted:
         if group not in groups:
             raise BadInput(f"groups: no group {group!r} in column {by!r} (groups: "
-                           f"{', '.join(groups)})")
+                           f"{', '.join(map(shown, groups))})")
+    for contrast in spec.groups.contrasts:
+        splits = [(contrast[:i], contrast[i + 1:]) for i, c in enumerate(contrast) if c == ":"]
+        named = [f"{a!r} and {b!r}" for a, b in splits if a in groups and b in groups]
+        if len(named) > 1:
+            raise BadInput(f"groups.contrasts (--contrast) {contrast!r} is ambiguous: it may "
+                           f"mean {' or '.join(named)}")
     if spec.groups.pca > len(groups):
         raise BadInput(f"groups.pca (--pca) {spec.groups.pca} is more than the "
                        f"{len(groups)} groups")
@@ -109,6 +118,11 @@ def read_inputs(spec: VectorsSpec, root: Path) -> Inputs:
                   {"label": model["label"], "hidden_size": model["hidden_size"]},
                   [{"run_id": r.run_id, "run_dir": stored_path(r.dir, root),
                     "capture": r.spec.capture.model_dump()} for r in runs])
+
+
+def shown(group: str | None) -> str:
+    """A group as messages and reports show it (the missing group: null)."""
+    return "null" if group is None else repr(group)
 
 
 def rows_bytes(table: pa.Table) -> bytes:

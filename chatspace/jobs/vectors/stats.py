@@ -27,6 +27,7 @@ import pyarrow as pa
 import torch
 
 from chatspace.errors import RunFailed
+from chatspace.names import check_inside, check_relative
 
 STATS_SCHEMA = pa.schema([("group", pa.string()), ("layer", pa.int32()),
                           ("count", pa.int64()), ("sum", pa.list_(pa.float64()))])
@@ -60,8 +61,9 @@ class Layout:
     offset: int
 
 
-def read_layout(fh: BinaryIO, path: Path) -> Layout:
-    """The layout of the safetensors file open as `fh`, from its header."""
+def read_layout(fh: BinaryIO, path: Path, hidden: int) -> Layout:
+    """The layout of the safetensors file open as `fh`, from its header; its rows must be
+    `hidden` wide (the model's hidden size)."""
     length = int.from_bytes(fh.read(8), "little")
     try:
         if not 2 <= length <= os.fstat(fh.fileno()).st_size - 8:
@@ -78,6 +80,9 @@ def read_layout(fh: BinaryIO, path: Path) -> Layout:
     if 0 in counts:
         raise RunFailed(f"capture file {path}: {entries[counts.index(0)][1]} holds no rows, "
                         "so it has no mean (e.g. response rows of a one-token generation)")
+    if width != hidden:
+        raise RunFailed(f"capture file {path} holds rows of {width} numbers; the model's "
+                        f"hidden size is {hidden}")
     if any(info["dtype"] != dtype or info["shape"][-1] != width for _, _, info in entries) or any(
             entries[i][0][0] != entries[i - 1][0][1] for i in range(1, len(entries))) or (
             width * DTYPES[dtype].itemsize > READ_BYTES):
@@ -88,7 +93,7 @@ def read_layout(fh: BinaryIO, path: Path) -> Layout:
                   base + entries[0][0][0])
 
 
-def read_ahead(paths: list[Path], filled: queue.Queue, free: queue.Queue,
+def read_ahead(paths: list[Path], hidden: int, filled: queue.Queue, free: queue.Queue,
                stop: threading.Event) -> None:
     """The reader thread: for each file its layout, then its rows in blocks of whole rows,
     each read into a free buffer (`readinto` holds no GIL while the disk works, and a reused
@@ -98,7 +103,7 @@ def read_ahead(paths: list[Path], filled: queue.Queue, free: queue.Queue,
             if number + 1 < len(paths):
                 advise_next(paths[number + 1])
             with open(path, "rb", buffering=0) as fh:
-                layout = read_layout(fh, path)
+                layout = read_layout(fh, path, hidden)
                 filled.put(layout)
                 fh.seek(layout.offset)
                 row_bytes = layout.width * layout.dtype.itemsize
@@ -141,7 +146,7 @@ def advise_next(path: Path) -> None:
                 os.close(fd)
 
 
-def capture_means(paths: list[Path]) -> Iterator[dict[str, np.ndarray]]:
+def capture_means(paths: list[Path], hidden: int) -> Iterator[dict[str, np.ndarray]]:
     """Every capture of each file in `paths` as one float32 vector (its row, or the mean of its
     rows), by key, file after file. A reader thread reads ahead (`read_ahead`) while the rows
     read are summed by capture (`index_add_`, in float32: within 1e-7 relative for the rows of
@@ -152,7 +157,7 @@ def capture_means(paths: list[Path]) -> Iterator[dict[str, np.ndarray]]:
     for _ in range(BUFFERS):
         free.put(torch.empty(READ_BYTES, dtype=torch.uint8))
     stop = threading.Event()
-    reader = threading.Thread(target=read_ahead, args=(paths, filled, free, stop),
+    reader = threading.Thread(target=read_ahead, args=(paths, hidden, filled, free, stop),
                               name="capture-reader", daemon=True)
     reader.start()
     try:
@@ -199,18 +204,20 @@ def file_runs(files: list[str], breaks: Iterable[int] = ()) -> list[tuple[int, i
     return runs
 
 
-def generation_vectors(root: Path, rows: pa.Table, layers: list[int],
+def generation_vectors(root: Path, rows: pa.Table, layers: list[int], hidden: int,
                        breaks: Iterable[int] = ()) -> Iterator[Batch]:
     """Every generation's vector at every layer, one batch per run of rows in one capture file
     (`file_runs`, cut at `breaks`) and layer. Each file is read once (`capture_means`), however
-    many batches it gives."""
+    many batches it gives; each must lie inside the root (the table is a record on a shared
+    root) and hold rows `hidden` wide."""
     files = rows.column("file").to_pylist()
     keys = rows.column("keys").to_pylist()
     spans = file_runs(files, breaks)
     opens = [not i or files[start] != files[spans[i - 1][0]]  # a span that starts a new read
              for i, (start, _) in enumerate(spans)]
-    means = capture_means([root / files[start]
-                           for (start, _), new in zip(spans, opens, strict=True) if new])
+    means = capture_means([check_inside(root, root / check_relative(files[start], "capture file"),
+                                        "capture file")
+                           for (start, _), new in zip(spans, opens, strict=True) if new], hidden)
     try:
         vectors: dict[str, np.ndarray] = {}
         for (start, stop), new in zip(spans, opens, strict=True):
@@ -231,7 +238,7 @@ def _list_column(matrix: np.ndarray) -> pa.ListArray:
 
 
 def part_statistics(root: Path, rows: pa.Table, parts: list[tuple[int, int]],
-                    layers: list[int]) -> Iterator[pa.Table]:
+                    layers: list[int], hidden: int) -> Iterator[pa.Table]:
     """The statistics of each part (`start`, `stop`: rows of the plan's table `rows`), in
     order, from one stream of reads, so the reader runs on while a part is committed. A part
     takes exactly its own batches (one per run of rows in one file, per layer), so it is
@@ -239,7 +246,7 @@ def part_statistics(root: Path, rows: pa.Table, parts: list[tuple[int, int]],
     picked = pa.concat_tables([rows.slice(start, stop - start) for start, stop in parts])
     ends = list(itertools.accumulate(stop - start for start, stop in parts))
     starts = [span[0] for span in file_runs(picked.column("file").to_pylist(), ends[:-1])]
-    batches = generation_vectors(root, picked, layers, ends[:-1])
+    batches = generation_vectors(root, picked, layers, hidden, ends[:-1])
     try:
         for start, stop in zip([0, *ends[:-1]], ends, strict=True):
             runs = bisect_left(starts, stop) - bisect_left(starts, start)  # the part's spans
@@ -254,7 +261,9 @@ def accumulate(groups: list[str], batches: Iterable[Batch], first: int,
                layers: list[int]) -> pa.Table:
     """The statistics of the generations of `groups` (their groups, in order; the batches'
     rows count from `first`), as a table sorted by (group, layer)."""
-    names, index = np.unique(np.asarray(groups, dtype=object), return_inverse=True)
+    names = sorted(set(groups), key=group_order)
+    place = {name: i for i, name in enumerate(names)}
+    index = np.array([place[g] for g in groups], np.int64)
     position = {layer: i for i, layer in enumerate(layers)}
     sums: np.ndarray | None = None
     counts = np.zeros((len(names), len(layers)), np.int64)
@@ -270,7 +279,7 @@ def accumulate(groups: list[str], batches: Iterable[Batch], first: int,
         counts[present, column] += np.bincount(inverse)
     present = np.argwhere(counts > 0)  # (group, layer) pairs, sorted: names are sorted
     return pa.table({
-        "group": pa.array([str(names[g]) for g, _ in present], pa.string()),
+        "group": pa.array([names[g] for g, _ in present], pa.string()),
         "layer": pa.array([layers[i] for _, i in present], pa.int32()),
         "count": pa.array(counts[present[:, 0], present[:, 1]], pa.int64()),
         "sum": (_list_column(sums[present[:, 0], present[:, 1]]) if sums is not None
@@ -278,11 +287,17 @@ def accumulate(groups: list[str], batches: Iterable[Batch], first: int,
     }, schema=STATS_SCHEMA)
 
 
-def merge(tables: list[pa.Table]) -> tuple[dict[tuple[str, int], np.ndarray],
-                                           dict[tuple[str, int], int]]:
+def group_order(group: str | None) -> tuple[bool, str]:
+    """Groups in order: the missing group (null, a generation with no value) first, then by
+    name. Missing is its own group, never the same as any name (not even "none")."""
+    return (group is not None, group or "")
+
+
+def merge(tables: list[pa.Table]) -> tuple[dict[tuple[str | None, int], np.ndarray],
+                                           dict[tuple[str | None, int], int]]:
     """Totals over every part's statistics: sums and counts by (group, layer)."""
-    sums: dict[tuple[str, int], np.ndarray] = {}
-    counts: dict[tuple[str, int], int] = {}
+    sums: dict[tuple[str | None, int], np.ndarray] = {}
+    counts: dict[tuple[str | None, int], int] = {}
     for table in tables:
         if not table.num_rows:
             continue
