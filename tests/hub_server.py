@@ -9,7 +9,10 @@
 Faults on purpose: the first GET of each file named in `drop_once` sends half the file and
 closes the connection (the client must resume with ``Range``); a gated repo answers 401
 (``X-Error-Code: GatedRepo``) unless the request carries the token; an unknown repo answers
-404 (``RepoNotFound``).
+404 (``RepoNotFound``). A hostile repo (`Repo.sha`, `Repo.listed`, `Repo.missing_commit`,
+`Repo.fault`) answers as a hostile mirror would: a repo ``sha`` that is a climbing path, a
+listing with names that climb, a 404 whose ``X-Repo-Commit`` climbs, HTML where JSON belongs,
+403 / 502, or no answer at all.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -34,6 +38,10 @@ class Repo:
     kind: str = "models"
     gated: bool = False
     commit: str = ""
+    sha: str | None = None  # repo info's sha, instead of the commit
+    listed: tuple[str, ...] = ()  # more names in the tree listing (a GET of them: 404)
+    missing_commit: str | None = None  # X-Repo-Commit of a 404 for a listed, missing file
+    fault: str | None = None  # html | 403 | 502 | silent: every API request answered so
 
     def __post_init__(self) -> None:
         digest = hashlib.sha1(b"".join(k.encode() + v for k, v in sorted(self.files.items())))
@@ -106,9 +114,22 @@ class FakeHub:
             return self._error(h, 404, "RepoNotFound", body)
         if repo.gated and entry["auth"] != f"Bearer {self.token}":
             return self._error(h, 401, "GatedRepo", body)
+        if repo.fault is not None:
+            return self._fault(h, repo.fault, body)
         if api:
             return self._api(h, repo, name, api, body)
         return self._file(h, repo, name, resolve.group(4), body)
+
+    def _fault(self, h: BaseHTTPRequestHandler, fault: str, body: bool) -> None:
+        if fault == "silent":  # accepts, never answers (until the client gives up)
+            time.sleep(8)
+            h.close_connection = True
+            return
+        if fault == "html":
+            return self._send(h, 200, b"<html><body>Sign in to continue</body></html>",
+                              {"Content-Type": "text/html"}, body)
+        self._send(h, int(fault), b"<html>upstream trouble</html>\n" * 40,
+                   {"Content-Type": "text/html"}, body)
 
     def _api(self, h: BaseHTTPRequestHandler, repo: Repo, name: str, match: re.Match,
              body: bool) -> None:
@@ -116,15 +137,22 @@ class FakeHub:
             data: Any = [{"type": "file", "path": path, "size": len(content),
                           "oid": hashlib.sha1(content).hexdigest()}
                          for path, content in sorted(repo.files.items())]
+            data += [{"type": "file", "path": path, "size": 3, "oid": "0" * 40}
+                     for path in repo.listed]
         else:
-            data = {"id": name, "sha": repo.commit, "private": False, "gated": repo.gated,
-                    "siblings": [{"rfilename": p} for p in sorted(repo.files)]}
+            data = {"id": name, "sha": repo.sha or repo.commit, "private": False,
+                    "gated": repo.gated,
+                    "siblings": [{"rfilename": p} for p in sorted([*repo.files, *repo.listed])]}
         self._send(h, 200, json.dumps(data).encode(), {"Content-Type": "application/json"},
                    body)
 
     def _file(self, h: BaseHTTPRequestHandler, repo: Repo, name: str, path: str,
               body: bool) -> None:
         content = repo.files.get(path)
+        if content is None and repo.missing_commit is not None:
+            return self._send(h, 404, b'{"error": "EntryNotFound"}',
+                              {"X-Error-Code": "EntryNotFound",
+                               "X-Repo-Commit": repo.missing_commit}, body)
         if content is None:
             return self._error(h, 404, "EntryNotFound", body)
         headers = {"X-Repo-Commit": repo.commit, "Accept-Ranges": "bytes",

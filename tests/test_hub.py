@@ -47,6 +47,19 @@ def hub(tiny_model_dir):
              "testorg/hubdocs": Repo({BIG_FILE: parquet_bytes(train),
                                       "data/test-00000-of-00001.parquet": parquet_bytes(test),
                                       "README.md": b"# hubdocs\n"}, kind="datasets")}
+    small = {"config.json": b"{}", "model.safetensors": b"x" * 64}
+    repos.update({
+        # a repo sha that climbs to another run's plan; a 404 whose commit climbs out of the
+        # cache; a listing whose names climb; HTML for JSON; 403, 502; no answer at all
+        "testorg/climbing-sha": Repo(small, sha="../../../../victim/runs/R1/plan"),
+        "testorg/climbing-404": Repo(small, listed=("tokenizer.json",),
+                                     missing_commit="../../../../../../victim/no-exist"),
+        "testorg/climbing-list": Repo(small, listed=("../../../../victim/listed.json",)),
+        "testorg/html": Repo(small, fault="html"),
+        "testorg/forbidden": Repo(small, fault="403"),
+        "testorg/bad-gateway": Repo(small, fault="502"),
+        "testorg/silent": Repo(small, fault="silent"),
+    })
     with FakeHub(repos, drop_once={f"testorg/hubdocs/{BIG_FILE}"}) as server:
         yield server
 
@@ -132,3 +145,52 @@ def test_a_hub_dataset_resumes_a_dropped_file_and_embeds(hub, tmp_path):
     assert embed.returncode == 0, embed.stderr[-2000:]
     manifest = json.loads(Path(json.loads(embed.stdout)["manifest"]).read_text())
     assert manifest["rows_total"] == 20
+
+
+def test_a_hostile_mirror_writes_nothing_outside_and_every_answer_is_one_line(hub, tmp_path):
+    """Phase 17: no string a server sends (repo sha, X-Repo-Commit, listed names) and no
+    --revision becomes a path unchecked; every bad answer is one line; none hangs."""
+    root, home = tmp_path / "ws", tmp_path / "hf"
+    victim = tmp_path / "victim"
+    (victim / "runs" / "R1").mkdir(parents=True)
+    plan = victim / "runs" / "R1" / "plan.json"
+    plan.write_text('{"mine": true}')
+    home.mkdir()
+    os.symlink(victim, home / "victim")  # what a climbing name would reach, and beside it
+    before = files_under(tmp_path)
+    one_line(run("download-model", "testorg/climbing-sha", hub=hub, home=home, root=root),
+             "which is not 40 hex digits: refused")
+    one_line(run("download-model", "testorg/climbing-404", "--include", "*.json", hub=hub,
+                 home=home, root=root), "which is not 40 hex digits: refused")
+    one_line(run("download-model", "testorg/climbing-list", hub=hub, home=home, root=root),
+             "is not a relative path of plain names")
+    for revision in ("../../../../victim/rev", "/abs", "main/../../x", "a\nb"):
+        for command in ("download-model", "download-dataset"):
+            one_line(run(command, "testorg/tiny-qwen", "--revision", revision, hub=hub,
+                         home=home, root=root), "--revision")
+    one_line(run("download-model", "testorg/html", hub=hub, home=home, root=root),
+             "sent an answer that is not the Hub's")
+    one_line(run("download-model", "testorg/forbidden", hub=hub, home=home, root=root),
+             "answered HTTP 403")
+    one_line(run("download-dataset", "testorg/bad-gateway", hub=hub, home=home, root=root),
+             "answered HTTP 502")
+    silent = chatspace("download-model", "testorg/silent", root=root, timeout=60,
+                       env={**hub.env(), "HF_HOME": str(home), "HF_HUB_DOWNLOAD_TIMEOUT": "2"})
+    one_line(silent, "did not answer within 2 s")
+    assert plan.read_text() == '{"mine": true}'
+    assert files_under(victim) == [plan]
+    assert [p for p in files_under(tmp_path) if p not in before
+            and not p.is_relative_to(home / "hub")] == []
+    assert files_under(root) == []
+    # a commit given as --revision is used as it is; the recorded model follows the umask
+    commit = hub.repos["testorg/tiny-qwen"].commit
+    old = os.umask(0o002)
+    try:
+        got = run("download-model", "testorg/tiny-qwen", "--revision", commit, "--json",
+                  hub=hub, home=home, root=root)
+    finally:
+        os.umask(old)
+    assert got.returncode == 0, got.stderr[-2000:]
+    recorded = Path(json.loads(got.stdout)["path"])
+    assert json.loads(got.stdout)["commit"] == commit
+    assert recorded.stat().st_mode & 0o777 == 0o775

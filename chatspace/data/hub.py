@@ -74,8 +74,15 @@ def _client() -> Any:
     import httpx2
     from huggingface_hub.utils._http import hf_request_event_hook
 
-    return httpx2.Client(event_hooks={"request": [hf_request_event_hook],
-                                      "response": [_check_answer]},
+    bound = httpx2.Timeout(hub_timeout()).as_dict()
+
+    def bounded(request: Any) -> None:
+        # the client passes timeout=None per request (no bound): each phase gets ours
+        limits = request.extensions.get("timeout", {})
+        request.extensions["timeout"] = {k: limits.get(k) or v for k, v in bound.items()}
+        hf_request_event_hook(request)
+
+    return httpx2.Client(event_hooks={"request": [bounded], "response": [_check_answer]},
                          follow_redirects=True, timeout=httpx2.Timeout(hub_timeout()))
 
 
