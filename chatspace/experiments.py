@@ -15,6 +15,7 @@ metrics (a map of numbers), tags, notes, the git commit of the working directory
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import numbers
@@ -47,7 +48,8 @@ def _numbers(metrics: Any) -> dict[str, float]:
         number = None
         if isinstance(key, str) and not isinstance(value, bool | str | bytes) and \
                 isinstance(value, numbers.Real):
-            number = float(value)
+            with contextlib.suppress(OverflowError):  # an int beyond float: not finite
+                number = float(value)
         if number is None or not math.isfinite(number) or not _text(key):
             raise ValueError(f"metrics[{key!r}] must be a finite number, got {value!r}")
         out[key] = number

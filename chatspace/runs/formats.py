@@ -106,6 +106,13 @@ def _hints(cls: type) -> dict[str, Any]:
     return {name: _unwrap(hint) for name, hint in typing.get_type_hints(cls).items()}
 
 
+@functools.cache
+def _nullable(cls: type) -> frozenset[str]:
+    """The fields that may be null (``X | None``)."""
+    return frozenset(name for name, hint in typing.get_type_hints(cls).items()
+                     if type(None) in typing.get_args(hint))
+
+
 _JSON_TYPES: dict[Any, tuple[type, ...]] = {
     str: (str,), int: (int,), float: (int, float), bool: (bool,), dict: (dict,),
     tuple: (list, tuple)}
@@ -114,8 +121,12 @@ _JSON_TYPES: dict[Any, tuple[type, ...]] = {
 def _check_type(cls: type, name: str, hint: Any, value: Any) -> None:
     """TypeError unless `value` is what JSON gives for `hint` (an int within 64 bits, a bool
     that is no int)."""
+    if value is None:
+        if name not in _nullable(cls):
+            raise TypeError(f"{cls.__name__}.{name} is null")
+        return
     expected = _JSON_TYPES.get(typing.get_origin(hint) or hint)
-    if expected is None or value is None:
+    if expected is None:
         return
     wrong = not isinstance(value, expected) or (bool not in expected and isinstance(value, bool))
     if not wrong and isinstance(value, int) and not -INT64 <= value < INT64:
@@ -133,7 +144,7 @@ def _typed(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     for name, value in values.items():
         hint = hints[name]
         args = typing.get_args(hint)
-        if not _is_item(hint):
+        if not _is_item(hint) or value is None:
             _check_type(cls, name, hint, value)
         if value is not None and typing.get_origin(hint) is tuple:  # JSON lists as tuples
             value = tuple(args[0].parse(v) if _is_item(args[0]) else v for v in value)

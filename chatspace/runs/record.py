@@ -285,9 +285,16 @@ class Run:
         return read_typed(self.plan_path, Plan)
 
     def path(self, stored: str) -> Path:
-        """A path as this run's records store it (relative to the root) made usable: checked
-        inside the root when used, since a record on a shared root may have been edited."""
-        return check_inside(self.root, self.root / stored, f"run {self.run_id}: path")
+        """A path as this run's records store it (relative to the root) made usable."""
+        return self.root / stored
+
+    def inside(self, stored: str, what: str) -> Path:
+        """`path(stored)` for a path the run writes in: checked when used (a record on a
+        shared root may have been edited) to lie inside the root with no link on the way."""
+        path = self.path(stored)
+        if path.is_relative_to(self.root):  # (a version 1 record's absolute path may not be)
+            check_no_link(self.root, path, f"run {self.run_id}: {what}")
+        return check_inside(self.root, path, f"run {self.run_id}: {what}")
 
     def entry(self, path: Path, **extra: Any) -> FileEntry:
         """`file_entry` for a file of this run."""
@@ -316,11 +323,11 @@ class Run:
 
     @property
     def output_dir(self) -> Path:
-        return self.path(self.plan.output_dir)
+        return self.inside(self.plan.output_dir, "output directory")
 
     @property
     def manifest_path(self) -> Path:
-        return self.path(self.plan.manifest_path)
+        return self.inside(self.plan.manifest_path, "manifest")
 
     def output_paths(self, task: int) -> dict[str, Path]:
         """Output name -> the file the task writes; the primary output (whose rows a
@@ -349,9 +356,9 @@ class Run:
                         *(p.parent for p in self.output_paths(task).values()),
                         *(self.part_file_path(task, 0, n).parent for n in self.plan.part_files)]
         for folder in folders:
-            check_inside(self.root, folder, f"run {self.run_id}: folder")
             if folder.is_relative_to(self.root):  # (a version 1 record's absolute path may
                 check_no_link(self.root, folder, f"run {self.run_id}")  # spell it otherwise)
+            check_inside(self.root, folder, f"run {self.run_id}: folder")
 
     def completion_path(self, task: int) -> Path:
         return self.dir / "tasks" / f"task-{task:05d}.json"
@@ -422,4 +429,9 @@ class Run:
         if kind not in kinds:
             raise BadInput(f"run {ref} is a {one_line(kind)[:40]!r} run; a "
                            f"{' or '.join(kinds)} run is needed here")
-        return cls(root, ref, kinds[kind])
+        run = cls(root, ref, kinds[kind])
+        try:
+            run.spec  # noqa: B018 - the plan's spec must be one of its kind's
+        except BadInput as exc:
+            raise BadInput(f"run {ref}: its plan's spec is not a {kind} spec: {exc}") from None
+        return run
