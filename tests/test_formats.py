@@ -19,8 +19,8 @@ from chatspace.runs.formats import (
     Manifest,
     Plan,
     Submissions,
-    formats_markdown,
 )
+from chatspace.runs.formats_doc import formats_markdown
 from chatspace.runs.record import read_json
 from tests.conftest import REPO, chatspace
 
@@ -37,7 +37,7 @@ def old_root(tmp_path) -> Path:
 
 def test_docs_formats_md_is_what_the_record_types_say():
     assert (REPO / "docs" / "formats.md").read_text() == formats_markdown(), \
-        "regenerate: python -m chatspace.runs.formats > docs/formats.md"
+        "regenerate: python -m chatspace.runs.formats_doc > docs/formats.md"
     for record in RECORDS:
         assert f"— {record.FORMAT}, version {record.VERSION}" in formats_markdown()
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "chatspace"
-FOUNDATION = {"chatspace", "chatspace.errors", "chatspace.names", "chatspace.specs"}
+FOUNDATION = {"chatspace", "chatspace.errors", "chatspace.names", "chatspace.specs",
+              "chatspace.text"}
 # what each lower layer may import from chatspace, besides itself
 ALLOWED = {
     "chatspace.specs": FOUNDATION,
