@@ -193,6 +193,9 @@ def test_a_missing_category_is_its_own_group_never_none(hostile_sweep):
     assert rows["mean/none/L1"]["groups"] == ["none"] and rows["mean/none/L1"]["counts"] == [2]
     projections = pq.read_table(run.output_dir / "projections.parquet").to_pylist()
     assert len({p["id"] for p in projections if p["group"] is None}) == 2
+    for ref in (run.run_id, hostile_sweep.run_id):  # the reports draw the null group too
+        report = chatspace("report", ref, "-o", str(root / f"{ref}.html"), root=root)
+        assert report.returncode == 0, report.stderr[-3000:]
 
 
 def test_capture_records_naming_files_outside_or_of_another_shape_fail(hostile_sweep,
@@ -261,6 +264,20 @@ def test_query_and_errors_neutralise_control_characters(hostile_sweep, tmp_path)
     assert status.returncode == 0 and "\x1b" not in status.stdout + status.stderr
     bad = chatspace("status", f"run{TITLE}", root=root)
     assert bad.returncode == 2 and "\x1b" not in bad.stderr and "\x07" not in bad.stderr
+
+
+def test_chat_shows_a_persona_label_without_its_control_characters(tiny_model_dir):
+    import io
+
+    from transformers import AutoTokenizer
+
+    from chatspace.chat.display import ReplyPrinter
+
+    out = io.StringIO()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir("qwen2"))
+    ReplyPrinter(tokenizer, PERSONAS[-1]["persona"], False, out, styled=False)
+    assert out.getvalue().startswith("captain") and "\x1b" not in out.getvalue()
+    assert "\x07" not in out.getvalue() and "\x9b" not in out.getvalue()
 
 
 # 8. one bad run does not take the root down

@@ -36,9 +36,9 @@ def heading(text: str) -> Block:
 
 
 def grouped(rows: list[dict[str, Any]], key: str, column: str) -> dict[str, list[float]]:
-    """The non-null values of `column` by the value of `key`."""
+    """The non-null values of `column` by the value of `key` (a missing key: "null")."""
     out: dict[str, list[float]] = defaultdict(list)
     for row in rows:
         if row[column] is not None:
-            out[str(row[key])].append(float(row[column]))
+            out["null" if row[key] is None else str(row[key])].append(float(row[column]))
     return out
