@@ -192,7 +192,7 @@ pool = "mean"
 """)
     vectors = submit_vectors(root, "--from", planted.run_id, "--group-by", "point",
                              "--contrast", "plant/L2/x3:baseline")
-    key = "contrast/plant/L2/x3-baseline/L2"
+    key = "contrast/plant%2FL2%2Fx3-baseline/L2"  # a group name escaped in its key
     recovered = load_vector(reduced(vectors, "vectors.safetensors"), key)
     cosine = torch.nn.functional.cosine_similarity(recovered, unit * scale, dim=0)
     assert cosine >= 0.9999 and abs(recovered.norm() / scale - 1) < 1e-3
