@@ -242,7 +242,7 @@ def test_capture_records_naming_files_outside_or_of_another_shape_fail(hostile_s
     line = error_line(chatspace("run", "task", "v", "--task", "0", root=root), 1,
                     "holds rows of 32 numbers; the model's hidden size is 64")
     assert str(capture) in line
-    assert not list((root / "vectors").rglob("stats-*.parquet"))
+    assert not list(Run.open("v", root, KINDS).output_dir.glob("stats-*.parquet"))
 
 
 # 7. data never drives the terminal
