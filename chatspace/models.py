@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from chatspace.data.hub import check_revision, fetch, hub_offline
+from chatspace.data.hub import check_revision, checked_listing, fetch, hub_offline
 from chatspace.errors import BadInput
 from chatspace.names import check_name, check_replaceable, replace_recorded, staging_dir
 from chatspace.runs.record import check_writable, sha256_file, tool_info, write_json
@@ -104,7 +104,7 @@ def record_model(name: str, root: Path, revision: str | None = None,
         ref = find_model(name)
     else:
         check_name(label_of(name), "model name")
-        snapshot = fetch(name, "model", revision, patterns)
+        snapshot = fetch(name, "model", checked_listing(name, "model", revision)[0], patterns)
         ref, commit = ModelRef(label_of(name), str(snapshot.path)), snapshot.commit
     check_name(ref.label, "model name")
     source = Path(ref.path)

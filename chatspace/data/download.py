@@ -15,11 +15,10 @@ import pyarrow.parquet as pq
 from chatspace.data.config import check_split
 from chatspace.data.hub import (
     check_revision,
+    checked_listing,
     dataset_files,
     fetch,
     hub_offline,
-    list_files,
-    resolve_commit,
 )
 from chatspace.data.sources import (
     SourceInfo,
@@ -41,8 +40,8 @@ def _source(name: str, subset: str | None, split: str | None,
             raise BadInput("--revision needs the Hub (a local path, or HF_HUB_OFFLINE=1, has "
                            "no revisions)")
         return open_source(name, subset, split), split, None
-    commit = resolve_commit(name, "dataset", revision)
-    files, split = dataset_files(list_files(name, "dataset", commit), name, subset, split)
+    commit, listed = checked_listing(name, "dataset", revision)
+    files, split = dataset_files(listed, name, subset, split)
     check_split(None, split)
     snapshot = fetch(name, "dataset", commit, include=files)
     label = hub_label(name, subset)

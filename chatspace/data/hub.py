@@ -11,6 +11,7 @@ cached copies are used when present). Compute-node commands never come here: the
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -139,7 +140,9 @@ def _status(exc: Exception) -> int | None:
     return getattr(getattr(exc, "response", None), "status_code", None)
 
 
+@functools.cache
 def _quiet() -> None:
+    """Once per process: the bounded, checking HTTP client (`_client`), and quiet logs."""
     from huggingface_hub.utils import disable_progress_bars, set_client_factory
 
     set_client_factory(_client)
@@ -185,22 +188,30 @@ def list_files(repo_id: str, repo_type: str, commit: str) -> list[str]:
     return paths
 
 
-def fetch(repo_id: str, repo_type: str, revision: str | None = None,
+def checked_listing(repo_id: str, repo_type: str,
+                    revision: str | None = None) -> tuple[str, list[str]]:
+    """The commit `revision` is at (`resolve_commit`) and the repo's files there, checked
+    (`list_files`): what `fetch` then downloads."""
+    commit = resolve_commit(repo_id, repo_type, revision)
+    return commit, list_files(repo_id, repo_type, commit)
+
+
+def fetch(repo_id: str, repo_type: str, commit: str,
           include: list[str] | None = None) -> Snapshot:
     """Download (or find in the cache) the files of `repo_id` (``model`` or ``dataset``) at
-    `revision` matching `include` (globs; default: every file). The revision is resolved to
-    its commit first (`resolve_commit`) and the listing checked (`list_files`)."""
+    `commit` (from `checked_listing`: 40 hex digits) matching `include` (globs; default:
+    every file)."""
     import huggingface_hub
 
-    commit = resolve_commit(repo_id, repo_type, revision)
-    list_files(repo_id, repo_type, commit)
-    what = _what(repo_id, repo_type, revision)
-    with _answers(what, repo_type, repo_id, revision):
+    if not COMMIT.fullmatch(commit):
+        raise ValueError(f"fetch takes a commit from checked_listing, not {commit!r}")
+    _quiet()
+    what = _what(repo_id, repo_type, commit)
+    with _answers(what, repo_type, repo_id, commit):
         path = Path(huggingface_hub.snapshot_download(repo_id, repo_type=repo_type,
                                                       revision=commit,
                                                       allow_patterns=include))
-    log.info("%s: %d files at commit %s in %s", what,
-             sum(1 for p in path.rglob("*") if p.is_file()), commit, path)
+    log.info("%s: %d files in %s", what, sum(1 for p in path.rglob("*") if p.is_file()), path)
     return Snapshot(path, commit)
 
 

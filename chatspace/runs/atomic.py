@@ -82,7 +82,7 @@ def read_regular(path: Path, limit: int = MAX_RECORD_BYTES) -> bytes:
         if info.st_size > limit:
             raise UnreadableRecord(f"{path} has {info.st_size} bytes, more than a record may "
                                    f"({limit})")
-        return fh.read(limit + 1)[:limit]
+        return fh.read(limit)
 
 
 def read_json(path: Path) -> Any:

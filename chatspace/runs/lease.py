@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from chatspace.errors import BadInput, RunFailed
+from chatspace.names import check_no_link
 from chatspace.runs.record import Run
 
 _HELD: dict[Path, dict[str, Any]] = {}  # lock file -> this process's holder record
@@ -67,10 +68,9 @@ def holding(run: Run, task: int) -> Iterator[dict[str, Any]]:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     except OSError as exc:
-        if exc.errno != errno.ELOOP:
-            raise
-        raise BadInput(f"run {run.run_id}: {path} is a link to {os.readlink(path)}; chatspace "
-                       "writes nothing through a link under the root") from None
+        if exc.errno == errno.ELOOP:  # a link: said as every other planted link is
+            check_no_link(run.root, path, f"run {run.run_id}")
+        raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise BadInput(f"run {run.run_id}: {path} is not a regular file")
