@@ -30,6 +30,7 @@ import pyarrow as pa
 from chatspace.errors import BadInput
 from chatspace.names import check_name
 from chatspace.runs.record import default_root, git_commit, write_parquet
+from chatspace.text import is_text
 
 SCHEMA = pa.schema([
     ("experiment_id", pa.string()), ("name", pa.string()),
@@ -50,21 +51,10 @@ def _numbers(metrics: Any) -> dict[str, float]:
                 isinstance(value, numbers.Real):
             with contextlib.suppress(OverflowError):  # an int beyond float: not finite
                 number = float(value)
-        if number is None or not math.isfinite(number) or not _text(key):
+        if number is None or not math.isfinite(number) or not is_text(key):
             raise ValueError(f"metrics[{key!r}] must be a finite number, got {value!r}")
         out[key] = number
     return out
-
-
-def _text(value: Any) -> bool:
-    """Whether `value` is a str that is valid Unicode (no lone surrogate)."""
-    if not isinstance(value, str):
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def save_experiment(name: str, config: dict[str, Any], metrics: dict[str, float], *,
@@ -85,13 +75,13 @@ def save_experiment(name: str, config: dict[str, Any], metrics: dict[str, float]
         config_json = json.dumps(config, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:
         raise ValueError(f"config is not JSON: {exc}") from None
-    if not _text(json.dumps(config, ensure_ascii=False)):
+    if not is_text(json.dumps(config, ensure_ascii=False)):
         raise ValueError("config holds a lone surrogate (an unpaired \\ud800-\\udfff), "
                          "which is not text")
     if tags is not None and (isinstance(tags, str) or not isinstance(tags, list | tuple)
-                             or not all(_text(t) for t in tags)):
+                             or not all(is_text(t) for t in tags)):
         raise ValueError(f"tags must be a list of strings, got {tags!r}")
-    if notes is not None and not _text(notes):
+    if notes is not None and not is_text(notes):
         raise ValueError(f"notes must be a string, got {type(notes).__name__}")
     created = datetime.now(UTC)
     experiment_id = f"{created:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"

@@ -18,3 +18,15 @@ def printable(text: str) -> str:
 def one_line(text: str) -> str:
     """`printable(text)` with line breaks and tabs shown as spaces: for a one-line message."""
     return " ".join(printable(text).split())
+
+
+def is_text(value: object) -> bool:
+    """Whether `value` is a str that is valid Unicode (no lone surrogate, as JSON's
+    ``"\\ud800"`` gives): what a tokenizer, UTF-8 and DuckDB's JSON functions accept."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -18,6 +18,7 @@ from typing import Any
 from chatspace.data.config import SamplingConfig
 from chatspace.errors import BadInput
 from chatspace.jobs.steer.sweep_spec import PersonasConfig, PromptsConfig
+from chatspace.text import is_text
 
 Prompt = str | list[dict[str, str]]
 
@@ -68,11 +69,7 @@ def _encodable(value: Any) -> bool:
     """Whether every string in `value` (a prompt, a persona entry) is valid Unicode text: a
     lone surrogate (JSON's ``"\\ud800"``) fails every tokenizer."""
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
-        return True
+        return is_text(value)
     if isinstance(value, dict):
         return all(_encodable(v) for v in value.values())
     return all(_encodable(v) for v in value) if isinstance(value, list) else True
