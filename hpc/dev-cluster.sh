@@ -10,6 +10,7 @@
 # Settings (environment):
 #   CHATSPACE_SLURM_DIR             config, state and logs (default /tmp/chatspace-slurm)
 #   CHATSPACE_SLURM_MAX_ARRAY_SIZE  MaxArraySize (default 1001)
+#   CHATSPACE_SLURM_CPUS            CPUs the node offers (default: nproc, at least 4)
 #   CHATSPACE_SLURM_DB_PORT         mariadb port on 127.0.0.1 (default 3307)
 set -euo pipefail
 
@@ -61,7 +62,12 @@ write_config() {
     chmod 755 "$DIR/munge"
     local host node
     host=$(hostname -s)
-    node=$(slurmd -C | head -1 | sed 's/ UpTime=.*//')
+    # job slots, not the hardware's topology: CR_Core on a machine whose cores have two threads
+    # would run one job at a time, and the test workers' jobs would wait on each other
+    local cpus=${CHATSPACE_SLURM_CPUS:-$(($(nproc) > 4 ? $(nproc) : 4))} mem
+    mem=$(slurmd -C | head -1 | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p')
+    node="NodeName=$host CPUs=$cpus Boards=1 SocketsPerBoard=1 CoresPerSocket=$cpus"
+    node+=" ThreadsPerCore=1 RealMemory=$mem"
     cat >"$CONF.new" <<EOF
 ClusterName=chatspace-dev
 SlurmctldHost=$host(127.0.0.1)
@@ -76,6 +82,7 @@ SlurmctldPidFile=$DIR/run/slurmctld.pid
 SlurmdPidFile=$DIR/run/slurmd.pid
 SlurmctldLogFile=$DIR/log/slurmctld.log
 SlurmdLogFile=$DIR/log/slurmd.log
+SlurmdParameters=config_overrides
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
