@@ -106,6 +106,9 @@ class HFBackend:
                        specs: Sequence[SteeringSpec | None],
                        capture_layers: Sequence[int] | None,
                        options: CaptureOptions, streamer=None) -> list[Generation]:
+        if any(sampling.top_logprobs for sampling in samplings):
+            raise ValueError("sampling.top_logprobs: vLLM's (the hf backend gives the sampled "
+                             "token's logprob, sampling.logprobs)")
         async with self._lock:  # one forward pass at a time on this model
             return await asyncio.to_thread(self._generate_all, token_ids, samplings, specs,
                                            capture_layers, options, streamer)

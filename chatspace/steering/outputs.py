@@ -26,6 +26,8 @@ class Sampling:
     # per generated token: entropy and top-k probability mass of the model's distribution
     # (raw logits, before temperature) with this k; None: not computed
     top_k_mass_k: int | None = None
+    # vLLM backend: this many most likely tokens' logprobs per step in `Generation.raw`
+    top_logprobs: int = 0
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -34,6 +36,8 @@ class Sampling:
             raise ValueError(f"sampling.temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
+        if self.top_logprobs < 0:
+            raise ValueError(f"sampling.top_logprobs must be >= 0, got {self.top_logprobs}")
         if self.top_k_mass_k is not None and self.top_k_mass_k < 1:
             raise ValueError(f"sampling.top_k_mass_k must be >= 1, got {self.top_k_mass_k}")
 
@@ -153,3 +157,4 @@ class Generation:
     capture: Capture | None = None
     entropy: list[float] | None = None  # per generated token (Sampling.top_k_mass_k)
     top_k_mass: list[float] | None = None
+    raw: object = None  # the backend's own result (vLLM: the final RequestOutput; HF: None)

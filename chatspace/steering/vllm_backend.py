@@ -50,11 +50,41 @@ def compiles(compile: bool | None) -> bool:
     return torch.cuda.is_available() if compile is None else compile
 
 
+def check_v1_runner() -> None:
+    """Fail at engine start, in one line, where the hooks could not read the batch: a vLLM
+    without the V1 model runner, or the V2 runner asked for (`vllm_worker`'s docstring says
+    what they read)."""
+    import vllm
+    import vllm.envs
+
+    if "VLLM_USE_V2_MODEL_RUNNER" not in vllm.envs.environment_variables:
+        raise RuntimeError(f"vLLM {vllm.__version__} has no VLLM_USE_V2_MODEL_RUNNER setting: "
+                           "chatspace steers through the V1 model runner, which this vLLM "
+                           "does not offer")
+    if os.environ["VLLM_USE_V2_MODEL_RUNNER"].strip().lower() not in ("0", "false"):
+        raise ValueError(f"VLLM_USE_V2_MODEL_RUNNER="
+                         f"{os.environ['VLLM_USE_V2_MODEL_RUNNER']}: chatspace steers through "
+                         "the V1 model runner; unset it or set it to 0")
+
+
+def cpu_thread_binding(ranks: int) -> str:
+    """``VLLM_CPU_OMP_THREADS_BIND`` for `ranks` tensor-parallel workers on the CPU: this
+    process's CPUs split into that many contiguous groups (``0|1`` for two on two cores)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < ranks:
+        raise ValueError(f"tensor_parallel_size {ranks}: needs a CPU per worker on the CPU "
+                         f"backend, this process may use {len(cpus)}")
+    size = len(cpus) // ranks
+    groups = [cpus[i * size:(i + 1) * size] for i in range(ranks)]
+    return "|".join(",".join(map(str, group)) for group in groups)
+
+
 class VLLMBackend:
     def __init__(self, model: str | Path, dtype: str = "float32", compile: bool | None = None,
                  **engine: object):
         for name, value in ENV_DEFAULTS.items():
             os.environ.setdefault(name, value)
+        check_v1_runner()
         from transformers import AutoConfig, AutoTokenizer
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -66,6 +96,9 @@ class VLLMBackend:
         self.tokenizer = AutoTokenizer.from_pretrained(str(model))
         import torch
 
+        ranks = int(engine.get("tensor_parallel_size") or 1)
+        if ranks > 1 and not torch.cuda.is_available():  # the CPU runs TP with bound threads
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_thread_binding(ranks))
         if "enable_chunked_prefill" not in engine and not torch.cuda.is_available():
             # vLLM 0.32's CPU runner cannot rewind a seeded sampler after a partial prefill
             # ("CPU Generator does not use offset"): keep every prompt in one chunk
@@ -81,6 +114,10 @@ class VLLMBackend:
         self.worker: dict | None = None
         self._registered: set[str] = set()
         self._asks: list[tuple[dict, asyncio.Future]] = []
+        # a capture segment's time to live and the cap on live segments (None: the
+        # CHATSPACE_SHM_TTL and CHATSPACE_MAX_SHM_GB settings, `shm`)
+        self.shm_ttl: float | None = None
+        self.shm_cap: int | None = None
 
     async def _rpc(self, method: str, *args: object):
         return (await self.engine.collective_rpc(method, args=args))[0]
@@ -153,7 +190,9 @@ class VLLMBackend:
                 result = await self._collect({
                     "key": key, "total": len(prompt) + len(token_ids) - 1,
                     "prompt_len": len(prompt), "rows": options.rows, "pool": options.pool,
-                    "dtype": options.dtype, "cap": shm.cap_bytes(), "ttl": shm.ttl_seconds()})
+                    "dtype": options.dtype,
+                    "cap": shm.cap_bytes() if self.shm_cap is None else self.shm_cap,
+                    "ttl": shm.ttl_seconds() if self.shm_ttl is None else self.shm_ttl})
                 if "error" in result:
                     raise RuntimeError(result["error"])
                 if fingerprint is not None and not result["steered"]:
@@ -175,7 +214,7 @@ class VLLMBackend:
                           finish_reason="stopped" if halted else output.finish_reason or "length",
                           logprobs=logprobs,
                           capture=capture, entropy=metrics.get("entropy"),
-                          top_k_mass=metrics.get("top_k_mass"))
+                          top_k_mass=metrics.get("top_k_mass"), raw=final)
 
     async def _collect(self, ask: dict) -> dict:
         """One request's collection; requests finishing in the same loop turn share one
@@ -222,6 +261,7 @@ def _params(sampling: Sampling, hooks: dict | None):
     return SamplingParams(
         max_tokens=sampling.max_tokens, temperature=sampling.temperature,
         top_p=sampling.top_p, seed=sampling.seed, ignore_eos=sampling.ignore_eos,
-        detokenize=False, logprobs=0 if sampling.logprobs else None,
+        detokenize=False,
+        logprobs=sampling.top_logprobs or (0 if sampling.logprobs else None),
         extra_args={EXTRA_KEY: hooks} if hooks else None,
         skip_reading_prefix_cache=True if hooks and hooks["layers"] else None)

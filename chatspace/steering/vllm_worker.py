@@ -16,7 +16,22 @@ and keep the rows to capture as a new tensor (the next layer's fused add-norm wo
 Captured rows are stored with their positions, so a recomputed prefill after preemption
 overwrites instead of duplicating, a forward pass past the end is dropped, and rows that never
 ran (a prefix-cache read) are reported instead of silently missing. `chatspace_collect`
-assembles a finished request's rows straight into a shared-memory segment (`shm`).
+assembles a finished request's rows straight into a shared-memory segment (`shm`). With
+tensor parallelism every rank steers (each holds the whole residual stream after a layer's
+all-reduce); only rank 0 keeps capture rows, computes token metrics and writes segments.
+
+What the hooks read from vLLM's V1 model runner (``GPUModelRunner`` and the CPU runner built
+on it, forced with ``VLLM_USE_V2_MODEL_RUNNER=0``): ``runner.input_batch.req_ids`` and
+``num_reqs`` (the batch's requests in row order), ``runner.query_start_loc.np`` (where each
+request's tokens start in the flattened batch), ``runner.requests[req_id].sampling_params``
+(the request's ``extra_args``), and the model's ``positions`` argument. Model Runner V2
+(``vllm/v1/worker/gpu/``, the default for every model since vLLM 0.29) keeps the same facts
+in the ``InputBatch`` it builds for each step (``req_ids``, ``query_start_loc_np``,
+``positions``); a request's sampling parameters reach it only when the request is added
+(``new_req_data.sampling_params``, handed to its sampler), so the extra_args would have to be
+kept there by request id, as ``req_states`` keeps the rest. Supporting it means
+reading those; until then an engine without the V1 runner fails at start (`vllm_backend`),
+never running unsteered.
 """
 
 from __future__ import annotations
@@ -72,8 +87,11 @@ def _rows(spans: list[tuple[int, int]]) -> slice | torch.Tensor:
 
 
 class _WorkerState:
-    def __init__(self, runner):
+    def __init__(self, runner, primary: bool):
         self.runner = runner
+        # tensor parallelism: every rank steers (each computes the whole residual stream),
+        # only the first captures, computes token metrics and writes shared memory
+        self.primary = primary
         self.specs: dict[str, dict[int, tuple[Op, ...]]] = {}
         self.requests: dict[str, _Request] = {}
         self.by_req_id: dict[str, _Request | None] = {}
@@ -128,7 +146,7 @@ class _WorkerState:
         sampled = [(request, index, position + end - start - 1)
                    for (request, start, end), index, position in zip(spans, indices, first,
                                                                     strict=True)
-                   if request.metrics_k]
+                   if request.metrics_k and self.primary]
         steer: dict = {}
         by_spec: dict[str, list] = {}
         for request, start, end in spans:
@@ -140,7 +158,7 @@ class _WorkerState:
                 steer.setdefault(layer, []).append((rows, ops, [r for r, _, _ in members]))
         capture: dict = {}
         for (request, start, end), position in zip(spans, first, strict=True):
-            for layer in request.layers:
+            for layer in request.layers if self.primary else ():
                 capture.setdefault(layer, []).append((request, start, end, position))
         planned = {}
         for layer, members in capture.items():
@@ -199,6 +217,8 @@ class _WorkerState:
             raise RuntimeError("no decoder-layer hook saw this request: steering and capture "
                                "did not run (is the model running through the hooked layers?)")
         result: dict = {"steered": request.steered}
+        if not self.primary:
+            return result
         total, prompt_len = ask["total"], ask["prompt_len"]
         if request.metrics_k:
             positions = range(prompt_len - 1, total)  # one per generated token
@@ -255,7 +275,9 @@ class SteeringExtension:
             raise ValueError(f"model runner {type(runner).__module__} is not supported "
                              "(set VLLM_USE_V2_MODEL_RUNNER=0)")
         if getattr(self, "_chatspace", None) is None:
-            self._chatspace = _WorkerState(runner)
+            from vllm.distributed import get_tensor_model_parallel_rank
+
+            self._chatspace = _WorkerState(runner, get_tensor_model_parallel_rank() == 0)
             # outside the compiled region (vLLM compiles the decoder, `model.model`)
             model.register_forward_pre_hook(self._chatspace.plan, with_kwargs=True)
             model.logits_processor.register_forward_hook(self._chatspace.after_logits)
@@ -264,7 +286,8 @@ class SteeringExtension:
         return {"architecture": architecture, "pid": os.getpid(),
                 "num_layers": len(model.model.layers),
                 "runner": f"{type(runner).__module__}.{type(runner).__name__}",
-                "compiled": not runner.model_config.enforce_eager}
+                "compiled": not runner.model_config.enforce_eager,
+                "captures": self._chatspace.primary}
 
     def chatspace_register(self, fingerprint: str, wire: list[dict]) -> None:
         spec = SteeringSpec.from_wire(wire)
