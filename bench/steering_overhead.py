@@ -17,6 +17,12 @@ chatspace engine also:
   round trip of the same tensors and versus returning them in vLLM's own `collective_rpc`
   reply (both the handoff alone and the handoff plus reading every byte);
 - the HF backend's tokens/s on a few of the same prompts (for the README).
+
+With ``--tensor-parallel-size N`` (N > 1) it measures instead what capturing every layer costs
+with N workers against what it costs with one, in each mode: the idle extension and the
+all-layer capture on a one-worker engine, then on an N-worker engine (on the CPU chatspace
+binds each worker's threads to its share of the cores). Only rank 0 captures, so the ratio of
+the two overheads should stay near 1.
 """
 
 from __future__ import annotations
@@ -211,6 +217,35 @@ def measure_mode(path: Path, prompts, args, compiled: bool) -> None:
               f"{TARGETS[name]:7.0%}")
 
 
+def capture_overhead(path: Path, prompts, args, compiled: bool, ranks: int) -> tuple:
+    """Best seconds of the idle extension and of capturing every layer with `ranks` workers."""
+    model = SteerModel(path, "vllm", max_model_len=512, seed=0, compile=compiled,
+                       tensor_parallel_size=ranks)
+    cases = mode_cases(model, prompts, args.tokens)
+    idle, capture = cases["idle extension"], cases["capture every layer, every request"]
+    model.run(idle())  # warm-up
+    idle_times, capture_times = [], []
+    for _ in range(args.repeats):
+        idle_times.append(timed(model, idle))
+        capture_times.append(timed(model, capture))
+    model.close()
+    return min(idle_times), min(capture_times)
+
+
+def measure_tensor_parallel(path: Path, prompts, args, compiled: bool) -> None:
+    tokens, ranks = len(prompts) * args.tokens, args.tensor_parallel_size
+    print(f"\n{'compiled' if compiled else 'eager'}: capture every layer, TP={ranks} against "
+          "TP=1")
+    print(f"{'workers':8} {'idle tok/s':>11} {'capture tok/s':>14} {'overhead':>9}")
+    overheads = []
+    for size in (1, ranks):
+        idle, capture = capture_overhead(path, prompts, args, compiled, size)
+        overheads.append(capture / idle - 1)
+        print(f"{size:<8} {tokens / idle:11.1f} {tokens / capture:14.1f} {overheads[-1]:9.1%}")
+    print(f"capture overhead TP={ranks} / TP=1: "
+          f"{(1 + overheads[1]) / (1 + overheads[0]):.3f}x (time ratios)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prompts", type=int, default=32)
@@ -221,6 +256,8 @@ def main() -> None:
     parser.add_argument("--hf-prompts", type=int, default=4)
     parser.add_argument("--modes", default="eager,compiled",
                         help="eager, compiled or both (vLLM's compiled model: a slow start)")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1,
+                        help="N > 1: capture overhead with N workers against one worker's")
     args = parser.parse_args()
 
     for name, value in ENV_DEFAULTS.items():  # the plain engine runs under the same settings
@@ -237,6 +274,10 @@ def main() -> None:
     print(f"{len(prompts)} prompts ({sum(map(len, prompts))} prompt tokens) x {args.tokens} "
           f"new tokens, model {LAYERS} layers x {HIDDEN}, torch threads "
           f"{torch.get_num_threads()}")
+    if args.tensor_parallel_size > 1:
+        for mode in args.modes.split(","):
+            measure_tensor_parallel(path, prompts, args, compiled=mode == "compiled")
+        return
     for mode in args.modes.split(","):
         measure_mode(path, prompts, args, compiled=mode == "compiled")
 

@@ -188,6 +188,21 @@ def test_a_compiled_sweep_equals_the_eager_one_and_compiles_under_the_root(input
     assert any((root / "cache" / "vllm").rglob("*")), "no compile cache under the root"
 
 
+def test_a_sweep_with_two_tensor_parallel_workers_equals_one_worker(inputs, root, tmp_path):
+    """``model.tensor_parallel_size = 2`` on the CPU: chatspace binds each worker's threads;
+    the rows and captures are one worker's."""
+    spec = tmp_path / "tp2.toml"
+    spec.write_text(inputs["spec"].read_text().replace(
+        "max_model_len = 256", "max_model_len = 256\ntensor_parallel_size = 2"))
+    args = ["--executor", "debug", "--json", "--temperature", "0", "--n-reps", "1"]
+    one = submitted(chatspace("submit", "steer", str(inputs["spec"]), *args, "--run-id", "tp1",
+                              root=root))
+    two = submitted(chatspace("submit", "steer", str(spec), *args, "--run-id", "tp2",
+                              root=root))
+    assert two.spec.model.tensor_parallel_size == 2
+    assert_same_results(one, two)
+
+
 def _group(pgid: int) -> list[int]:
     """The live (not zombie) processes of process group `pgid`."""
     members = []

@@ -422,6 +422,24 @@ def test_an_unsupported_architecture_is_named_before_the_engine_starts(tmp_path)
         SteerModel(tmp_path, backend="vllm")
 
 
+def test_an_engine_without_the_v1_runner_fails_at_start_in_one_line(tiny_model_dir,
+                                                                     monkeypatch):
+    """The hooks read the V1 model runner: asking for V2, or a vLLM that no longer has the
+    setting (its table of settings without the name), stops the start, naming the setting."""
+    import vllm.envs
+
+    path = tiny_model_dir("qwen3")
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
+    with pytest.raises(ValueError, match=r"^VLLM_USE_V2_MODEL_RUNNER=1: chatspace steers "
+                                         r"through the V1 model runner; unset it or set it to 0$"):
+        SteerModel(path, backend="vllm")
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "0")
+    monkeypatch.delitem(vllm.envs.environment_variables, "VLLM_USE_V2_MODEL_RUNNER")
+    with pytest.raises(RuntimeError, match=r"has no VLLM_USE_V2_MODEL_RUNNER setting: "
+                                           r"chatspace steers through the V1 model runner"):
+        SteerModel(path, backend="vllm")
+
+
 def test_a_streamed_request_arrives_in_pieces_and_stops_when_asked(qwen2):
     """`chatspace chat` streams: tokens reach the streamer as they are sampled, and a streamer
     that says stop aborts the request in the engine; steering, capture rows and the worker's
