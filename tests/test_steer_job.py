@@ -238,6 +238,25 @@ def test_a_sigkilled_vllm_task_leaves_no_engine_behind(inputs, root):
                 and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1][:3]]
 
 
+def test_metrics_off_leave_the_generations_and_null_the_means(inputs, root):
+    """``--no-metrics``: the per-token entropy and top-k mass are not computed; the rows are the
+    same, their avg_ columns null. A spec with metrics on keeps its earlier hash."""
+    from chatspace.jobs.steer.schema import METRICS
+
+    args = ["submit", "steer", str(inputs["spec"]), "--backend", "hf", "--executor", "debug",
+            "--json", "--temperature", "0", "--n-reps", "1", "--max-tokens", "4"]
+    on = submitted(chatspace(*args, "--run-id", "metrics-on", root=root))
+    off = submitted(chatspace(*args, "--no-metrics", "--run-id", "metrics-off", root=root))
+    assert "token_metrics" not in on.spec.work_dict()["metrics"]
+    assert off.spec.metrics.token_metrics is False
+    left, right = results(on), results(off)
+    assert left.column("output_token_ids").to_pylist() == \
+        right.column("output_token_ids").to_pylist()
+    for column in METRICS:
+        assert right.column(column).null_count == right.num_rows, column
+    assert left.column("avg_entropy").null_count == 0
+
+
 def test_metrics_match_an_independent_computation(inputs, root):
     from transformers import AutoModelForCausalLM
 

@@ -226,12 +226,22 @@ def test_capture_rows_and_options(qwen2, max_tokens):
                 torch.testing.assert_close(gen.capture[3], expected, equal_nan=True)
 
 
-def test_a_cached_prefix_does_not_drop_capture_rows(qwen2):
+@pytest.mark.parametrize("rows", ["all", "prompt", "response", "last"])
+def test_a_cached_prefix_does_not_drop_capture_rows(qwen2, rows):
+    """A capture keeping prompt rows never reads the prefix cache (a hit runs no forward pass
+    for them); one keeping only rows that always run (``response``, ``last``) does."""
     vllm_model, hf = qwen2
-    vllm_model.generate_sync([LONG], Sampling(max_tokens=2))  # the prefix is now cached
-    prompt = LONG + " and more"
-    out = vllm_model.generate_sync([prompt], GREEDY, capture_layers=[0, 2])
-    assert_same(out, hf.generate_sync([prompt], GREEDY, capture_layers=[0, 2]), [0, 2])
+    text = " ".join(json.loads(line)["text"] for line in PYDOCS.read_text().splitlines()[:40])
+    ids = hf.tokenizer(text, add_special_tokens=False)["input_ids"]
+    prefix = ids[:300]  # several KV blocks
+    vllm_model.generate_sync([prefix], Sampling(max_tokens=2))  # the prefix is now cached
+    prompt = prefix + ids[300 + 8 * ["all", "prompt", "response", "last"].index(rows):][:8]
+    options = CaptureOptions(rows=rows)
+    out = vllm_model.generate_sync([prompt], GREEDY, capture_layers=[0, 2], capture=options)
+    assert_same(out, hf.generate_sync([prompt], GREEDY, capture_layers=[0, 2], capture=options),
+                [0, 2])
+    cached = out[0].raw.num_cached_tokens
+    assert (cached == 0) if rows in ("all", "prompt") else (cached > 0), cached
 
 
 @pytest.mark.parametrize("order", [("plain", "steered", "plain"), ("steered", "plain")])
@@ -420,6 +430,18 @@ def test_an_unsupported_architecture_is_named_before_the_engine_starts(tmp_path)
         tmp_path)
     with pytest.raises(ValueError, match="model architecture GPT2LMHeadModel is not supported"):
         SteerModel(tmp_path, backend="vllm")
+
+
+def test_only_a_streamed_request_gets_an_output_per_step():
+    """As `LLM.generate`: a cumulative output per step and request (vLLM's default for the async
+    engine) costs the client CPU the engine needs; only a streamer needs them."""
+    from vllm.sampling_params import RequestOutputKind
+
+    from chatspace.steering.vllm_backend import _params
+
+    assert _params(GREEDY, None).output_kind == RequestOutputKind.FINAL_ONLY
+    assert _params(GREEDY, {"layers": [1]}).output_kind == RequestOutputKind.FINAL_ONLY
+    assert _params(GREEDY, None, streamed=True).output_kind == RequestOutputKind.CUMULATIVE
 
 
 def test_an_engine_without_the_v1_runner_fails_at_start_in_one_line(tiny_model_dir,

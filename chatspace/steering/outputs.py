@@ -75,6 +75,18 @@ class CaptureOptions:
             states = states.to(torch.float32).mean(0, keepdim=True).to(states.dtype)
         return states.to(getattr(torch, self.dtype)) if self.dtype else states
 
+    def needs_prompt_rows(self) -> bool:
+        """Whether the kept rows include prompt rows before the last (which vLLM always
+        computes): only then must a request skip the prefix cache, whose hits run no forward
+        pass for the cached prompt rows."""
+        return self.rows in ("all", "prompt")
+
+    def needed(self, total: int, prompt_len: int) -> range:
+        """The positions of ``[0, total)`` that `select` reads."""
+        return {"all": range(total), "prompt": range(min(prompt_len, total)),
+                "response": range(min(prompt_len, total), total),
+                "last": range(max(total - 1, 0), total)}[self.rows]
+
     def kept_rows(self, total: int, prompt_len: int) -> int:
         if self.pool == "mean":
             return 1

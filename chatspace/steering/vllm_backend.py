@@ -3,15 +3,15 @@
 own compilation, CUDA graphs split around the steering op: `vllm_ops`) and eager by default on
 the CPU, where compiling is no faster and starts several times slower; either can be forced.
 
-Every request of a `generate` call goes to the engine at once (never a sequential loop), so
-the engine batches them. A request that is steered or captured carries its own key, steering
-fingerprint and capture layers in ``SamplingParams.extra_args``; specs travel to the worker
-once each through `collective_rpc`. A steered request's prompt is salted with its fingerprint
+Every request of a `generate` call goes to the engine at once (never a sequential loop), so the
+engine batches them. A request that is steered or captured carries its own key, steering
+fingerprint and capture layers in ``SamplingParams.extra_args``; specs travel to the worker once
+each through `collective_rpc`. A steered request's prompt is salted with its fingerprint
 (``cache_salt``) so that it never shares cached prefixes with differently steered or unsteered
-requests, and a captured request never reads the prefix cache (a cached prefix skips the
-forward pass its capture rows come from). When a request finishes, its captures are collected
-(requests finishing together share one `collective_rpc`) into a shared-memory segment that the
-returned `Capture` maps.
+requests, and a request capturing prompt rows never reads the prefix cache (a cached prefix
+skips the forward pass those rows come from; ``last`` and ``response`` captures read it). When a
+request finishes, its captures are collected (requests finishing together share one
+`collective_rpc`) into a shared-memory segment that the returned `Capture` maps.
 """
 
 from __future__ import annotations
@@ -166,7 +166,9 @@ class VLLMBackend:
         metrics_k = sampling.top_k_mass_k
         hooked = fingerprint is not None or bool(layers) or bool(metrics_k)
         params = _params(sampling, {"key": key, "spec": fingerprint, "layers": layers or [],
-                                    "metrics_k": metrics_k} if hooked else None)
+                                    "metrics_k": metrics_k} if hooked else None,
+                         streamed=streamer is not None,
+                         fresh_prompt=bool(layers) and options.needs_prompt_rows())
         request = TokensPrompt(prompt_token_ids=prompt)
         if fingerprint is not None:
             request["cache_salt"] = fingerprint
@@ -252,16 +254,22 @@ class VLLMBackend:
             engine.shutdown(timeout=SHUTDOWN_SECONDS)
 
 
-def _params(sampling: Sampling, hooks: dict | None):
+def _params(sampling: Sampling, hooks: dict | None, streamed: bool = False,
+            fresh_prompt: bool = False):
     """vLLM's SamplingParams for one request; `hooks` (its key, spec fingerprint, capture
-    layers, metrics k) travel in extra_args, since vLLM renames request ids. A capture never
-    reads the prefix cache: its prompt rows must be computed to be captured."""
+    layers, metrics k) travel in extra_args, since vLLM renames request ids. A capture that
+    keeps prompt rows (`fresh_prompt`) never reads the prefix cache: those rows must be
+    computed to be captured (the last prompt row always is). Only a streamed
+    request gets an output per step (as `LLM.generate`, the others get their final one: a
+    cumulative output per step and request costs the client CPU the engine needs)."""
     from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
 
     return SamplingParams(
+        output_kind=RequestOutputKind.CUMULATIVE if streamed else RequestOutputKind.FINAL_ONLY,
         max_tokens=sampling.max_tokens, temperature=sampling.temperature,
         top_p=sampling.top_p, seed=sampling.seed, ignore_eos=sampling.ignore_eos,
         detokenize=False,
         logprobs=sampling.top_logprobs or (0 if sampling.logprobs else None),
         extra_args={EXTRA_KEY: hooks} if hooks else None,
-        skip_reading_prefix_cache=True if hooks and hooks["layers"] else None)
+        skip_reading_prefix_cache=True if fresh_prompt else None)

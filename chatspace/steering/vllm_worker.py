@@ -238,6 +238,7 @@ class _WorkerState:
         dtype = getattr(torch, options.dtype) if options.dtype else model_dtype
         hidden = self.runner.model_config.get_hidden_size()
         kept = options.kept_rows(total, prompt_len)
+        needed = options.needed(total, prompt_len)  # the rows `select` reads
         entries, size = shm.layout({layer: (kept, hidden) for layer in request.layers}, dtype)
         name, out = shm.create(entries, size, ask["cap"])
         try:
@@ -250,8 +251,9 @@ class _WorkerState:
                     if count > 0:
                         full[position:position + count] = tensor[start:start + count]
                         seen[position:position + count] = True
-                if not seen.all():
-                    missing = (~seen).nonzero().flatten()[:5].tolist()
+                if not seen[needed.start:needed.stop].all():
+                    missing = [needed.start + p for p in (~seen[needed.start:needed.stop])
+                               .nonzero().flatten()[:5].tolist()]
                     raise RuntimeError(f"capture of layer {layer}: rows at positions {missing} "
                                        "never ran through the model")
                 if not direct:

@@ -18,11 +18,16 @@ def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def generation_metrics(token_ids: Sequence[int], entropy: Sequence[float],
-                       top_k_mass: Sequence[float], think_end_id: int | None,
+def generation_metrics(token_ids: Sequence[int], entropy: Sequence[float] | None,
+                       top_k_mass: Sequence[float] | None, think_end_id: int | None,
                        thinking: bool) -> dict[str, float | int | None]:
+    """The row's metrics; the means are None without per-token values (metrics off)."""
     end = token_ids.index(think_end_id) if think_end_id in token_ids else None
     split = end + 1 if end is not None else (len(token_ids) if thinking else 0)
+    if entropy is None or top_k_mass is None:
+        return {"think_end_position": end, **dict.fromkeys(
+            [f"avg_{name}{part}" for name in ("entropy", "top_k_mass")
+             for part in ("", "_thinking", "_output")])}
     return {
         "think_end_position": end,
         "avg_entropy": _mean(entropy),

@@ -96,7 +96,8 @@ class SweepParts:
             for part in parts:
                 yield self._part(part)
         finally:
-            self.model.close()
+            with self.timer.measure("model_close"):
+                self.model.close()
 
     def _part(self, part: Part) -> PartOutput:
         from chatspace.steering.outputs import CaptureOptions, Sampling
@@ -115,7 +116,8 @@ class SweepParts:
                                          self.prompts[prompt], system, gen.thinking, name)))
         samplings = [Sampling(max_tokens=gen.max_tokens, temperature=gen.temperature,
                               top_p=gen.top_p, seed=row_seed(gen.seed, r.row),
-                              top_k_mass_k=spec.metrics.top_k_mass_k) for r in rows]
+                              top_k_mass_k=spec.metrics.top_k_mass_k
+                              if spec.metrics.token_metrics else None) for r in rows]
         capture = spec.capture
         with self.timer.measure("generate"):
             outs = self.model.generate_sync(

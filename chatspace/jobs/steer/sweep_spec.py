@@ -151,6 +151,9 @@ class CaptureConfig(Section):
 
 
 class MetricsConfig(Section):
+    token_metrics: bool = option(True, "Per generated token: entropy and top-k mass (off: "
+                                       "their avg_ columns are null).",
+                                 flag="--metrics/--no-metrics")
     top_k_mass_k: int = option(5, ge=1)
 
 
@@ -167,6 +170,8 @@ class SweepSpec(JobSpec):
         out = super().work_dict()
         if out["model"]["compile"] is None:  # a later key: runs planned before keep their hash
             del out["model"]["compile"]
+        if out["metrics"]["token_metrics"]:  # likewise
+            del out["metrics"]["token_metrics"]
         return out
 
     def check(self) -> None:
