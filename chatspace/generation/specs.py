@@ -14,6 +14,7 @@ build one-layer specs from a raw vector (as the model's static methods of the sa
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -31,18 +32,24 @@ def _check_vector(vector: object, what: str) -> None:
         raise ValueError(f"{what}: vector has zero norm (cannot be normalized)")
 
 
+class _Checked:
+    """What the original's ops share: the vector checked when the op is built, and `clone`."""
+
+    vector: torch.Tensor
+
+    def __post_init__(self) -> None:
+        _check_vector(self.vector, type(self).__name__)
+
+    def clone(self):  # the same op over a copy of its vector
+        return dataclasses.replace(self, vector=self.vector.detach().clone())
+
+
 @dataclass(frozen=True, eq=False)
-class AddSpec(core.AddSpec):
+class AddSpec(_Checked, core.AddSpec):
     """``h + scale * vector`` (the original kept a unit vector and its norm in `scale`)."""
 
     vector: torch.Tensor
     scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        _check_vector(self.vector, "AddSpec")
-
-    def clone(self) -> AddSpec:
-        return AddSpec(self.vector.detach().clone(), self.scale)
 
     def materialize(self) -> torch.Tensor:
         """The vector added: ``vector * scale``."""
@@ -50,7 +57,7 @@ class AddSpec(core.AddSpec):
 
 
 @dataclass(frozen=True, eq=False)
-class ProjectionCapSpec(core.ProjectionCapSpec):
+class ProjectionCapSpec(_Checked, core.ProjectionCapSpec):
     """Clamp the component along ``vector / |vector|`` into ``[min, max]``."""
 
     vector: torch.Tensor
@@ -60,24 +67,15 @@ class ProjectionCapSpec(core.ProjectionCapSpec):
     def __post_init__(self) -> None:
         if self.min is None and self.max is None:
             raise ValueError("ProjectionCapSpec requires at least one of min or max to be set")
-        _check_vector(self.vector, "ProjectionCapSpec")
-
-    def clone(self) -> ProjectionCapSpec:
-        return ProjectionCapSpec(self.vector.detach().clone(), self.min, self.max)
+        super().__post_init__()
 
 
 @dataclass(frozen=True, eq=False)
-class AblationSpec(core.AblationSpec):
+class AblationSpec(_Checked, core.AblationSpec):
     """Multiply the component along ``vector / |vector|`` by `scale` (1.0 keeps it)."""
 
     vector: torch.Tensor
     scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        _check_vector(self.vector, "AblationSpec")
-
-    def clone(self) -> AblationSpec:
-        return AblationSpec(self.vector.detach().clone(), self.scale)
 
 
 SteeringOp = AddSpec | ProjectionCapSpec | AblationSpec

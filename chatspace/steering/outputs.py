@@ -65,12 +65,8 @@ class CaptureOptions:
 
     def select(self, states: torch.Tensor, prompt_len: int) -> torch.Tensor:
         """The kept rows of one layer's ``[prompt_len + generated_len - 1, hidden]`` states."""
-        if self.rows == "prompt":
-            states = states[:prompt_len]
-        elif self.rows == "response":
-            states = states[prompt_len:]
-        elif self.rows == "last":
-            states = states[-1:]
+        kept = self.needed(states.shape[0], prompt_len)
+        states = states[kept.start:kept.stop]
         if self.pool == "mean":
             states = states.to(torch.float32).mean(0, keepdim=True).to(states.dtype)
         return states.to(getattr(torch, self.dtype)) if self.dtype else states
@@ -82,16 +78,13 @@ class CaptureOptions:
         return self.rows in ("all", "prompt")
 
     def needed(self, total: int, prompt_len: int) -> range:
-        """The positions of ``[0, total)`` that `select` reads."""
+        """The positions of ``[0, total)`` that `select` keeps (before pooling)."""
         return {"all": range(total), "prompt": range(min(prompt_len, total)),
                 "response": range(min(prompt_len, total), total),
                 "last": range(max(total - 1, 0), total)}[self.rows]
 
     def kept_rows(self, total: int, prompt_len: int) -> int:
-        if self.pool == "mean":
-            return 1
-        return {"all": total, "prompt": min(prompt_len, total),
-                "response": max(total - prompt_len, 0), "last": min(total, 1)}[self.rows]
+        return 1 if self.pool == "mean" else len(self.needed(total, prompt_len))
 
 
 class Capture:
