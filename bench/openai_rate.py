@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from bench.common import plan_embed, timed, write_corpus
-from chatspace.runs.record import read_json
+from chatspace.runs.files import read_json
 from chatspace.runs.reduce import reduce_run
 from chatspace.runs.task import run_task
 from tests.openai_server import FAULTS, FakeOpenAI

@@ -21,10 +21,12 @@ import duckdb
 import numpy as np
 
 from bench.common import plan_embed, timed, write_corpus
+from chatspace.jobs import KINDS
 from chatspace.jobs.embed.schema import WRITE_OPTIONS, build_table
 from chatspace.results.catalog import Catalog
 from chatspace.results.query import connect, run_sql, views_in
-from chatspace.runs.record import Run, write_json, write_parquet
+from chatspace.runs.files import write_json, write_parquet
+from chatspace.runs.record import Run
 
 QUERIES = {
     "count": "SELECT count(*) FROM {src}",
@@ -78,7 +80,7 @@ def main() -> None:
 
     def ours(sql: str) -> object:
         statement = sql.format(src="embeddings")
-        return run_sql(connect(Catalog(root), views_in(statement)), statement).rows
+        return run_sql(connect(Catalog(root, KINDS), views_in(statement, KINDS)), statement).rows
 
     def direct(sql: str) -> object:
         return duckdb.connect().sql(sql.format(src=direct_src)).fetchall()

@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from chatspace.errors import BadInput
 from chatspace.names import check_name
-from chatspace.runs.record import default_root, git_commit, write_parquet
+from chatspace.runs.files import default_root, git_commit, write_parquet
 from chatspace.text import is_text
 
 SCHEMA = pa.schema([

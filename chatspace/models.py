@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 from chatspace.data.hub import check_revision, checked_listing, fetch, hub_offline
 from chatspace.errors import BadInput
 from chatspace.names import check_name, check_replaceable, replace_recorded, staging_dir
-from chatspace.runs.record import check_writable, sha256_file, tool_info, write_json
+from chatspace.runs.files import check_writable, sha256_file, tool_info, write_json
 
 # Files worth copying from a model directory (weights, config, tokenizer, chat template).
 MODEL_FILES = ("*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken")

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from chatspace.jobs import KINDS
-from chatspace.runs.record import Run, read_json
+from chatspace.runs.files import read_json
+from chatspace.runs.record import Run
 from chatspace.steering.spec import AddSpec, LayerSteeringSpec, SteeringSpec
 from tests.conftest import REPO, chatspace, wait_until
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from chatspace.runs.attempts import log_spans
-from chatspace.runs.record import read_json, sha256_file
+from chatspace.runs.files import read_json, sha256_file
 from tests.conftest import PYDOCS, REPO, chatspace, wait_until
 from tests.helpers import open_run, shard
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from chatspace.jobs import open_run
+from chatspace.runs.files import read_json
 from chatspace.runs.formats import (
     RECORDS,
     Attempt,
@@ -21,7 +22,6 @@ from chatspace.runs.formats import (
     Submissions,
 )
 from chatspace.runs.formats_doc import formats_markdown
-from chatspace.runs.record import read_json
 from tests.conftest import REPO, chatspace
 
 FIXTURES = REPO / "tests" / "data" / "records-v1"

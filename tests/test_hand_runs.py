@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from chatspace.runs.record import read_json
+from chatspace.runs.files import read_json
 from tests.conftest import PYDOCS, REPO, chatspace, wait_until
 from tests.helpers import embed, open_run, read_run
 

@@ -21,7 +21,8 @@ from safetensors.torch import load_file, save
 
 from chatspace.experiments import save_experiment
 from chatspace.jobs import KINDS
-from chatspace.runs.record import Run, atomic_path, read_json, write_json
+from chatspace.runs.files import atomic_path, read_json, write_json
+from chatspace.runs.record import Run
 from tests.conftest import PYDOCS, chatspace, files_under
 from tests.helpers import embed, plan
 from tests.test_vectors import steer, sweep_spec

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from chatspace.runs.record import sha256_file
+from chatspace.runs.files import sha256_file
 from tests.conftest import PYDOCS, REPO, chatspace, files_under
 from tests.hub_server import FakeHub, Repo, files_of
 

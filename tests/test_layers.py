@@ -1,38 +1,58 @@
-"""The code keeps its shape. The layering holds: the run machinery, the data readers, the
-steering library and the specs never import a layer above them (job packages, the CLI, results,
-chat), not even lazily inside a function (read from the source with `ast`, so an import that
-runs only on some path counts). Modules and functions stay within the size limits."""
+"""The code keeps its shape. Every package has its place in one declared order, top to bottom,
+and imports only from its own place or below it, not even lazily inside a function (read from
+the source with `ast`, so an import that runs only on some path counts, and so does one made
+only for type hints). No two modules import each other, directly or around a circle, at run
+time (an import made only for type hints, under ``TYPE_CHECKING``, is not run and is allowed to
+close a circle of annotations: `Run` names its `Kind` and the kind interface names `Run`).
+Modules and functions stay within the size limits."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parent.parent / "chatspace"
-FOUNDATION = {"chatspace", "chatspace.errors", "chatspace.names", "chatspace.specs",
-              "chatspace.text"}
-# what each lower layer may import from chatspace, besides itself
-ALLOWED = {
-    "chatspace.specs": FOUNDATION,
-    "chatspace.steering": set(),  # stands alone: usable without the rest of chatspace
-    "chatspace.runs": FOUNDATION,
-    "chatspace.data": FOUNDATION | {"chatspace.runs"},
-}
+# top to bottom: each imports only from its own place or below it
+ORDER = [
+    ["chatspace.__main__", "chatspace.cli"],
+    ["chatspace.generation"],  # the original chatspace's API, over the steering library
+    ["chatspace.chat"],
+    ["chatspace.jobs"],  # the kinds
+    ["chatspace.results"],  # handed the kinds
+    ["chatspace.models"],
+    ["chatspace.experiments"],
+    ["chatspace.data"],
+    ["chatspace.runs"],  # the run machinery, handed a kind
+    ["chatspace.specs"],
+    ["chatspace.steering"],  # stands alone: usable without the rest of chatspace
+    ["chatspace.names"],
+    ["chatspace.text"],
+    ["chatspace.errors"],
+    ["chatspace"],  # the package itself: its version
+]
+STANDS_ALONE = {"chatspace.steering"}
 
 
-def modules(layer: str) -> list[Path]:
-    path = PACKAGE.parent / Path(*layer.split("."))
-    return sorted(path.rglob("*.py")) if path.is_dir() else [path.with_suffix(".py")]
+def module_name(path: Path, top: Path = PACKAGE.parent) -> str:
+    parts = path.relative_to(top).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def chatspace_imports(path: Path, top: Path = PACKAGE.parent) -> set[str]:
-    """Every chatspace module `path` (under `top`) imports, at any depth (inside functions,
-    under TYPE_CHECKING)."""
+def _type_checking(node: ast.AST) -> bool:
+    test = node.test if isinstance(node, ast.If) else None
+    return isinstance(test, ast.Name | ast.Attribute) and \
+        (getattr(test, "id", None) or getattr(test, "attr", None)) == "TYPE_CHECKING"
+
+
+def chatspace_imports(path: Path, top: Path = PACKAGE.parent,
+                      type_hints: bool = True) -> set[str]:
+    """Every chatspace module `path` (under `top`) imports, at any depth (inside functions;
+    under TYPE_CHECKING too unless not `type_hints`)."""
     package = ".".join(path.relative_to(top).with_suffix("").parts[:-1])
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    pending: list[ast.AST] = [ast.parse(path.read_text())]
+    while pending:
+        node = pending.pop()
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -41,30 +61,102 @@ def chatspace_imports(path: Path, top: Path = PACKAGE.parent) -> set[str]:
                 parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
                 base = f"{parent}.{base}".rstrip(".")
             found.add(base)
+        if type_hints or not _type_checking(node):
+            pending.extend(ast.iter_child_nodes(node))
+        else:
+            pending.extend(node.orelse)
     return {name for name in found if name == "chatspace" or name.startswith("chatspace.")}
 
 
 def in_layer(name: str, layer: str) -> bool:
-    return name == layer or name.startswith(layer + ".")
+    return name == layer or (layer != "chatspace" and name.startswith(layer + "."))
 
 
-@pytest.mark.parametrize("layer", sorted(ALLOWED))
-def test_a_lower_layer_imports_nothing_above_it(layer):
+def place(name: str) -> int:
+    """The index in ORDER of the most specific layer holding module `name`."""
+    best = max((len(layer), i) for i, group in enumerate(ORDER) for layer in group
+               if in_layer(name, layer))
+    return best[1]
+
+
+ALL_MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+def test_every_module_has_a_place():
+    assert all(place(module_name(p)) is not None for p in ALL_MODULES)
+    declared = {layer.split(".")[1] for group in ORDER for layer in group if "." in layer}
+    present = {p.relative_to(PACKAGE).parts[0].removesuffix(".py") for p in ALL_MODULES} - \
+        {"__init__"}
+    assert present <= declared, f"not in ORDER: {sorted(present - declared)}"
+
+
+def test_a_layer_imports_only_its_own_place_or_below():
     wrong = []
-    for path in modules(layer):
+    for path in ALL_MODULES:
+        here = module_name(path)
         for name in sorted(chatspace_imports(path)):
-            if not in_layer(name, layer) and not any(in_layer(name, ok) if ok != "chatspace"
-                                                     else name == ok for ok in ALLOWED[layer]):
+            alone = [layer for layer in STANDS_ALONE if in_layer(here, layer)]
+            if place(name) < place(here) or (alone and not in_layer(name, alone[0])):
                 wrong.append(f"{path.relative_to(PACKAGE.parent)} imports {name}")
     assert not wrong, "\n".join(wrong)
 
 
-def test_the_check_sees_a_lazy_import(tmp_path):
-    """An import inside a function is found (the check would catch `runs` importing a job)."""
+def _graph(type_hints: bool) -> dict[str, set[str]]:
+    names = {module_name(p) for p in ALL_MODULES}
+    graph = {}
+    for path in ALL_MODULES:
+        here = module_name(path)
+        # importing a.b.c runs a and a.b first: their __init__ modules are edges too
+        graph[here] = {prefix for name in chatspace_imports(path, type_hints=type_hints)
+                       for prefix in _prefixes(name) if prefix in names and prefix != here}
+    return graph
+
+
+def _prefixes(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Import circles between modules (one path around each strongly connected set)."""
+    found, seen = [], set()
+    for start in sorted(graph):
+        stack, on_path = [(start, iter(sorted(graph[start])))], [start]
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                on_path.pop()
+                continue
+            if child == start and frozenset(on_path) not in seen:
+                seen.add(frozenset(on_path))
+                found.append([*on_path, start])
+            elif child not in on_path and child > start:
+                stack.append((child, iter(sorted(graph.get(child, ())))))
+                on_path.append(child)
+    return found
+
+
+def test_no_two_modules_import_each_other_at_run_time():
+    # a package's own __init__ importing its modules is not a circle with them
+    graph = {m: {n for n in deps if not m.startswith(n + ".")}
+             for m, deps in _graph(type_hints=False).items()}
+    assert not (found := circles(graph)), "\n".join(" -> ".join(c) for c in found[:10])
+
+
+def test_the_checks_see_a_lazy_import_and_a_circle(tmp_path):
+    """An import inside a function is found (the check would catch `runs` importing a job),
+    one under TYPE_CHECKING only when asked, and a circle of three is found."""
     module = tmp_path / "chatspace" / "runs" / "x.py"
     module.parent.mkdir(parents=True)
-    module.write_text("def f():\n    from ..jobs import KINDS\n    return KINDS\n")
-    assert chatspace_imports(module, tmp_path) == {"chatspace.jobs"}
+    module.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                      "    from chatspace.cli import main\n"
+                      "def f():\n    from ..jobs import KINDS\n    return KINDS\n")
+    assert chatspace_imports(module, tmp_path) == {"chatspace.jobs", "chatspace.cli"}
+    assert chatspace_imports(module, tmp_path, type_hints=False) == {"chatspace.jobs"}
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert place("chatspace.runs.x") > place("chatspace.jobs.embed")
 
 
 def test_modules_and_functions_stay_small():

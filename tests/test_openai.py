@@ -17,7 +17,7 @@ import pytest
 from chatspace.jobs.embed.openai_client import TokenBucket, retry_after
 from chatspace.jobs.embed.openai_plan import pack_requests
 from chatspace.jobs.embed.tokens import encoding
-from chatspace.runs.record import read_json
+from chatspace.runs.files import read_json
 from tests.conftest import PYDOCS, REPO, chatspace, files_under, wait_until
 from tests.helpers import open_run, read_run
 from tests.openai_server import FAULTS, POISON, FakeOpenAI, vector_for

@@ -22,8 +22,9 @@ import pytest
 from chatspace.jobs import KINDS
 from chatspace.jobs.steer.sweep_spec import SweepSpec
 from chatspace.runs.executors import DebugExecutor
+from chatspace.runs.files import read_json
 from chatspace.runs.plan import plan_run
-from chatspace.runs.record import Run, read_json
+from chatspace.runs.record import Run
 from chatspace.specs import resolve_spec
 from tests.conftest import PYDOCS, REPO, chatspace, wait_until
 from tests.helpers import embed

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from chatspace.runs.executors import launch
+from chatspace.runs.files import atomic_path
 from chatspace.runs.lease import holder, holding
-from chatspace.runs.record import atomic_path
+from chatspace.specs import SlurmConfig
 from tests.conftest import PYDOCS, REPO, chatspace, files_under, wait_until
 from tests.helpers import embed, open_run, plan
 from tests.openai_server import FakeOpenAI
@@ -199,7 +201,7 @@ def test_a_part_whose_rows_are_all_skipped_commits_an_empty_part(root, tmp_path)
     assert manifest["rows_total"] == 4 and manifest["rows_skipped"]["total"] == 4
 
 
-# 9. a same-size change: status stats sizes, --verify / verify / resume hash
+# 9. a same-size change: status and submit stat sizes, --verify / verify / resume hash
 def test_a_flipped_byte_is_caught_where_the_readme_says(root):
     run = embed(root, PYDOCS, n=20, array=2)
     shard = run.output_paths(1)["shard"]
@@ -213,6 +215,8 @@ def test_a_flipped_byte_is_caught_where_the_readme_says(root):
     assert "sha256 differs" in hashed["tasks"][1]["error"][0]
     verify = chatspace("verify", str(run.dir))
     assert verify.returncode == 1 and "task 1:" in verify.stdout + verify.stderr
+    # a submit of the finished run stats sizes on the login node, reading no shard
+    assert launch(run, "debug", slurm=SlurmConfig()) is None
     assert chatspace("resume", str(run.dir), "--executor", "debug").returncode == 0
     assert chatspace("verify", str(run.dir)).returncode == 0
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from chatspace.runs.record import read_json, sha256_file
+from chatspace.runs.files import read_json, sha256_file
 from chatspace.runs.task import run_task as run_embed_task
 from tests.conftest import PYDOCS, chatspace, files_under, wait_until
 from tests.helpers import embed, open_run, read_run, shard

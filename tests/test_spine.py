@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from chatspace.jobs.embed.schema import shard_schema
-from chatspace.runs.record import read_json, sha256_file
+from chatspace.runs.files import read_json, sha256_file
 from chatspace.runs.reduce import reduce_run, verify_run
 from chatspace.runs.task import run_task as run_embed_task
 from tests.conftest import PYDOCS, REPO, chatspace, wait_until

@@ -23,7 +23,8 @@ import torch
 from chatspace.jobs import KINDS
 from chatspace.jobs.steer.metrics import generation_metrics
 from chatspace.jobs.steer.prompts import messages, system_prompt
-from chatspace.runs.record import Run, read_json
+from chatspace.runs.files import read_json
+from chatspace.runs.record import Run
 from tests.conftest import REPO, chatspace, files_under, wait_until
 
 PROMPTS = ["How do lists work?", "Explain the module system.", "What is a decorator?"]
@@ -461,7 +462,7 @@ def test_an_unknown_op_in_a_spec_file_is_named(inputs, root, tmp_path):
 
 
 def test_download_model_records_a_model_that_plans_find(inputs, root):
-    from chatspace.runs.record import sha256_file
+    from chatspace.runs.files import sha256_file
 
     out = chatspace("download-model", str(inputs["model"]), "--json", root=root)
     assert out.returncode == 0, out.stderr

@@ -19,11 +19,13 @@ from chatspace.results.catalog import Catalog
 from chatspace.results.query import best, compare, connect, run_sql, view_names
 from chatspace.results.report import render
 from chatspace.runs.executors import launch
+from chatspace.runs.files import write_parquet
 from chatspace.runs.formats import Completion, Plan
 from chatspace.runs.kind import Kind, Metrics, Part, PartOutput, TaskCheck, WorkPlan
 from chatspace.runs.plan import plan_run
-from chatspace.runs.record import Run, write_parquet
+from chatspace.runs.record import Run
 from chatspace.runs.reduce import verify_run
+from chatspace.runs.run_files import RunFiles
 from chatspace.runs.timing import StageTimer
 from chatspace.specs import JobSpec, Section, SlurmConfig, option, resolve_spec
 
@@ -80,16 +82,14 @@ class SquaresKind(Kind):
     def run_facts(self, plan: Plan, records: list[Completion]) -> dict[str, Any]:
         return {"dataset": f"integers from {plan.details['offset']}"}
 
-    def report_blocks(self, runs: list[Any]) -> list[str]:
+    def report_blocks(self, runs: list[RunFiles]) -> list[str]:
         return [f"<h2>Squares</h2><p>{f.run.run_id}: {len(f.files('values'))} files</p>"
                 for f in runs]
 
 
 @pytest.fixture
-def squares(monkeypatch) -> Kind:
-    kind = SquaresKind()
-    monkeypatch.setitem(KINDS, kind.name, kind)
-    return kind
+def squares() -> Kind:
+    return SquaresKind()
 
 
 def test_a_third_kind_is_planned_run_reduced_queried_and_reported(tmp_path, squares):
@@ -103,9 +103,10 @@ def test_a_third_kind_is_planned_run_reduced_queried_and_reported(tmp_path, squa
         assert verify_run(run) == []
         runs.append(run)
 
-    catalog = Catalog(root)
+    kinds = {**KINDS, squares.name: squares}  # handed to the results layer, as the CLI does
+    catalog = Catalog(root, kinds)
     assert [f.run.plan.kind for f in catalog.runs] == ["squares", "squares"]
-    assert {"squares", "squares_total"} <= set(view_names())
+    assert {"squares", "squares_total"} <= set(view_names(kinds))
     con = connect(catalog)
     listed = run_sql(con, "SELECT kind, dataset, state, tasks, rows_done FROM runs "
                           "ORDER BY dataset").rows
@@ -118,9 +119,9 @@ def test_a_third_kind_is_planned_run_reduced_queried_and_reported(tmp_path, squa
     totals = run_sql(con, "SELECT total FROM squares_total ORDER BY total").rows
     assert [t for (t,) in totals] == sorted(expected.values())
 
-    ranked = best(connect(catalog), "square", top=1, lowest=False).records()
+    ranked = best(connect(catalog), kinds, "square", top=1, lowest=False).records()
     assert ranked[0]["run_id"] == runs[1].run_id and ranked[0]["parity"] == 1
-    compared = dict((r[0], r[1:]) for r in compare(connect(catalog),
+    compared = dict((r[0], r[1:]) for r in compare(connect(catalog), kinds,
                                                    [r.run_id for r in runs]).rows)
     assert compared["mean square"] == (28.5, 10928.5)
     assert compared["config.squares.offset"] == (0, 100)

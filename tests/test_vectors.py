@@ -26,8 +26,9 @@ from chatspace.jobs.steer.sweep_spec import SweepSpec
 from chatspace.jobs.vectors import stats
 from chatspace.jobs.vectors.stats import capture_means
 from chatspace.runs.executors import DebugExecutor
+from chatspace.runs.files import read_json
 from chatspace.runs.plan import plan_run
-from chatspace.runs.record import Run, read_json
+from chatspace.runs.record import Run
 from chatspace.specs import resolve_spec
 from chatspace.steering import load_vector
 from tests.conftest import REPO, chatspace, files_under, wait_until

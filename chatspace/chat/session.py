@@ -11,7 +11,7 @@ from typing import Any
 
 from chatspace.errors import BadInput
 from chatspace.jobs.steer.prompts import messages, system_prompt
-from chatspace.runs.record import atomic_path, default_root
+from chatspace.runs.files import atomic_path, default_root
 from chatspace.steering.model import SteerModel
 from chatspace.steering.outputs import Sampling
 from chatspace.steering.spec import (
@@ -54,7 +54,7 @@ def steering_from(path: str, layer: int | None, scale: float | None, op: str,
     one vector (from a file, or a vectors run under `root` with `key` naming it) applied with
     `op` at `layer` (default: the layer the key names, else the middle one; scale 1);
     ValueError naming what does not fit the model."""
-    from chatspace.jobs.vectors.refs import layer_of, vectors_file
+    from chatspace.jobs.vector_refs import layer_of, vectors_file
 
     try:
         path = str(vectors_file(path, root or default_root()))

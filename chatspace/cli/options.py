@@ -18,8 +18,9 @@ from pydantic import BaseModel
 
 from chatspace.errors import BadInput
 from chatspace.jobs import open_run as open_job_run
+from chatspace.runs.files import default_root
 from chatspace.runs.kind import Kind
-from chatspace.runs.record import Run, default_root
+from chatspace.runs.record import Run
 from chatspace.specs import (
     JobSpec,
     SlurmConfig,

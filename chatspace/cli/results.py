@@ -107,6 +107,7 @@ def query(sql: str | None, list_runs: bool, summary: bool, compare: tuple[str, s
     chatspace query --list · --summary · --compare RUN RUN · --best rows_per_s
     chatspace query --experiments --best loss --lowest
     """
+    from chatspace.jobs import KINDS
     from chatspace.results import query as q
     from chatspace.results.catalog import Catalog
 
@@ -124,30 +125,32 @@ def query(sql: str | None, list_runs: bool, summary: bool, compare: tuple[str, s
                            fmt)
         return
     only = list(compare) if compare else [run_ref] if run_ref else None
-    catalog = Catalog(root_path, only)
+    catalog = Catalog(root_path, KINDS, only)
     if not catalog.runs:
         click.echo(f"no runs under {root_path} (nothing planned there yet)", err=True)
     if compare:
-        result = q.compare(q.connect(catalog, {"runs", *q.metric_views()}),
+        result = q.compare(q.connect(catalog, {"runs", *q.metric_views(KINDS)}), KINDS,
                            [f.run.run_id for f in catalog.runs])
     elif best:
-        result = q.best(q.connect(catalog, {"runs", *q.metric_views()}), best, top, lowest)
+        result = q.best(q.connect(catalog, {"runs", *q.metric_views(KINDS)}), KINDS, best, top,
+                        lowest)
     else:
         statement = q.LIST_SQL if list_runs else q.SUMMARY_SQL if summary else sql
-        result = q.run_sql(q.connect(catalog, q.views_in(statement)), statement)
+        result = q.run_sql(q.connect(catalog, q.views_in(statement, KINDS)), statement)
     _print_result(result.columns, result.rows, fmt or "table")
 
 
 def _query_experiments(root: Path, sql: str | None, list_them: bool, summary: bool,
                        compare: tuple[str, str] | None, best: str | None, top: int,
                        lowest: bool, fmt: str | None) -> None:
+    from chatspace.jobs import KINDS
     from chatspace.results import query as q
     from chatspace.results.catalog import Catalog
 
     if sql:
         raise BadInput("--experiments applies to --list, --summary, --best and --compare; "
                        "plain SQL sees the experiments view anyway")
-    con = q.connect(Catalog(root, []), {"experiments"})
+    con = q.connect(Catalog(root, KINDS, []), {"experiments"})
     if compare:
         result = q.compare_experiments(con, list(compare))
     elif best:
@@ -176,10 +179,11 @@ def report(run_ref: str, output: str | None, others: tuple[str, ...], root: str 
     steering point, with example generations. A run with tasks not done is reported with
     what it has, naming the missing tasks.
     """
+    from chatspace.jobs import KINDS
     from chatspace.results.catalog import Catalog
     from chatspace.results.report import write_report
 
-    catalog = Catalog(resolve_root(root), [run_ref, *others])
+    catalog = Catalog(resolve_root(root), KINDS, [run_ref, *others])
     kinds = {f.run.plan.kind for f in catalog.runs}
     if len(kinds) > 1:
         raise BadInput(f"--compare: runs of different kinds ({', '.join(sorted(kinds))}) "

@@ -124,11 +124,15 @@ def submit_command(kind: Kind) -> click.Command:
 
 
 def launch_run(run: Run, executor: str, slurm: SlurmConfig, max_array: int,
-               parallelism: int | None, wait: bool, as_json: bool) -> None:
+               parallelism: int | None, wait: bool, as_json: bool,
+               check_hash: bool = False) -> None:
+    """Launch the run's unfinished tasks and say what happened; `check_hash` (resume): done
+    tasks are told by their outputs' sha256, not only their sizes."""
     from chatspace.runs.executors import launch
 
     submission = launch(run, executor, slurm=slurm, max_array=max_array,
-                        parallelism=parallelism, wait=wait, progress=not as_json)
+                        parallelism=parallelism, wait=wait, progress=not as_json,
+                        check_hash=check_hash)
     record = (submission.to_dict() if submission is not None else
               {"executor": executor, "tasks": [], "arrays": [], "nothing_to_do": True})
     summary = {**run_summary(run), "executor": executor, "submission": record}
@@ -192,7 +196,7 @@ def resume(run_ref: str, root: str | None, executor: str | None, parallelism: in
         cancel(live + stale)
     except SlurmUnavailable as exc:
         raise BadInput(f"cannot cancel run {run.run_id}'s jobs: {exc}") from None
-    launch_run(run, executor, slurm, max_array, parallelism, wait, as_json)
+    launch_run(run, executor, slurm, max_array, parallelism, wait, as_json, check_hash=True)
 
 
 def _jobs_of(run: Run) -> tuple[list[str], list[str]]:

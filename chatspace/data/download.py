@@ -29,7 +29,7 @@ from chatspace.data.sources import (
 )
 from chatspace.errors import BadInput
 from chatspace.names import check_replaceable, replace_recorded, staging_dir
-from chatspace.runs.record import check_writable, sha256_file, tool_info, write_json
+from chatspace.runs.files import check_writable, sha256_file, tool_info, write_json
 
 
 def _source(name: str, subset: str | None, split: str | None,

@@ -61,7 +61,7 @@ from chatspace.generation.specs import (
     SteeringSpec,
 )
 from chatspace.models import find_model
-from chatspace.runs.record import default_root
+from chatspace.runs.files import default_root
 from chatspace.steering.model import SteerModel
 from chatspace.steering.outputs import Generation
 

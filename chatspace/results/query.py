@@ -22,8 +22,9 @@ import pyarrow as pa
 from chatspace.errors import BadInput
 from chatspace.experiments import SCHEMA as EXPERIMENTS_SCHEMA
 from chatspace.experiments import experiment_files
-from chatspace.jobs import KINDS
-from chatspace.results.catalog import Catalog, RunFiles
+from chatspace.results.catalog import Catalog
+from chatspace.runs.kind import Kinds
+from chatspace.runs.run_files import RunFiles
 
 _STAGES = pa.map_(pa.string(), pa.float64())
 RUNS_SCHEMA = pa.schema([
@@ -84,32 +85,32 @@ def _parquet_source(files: RunFiles, output: str) -> str | None:
     return _sql_list(paths)
 
 
-def view_names() -> list[str]:
+def view_names(kinds: Kinds) -> list[str]:
     """Every view: the run and task tables, each kind's, and the experiments."""
-    kinds = [v for kind in KINDS.values() for v in (*kind.task_views, *kind.reduce_views)]
-    return ["runs", "tasks", *kinds, "experiments"]
+    views = [v for kind in kinds.values() for v in (*kind.task_views, *kind.reduce_views)]
+    return ["runs", "tasks", *views, "experiments"]
 
 
-def metric_views() -> set[str]:
+def metric_views(kinds: Kinds) -> set[str]:
     """The views that `best` and `compare` read per-generation metrics from."""
-    return {kind.metrics.view for kind in KINDS.values() if kind.metrics}
+    return {kind.metrics.view for kind in kinds.values() if kind.metrics}
 
 
-def views_in(sql: str) -> set[str]:
+def views_in(sql: str, kinds: Kinds) -> set[str]:
     """The views a statement names (a name inside a string literal only costs a view)."""
-    return {v for v in view_names() if re.search(rf"\b{v}\b", sql, re.IGNORECASE)}
+    return {v for v in view_names(kinds) if re.search(rf"\b{v}\b", sql, re.IGNORECASE)}
 
 
 def connect(catalog: Catalog, views: set[str] | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with views over `catalog`'s runs: all of them, or just `views` (a
-    root's records are read only for the views a question needs)."""
-    wanted = set(view_names()) if views is None else views
+    """An in-memory DuckDB with views over `catalog`'s runs (of the catalog's kinds): all of
+    them, or just `views` (a root's records are read only for the views a question needs)."""
+    wanted = set(view_names(catalog.kinds)) if views is None else views
     con = duckdb.connect()
     if "runs" in wanted:
         con.register("runs", pa.Table.from_pylist(catalog.run_rows(), RUNS_SCHEMA))
     if "tasks" in wanted:
         con.register("tasks", pa.Table.from_pylist(catalog.task_rows(), TASKS_SCHEMA))
-    for kind_name, kind in KINDS.items():
+    for kind_name, kind in catalog.kinds.items():
         for view, output in kind.task_views.items():
             if view in wanted:
                 # one scan per run (its files share a schema), joined by column name
@@ -159,14 +160,15 @@ def run_sql(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None
     return Result(table.column_names, [tuple(r.values()) for r in table.to_pylist()])
 
 
-def best(con: duckdb.DuckDBPyConnection, metric: str, top: int, lowest: bool) -> Result:
-    """Runs ranked by a run metric, or what a kind's metrics are averaged over (a steer
+def best(con: duckdb.DuckDBPyConnection, kinds: Kinds, metric: str, top: int,
+         lowest: bool) -> Result:
+    """Runs ranked by a run metric, or what one of `kinds`' metrics are averaged over (a steer
     run's points: run, point, scale) ranked by the mean of a per-generation metric."""
     order = "ASC" if lowest else "DESC"
     if metric in RUN_METRICS:
         return run_sql(con, f"""SELECT run_id, kind, name, model, {metric} FROM runs
             WHERE {metric} IS NOT NULL ORDER BY {metric} {order}, run_id LIMIT ?""", [top])
-    for kind in KINDS.values():
+    for kind in kinds.values():
         if kind.metrics and metric in kind.metrics.columns:
             keys = ", ".join(("run_id", *kind.metrics.keys))
             return run_sql(con, f"""SELECT {keys}, count(*) AS generations,
@@ -176,7 +178,7 @@ def best(con: duckdb.DuckDBPyConnection, metric: str, top: int, lowest: bool) ->
     raise BadInput(f"--best {metric}: not a metric; choose one of runs' "
                    f"{', '.join(RUN_METRICS)}" + "".join(
                        f" or {kind.metrics.view}' {', '.join(kind.metrics.columns)}"
-                       for kind in KINDS.values() if kind.metrics))
+                       for kind in kinds.values() if kind.metrics))
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -197,14 +199,14 @@ def _config_differences(configs: dict[str, str]) -> list[tuple[Any, ...]]:
             if len({json.dumps(values.get(k)) for values in flat.values()}) > 1]
 
 
-def compare(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> Result:
+def compare(con: duckdb.DuckDBPyConnection, kinds: Kinds, run_ids: list[str]) -> Result:
     """Config keys whose values differ between the runs, then headline metrics, side by side."""
     runs = {r["run_id"]: r for r in run_sql(con, "SELECT * FROM runs").records()}
     rows = _config_differences({rid: runs[rid]["config"] for rid in run_ids})
     rows += [(field, *(runs[rid][field] for rid in run_ids))
              for field in ("kind", "model", "dataset", "state", *RUN_METRICS)]
     for kind in dict.fromkeys(runs[rid]["kind"] for rid in run_ids):
-        metrics = KINDS[kind].metrics
+        metrics = kinds[kind].metrics
         if metrics is None:
             continue
         means = run_sql(con, f"""SELECT run_id, {', '.join(f'avg({m}) AS {m}'

@@ -7,9 +7,10 @@ from __future__ import annotations
 from html import escape
 from pathlib import Path
 
-from chatspace.results.catalog import RunFiles
+from chatspace.results.catalog import run_row
 from chatspace.results.html import Block, table
-from chatspace.runs.record import atomic_path
+from chatspace.runs.files import atomic_path
+from chatspace.runs.run_files import RunFiles
 
 STYLE = """body{font:14px system-ui,sans-serif;margin:24px;color:#222;max-width:1100px}
 h1{font-size:20px}h2{font-size:16px;margin-top:28px;border-bottom:1px solid #ddd}
@@ -21,7 +22,7 @@ svg .axis{stroke:#888}pre{white-space:pre-wrap;margin:0;max-width:520px}"""
 def _summary(runs: list[RunFiles]) -> Block:
     fields = ("state", "kind", "model", "dataset", "tasks_done", "tasks", "rows_done", "rows",
               "wall_seconds", "rows_per_s", "tokens", "cost_usd")
-    rows = [f.run_row() for f in runs]
+    rows = [run_row(f) for f in runs]
     out = table(["", *(r["run_id"] for r in rows)],
                 [[k, *(r[k] for r in rows)] for k in fields if any(r[k] is not None
                                                                   for r in rows)])

@@ -6,6 +6,9 @@
 - `local`: each task as a `chatspace run task` subprocess, at most K at a time, then the
   reduce; a progress bar follows the committed parts.
 - `slurm`: arrays and an afterok reduce job through submitit (`chatspace.runs.slurm`).
+
+The interface is `chatspace.runs.executor`; this module holds the executors that run here and
+the entry point that picks one (`launch`).
 """
 
 from __future__ import annotations
@@ -17,15 +20,15 @@ import signal
 import subprocess
 import sys
 import time
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import ClassVar
 
 from tqdm import tqdm
 
 from chatspace.errors import BadInput, RunFailed
 from chatspace.runs.commands import task_command
+from chatspace.runs.executor import Executor
 from chatspace.runs.formats import Submission
 from chatspace.runs.lease import TaskBusy, describe, holder
 from chatspace.runs.record import Run
@@ -34,21 +37,6 @@ from chatspace.runs.task import committed_parts, run_task, task_threads
 from chatspace.specs import SlurmConfig
 
 log = logging.getLogger(__name__)
-
-
-class Executor(ABC):
-    """Where tasks run: `submit` runs (here) or queues (SLURM) `tasks` of `run` and then its
-    reduce, and returns the submission as the run's submissions.json records it."""
-
-    name: ClassVar[str]
-
-    def parallelism(self, run: Run) -> int:
-        """How many of the run's tasks run at the same time (at most)."""
-        return 1
-
-    @abstractmethod
-    def submit(self, run: Run, tasks: Sequence[int]) -> Submission:
-        """Run or queue the tasks, then the reduce."""
 
 
 class RunsHere(Executor):
@@ -243,13 +231,16 @@ def make_executor(name: str, *, slurm: SlurmConfig, max_array: int = 1001,
 
 def launch(run: Run, executor: str, *, slurm: SlurmConfig, max_array: int = 1001,
            parallelism: int | None = None, wait: bool = False,
-           progress: bool = True) -> Submission | None:
+           progress: bool = True, check_hash: bool = False) -> Submission | None:
     """Run (local, debug) or submit (slurm) every task of `run` that is not done, then its
-    reduce, and return the submission as recorded. A finished run whose manifest verifies is
-    left as it is: nothing run, nothing rewritten (None)."""
-    pending = [t for t in range(run.num_tasks) if run.completion(t) is None]
+    reduce, and return the submission as recorded. A finished run whose manifest checks out is
+    left as it is: nothing run, nothing rewritten (None). Done is told by each output's size
+    (cheap on a login node), or also by its sha256 with `check_hash` (`resume`); each file is
+    read at most once."""
+    pending = [t for t in range(run.num_tasks) if run.completion(t, check_hash) is None]
     check_not_running(run, pending)
-    if not pending and run.manifest_path.exists() and not verify_run(run):
+    if not pending and run.manifest_path.exists() and \
+            not verify_run(run, check_hash, tasks_hashed=check_hash):
         log.info("run %s is complete and its manifest verifies: nothing to do", run.run_id)
         return None
     runner = make_executor(executor, slurm=slurm, max_array=max_array,

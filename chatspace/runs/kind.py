@@ -15,7 +15,7 @@ blocks (`report_blocks`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -28,6 +28,7 @@ from chatspace.specs import JobSpec
 if TYPE_CHECKING:
     from chatspace.runs.formats import Completion, Plan
     from chatspace.runs.record import Run
+    from chatspace.runs.run_files import RunFiles
     from chatspace.runs.timing import StageTimer
 
 @dataclass(frozen=True)
@@ -142,7 +143,10 @@ class Kind(ABC):
         from its plan and its done tasks' completion records (a fact left out is null)."""
         return {}
 
-    def report_blocks(self, runs: list[Any]) -> list[str]:
-        """The HTML blocks of `chatspace report` for runs of this kind (`runs`: the results
-        layer's `RunFiles`, one per run)."""
+    def report_blocks(self, runs: list[RunFiles]) -> list[str]:
+        """The HTML blocks of `chatspace report` for runs of this kind, one `RunFiles` per
+        run."""
         return []
+
+
+Kinds = Mapping[str, Kind]  # the kinds a command knows, by name (`chatspace.jobs.KINDS`)

@@ -14,19 +14,10 @@ import numpy as np
 
 from chatspace.errors import BadInput
 from chatspace.names import check_inside, check_name, check_no_link
+from chatspace.runs.files import atomic_path, check_writable, tool_info, write_json
 from chatspace.runs.formats import Plan, TaskSlice
 from chatspace.runs.kind import Kind, WorkPlan
-from chatspace.runs.record import (
-    Run,
-    atomic_path,
-    check_writable,
-    read_typed,
-    spec_hash,
-    stored_path,
-    tool_info,
-    write_json,
-    write_record,
-)
+from chatspace.runs.record import Run, read_typed, spec_hash, stored_path, write_record
 from chatspace.specs import JobSpec
 
 log = logging.getLogger(__name__)

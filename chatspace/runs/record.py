@@ -16,21 +16,17 @@ import json
 import logging
 import os
 import stat
-import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from chatspace import __version__
 from chatspace.errors import BadInput
 from chatspace.names import check_inside, check_name, check_no_link, check_relative, inside
-from chatspace.runs.atomic import atomic_path, read_json, write_json
+from chatspace.runs.files import read_json, sha256_file, write_json
 from chatspace.runs.formats import (
     Completion,
     FileEntry,
@@ -40,26 +36,13 @@ from chatspace.runs.formats import (
     Submissions,
     UnreadableRecord,
 )
-from chatspace.runs.kind import Kind
 from chatspace.specs import JobSpec, spec_from_dict
 from chatspace.text import one_line
 
+if TYPE_CHECKING:  # a run's kind is handed in; the kind interface names Run in turn
+    from chatspace.runs.kind import Kind
+
 log = logging.getLogger(__name__)
-
-DEFAULT_ROOT = "/workspace"
-
-
-def default_root() -> Path:
-    return Path(os.environ.get("CHATSPACE_ROOT", DEFAULT_ROOT))
-
-
-def check_writable(root: Path) -> None:
-    probe = root
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise BadInput(f"root {root} is not writable (checked {probe}); "
-                       "choose another with --root or CHATSPACE_ROOT")
 
 
 R = TypeVar("R", bound=Record)
@@ -101,23 +84,6 @@ def record_files(folder: Path, prefix: str = "") -> list[Path]:
         return []
     return [folder / n for n in sorted(names)
             if n.startswith(prefix) and n.endswith(".json") and not n.startswith(".")]
-
-
-def write_parquet(path: Path, tables: Iterable[pa.Table], schema: pa.Schema,
-                  options: dict[str, Any]) -> None:
-    """Write tables (one row group each) to `path` atomically: a reader never sees a partial
-    file, and a failure leaves nothing behind."""
-    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, **options) as writer:
-        for table in tables:
-            writer.write_table(table, row_group_size=max(table.num_rows, 1))
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def stored_path(path: Path, root: Path) -> str:
@@ -166,18 +132,33 @@ def spec_hash(spec: JobSpec) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def git_commit(where: Path) -> str | None:
-    """The commit checked out at `where` (None outside a git repository, or without git)."""
+def inside_root(root: Path, stored: str, what: str) -> Path:
+    """A path a record stores (relative to the root) that a run writes in, checked when used
+    (a record on a shared root may have been edited) to lie inside the root with no link on
+    the way."""
+    path = root / stored
+    if path.is_relative_to(root):  # (a version 1 record's absolute path may not be)
+        check_no_link(root, path, what)
+    return check_inside(root, path, what)
+
+
+def locate_run(ref: str, root: Path) -> tuple[Path, str, Plan]:
+    """RUN (a run directory, or a run id under root) as (its root, its id, its plan), whatever
+    its kind; BadInput if it is not a planned run."""
+    path = Path(ref).expanduser()
+    if (path / "plan.json").exists():
+        path = path.resolve()
+        root, ref = path.parent.parent, path.name
+    plan_path = root / "runs" / ref / "plan.json"
+    if os.sep not in ref:
+        check_name(ref, "RUN")
+    if os.sep in ref or not plan_path.exists():
+        raise BadInput(f"no planned run {ref!r} (looked for {path}/plan.json and "
+                       f"{plan_path})")
     try:
-        done = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=where,
-                              capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (done.stdout.strip() or None) if done.returncode == 0 else None
-
-
-def tool_info() -> dict[str, str | None]:
-    return {"version": __version__, "git_sha": git_commit(Path(__file__).parent)}
+        return root, ref, read_typed(plan_path, Plan)
+    except UnreadableRecord as exc:
+        raise BadInput(f"run {ref}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -209,12 +190,8 @@ class Run:
         return self.root / stored
 
     def inside(self, stored: str, what: str) -> Path:
-        """`path(stored)` for a path the run writes in: checked when used (a record on a
-        shared root may have been edited) to lie inside the root with no link on the way."""
-        path = self.path(stored)
-        if path.is_relative_to(self.root):  # (a version 1 record's absolute path may not be)
-            check_no_link(self.root, path, f"run {self.run_id}: {what}")
-        return check_inside(self.root, path, f"run {self.run_id}: {what}")
+        """`path(stored)` for a path the run writes in (`inside_root`)."""
+        return inside_root(self.root, stored, f"run {self.run_id}: {what}")
 
     def entry(self, path: Path, **extra: Any) -> FileEntry:
         """`file_entry` for a file of this run."""
@@ -332,20 +309,8 @@ class Run:
     def open(cls, ref: str, root: Path, kinds: Mapping[str, Kind]) -> Run:
         """Resolve RUN (a run directory or a run id under root) to a planned run of one of
         `kinds`."""
-        path = Path(ref).expanduser()
-        if (path / "plan.json").exists():
-            path = path.resolve()
-            root, ref = path.parent.parent, path.name
-        plan_path = root / "runs" / ref / "plan.json"
-        if os.sep not in ref:
-            check_name(ref, "RUN")
-        if os.sep in ref or not plan_path.exists():
-            raise BadInput(f"no planned run {ref!r} (looked for {path}/plan.json and "
-                           f"{plan_path})")
-        try:
-            kind = read_typed(plan_path, Plan).kind
-        except UnreadableRecord as exc:
-            raise BadInput(f"run {ref}: {exc}") from None
+        root, ref, plan = locate_run(ref, root)
+        kind = plan.kind
         if kind not in kinds:
             raise BadInput(f"run {ref} is a {one_line(kind)[:40]!r} run; a "
                            f"{' or '.join(kinds)} run is needed here")

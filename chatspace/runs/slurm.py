@@ -18,7 +18,7 @@ from typing import Any
 import submitit
 
 from chatspace.errors import BadInput, RunFailed
-from chatspace.runs.executors import Executor
+from chatspace.runs.executor import Executor
 from chatspace.runs.formats import Submission
 from chatspace.runs.kind import Kind
 from chatspace.runs.record import Run

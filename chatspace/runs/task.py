@@ -24,18 +24,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from chatspace.runs.attempts import recording
+from chatspace.runs.files import atomic_path, write_parquet
 from chatspace.runs.formats import Completion, PartSidecar, PartTime
 from chatspace.runs.kind import Part, PartOutput
 from chatspace.runs.lease import holding
-from chatspace.runs.record import (
-    Run,
-    atomic_path,
-    read_typed,
-    read_typed_record,
-    record_files,
-    write_parquet,
-    write_record,
-)
+from chatspace.runs.record import Run, read_typed, read_typed_record, record_files, write_record
 from chatspace.runs.stages import DONE, Stage, get, put
 from chatspace.runs.timing import StageTimer
 

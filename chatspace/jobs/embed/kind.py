@@ -22,6 +22,7 @@ from chatspace.jobs.embed.spec import EmbedSpec
 from chatspace.runs.formats import Completion, Plan
 from chatspace.runs.kind import Kind, Part, PartOutput, TaskCheck, WorkPlan, summed
 from chatspace.runs.record import Run
+from chatspace.runs.run_files import RunFiles
 from chatspace.runs.timing import StageTimer, add_timings
 
 # Per-part stats that add up over parts into completion records and the manifest's totals
@@ -64,7 +65,7 @@ class EmbedKind(Kind):
                 "dataset": plan.spec["dataset"]["name"],
                 "tokens": summed(records, "tokens"), "cost_usd": summed(records, "cost_usd")}
 
-    def report_blocks(self, runs: list[Any]) -> list[str]:
+    def report_blocks(self, runs: list[RunFiles]) -> list[str]:
         from chatspace.jobs.embed.report import embed_blocks
 
         return embed_blocks(runs)

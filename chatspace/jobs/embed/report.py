@@ -14,7 +14,7 @@ from chatspace.results import svg
 from chatspace.results.html import Block, chart, heading
 
 if TYPE_CHECKING:
-    from chatspace.results.catalog import RunFiles
+    from chatspace.runs.run_files import RunFiles
 
 
 def _rate_points(files: RunFiles, task: int, origin: datetime) -> list[tuple[float, float]]:

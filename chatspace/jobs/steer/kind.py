@@ -21,6 +21,7 @@ from chatspace.models import find_model, model_shape
 from chatspace.runs.formats import Completion, Plan
 from chatspace.runs.kind import Kind, Metrics, Part, PartOutput, TaskCheck, WorkPlan, summed
 from chatspace.runs.record import Run, stored_path
+from chatspace.runs.run_files import RunFiles
 from chatspace.runs.timing import StageTimer, add_timings
 
 
@@ -43,7 +44,7 @@ class SteerKind(Kind):
                 "dataset": prompts.get("file") or prompts.get("dataset"),
                 "tokens": summed(records, "generated_tokens")}
 
-    def report_blocks(self, runs: list[Any]) -> list[str]:
+    def report_blocks(self, runs: list[RunFiles]) -> list[str]:
         from chatspace.jobs.steer.report import steer_blocks
 
         return steer_blocks(runs)

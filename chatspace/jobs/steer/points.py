@@ -11,7 +11,7 @@ from typing import Any
 
 from chatspace.errors import BadInput
 from chatspace.jobs.steer.sweep_spec import SteeringPoint, SweepSpec
-from chatspace.jobs.vectors.refs import vectors_file
+from chatspace.jobs.vector_refs import vectors_file
 from chatspace.steering.spec import LayerSteeringSpec, SteeringSpec, load_vector, make_op
 
 

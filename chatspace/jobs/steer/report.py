@@ -16,7 +16,7 @@ from chatspace.results import svg
 from chatspace.results.html import Block, chart, grouped, heading, note, table
 
 if TYPE_CHECKING:
-    from chatspace.results.catalog import RunFiles
+    from chatspace.runs.run_files import RunFiles
 
 # (view, column of each part: all, thinking, output) — the persona experiments' three views
 METRIC_VIEWS = {

@@ -22,8 +22,9 @@ from chatspace.jobs.steer.points import point_file
 from chatspace.jobs.steer.prompts import system_prompt
 from chatspace.jobs.steer.rendering import row_ids
 from chatspace.jobs.steer.schema import CAPTURE_INDEX_SCHEMA, RESULTS_SCHEMA
+from chatspace.runs.files import read_json
 from chatspace.runs.kind import Part, PartOutput
-from chatspace.runs.record import Run, read_json
+from chatspace.runs.record import Run
 from chatspace.runs.timing import StageTimer
 
 log = logging.getLogger(__name__)

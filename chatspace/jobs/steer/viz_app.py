@@ -11,16 +11,18 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from chatspace.jobs.steer.kind import SteerKind
 from chatspace.jobs.steer.report import METRIC_VIEWS, PART_NAMES, steer_results
-from chatspace.results.catalog import Catalog
-from chatspace.runs.record import default_root
+from chatspace.results.catalog import Catalog, run_row
+from chatspace.runs.files import default_root
 
+STEER = {"steer": SteerKind()}  # the runs this app lists
 ID_COLUMNS = ["point", "scale", "persona", "category", "prompt_index", "rep"]
 
 
 @st.cache_data(show_spinner=False, ttl=30)  # a running sweep keeps adding rows
 def load(root: str, run_id: str) -> pd.DataFrame:
-    files = Catalog(Path(root), [run_id]).runs[0]
+    files = Catalog(Path(root), STEER, [run_id]).runs[0]
     return steer_results(files).drop_columns(["output_token_ids"]).to_pandas()
 
 
@@ -43,7 +45,7 @@ def summary_statistics(frame: pd.DataFrame, by: str, column: str) -> pd.DataFram
 def main() -> None:
     st.set_page_config(page_title="chatspace viz", layout="wide")
     root = str(default_root())
-    runs = [f.run_row() for f in Catalog(Path(root)).of_kind("steer")]
+    runs = [run_row(f) for f in Catalog(Path(root), STEER).of_kind("steer")]
     st.sidebar.title("chatspace")
     if not runs:
         st.info(f"No steer runs under {root}.")

@@ -18,9 +18,10 @@ import numpy as np
 import pyarrow as pa
 
 from chatspace.errors import RunFailed
+from chatspace.jobs.vector_refs import VECTORS_FILE
 from chatspace.jobs.vectors.spec import GroupsConfig
 from chatspace.jobs.vectors.stats import generation_vectors, group_order
-from chatspace.runs.record import atomic_path, write_parquet
+from chatspace.runs.files import atomic_path, write_parquet
 
 FORMAT = "chatspace-vectors/1"
 VECTORS_SCHEMA = pa.schema([
@@ -115,7 +116,7 @@ def write_vectors(vectors: list[Vector], folder: Path) -> list[Path]:
     from safetensors.torch import save
 
     tensors = {v.key: torch.from_numpy(v.values.astype(np.float32)) for v in vectors}
-    with atomic_path(folder / "vectors.safetensors") as tmp:
+    with atomic_path(folder / VECTORS_FILE) as tmp:
         tmp.write_bytes(save(tensors, metadata={"format": FORMAT}))
     table = pa.Table.from_pylist([
         {"key": v.key, "kind": v.kind, "layer": v.layer, "groups": v.groups,
@@ -123,7 +124,7 @@ def write_vectors(vectors: list[Vector], folder: Path) -> list[Path]:
          "explained_variance": v.explained_variance,
          "coordinates": list(v.coordinates.items())} for v in vectors], VECTORS_SCHEMA)
     write_parquet(folder / "vectors.parquet", [table], VECTORS_SCHEMA, {"compression": "zstd"})
-    return [folder / "vectors.safetensors", folder / "vectors.parquet"]
+    return [folder / VECTORS_FILE, folder / "vectors.parquet"]
 
 
 def write_projections(root: Path, rows: pa.Table, layers: list[int], hidden: int,

@@ -18,6 +18,7 @@ from chatspace.jobs.vectors.spec import VectorsSpec
 from chatspace.runs.formats import Completion, Plan
 from chatspace.runs.kind import Kind, Part, PartOutput, TaskCheck, WorkPlan
 from chatspace.runs.record import Run
+from chatspace.runs.run_files import RunFiles
 from chatspace.runs.timing import StageTimer, add_timings
 
 
@@ -34,7 +35,7 @@ class VectorsKind(Kind):
     def run_facts(self, plan: Plan, records: list[Completion]) -> dict[str, Any]:
         return {"model": plan.details["model"]["label"]}
 
-    def report_blocks(self, runs: list[Any]) -> list[str]:
+    def report_blocks(self, runs: list[RunFiles]) -> list[str]:
         from chatspace.jobs.vectors.report import vectors_blocks
 
         return vectors_blocks(runs)

@@ -12,7 +12,7 @@ from chatspace.results import svg
 from chatspace.results.html import Block, chart, grouped, heading, note, table
 
 if TYPE_CHECKING:
-    from chatspace.results.catalog import RunFiles
+    from chatspace.runs.run_files import RunFiles
 
 SHOWN_PER_LAYER = 4
 

@@ -1,20 +1,29 @@
-"""Files as the run machinery writes and reads them: atomically (a dot-named temp file created
-with ``O_EXCL | O_NOFOLLOW`` beside the target, fsync, rename, fsync of the folder), and read
-back only as bounded regular files, as strict JSON (no NaN)."""
+"""Files as chatspace writes and reads them, everywhere (runs, downloads, models, experiments,
+chat transcripts): atomically (a dot-named temp file created with ``O_EXCL | O_NOFOLLOW``
+beside the target, fsync, rename, fsync of the folder), and read back only as bounded regular
+files, as strict JSON (no NaN); Parquet written the same way, file hashes, the root, and what
+wrote a file (`tool_info`)."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import math
 import os
 import socket
 import stat
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from chatspace import __version__
+from chatspace.errors import BadInput
 from chatspace.runs.formats import UnreadableRecord
 
 
@@ -93,3 +102,50 @@ def read_json(path: Path) -> Any:
     except (ValueError, RecursionError) as exc:  # JSON's and UTF-8's errors are ValueErrors
         raise UnreadableRecord(f"{path} does not parse as JSON ({type(exc).__name__}): it was "
                                "torn by a crash or edited") from None
+
+
+DEFAULT_ROOT = "/workspace"
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("CHATSPACE_ROOT", DEFAULT_ROOT))
+
+
+def check_writable(root: Path) -> None:
+    probe = root
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise BadInput(f"root {root} is not writable (checked {probe}); "
+                       "choose another with --root or CHATSPACE_ROOT")
+
+
+def write_parquet(path: Path, tables: Iterable[pa.Table], schema: pa.Schema,
+                  options: dict[str, Any]) -> None:
+    """Write tables (one row group each) to `path` atomically: a reader never sees a partial
+    file, and a failure leaves nothing behind."""
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, **options) as writer:
+        for table in tables:
+            writer.write_table(table, row_group_size=max(table.num_rows, 1))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def git_commit(where: Path) -> str | None:
+    """The commit checked out at `where` (None outside a git repository, or without git)."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=where,
+                              capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
+
+
+def tool_info() -> dict[str, str | None]:
+    return {"version": __version__, "git_sha": git_commit(Path(__file__).parent)}
