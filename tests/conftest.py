@@ -1,4 +1,5 @@
-"""Shared fixtures: real data files, the real bundled model, and a CLI runner."""
+"""Shared fixtures: the dev SLURM cluster, the Apptainer test image, real data files, the real
+bundled model and tiny models (plain helpers are in tests/helpers.py)."""
 
 from __future__ import annotations
 
@@ -6,37 +7,20 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-PYDOCS = REPO / "jobs" / "data" / "pydocs.jsonl"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before anything imports huggingface_hub
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def chatspace(*args: str, root: Path | None = None, env: dict | None = None,
-              timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the real CLI in a subprocess (exit codes and output as a user sees them)."""
-    cmd = [sys.executable, "-m", "chatspace", *args]
-    if root is not None:
-        cmd += ["--root", str(root)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                          env={**os.environ, **(env or {})})
-
-
-def files_under(path: Path) -> list[Path]:
-    return sorted(p for p in path.rglob("*") if p.is_file()) if path.exists() else []
-
+from tests.helpers import PYDOCS, REPO  # noqa: E402
 
 SLURM_MAX_ARRAY_SIZE = 5
 
 
 @pytest.fixture(scope="session")
-def slurm_cluster() -> str:
+def slurm_cluster() -> Iterator[str]:
     """Start (or reuse) the dev cluster with a small MaxArraySize and export SLURM_CONF; skip,
     saying why, if it cannot start."""
     env = {**os.environ, "CHATSPACE_SLURM_MAX_ARRAY_SIZE": str(SLURM_MAX_ARRAY_SIZE)}
@@ -51,19 +35,9 @@ def slurm_cluster() -> str:
     if out.returncode != 0:
         pytest.skip(f"the dev SLURM cluster could not start: {out.stderr.strip()[-500:]}")
     conf = out.stdout.strip().splitlines()[-1].split("=", 1)[1]
-    os.environ["SLURM_CONF"] = conf
-    return conf
-
-
-def wait_until(predicate, timeout: float = 300, poll: float = 0.5, what: str = ""):
-    """Poll `predicate` until it returns something truthy (returned), or fail."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out waiting for {what}")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SLURM_CONF", conf)  # for the tests' own sbatch/squeue and the CLI's
+        yield conf
 
 
 @pytest.fixture
@@ -158,11 +132,12 @@ def pytest_sessionfinish(exitstatus: int) -> None:
 
 
 @pytest.fixture(scope="session")
-def real_image() -> Path:
+def real_image() -> Iterator[Path]:
     """The test image (see `ImageBuild`), with its apptainer put on PATH for the jobs."""
     apptainer, image = IMAGE_BUILD.wait()
-    os.environ["PATH"] = f"{apptainer.parent}:{os.environ['PATH']}"  # jobs inherit it
-    return image
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PATH", f"{apptainer.parent}:{os.environ['PATH']}")  # jobs inherit it
+        yield image
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,12 @@
-"""Helpers to plan and run embed jobs in-process (the debug executor) from tests."""
+"""Plain helpers of the tests: the CLI in a subprocess, polling, files, embed jobs planned and
+run in-process (the debug executor), and steering specs (fixtures are in tests/conftest.py)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +19,47 @@ from chatspace.runs.executors import DebugExecutor
 from chatspace.runs.plan import plan_run
 from chatspace.runs.record import Run
 from chatspace.specs import resolve_spec
+from chatspace.steering import LayerSteeringSpec, SteeringSpec
+
+REPO = Path(__file__).resolve().parent.parent
+PYDOCS = REPO / "jobs" / "data" / "pydocs.jsonl"
+
+
+def chatspace(*args: str, root: Path | None = None, env: dict | None = None,
+              timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess (exit codes and output as a user sees them)."""
+    cmd = [sys.executable, "-m", "chatspace", *args]
+    if root is not None:
+        cmd += ["--root", str(root)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          env={**os.environ, **(env or {})})
+
+
+def files_under(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file()) if path.exists() else []
+
+
+def wait_until(predicate, timeout: float = 300, poll: float = 0.5, what: str = ""):
+    """Poll `predicate` until it returns something truthy (returned), or fail."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def vector(seed: int, size: int = 64):
+    """A seeded random direction (a torch tensor) of the tiny models' hidden size."""
+    import torch
+
+    return torch.randn(size, generator=torch.Generator().manual_seed(seed))
+
+
+def spec_at(layer: int, *ops) -> SteeringSpec:
+    """A steering spec with `ops` at one layer."""
+    return SteeringSpec({layer: LayerSteeringSpec(tuple(ops))})
 
 
 def plan(root: Path, data: Path, run_id: str | None = None, *, n: int = 60,

@@ -16,8 +16,7 @@ import pytest
 from chatspace.runs.attempts import attempts, log_spans, recording, task_jobs
 from chatspace.runs.slurm import sbatch_lines
 from chatspace.runs.status import run_status
-from tests.conftest import PYDOCS, REPO, chatspace
-from tests.helpers import open_run, plan, shard
+from tests.helpers import PYDOCS, REPO, chatspace, open_run, plan, shard
 
 SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID",
               "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_MAX", "SLURM_ARRAY_TASK_COUNT",

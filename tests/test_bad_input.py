@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYDOCS, chatspace, files_under
+from tests.helpers import PYDOCS, chatspace, files_under
 
 BASE = ["submit", "embed", "--executor", "local", "--dataset", str(PYDOCS),
         "--text-field", "text"]

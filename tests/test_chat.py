@@ -21,7 +21,7 @@ from chatspace.jobs import KINDS
 from chatspace.runs.files import read_json
 from chatspace.runs.record import Run
 from chatspace.steering.spec import AddSpec, LayerSteeringSpec, SteeringSpec
-from tests.conftest import REPO, chatspace, wait_until
+from tests.helpers import REPO, chatspace, wait_until
 
 # one tmux server per test process: xdist workers each run chat tests, and one worker's
 # kill-server must not end the other's session

@@ -15,8 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.conftest import PYDOCS, chatspace
-from tests.helpers import embed, read_run
+from tests.helpers import PYDOCS, chatspace, embed, read_run
 
 CORPUS = Path(chatterbot_corpus.__file__).parent / "data" / "english"
 

@@ -19,7 +19,7 @@ import sys
 
 import pytest
 
-from tests.conftest import PYDOCS, REPO, chatspace
+from tests.helpers import PYDOCS, REPO, chatspace
 
 HEAVY = ("torch", "vllm", "transformers", "sentence_transformers", "datasets", "streamlit",
          "duckdb")

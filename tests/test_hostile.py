@@ -23,8 +23,7 @@ from chatspace.experiments import save_experiment
 from chatspace.jobs import KINDS
 from chatspace.runs.files import atomic_path, read_json, write_json
 from chatspace.runs.record import Run
-from tests.conftest import PYDOCS, chatspace, files_under
-from tests.helpers import embed, plan
+from tests.helpers import PYDOCS, chatspace, embed, files_under, plan
 from tests.test_vectors import steer, sweep_spec
 
 TITLE = "\x1b]0;pwned\x07"  # sets the terminal's title

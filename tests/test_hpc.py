@@ -16,7 +16,7 @@ import pytest
 from chatspace.jobs import KINDS
 from chatspace.runs.commands import reduce_command, task_command
 from chatspace.runs.record import Run
-from tests.conftest import PYDOCS, REPO, chatspace
+from tests.helpers import PYDOCS, REPO, chatspace
 
 DEF = REPO / "Apptainer.def"
 SECTIONS = {"arguments", "setup", "files", "post", "environment", "runscript", "startscript",

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from chatspace.runs.files import sha256_file
-from tests.conftest import PYDOCS, REPO, chatspace, files_under
+from tests.helpers import PYDOCS, REPO, chatspace, files_under
 from tests.hub_server import FakeHub, Repo, files_of
 
 BIG_FILE = "data/train-00000-of-00001.parquet"

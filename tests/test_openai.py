@@ -18,8 +18,7 @@ from chatspace.jobs.embed.openai_client import TokenBucket, retry_after
 from chatspace.jobs.embed.openai_plan import pack_requests
 from chatspace.jobs.embed.tokens import encoding
 from chatspace.runs.files import read_json
-from tests.conftest import PYDOCS, REPO, chatspace, files_under, wait_until
-from tests.helpers import open_run, read_run
+from tests.helpers import PYDOCS, REPO, chatspace, files_under, open_run, read_run, wait_until
 from tests.openai_server import FAULTS, POISON, FakeOpenAI, vector_for
 
 DIM = 64

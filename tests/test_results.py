@@ -26,8 +26,7 @@ from chatspace.runs.files import read_json
 from chatspace.runs.plan import plan_run
 from chatspace.runs.record import Run
 from chatspace.specs import resolve_spec
-from tests.conftest import PYDOCS, REPO, chatspace, wait_until
-from tests.helpers import embed
+from tests.helpers import PYDOCS, REPO, chatspace, embed, wait_until
 from tests.openai_server import FakeOpenAI
 
 ARTIFACTS = REPO / "logs" / "test-artifacts"

@@ -19,8 +19,7 @@ from chatspace.runs.executors import launch
 from chatspace.runs.files import atomic_path
 from chatspace.runs.lease import holder, holding
 from chatspace.specs import SlurmConfig
-from tests.conftest import PYDOCS, REPO, chatspace, files_under, wait_until
-from tests.helpers import embed, open_run, plan
+from tests.helpers import PYDOCS, REPO, chatspace, embed, files_under, open_run, plan, wait_until
 from tests.openai_server import FakeOpenAI
 
 EMBED = ["--dataset", str(PYDOCS), "--text-field", "text"]

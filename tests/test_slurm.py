@@ -16,8 +16,16 @@ import pytest
 
 from chatspace.runs.files import read_json, sha256_file
 from chatspace.runs.task import run_task as run_embed_task
-from tests.conftest import PYDOCS, chatspace, files_under, wait_until
-from tests.helpers import embed, open_run, read_run, shard
+from tests.helpers import (
+    PYDOCS,
+    chatspace,
+    embed,
+    files_under,
+    open_run,
+    read_run,
+    shard,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 

@@ -15,8 +15,7 @@ import pytest
 from chatspace.runs.slurm_cli import parse_sacct, parse_scontrol, parse_squeue
 from chatspace.runs.status import task_state
 from chatspace.runs.watch import POLL_FIRST, POLL_MAX, next_poll
-from tests.conftest import PYDOCS, chatspace, files_under
-from tests.helpers import plan
+from tests.helpers import PYDOCS, chatspace, files_under, plan
 
 SACCT = """\
 41_0|COMPLETED|0:0|2026-11-22T10:00:00

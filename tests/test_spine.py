@@ -15,11 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from chatspace.jobs.embed.schema import shard_schema
+from chatspace.jobs.embed.st_model import Encoder
 from chatspace.runs.files import read_json, sha256_file
 from chatspace.runs.reduce import reduce_run, verify_run
 from chatspace.runs.task import run_task as run_embed_task
-from tests.conftest import PYDOCS, REPO, chatspace, wait_until
-from tests.helpers import embed, plan, read_run, shard
+from tests.helpers import PYDOCS, REPO, chatspace, embed, plan, read_run, shard, wait_until
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -235,11 +235,34 @@ def test_embed_hf_is_a_one_process_run(root):
     assert ids == [f"pydocs:{i}" for i in range(7)]
 
 
-def test_compiled_model_matches_eager(root):
-    """torch.compile path (CPU inductor here): one warm-up per bucket shape, same vectors."""
-    compiled = embed(root, PYDOCS, "compiled", n=24, array=1,
+def test_compiled_model_matches_eager(root, monkeypatch):
+    """torch.compile path (CPU inductor here): one warm-up per bucket shape, run before any
+    batch of that shape, across the task's parts; same vectors."""
+    calls: list[tuple[str, tuple[int, int]]] = []  # the real methods run; their shapes noted
+    warm_up, encode_batch = Encoder.warm_up, Encoder.encode_batch
+
+    def noted_warm_up(self, rows, pad_to):
+        calls.append(("warm", (rows, pad_to)))
+        return warm_up(self, rows, pad_to)
+
+    def noted_encode(self, ids, pad_to, rows_to=None):
+        calls.append(("encode", (rows_to or len(ids), pad_to)))
+        return encode_batch(self, ids, pad_to, rows_to)
+
+    monkeypatch.setattr(Encoder, "warm_up", noted_warm_up)
+    monkeypatch.setattr(Encoder, "encode_batch", noted_encode)
+    compiled = embed(root, PYDOCS, "compiled", n=48, array=1, run={"part_rows": 16},
                      model={"compile": True, "batch_size": 8, "bucket_max_tokens": 64})
-    eager = embed(root, PYDOCS, "eager", n=24, array=1, model={"batch_size": 8})
+    monkeypatch.undo()
+    warmed = [shape for what, shape in calls if what == "warm"]
+    encoded = [shape for what, shape in calls if what == "encode"]
+    assert warmed and len(warmed) == len(set(warmed)), "one warm-up per shape"
+    # the warm-up's own batch is an encode_batch too; every real batch's shape was warmed first
+    for i, (what, shape) in enumerate(calls):
+        if what == "encode":
+            assert ("warm", shape) in calls[:i]
+    assert set(warmed) == set(encoded) and len(encoded) > len(warmed)
+    eager = embed(root, PYDOCS, "eager", n=48, array=1, model={"batch_size": 8})
     assert cosines(vectors(read_run(compiled)), vectors(read_run(eager))).min() >= 0.9999
     record = read_json(compiled.completion_path(0))
     assert record["timings"]["compile_warmup"]["busy"] > 0

@@ -25,7 +25,7 @@ from chatspace.jobs.steer.metrics import generation_metrics
 from chatspace.jobs.steer.prompts import messages, system_prompt
 from chatspace.runs.files import read_json
 from chatspace.runs.record import Run
-from tests.conftest import REPO, chatspace, files_under, wait_until
+from tests.helpers import REPO, chatspace, files_under, wait_until
 
 PROMPTS = ["How do lists work?", "Explain the module system.", "What is a decorator?"]
 PERSONAS = [{"persona": "pirate", "category": "fiction", "article": "a"},
@@ -481,7 +481,7 @@ def test_download_model_records_a_model_that_plans_find(inputs, root):
 
 
 def test_prompts_sampled_from_a_dataset(inputs, root, tmp_path):
-    from tests.conftest import PYDOCS
+    from tests.helpers import PYDOCS
 
     spec = tmp_path / "from-dataset.toml"
     spec.write_text("\n".join(line for line in inputs["spec"].read_text().splitlines()

