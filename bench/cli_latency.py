@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from bench.common import write_many_rows
+from bench.smoke import parse_args
 
 REPO = Path(__file__).resolve().parent.parent
 PYDOCS = REPO / "jobs" / "data" / "pydocs.jsonl"
@@ -47,7 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
+    args = parse_args(parser, rows=1000, repeat=1)
     work = Path(tempfile.mkdtemp(prefix="bench-cli-"))
     root = work / "root"
     done = subprocess.run([*CLI, "submit", "embed", "--dataset", str(PYDOCS), "--text-field",

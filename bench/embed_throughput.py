@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from bench.common import plan_embed, timed, write_corpus
+from bench.smoke import parse_args
 from chatspace.jobs.embed.st_model import resolve_model
 from chatspace.runs.task import run_task
 
@@ -27,7 +28,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--model", default=None, help="model directory (default: bundled)")
     parser.add_argument("--compile", action="store_true", help="the task's torch.compile path")
-    args = parser.parse_args()
+    args = parse_args(parser, rows=200, batch_sizes="32")
 
     from sentence_transformers import SentenceTransformer
 
@@ -54,9 +55,9 @@ def main() -> None:
                   "compile": args.compile, **({"name": args.model} if args.model else {})},
         "run": {"array": 1}}, work / "root")
     seconds, record = timed(lambda: run_task(run, 0))
-    assert record["tokens"] == tokens, (record["tokens"], tokens)
+    assert record.details["tokens"] == tokens, (record.details["tokens"], tokens)
     rate = tokens / seconds
-    padding = 1 - record["tokens"] / record["padded_tokens"]
+    padding = 1 - record.details["tokens"] / record.details["padded_tokens"]
     print(f"embed task       : {seconds:7.2f} s  {rate:8.0f} tok/s  (padding {padding:.1%}, "
           "including model load, reading and writing the shard)")
     print(f"ratio task / best encode: {rate / best:.2f}x (target >= 1.25x)")

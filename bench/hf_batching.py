@@ -21,7 +21,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.corpus import passages  # noqa: E402
-from bench.steering_overhead import build_bench_model  # noqa: E402
+from bench.smoke import parse_args  # noqa: E402
+from bench.steering_overhead import LAYERS, build_bench_model  # noqa: E402
 from chatspace.steering import (  # noqa: E402
     AddSpec,
     CaptureOptions,
@@ -31,13 +32,15 @@ from chatspace.steering import (  # noqa: E402
     SteerModel,
 )
 
+QUARTER = LAYERS // 4  # the layers steered and captured: 6 and 12 of 24
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args()
+    args = parse_args(parser, prompts=4, tokens=4, repeats=1)
     import torch
 
     path = build_bench_model(Path(tempfile.mkdtemp(prefix="bench-hf-batching-")))
@@ -46,7 +49,7 @@ def main() -> None:
     prompts = [model.tokenizer(t)["input_ids"][:16 + 4 * (n % 9)] for n, t in enumerate(texts)]
     vectors = [torch.randn(model.hidden_size, generator=torch.Generator().manual_seed(s))
                for s in (1, 2)]
-    specs = [SteeringSpec({6 + 6 * (n % 4 == 1): LayerSteeringSpec((AddSpec(
+    specs = [SteeringSpec({QUARTER + QUARTER * (n % 4 == 1): LayerSteeringSpec((AddSpec(
         vectors[n % 4 == 1], 4.0),))}) if n % 2 else None for n in range(len(prompts))]
     sampling = Sampling(max_tokens=args.tokens, ignore_eos=True)
     tokens = len(prompts) * args.tokens
@@ -58,7 +61,8 @@ def main() -> None:
         best = float("inf")
         for _ in range(args.repeats):
             start = time.perf_counter()
-            model.generate_sync(prompts, sampling, steering_spec=specs, capture_layers=[6, 12],
+            model.generate_sync(prompts, sampling, steering_spec=specs,
+                                capture_layers=[QUARTER, 2 * QUARTER],
                                 capture=CaptureOptions(rows="last"))
             best = min(best, time.perf_counter() - start)
         return tokens / best

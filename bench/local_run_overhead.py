@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from bench.common import timed, write_corpus
+from bench.smoke import parse_args
 from chatspace.jobs.embed.st_model import resolve_model
 
 
@@ -21,7 +22,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=8000)
     parser.add_argument("--array", type=int, default=4)
-    args = parser.parse_args()
+    args = parse_args(parser, rows=200, array=1)
 
     from sentence_transformers import SentenceTransformer
 

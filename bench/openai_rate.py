@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from bench.common import plan_embed, timed, write_corpus
+from bench.smoke import parse_args
 from chatspace.runs.files import read_json
 from chatspace.runs.reduce import reduce_run
 from chatspace.runs.task import run_task
@@ -57,7 +58,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2400)
     parser.add_argument("--inputs-per-request", type=int, default=10)
     parser.add_argument("--tpm", type=int, default=300_000, help="server and client limit")
-    args = parser.parse_args()
+    args = parse_args(parser, rows=60)
     work = Path(tempfile.mkdtemp(prefix="bench-openai-"))
     write_corpus(work / "corpus.parquet", args.rows)
     clean = measure(work, "clean", args, faulty=False)

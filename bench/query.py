@@ -21,12 +21,14 @@ import duckdb
 import numpy as np
 
 from bench.common import plan_embed, timed, write_corpus
+from bench.smoke import parse_args
 from chatspace.jobs import KINDS
 from chatspace.jobs.embed.schema import WRITE_OPTIONS, build_table
 from chatspace.results.catalog import Catalog
 from chatspace.results.query import connect, run_sql, views_in
-from chatspace.runs.files import write_json, write_parquet
-from chatspace.runs.record import Run
+from chatspace.runs.files import write_parquet
+from chatspace.runs.formats import Completion
+from chatspace.runs.record import Run, write_record
 
 QUERIES = {
     "count": "SELECT count(*) FROM {src}",
@@ -50,10 +52,10 @@ def fill_run(run: Run, texts: list[str], dim: int) -> None:
                             embeddings=vectors, constants=constants)
         path = run.output_paths(task)["shard"]
         write_parquet(path, [table], table.schema, WRITE_OPTIONS)
-        write_json(run.completion_path(task), {
-            "task": task, "rows": table.num_rows, "rows_in": table.num_rows,
-            "outputs": [run.entry(path, name="shard", rows=table.num_rows)],
-            "timings": {"wall": {"seconds": 1.0}}})
+        write_record(run.completion_path(task), Completion(
+            task=task, rows=table.num_rows, rows_in=table.num_rows,
+            outputs=(run.entry(path, name="shard", rows=table.num_rows),),
+            timings={"wall": {"seconds": 1.0}}))
 
 
 def main() -> None:
@@ -62,7 +64,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=100)
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
+    args = parse_args(parser, rows=2000, tasks=4, dim=8, repeat=1)
 
     work = Path(tempfile.mkdtemp(prefix="bench-query-"))
     texts = write_corpus(work / "corpus.parquet", args.rows, max_words=40)

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.corpus import passages
+from bench.smoke import parse_args
 from bench.steering_overhead import HIDDEN, LAYERS, build_bench_model
 from chatspace.jobs import KINDS
 from chatspace.jobs.steer.prompts import system_prompt
@@ -144,7 +145,7 @@ def main() -> None:
     parser.add_argument("--modes", default="eager,compiled")
     parser.add_argument("--variants", default="all",
                         help=f"all, or some of {', '.join(VARIANTS)} (comma-separated)")
-    args = parser.parse_args()
+    args = parse_args(parser, prompts=4, tokens=4, modes="eager", variants="target")
     for name, value in ENV_DEFAULTS.items():
         os.environ.setdefault(name, value)
 

@@ -39,13 +39,16 @@ from pathlib import Path
 os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # the transfer measurement
 
 from bench.corpus import passages  # noqa: E402
+from bench.smoke import SMOKE, parse_args  # noqa: E402
 from chatspace.steering import AddSpec, LayerSteeringSpec, SteeringSpec, shm  # noqa: E402
 from chatspace.steering.model import SteerModel  # noqa: E402
 from chatspace.steering.outputs import Sampling  # noqa: E402
 from chatspace.steering.vllm_backend import ENV_DEFAULTS  # noqa: E402
 from tests.tiny_models import build_model  # noqa: E402
 
-LAYERS, HIDDEN = 24, 896
+LAYERS, HIDDEN = (4, 128) if SMOKE else (24, 896)
+SHAPE = dict(heads=2, kv_heads=1, intermediate=256) if SMOKE else \
+    dict(heads=14, kv_heads=2, intermediate=4864)
 
 
 async def plain_run(engine, prompts: list[list[int]], tokens: int) -> None:
@@ -72,9 +75,10 @@ async def steered_run(model: SteerModel, prompts, tokens: int, **kwargs) -> None
 
 
 def build_bench_model(work: Path) -> Path:
-    """Random weights in Qwen2.5-0.5B's shape (a small vocabulary: the tiny test tokenizer)."""
-    return build_model(work / "model", "qwen2", layers=LAYERS, hidden=HIDDEN, heads=14,
-                       kv_heads=2, intermediate=4864, weight_scale=1.0)
+    """Random weights in Qwen2.5-0.5B's shape (a small vocabulary: the tiny test tokenizer); a
+    tiny shape under --smoke."""
+    return build_model(work / "model", "qwen2", layers=LAYERS, hidden=HIDDEN, weight_scale=1.0,
+                       **SHAPE)
 
 
 def timed(model: SteerModel, make) -> float:
@@ -138,10 +142,14 @@ def mode_cases(model: SteerModel, prompts, tokens: int) -> dict:
     from chatspace.steering.outputs import CaptureOptions
 
     gen = torch.Generator().manual_seed(0)
-    one = SteeringSpec({12: LayerSteeringSpec((AddSpec(torch.randn(HIDDEN, generator=gen),
-                                                       2.0),))})
-    each = [SteeringSpec({12: LayerSteeringSpec((AddSpec(torch.randn(HIDDEN, generator=gen),
-                                                         2.0),))}) for _ in prompts]
+    middle = LAYERS // 2
+
+    def add() -> SteeringSpec:
+        vector = torch.randn(HIDDEN, generator=gen)
+        return SteeringSpec({middle: LayerSteeringSpec((AddSpec(vector, 2.0),))})
+
+    one = add()
+    each = [add() for _ in prompts]
     none = CaptureOptions()
     return {
         "idle extension": lambda: steered_run(model, prompts, tokens, options=none),
@@ -258,7 +266,8 @@ def main() -> None:
                         help="eager, compiled or both (vLLM's compiled model: a slow start)")
     parser.add_argument("--tensor-parallel-size", type=int, default=1,
                         help="N > 1: capture overhead with N workers against one worker's")
-    args = parser.parse_args()
+    args = parse_args(parser, prompts=2, tokens=4, prompt_tokens=16, repeats=1, gigabytes=0.01,
+                     hf_prompts=1, modes="eager")
 
     for name, value in ENV_DEFAULTS.items():  # the plain engine runs under the same settings
         os.environ.setdefault(name, value)

@@ -16,13 +16,14 @@ import tempfile
 from pathlib import Path
 
 from bench.common import timed, write_many_rows
+from bench.smoke import parse_args
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--array", type=int, default=64)
-    args = parser.parse_args()
+    args = parse_args(parser, rows=10_000, array=4)
     work = Path(tempfile.mkdtemp(prefix="bench-submit-"))
     data = work / "big.parquet"
     write_many_rows(data, args.rows)

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from bench.common import plan_embed, write_corpus
+from bench.smoke import parse_args
 
 CHILD = """
 import resource, sys
@@ -36,7 +37,7 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=5000)
     parser.add_argument("--large", type=int, default=50000)
     parser.add_argument("--max-words", type=int, default=12)
-    args = parser.parse_args()
+    args = parse_args(parser, small=200, large=400)
     work = Path(tempfile.mkdtemp(prefix="bench-memory-"))
     write_corpus(work / "corpus.parquet", args.large, max_words=args.max_words)
     small, large = peak_rss_mb(work, args.small), peak_rss_mb(work, args.large)

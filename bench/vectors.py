@@ -34,7 +34,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.corpus import passages  # noqa: E402
-from bench.steering_overhead import build_bench_model  # noqa: E402
+from bench.smoke import parse_args  # noqa: E402
+from bench.steering_overhead import HIDDEN, LAYERS, build_bench_model  # noqa: E402
 from chatspace.jobs import KINDS  # noqa: E402
 from chatspace.jobs.steer.sweep_spec import SweepSpec  # noqa: E402
 from chatspace.runs.executors import DebugExecutor  # noqa: E402
@@ -48,7 +49,7 @@ def sweep(root: Path, model: Path, prompts: Path, dtype: str) -> tuple[object, l
     spec = resolve_spec(SweepSpec, None, {
         "model": {"name": str(model), "backend": "hf", "dtype": "float32", "batch_size": 16},
         "prompts": {"file": str(prompts)}, "generation": {"max_tokens": 1, "thinking": False},
-        "capture": {"layers": list(range(24)), "rows": "all", "dtype": dtype},
+        "capture": {"layers": list(range(LAYERS)), "rows": "all", "dtype": dtype},
         "run": {"part_rows": 16, "name": f"bench-{dtype}"}})
     run = plan_run(KINDS["steer"], spec, root).run
     DebugExecutor().execute(run, range(run.num_tasks))
@@ -147,7 +148,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--evict-gb", type=float, default=6,
                         help="GB read between runs to empty the host's cache (0: none)")
-    args = parser.parse_args()
+    args = parse_args(parser, generations=8, prompt_tokens=16, repeats=1, evict_gb=0)
     work = Path(tempfile.mkdtemp(prefix="bench-vectors-"))
     try:
         measure(args, work)
@@ -173,7 +174,8 @@ def measure(args: argparse.Namespace, work: Path) -> None:
     (work / "prompts.json").write_text(json.dumps(prompts))
     root = work / "root"
     modes = (cold, None) if cold else (None,)
-    print(f"{args.generations} generations x 24 layers x ~{args.prompt_tokens} rows x 896; "
+    print(f"{args.generations} generations x {LAYERS} layers x ~{args.prompt_tokens} rows x "
+          f"{HIDDEN}; "
           + (f"each read from the disk starts with the page cache dropped"
              f"{f' and {args.evict_gb:g} GB read to empty the host cache' if cold.evict else ''}"
              if cold else "not root: the page cache cannot be dropped, so every read is from "

@@ -117,8 +117,57 @@ class ImageBuild:
 IMAGE_BUILD = ImageBuild()
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Container tests run last, and their image starts building now, in the background."""
+# `pytest -m "not slow"` (minutes) while developing; the whole suite before a push. Slow: the
+# modules that start vLLM engines or drive SLURM, every test of a tiny model, the cluster or
+# the image, and the slowest of the others (over ~15 s each, measured on two workers).
+SLOW_MODULES = {"test_steering_vllm", "test_tensor_parallel", "test_compat", "test_steer_job",
+                "test_slurm", "test_hand_runs", "test_container", "test_steering_hf",
+                "test_chat", "test_hub", "test_vectors"}
+SLOW_FIXTURES = {"slurm_cluster", "real_image", "tiny_model_dir", "st_model"}
+SLOW_TESTS = {
+    "test_attempts": {"test_the_manifest_is_shown_only_while_it_is_current"},
+    "test_chat_and_download": {"test_first_assistant_extraction"},
+    "test_cli_light": {"test_submit_to_slurm_imports_no_model_stack"},
+    "test_formats": {"test_records_of_the_previous_release_still_read"},
+    "test_hostile": {"test_a_lease_link_on_a_finished_run_truncates_nothing"},
+    "test_openai": {"test_faults_on_30_percent_of_requests_lose_nothing",
+                    "test_local_run_verifies_and_vectors_are_the_servers"},
+    "test_results": {"test_embed_report_in_a_browser"},
+    "test_safety": {"test_a_moved_root_still_reads_and_resumes_into_its_new_place",
+                    "test_a_torn_completion_record_is_a_task_not_done_and_resume_redoes_it",
+                    "test_resume_and_cancel_of_a_never_submitted_run_do_not_need_slurm",
+                    "test_sigterm_to_a_local_submit_stops_its_tasks_and_resume_continues",
+                    "test_temp_files_beside_records_are_not_records"},
+    "test_spine": {"test_a_done_task_whose_output_is_gone_is_lost_and_resume_reruns_only_it",
+                   "test_array_size_changes_neither_rows_nor_vectors",
+                   "test_compiled_model_matches_eager", "test_embed_hf_is_a_one_process_run",
+                   "test_killed_task_shard_matches_its_own_uninterrupted_rerun",
+                   "test_local_and_debug_executors_write_identical_shards",
+                   "test_local_executor_gives_each_worker_its_own_gpu",
+                   "test_rerun_gives_byte_identical_shard",
+                   "test_sigkill_midway_resumes_from_last_part", "test_submit_cli_end_to_end"},
+}
+
+
+def _slow(item: pytest.Item) -> bool:
+    module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
+    name = getattr(item, "originalname", item.name)
+    return (module in SLOW_MODULES or name in SLOW_TESTS.get(module, ())
+            or bool(SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))))
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Slow tests are marked `slow` (as they are collected: before -m selects)."""
+    if _slow(item):
+        item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(trylast=True)  # after -m and -k have deselected
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Container tests run last, and their image starts building now, in the background
+    (only when a selected test needs it, and not for --collect-only)."""
+    if config.option.collectonly:
+        return
     needs_image = {id(item) for item in items
                    if "real_image" in getattr(item, "fixturenames", ())}
     if needs_image:

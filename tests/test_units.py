@@ -209,3 +209,17 @@ def test_every_spec_key_has_one_generated_flag():
                                                                   "last"]
     given = overrides_from({"capture_rows": "mean", "prompts": None}, list(steer.values()))
     assert given["capture"]["rows"] == "mean" and given["prompts"]["file"] is None
+
+
+def test_the_slurm_environment_is_read_in_one_place():
+    from chatspace.runs.slurm_env import SlurmJobEnvironment
+
+    assert SlurmJobEnvironment.current({}) is None
+    plain = SlurmJobEnvironment.current({"SLURM_JOB_ID": "7", "SLURM_RESTART_COUNT": "2"})
+    assert plain.job == "7" and plain.attempt_fields() == {"job_id": "7", "job": "7",
+                                                           "restart_count": 2}
+    task = SlurmJobEnvironment.current({"SLURM_JOB_ID": "12", "SLURM_ARRAY_JOB_ID": "9",
+                                        "SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MAX": "4",
+                                        "SLURM_ARRAY_TASK_COUNT": "5"})
+    assert task.job == "9_3" and task.array_task_min == 3 and task.array_task_max == 4
+    assert task.attempt_fields()["array_task_count"] == 5

@@ -29,6 +29,7 @@ from typing import Any
 from chatspace.names import check_no_link
 from chatspace.runs.formats import Attempt, LogFile
 from chatspace.runs.record import Run, read_typed_record, record_files, write_record
+from chatspace.runs.slurm_env import SlurmJobEnvironment
 
 REDUCE = "reduce"
 
@@ -41,22 +42,9 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _slurm_identity() -> dict[str, Any] | None:
-    """This process's SLURM job, from the environment SLURM gives a job's steps."""
-    env = os.environ
-    if "SLURM_JOB_ID" not in env:
-        return None
-    array, index = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
-    identity: dict[str, Any] = {"job_id": env["SLURM_JOB_ID"],
-                                "job": f"{array}_{index}" if array and index else
-                                env["SLURM_JOB_ID"],
-                                "restart_count": int(env.get("SLURM_RESTART_COUNT", "0"))}
-    if array and index:
-        identity.update(array_job_id=array, array_task_id=int(index),
-                        array_task_min=int(env.get("SLURM_ARRAY_TASK_MIN", index)),
-                        array_task_max=int(env.get("SLURM_ARRAY_TASK_MAX", index)),
-                        array_task_count=int(env.get("SLURM_ARRAY_TASK_COUNT", "1")))
-    return identity
+def _slurm_fields() -> dict[str, Any] | None:
+    job = SlurmJobEnvironment.current()
+    return job.attempt_fields() if job else None
 
 
 def _own_logs() -> tuple[LogFile, ...]:
@@ -79,7 +67,7 @@ def recording(run: Run, task: int | None) -> Iterator[None]:
     host = socket.gethostname()
     record = Attempt(task=task, host=host, pid=os.getpid(),
                      started_at=started.isoformat(timespec="microseconds"),
-                     slurm=_slurm_identity(), logs=_own_logs(),
+                     slurm=_slurm_fields(), logs=_own_logs(),
                      cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
     path = (run.dir / "attempts" / attempt_group(task)
             / f"{started:%Y%m%dT%H%M%S%f}-{host}-{os.getpid()}.json")

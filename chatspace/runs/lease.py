@@ -29,6 +29,7 @@ from typing import Any
 from chatspace.errors import BadInput, RunFailed
 from chatspace.names import check_no_link
 from chatspace.runs.record import Run
+from chatspace.runs.slurm_env import SlurmJobEnvironment
 
 _HELD: dict[Path, dict[str, Any]] = {}  # lock file -> this process's holder record
 
@@ -85,7 +86,7 @@ def holding(run: Run, task: int) -> Iterator[dict[str, Any]]:
                        "; wait for it, or stop it first") from None
     owner = {"host": socket.gethostname(), "pid": os.getpid(),
              "since": datetime.now(UTC).isoformat(timespec="seconds"),
-             "slurm_job": os.environ.get("SLURM_JOB_ID")}
+             "slurm_job": job.job_id if (job := SlurmJobEnvironment.current()) else None}
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(owner).encode(), 0)
     _HELD[path] = owner
