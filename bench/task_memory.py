@@ -17,9 +17,11 @@ from bench.smoke import parse_args
 
 CHILD = """
 import resource, sys
-from chatspace.jobs import open_run
+from pathlib import Path
+from chatspace.jobs import KINDS
+from chatspace.runs.record import Run
 from chatspace.runs.task import run_task
-run_task(open_run(sys.argv[1], None), 0)
+run_task(Run.open(sys.argv[1], Path('/nonexistent'), KINDS), 0)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from chatspace.jobs import open_run
+from chatspace.jobs import KINDS
 from chatspace.runs.files import read_json
 from chatspace.runs.formats import (
     RECORDS,
@@ -22,6 +22,7 @@ from chatspace.runs.formats import (
     Submissions,
 )
 from chatspace.runs.formats_doc import formats_markdown
+from chatspace.runs.record import Run
 from tests.helpers import REPO, chatspace
 
 FIXTURES = REPO / "tests" / "data" / "records-v1"
@@ -60,7 +61,7 @@ def test_records_of_the_previous_release_still_read(old_root):
     assert listed.returncode == 0, listed.stderr
     assert {(r["run_id"], r["kind"], r["state"]) for r in json.loads(listed.stdout)} == {
         (run_id, kind, "done") for run_id, kind in RUNS.items()}
-    embed = open_run("embed-v1", old_root)
+    embed = Run.open("embed-v1", old_root, KINDS)
     assert embed.plan.details["model"]["label"] == "all-MiniLM-L6-v2"
     assert embed.completion(0).details["embedding_dim"] == 384
     assert [s.executor for s in embed.submissions()] == ["debug"]
@@ -93,9 +94,9 @@ def test_every_record_round_trips_through_its_type(old_root):
         assert cls.parse(record.to_dict(), path) == record
         assert record.to_dict()["version"] == cls.VERSION
     for run_id in RUNS:
-        run = open_run(run_id, old_root)
+        run = Run.open(run_id, old_root, KINDS)
         manifest = Manifest.parse(read_json(run.manifest_path), run.manifest_path)
         assert Manifest.parse(manifest.to_dict()) == manifest
         assert {e.task for e in manifest.files} >= set(range(run.num_tasks))
-    embed = Manifest.parse(read_json(open_run("embed-v1", old_root).manifest_path))
+    embed = Manifest.parse(read_json(Run.open("embed-v1", old_root, KINDS).manifest_path))
     assert embed.details["rows_total"] == 6 and embed.kind == "embed"  # the job's summary

@@ -60,7 +60,7 @@ def _follow_logs(run: Run, task: int, offsets: dict) -> None:
     import time
 
     from chatspace.runs.status import run_status
-    from chatspace.runs.watch import LIVE
+    from chatspace.runs.watch import STILL_RUNNING
 
     while True:
         for path in offsets:
@@ -70,7 +70,7 @@ def _follow_logs(run: Run, task: int, offsets: dict) -> None:
             offsets[path] += len(more)
             if more:
                 click.echo(more.decode(errors="replace"), nl=False)
-        if run_status(run)["tasks"][task]["state"] not in LIVE:
+        if run_status(run)["tasks"][task]["state"] not in STILL_RUNNING:
             return
         time.sleep(2)
 
@@ -123,9 +123,9 @@ def status(run_ref: str, root: str | None, failed: bool, states: tuple[str, ...]
     outputs are gone or changed size (any change, with --verify) shows as lost."""
     import time
 
-    from chatspace.runs.slurm_cli import LIVE_STATES
+    from chatspace.runs.slurm_cli import SLURM_LIVE_STATES
     from chatspace.runs.status import run_status
-    from chatspace.runs.watch import LIVE, POLL_FIRST, next_poll, progress_key
+    from chatspace.runs.watch import POLL_FIRST, STILL_RUNNING, next_poll, progress_key
 
     run = open_run(run_ref, root)
     wanted = set(states) | ({"failed", "lost"} if failed else set())
@@ -137,8 +137,8 @@ def status(run_ref: str, root: str | None, failed: bool, states: tuple[str, ...]
         now = progress_key(state)
         if now != seen:
             emit(as_json, state, _status_lines(run, state, wanted))
-        reduce_live = (state["reduce"] or {}).get("state") in LIVE_STATES
-        if not watch or not (reduce_live or any(s in LIVE for s in state["counts"])):
+        reduce_live = (state["reduce"] or {}).get("state") in SLURM_LIVE_STATES
+        if not watch or not (reduce_live or any(s in STILL_RUNNING for s in state["counts"])):
             return
         delay, seen = next_poll(delay, now != seen), now
         time.sleep(delay)

@@ -17,7 +17,7 @@ import click
 from pydantic import BaseModel
 
 from chatspace.errors import BadInput
-from chatspace.jobs import open_run as open_job_run
+from chatspace.jobs import KINDS
 from chatspace.runs.files import default_root
 from chatspace.runs.kind import Kind
 from chatspace.runs.record import Run
@@ -214,7 +214,7 @@ def run_argument(fn: Callable) -> Callable:
 
 def open_run(run_ref: str, root: str | None, task: int | None = None) -> Run:
     """The planned run RUN refers to; with `task`, also check that the task exists."""
-    run = open_job_run(run_ref, resolve_root(root))
+    run = Run.open(run_ref, resolve_root(root), KINDS)
     if task is not None and not 0 <= task < run.num_tasks:
         raise BadInput(f"--task {task} is out of range: run {run.run_id} has tasks "
                        f"0..{run.num_tasks - 1}")

@@ -4,17 +4,9 @@ a kind from here; the machinery never imports this package."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from chatspace.jobs.embed import EmbedKind
 from chatspace.jobs.steer.kind import SteerKind
 from chatspace.jobs.vectors.kind import VectorsKind
 from chatspace.runs.kind import Kind
-from chatspace.runs.record import Run
 
 KINDS: dict[str, Kind] = {kind.name: kind for kind in (EmbedKind(), SteerKind(), VectorsKind())}
-
-
-def open_run(ref: str, root: Path) -> Run:
-    """The planned run RUN (a run id under root, or a run directory) with its kind."""
-    return Run.open(ref, root, KINDS)

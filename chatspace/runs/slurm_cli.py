@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 
 # How long a SLURM command may take before it counts as hanging.
 TIMEOUT_SECONDS = float(os.environ.get("CHATSPACE_SLURM_TIMEOUT", "30"))
-LIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING",
-               "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT"}
+SLURM_LIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING",
+                     "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT"}
 REQUEUED_STATES = {"PREEMPTED", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"}
 FINISHED_BAD = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
                 "DEADLINE"}
@@ -171,7 +171,7 @@ def live_jobs(run: Run) -> tuple[list[str], list[str]]:
     ids += [job for job in [reduce_job(run)] if job]
     live, stale = [], []
     for job, state in job_states(ids).items():
-        if job in ids and state["state"] in LIVE_STATES and job not in live + stale:
+        if job in ids and state["state"] in SLURM_LIVE_STATES and job not in live + stale:
             never = state.get("reason") == "DependencyNeverSatisfied"
             (stale if never else live).append(job)
     return live, stale

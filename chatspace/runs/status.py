@@ -22,8 +22,8 @@ from chatspace.runs.lease import holder
 from chatspace.runs.record import Run, output_problems, read_typed, read_typed_record
 from chatspace.runs.slurm_cli import (
     FINISHED_BAD,
-    LIVE_STATES,
     REQUEUED_STATES,
+    SLURM_LIVE_STATES,
     SlurmUnavailable,
     job_states,
     queued_jobs,
@@ -114,7 +114,7 @@ def _apply_job_state(state: dict[str, Any], job: dict[str, str]) -> None:
     name = job["state"]
     if name in REQUEUED_STATES or job.get("reason", "").startswith("BeginTime"):
         state["state"] = "requeued"
-    elif name in LIVE_STATES:
+    elif name in SLURM_LIVE_STATES:
         state["state"] = "pending" if name == "PENDING" else "running"
     elif state["state"] == "lost":
         pass

@@ -17,7 +17,7 @@ from chatspace.runs.status import run_status
 
 log = logging.getLogger(__name__)
 
-LIVE = ("pending", "running", "requeued", "completing", "unknown")  # may still finish
+STILL_RUNNING = ("pending", "running", "requeued", "completing", "unknown")  # may still finish
 
 
 def describe_failures(status: dict[str, Any]) -> str:
@@ -66,7 +66,7 @@ def follow(run: Run, progress: bool = True) -> dict[str, Any]:
             reduce = status["reduce"] or {}
             if reduce.get("state") == "COMPLETED" and status["manifest"]:
                 return status
-            live = [t for t in status["tasks"] if t["state"] in LIVE]
+            live = [t for t in status["tasks"] if t["state"] in STILL_RUNNING]
             if reduce.get("state") in FINISHED_BAD or reduce.get("state") == "COMPLETED":
                 raise RunFailed(f"run {run.run_id}: reduce job {reduce['job_id']} ended "
                                 f"{reduce['state']}:\n  " + describe_failures(status))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from chatspace.steering.devices import pick_device
 from chatspace.steering.outputs import (
     Capture,
     CaptureOptions,
@@ -41,17 +42,6 @@ def check_architecture(names: Sequence[str]) -> None:
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     check_architecture(getattr(model.config, "architectures", None) or [type(model).__name__])
     return model.model.layers
-
-
-def pick_device(requested: str | None = None) -> str:
-    """`requested`, else CUDA, then Apple MPS, then the CPU."""
-    if requested and requested != "auto":
-        return requested
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 def default_batch_size(device: str) -> int:

