@@ -21,7 +21,15 @@ from chatspace.results.report import render
 from chatspace.runs.executors import launch
 from chatspace.runs.files import write_parquet
 from chatspace.runs.formats import Completion, Plan
-from chatspace.runs.kind import Kind, Metrics, Part, PartOutput, TaskCheck, WorkPlan
+from chatspace.runs.kind import (
+    Kind,
+    Metrics,
+    Part,
+    PartOutput,
+    Summary,
+    TaskCheck,
+    WorkPlan,
+)
 from chatspace.runs.plan import plan_run
 from chatspace.runs.record import Run
 from chatspace.runs.reduce import verify_run
@@ -72,12 +80,12 @@ class SquaresKind(Kind):
         problems = [] if table.num_rows == stop - start else [f"task {task}: rows missing"]
         return TaskCheck(problems, table.column("n").cast(pa.string()))
 
-    def summarize(self, run: Run, records: list[Completion]) -> dict[str, Any]:
+    def summarize(self, run: Run, records: list[Completion]) -> Summary:
         total = sum(r.details["summed"] for r in records)
         path = run.output_dir / "total.parquet"
         schema = pa.schema([("total", pa.int64())])
         write_parquet(path, [pa.table({"total": [total]}, schema)], schema, {})
-        return {"total": total, "reduce_outputs": [run.entry(path)]}
+        return Summary({"total": total}, reduce_outputs=[run.entry(path)])
 
     def run_facts(self, plan: Plan, records: list[Completion]) -> dict[str, Any]:
         return {"dataset": f"integers from {plan.details['offset']}"}

@@ -17,6 +17,7 @@ import functools
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Self
 
 from chatspace.errors import RunFailed
@@ -65,8 +66,13 @@ class Record(Item):
 
     FORMAT: ClassVar[str]
     VERSION: ClassVar[int]
-    PATH: ClassVar[str]  # where it is written, for the docs
+    PATH: ClassVar[str]  # where it is written: the docs print it, `path_in` fills it in
     WRITER: ClassVar[str]  # who writes it and when it is complete, for the docs
+
+    @classmethod
+    def path_in(cls, root: Path, **fields: Any) -> Path:
+        """Where this record lives under `root`: its PATH with `fields` filled in."""
+        return root / cls.PATH.format(**fields)
 
     @classmethod
     def parse(cls, data: dict[str, Any], where: object = "record") -> Self:

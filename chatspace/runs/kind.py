@@ -26,7 +26,7 @@ import pyarrow as pa
 from chatspace.specs import JobSpec
 
 if TYPE_CHECKING:
-    from chatspace.runs.formats import Completion, Plan
+    from chatspace.runs.formats import Completion, FileEntry, Plan
     from chatspace.runs.record import Run
     from chatspace.runs.run_files import RunFiles
     from chatspace.runs.timing import StageTimer
@@ -89,6 +89,15 @@ class TaskCheck:
     keys: pa.Array
 
 
+@dataclass(frozen=True)
+class Summary:
+    """What a kind's `summarize` says about a whole run, for its manifest."""
+
+    details: dict[str, Any]  # the kind's section of the manifest
+    totals: dict[str, Any] = field(default_factory=dict)  # sums over the tasks (bytes, …)
+    reduce_outputs: list[FileEntry] = field(default_factory=list)  # files the reduce wrote
+
+
 def summed(records: list[Completion], key: str) -> float | None:
     """The sum of a kind's completion stat over the records that have it (None if none)."""
     values = [r.details[key] for r in records if r.details.get(key) is not None]
@@ -135,8 +144,9 @@ class Kind(ABC):
         """Check one task's outputs (whose bytes already match its completion record)."""
 
     @abstractmethod
-    def summarize(self, run: Run, records: list[Completion]) -> dict[str, Any]:
-        """The kind's section of the manifest, from every task's completion record."""
+    def summarize(self, run: Run, records: list[Completion]) -> Summary:
+        """The kind's section of the manifest, its totals and the files the reduce wrote,
+        from every task's completion record."""
 
     def run_facts(self, plan: Plan, records: list[Completion]) -> dict[str, Any]:
         """A run's `model`, `backend`, `dataset`, `tokens` and `cost_usd` for the run table,

@@ -30,6 +30,7 @@ from chatspace.runs.files import read_json, sha256_file, write_json
 from chatspace.runs.formats import (
     Completion,
     FileEntry,
+    PartSidecar,
     Plan,
     Record,
     Submission,
@@ -149,7 +150,7 @@ def locate_run(ref: str, root: Path) -> tuple[Path, str, Plan]:
     if (path / "plan.json").exists():
         path = path.resolve()
         root, ref = path.parent.parent, path.name
-    plan_path = root / "runs" / ref / "plan.json"
+    plan_path = Plan.path_in(root, run_id=ref)
     if os.sep not in ref:
         check_name(ref, "RUN")
     if os.sep in ref or not plan_path.exists():
@@ -175,7 +176,7 @@ class Run:
 
     @property
     def plan_path(self) -> Path:
-        return self.dir / "plan.json"
+        return Plan.path_in(self.root, run_id=self.run_id)
 
     @property
     def log_dir(self) -> Path:
@@ -258,10 +259,10 @@ class Run:
             check_inside(self.root, folder, f"run {self.run_id}: folder")
 
     def completion_path(self, task: int) -> Path:
-        return self.dir / "tasks" / f"task-{task:05d}.json"
+        return Completion.path_in(self.root, run_id=self.run_id, task=task)
 
     def parts_dir(self, task: int) -> Path:
-        return self.dir / "parts" / f"task-{task:05d}"
+        return PartSidecar.path_in(self.root, run_id=self.run_id, task=task, part=0).parent
 
     def completion_record(self, task: int) -> tuple[Completion | None, str | None]:
         """The task's completion record as written (its outputs not checked), or None; with
@@ -292,7 +293,7 @@ class Run:
 
     @property
     def submissions_path(self) -> Path:
-        return self.dir / "submissions.json"
+        return Submissions.path_in(self.root, run_id=self.run_id)
 
     def submissions(self) -> list[Submission]:
         """Every submission of this run (executor, job ids, sbatch parameters), oldest first."""

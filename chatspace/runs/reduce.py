@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from chatspace.errors import RunFailed
 from chatspace.runs.attempts import log_spans, recording
-from chatspace.runs.formats import Completion, FileEntry, Manifest, ManifestFile
+from chatspace.runs.formats import Completion, Manifest, ManifestFile
 from chatspace.runs.lease import describe, holder
 from chatspace.runs.record import (
     Run,
@@ -84,16 +84,16 @@ def _reduce(run: Run) -> Manifest:
             problems.append("row ids are not unique across tasks")
     if problems:
         raise RunFailed(f"reduce of run {run.run_id} failed:\n  " + "\n  ".join(problems))
-    details = run.kind.summarize(run, records)
-    made: list[FileEntry] = details.pop("reduce_outputs", [])  # the reduce's own files
-    totals = details.pop("totals", {})
+    summary = run.kind.summarize(run, records)
+    totals = {**summary.totals}
     totals["reduce_seconds"] = round((datetime.now(UTC) - started).total_seconds(), 3)
     files = [ManifestFile(**e.to_dict(), task=r.task) for r in records for e in r.outputs]
     manifest = Manifest(
         run_id=run.run_id, kind=run.kind.name,
-        files=(*files, *(ManifestFile(**e.to_dict(), task=None) for e in made)),
+        files=(*files, *(ManifestFile(**e.to_dict(), task=None)
+                         for e in summary.reduce_outputs)),
         created_at=run.plan.created_at, tool=run.plan.tool,
-        run_config=redact(run.plan.spec), totals=totals, details=details)
+        run_config=redact(run.plan.spec), totals=totals, details=summary.details)
     write_record(run.manifest_path, manifest)
     log.info("manifest written: %s", run.manifest_path)
     return manifest

@@ -54,7 +54,7 @@ def part_bounds(start: int, stop: int, part_rows: int) -> list[Part]:
 
 
 def sidecar_path(run: Run, task: int, part: int) -> Path:
-    return run.parts_dir(task) / f"part-{part:05d}.json"
+    return PartSidecar.path_in(run.root, run_id=run.run_id, task=task, part=part)
 
 
 def part_file(run: Run, task: int, part: int, output: str) -> Path:

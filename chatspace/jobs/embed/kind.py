@@ -20,7 +20,7 @@ from chatspace.errors import BadInput, RunFailed
 from chatspace.jobs.embed.schema import WRITE_OPTIONS, shard_schema
 from chatspace.jobs.embed.spec import EmbedSpec
 from chatspace.runs.formats import Completion, Plan
-from chatspace.runs.kind import Kind, Part, PartOutput, TaskCheck, WorkPlan, summed
+from chatspace.runs.kind import Kind, Part, PartOutput, Summary, TaskCheck, WorkPlan, summed
 from chatspace.runs.record import Run
 from chatspace.runs.run_files import RunFiles
 from chatspace.runs.timing import StageTimer, add_timings
@@ -160,7 +160,7 @@ class EmbedKind(Kind):
             problems.append(f"shard {path} holds rows of another run")
         return TaskCheck(problems, table.column("id").combine_chunks())
 
-    def summarize(self, run: Run, records: list[Completion]) -> dict[str, Any]:
+    def summarize(self, run: Run, records: list[Completion]) -> Summary:
         details, spec = run.plan.details, run.spec
         stats = [r.details for r in records]
         dims = {s["embedding_dim"] for s in stats}
@@ -178,7 +178,7 @@ class EmbedKind(Kind):
             if stats and key in stats[0]:
                 totals[key] = sum(s[key] for s in stats)
         totals["stage_timings"] = timings
-        return {
+        return Summary({
             "dataset": spec.dataset.name,
             "subset": spec.dataset.subset,
             "split": spec.dataset.split,
@@ -193,5 +193,4 @@ class EmbedKind(Kind):
                         "sha256": r.outputs[0].sha256, "task": r.task, "rows": r.rows,
                         "min_norm": r.details["min_norm"], "max_norm": r.details["max_norm"],
                         "timings": r.timings} for r in records],
-            "totals": totals,
-        }
+        }, totals=totals)

@@ -19,7 +19,16 @@ from chatspace.jobs.steer.schema import METRICS, RESULTS_SCHEMA, WRITE_OPTIONS
 from chatspace.jobs.steer.sweep_spec import SweepSpec
 from chatspace.models import find_model, model_shape
 from chatspace.runs.formats import Completion, Plan
-from chatspace.runs.kind import Kind, Metrics, Part, PartOutput, TaskCheck, WorkPlan, summed
+from chatspace.runs.kind import (
+    Kind,
+    Metrics,
+    Part,
+    PartOutput,
+    Summary,
+    TaskCheck,
+    WorkPlan,
+    summed,
+)
 from chatspace.runs.record import Run, stored_path
 from chatspace.runs.run_files import RunFiles
 from chatspace.runs.timing import StageTimer, add_timings
@@ -121,14 +130,14 @@ class SteerKind(Kind):
                                 f"record does not list: {sorted(missing)}")
         return TaskCheck(problems, table.column("id").combine_chunks())
 
-    def summarize(self, run: Run, records: list[Completion]) -> dict[str, Any]:
+    def summarize(self, run: Run, records: list[Completion]) -> Summary:
         tables = [pq.read_table(run.output_paths(r.task)["results"]) for r in records]
         results = pa.concat_tables(tables) if tables else RESULTS_SCHEMA.empty_table()
         timings: dict[str, dict[str, float]] = {}
         for record in records:
             add_timings(timings, record.timings)
         details = run.plan.details
-        return {
+        return Summary({
             "model": details["model"]["label"], "backend": details["model"]["backend"],
             "sweep": details["sweep"], "generations": results.num_rows,
             "generated_tokens": sum(r.details["generated_tokens"] for r in records),
@@ -139,9 +148,8 @@ class SteerKind(Kind):
                          "sha256": r.outputs[0].sha256, "task": r.task, "rows": r.rows}
                         for r in records],
             "captures": sum(1 for r in records for e in r.outputs if e.name == "captures"),
-            "totals": {"bytes": sum(e.bytes for r in records for e in r.outputs),
-                       "stage_timings": timings},
-        }
+        }, totals={"bytes": sum(e.bytes for r in records for e in r.outputs),
+                   "stage_timings": timings})
 
 
 def _grouped(results: pa.Table, key: str) -> dict[Any, dict[str, Any]]:

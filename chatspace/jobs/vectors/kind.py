@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from chatspace.jobs.vectors.spec import VectorsSpec
 from chatspace.runs.formats import Completion, Plan
-from chatspace.runs.kind import Kind, Part, PartOutput, TaskCheck, WorkPlan
+from chatspace.runs.kind import Kind, Part, PartOutput, Summary, TaskCheck, WorkPlan
 from chatspace.runs.record import Run
 from chatspace.runs.run_files import RunFiles
 from chatspace.runs.timing import StageTimer, add_timings
@@ -95,7 +95,7 @@ class VectorsKind(Kind):
         keys = pa.array([f"{task}:{i}" for i in range(table.num_rows)], pa.string())
         return TaskCheck(problems, keys)
 
-    def summarize(self, run: Run, records: list[Completion]) -> dict[str, Any]:
+    def summarize(self, run: Run, records: list[Completion]) -> Summary:
         from chatspace.jobs.vectors.compute import compute, write_projections, write_vectors
         from chatspace.jobs.vectors.sources import ROWS_FILE
         from chatspace.jobs.vectors.stats import merge
@@ -112,12 +112,11 @@ class VectorsKind(Kind):
         timings: dict[str, dict[str, float]] = {}
         for record in records:
             add_timings(timings, record.timings)
-        return {
+        return Summary({
             "model": plan["model"]["label"], "sources": [s["run_id"] for s in plan["sources"]],
             "group_by": run.spec.groups.by, "groups": plan["groups"], "layers": plan["layers"],
             "generations": sum(r.details["generations"] for r in records),
             "vectors": [{"key": v.key, "kind": v.kind, "layer": v.layer,
                          "explained_variance": v.explained_variance} for v in vectors],
-            "totals": {"stage_timings": timings},
-            "reduce_outputs": [run.entry(path) for path in written],
-        }
+        }, totals={"stage_timings": timings},
+            reduce_outputs=[run.entry(path) for path in written])
