@@ -12,6 +12,12 @@ from chatspace.runs.formats import Submission
 from chatspace.runs.record import Run
 
 
+def tasks_at_once(limit: int | None, tasks: int) -> int:
+    """How many of `tasks` tasks run at the same time under a throttle of `limit` (None: no
+    throttle): what a submission records and the OpenAI rate limits are shared by."""
+    return min(limit or tasks, max(tasks, 1))
+
+
 class Executor(ABC):
     """Where tasks run: `submit` runs (here) or queues (SLURM) `tasks` of `run` and then its
     reduce, and returns the submission as the run's submissions.json records it."""

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from chatspace.errors import BadInput, RunFailed
 from chatspace.runs.commands import task_command
-from chatspace.runs.executor import Executor
+from chatspace.runs.executor import Executor, tasks_at_once
 from chatspace.runs.formats import Submission
 from chatspace.runs.lease import TaskBusy, describe, holder
 from chatspace.runs.record import Run
@@ -46,7 +46,7 @@ class RunsHere(Executor):
     def submit(self, run: Run, tasks: Sequence[int]) -> Submission:
         submission = Submission(
             executor=self.name, tasks=tuple(tasks),
-            tasks_at_once=min(self.parallelism(run), max(len(tasks), 1)),
+            tasks_at_once=tasks_at_once(self.parallelism(run), len(tasks)),
             submitted_at=datetime.now(UTC).isoformat(timespec="microseconds"))
         run.save_submission(submission.to_dict())
         self.execute(run, tasks)

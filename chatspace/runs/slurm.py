@@ -18,7 +18,7 @@ from typing import Any
 import submitit
 
 from chatspace.errors import BadInput, RunFailed
-from chatspace.runs.executor import Executor
+from chatspace.runs.executor import Executor, tasks_at_once
 from chatspace.runs.formats import Submission
 from chatspace.runs.kind import Kind
 from chatspace.runs.record import Run
@@ -191,7 +191,7 @@ def submit(run: Run, tasks: list[int], cfg: SlurmConfig, max_array: int) -> dict
     record: dict[str, Any] = {
         "executor": "slurm",
         "submitted_at": datetime.now(UTC).isoformat(timespec="microseconds"),
-        "tasks_at_once": min(cfg.array_parallelism or len(tasks), max(len(tasks), 1)),
+        "tasks_at_once": tasks_at_once(cfg.array_parallelism, len(tasks)),
         "arrays": [], "reduce_job_id": None, "sbatch_scripts": [],
         "sbatch_parameters": params,
         "python": executor.python, "slurm_config": cfg.model_dump(),
@@ -234,7 +234,7 @@ class SlurmExecutor(Executor):
         self.cfg, self.max_array = cfg, max_array
 
     def parallelism(self, run: Run) -> int:
-        return min(self.cfg.array_parallelism or run.num_tasks, run.num_tasks)
+        return tasks_at_once(self.cfg.array_parallelism, run.num_tasks)
 
     def submit(self, run: Run, tasks: Sequence[int]) -> Submission:
         return Submission.parse(submit(run, list(tasks), self.cfg, self.max_array))

@@ -21,19 +21,19 @@ from chatspace.errors import RunFailed
 from chatspace.jobs.embed.openai_client import Sender, SendStats
 from chatspace.jobs.embed.openai_plan import Inputs, api_key, part_requests
 from chatspace.jobs.embed.schema import build_table
+from chatspace.runs.executor import tasks_at_once
 from chatspace.runs.kind import Part, PartOutput
 from chatspace.runs.record import Run
 from chatspace.runs.timing import StageTimer
 
 
-def tasks_at_once(run: Run) -> int:
+def sharing_tasks(run: Run) -> int:
     """How many tasks of this run share the rate limits: as its latest submission records,
     else (tasks started by hand with the templates) the array throttle or the array size."""
     submitted = run.submissions()
     if submitted and submitted[-1].tasks_at_once:
         return submitted[-1].tasks_at_once
-    throttle = run.spec.slurm.array_parallelism or run.num_tasks
-    return max(1, min(throttle, run.num_tasks))
+    return tasks_at_once(run.spec.slurm.array_parallelism, run.num_tasks)
 
 
 class OpenAIParts:
@@ -113,4 +113,4 @@ class OpenAIParts:
                 loop.run(client.close())
 
     async def _sender(self, client: Any) -> Sender:
-        return Sender(client, self.model, self.spec.openai, tasks_at_once(self.run))
+        return Sender(client, self.model, self.spec.openai, sharing_tasks(self.run))
