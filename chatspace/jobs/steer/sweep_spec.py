@@ -11,7 +11,7 @@ from typing import Any, Literal
 from chatspace.data.config import check_split
 from chatspace.errors import BadInput
 from chatspace.specs import Fraction, JobSpec, Section, option
-from chatspace.steering.choices import Backend, DType, Op, Pool, Rows
+from chatspace.steering.choices import Backend, DType, OpName, Pool, Rows
 
 
 class SteerModelConfig(Section):
@@ -111,7 +111,7 @@ class SteeringPoint(Section):
 
     name: str = option("", "Name of the one steering entry the following flags describe.",
                        flag="--point-name")
-    op: Op | None = option(None)
+    op: OpName | None = option(None)
     layers: list[int] = option([], "Layers to steer, e.g. 8,12.")
     vector: str | None = option(None, ".npy, .pt or .safetensors vector file, or a vectors run "
                                       "(id or directory).")
