@@ -89,7 +89,7 @@ def test_the_manifest_is_shown_only_while_it_is_current(root):
                      "--n", "20", "--array", "2", "--executor", "debug", "--json", root=root)
     assert done.returncode == 0, done.stderr
     run = open_run(json.loads(done.stdout)["run_dir"])
-    assert run_status(run)["manifest"] == str(run.manifest_path)
+    assert run_status(run).manifest == str(run.manifest_path)
     watched = chatspace("status", str(run.dir), "--watch", timeout=60)  # nothing left to run
     assert watched.returncode == 0 and watched.stdout.count(f"run {run.run_id} ") == 1
     shard(run, 1).unlink()  # a task lost its output: the manifest no longer describes the run
@@ -99,7 +99,7 @@ def test_the_manifest_is_shown_only_while_it_is_current(root):
         chatspace("status", str(run.dir)).stdout
     resumed = chatspace("resume", str(run.dir), "--executor", "debug")
     assert resumed.returncode == 0, resumed.stderr
-    assert run_status(run)["manifest"] == str(run.manifest_path)
+    assert run_status(run).manifest == str(run.manifest_path)
 
 
 def test_jobs_queued_with_plans_lines_are_found_before_they_start(root, tmp_path, monkeypatch):
@@ -118,6 +118,6 @@ def test_jobs_queued_with_plans_lines_are_found_before_they_start(root, tmp_path
     (bin_dir / "squeue").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     state = run_status(run)
-    assert [t["state"] for t in state["tasks"]] == ["missing"] * 5 + ["running", "pending"]
-    assert state["tasks"][6]["slurm"]["reason"] == "Priority"
-    assert state["reduce"]["job_id"] == "72" and state["reduce"]["state"] == "PENDING"
+    assert [t.state for t in state.tasks] == ["missing"] * 5 + ["running", "pending"]
+    assert state.tasks[6].slurm.reason == "Priority"
+    assert state.reduce.job_id == "72" and state.reduce_state == "PENDING"

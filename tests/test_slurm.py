@@ -196,6 +196,11 @@ def test_requeued_task_continues_from_its_last_part(root):
     assert job.isdigit(), "a one-task array is submitted as a plain job"
     wait_until(lambda: len(list(run.parts_dir(0).glob("part-*.json"))) >= 2, what="2 parts")
     sh("scontrol", "requeue", job)
+    # SLURM holds a requeued job for two minutes (reason BeginTime); an administrator may
+    # release it at once, which is not what this test is about
+    wait_until(lambda: "BeginTime" in sh("squeue", "-h", "-j", job, "-o", "%r"),
+               what="the requeued job to wait out its begin time")
+    sh("scontrol", "update", f"JobId={job}", "StartTime=now")
     wait_until(lambda: run.manifest_path.exists(), timeout=400, what="the manifest")
     assert read_json(run.manifest_path)["rows_total"] == 1000
     assert status(out["run_dir"])["tasks"][0]["attempts"] == 2
@@ -228,14 +233,14 @@ def test_bad_slurm_input_submits_nothing(root, args, expected):
 
 def test_job_states_without_accounting_fall_back_to_scontrol(slurm_cluster, tmp_path,
                                                               monkeypatch):
-    from chatspace.runs.slurm_cli import job_states
+    from chatspace.runs.slurm_cli import JobState, job_states
 
     array = sh("sbatch", "--parsable", "--array=0-1", "--wrap", "exit 3",
                f"--output={tmp_path}/%A_%a.out").strip()
     single = sh("sbatch", "--parsable", "--wrap", "true", f"--output={tmp_path}/%j.out").strip()
     ids = [f"{array}_0", f"{array}_1", single]
     with_acct = wait_until(lambda: (s := job_states(ids)) and all(
-        s.get(j, {}).get("state") in ("FAILED", "COMPLETED") for j in ids) and s,
+        j in s and s[j].state in ("FAILED", "COMPLETED") for j in ids) and s,
         timeout=60, what="the jobs to finish in sacct")
     no_acct = tmp_path / "slurm.conf"
     no_acct.write_text(re.sub(r"(?m)^AccountingStorageType=.*$",
@@ -245,9 +250,9 @@ def test_job_states_without_accounting_fall_back_to_scontrol(slurm_cluster, tmp_
     assert subprocess.run(["sacct", "-n", "-j", single], capture_output=True).returncode != 0
     without = job_states(ids)
     for job in ids:
-        assert without[job]["state"] == with_acct[job]["state"]
-        assert without[job]["exit_code"] == with_acct[job]["exit_code"]
-    assert without[f"{array}_0"] == {"state": "FAILED", "exit_code": "3:0"}
+        assert without[job].state == with_acct[job].state
+        assert without[job].exit_code == with_acct[job].exit_code
+    assert without[f"{array}_0"] == JobState("FAILED", "3:0")
 
 
 def test_a_reduce_that_fails_to_submit_leaves_its_arrays_visible_and_cancellable(root):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from chatspace.runs.slurm_cli import parse_sacct, parse_scontrol, parse_squeue
+from chatspace.runs.slurm_cli import JobState, parse_sacct, parse_scontrol, parse_squeue
 from chatspace.runs.status import task_state
 from chatspace.runs.watch import POLL_FIRST, POLL_MAX, next_poll
 from tests.helpers import PYDOCS, chatspace, files_under, plan
@@ -28,39 +28,38 @@ SACCT = """\
 
 def test_sacct_squeue_and_scontrol_lines_are_parsed():
     states = parse_sacct(SACCT)
-    assert states["41_1"] == {"state": "PREEMPTED", "exit_code": "0:15",
-                              "end": "2026-11-22T10:01:00"}
-    assert states["41_3"]["state"] == states["41_4"]["state"] == "PENDING"
-    assert states["42"]["state"] == "CANCELLED"
+    assert states["41_1"] == JobState("PREEMPTED", "0:15", end="2026-11-22T10:01:00")
+    assert states["41_3"].state == states["41_4"].state == "PENDING"
+    assert states["42"].state == "CANCELLED"
     queue = parse_squeue("41_1|PENDING|BeginTime\n43|PENDING|DependencyNeverSatisfied\n")
-    assert queue["41_1"]["reason"] == "BeginTime" and queue["43"]["state"] == "PENDING"
+    assert queue["41_1"].reason == "BeginTime" and queue["43"].state == "PENDING"
     shown = parse_scontrol("JobId=50 ArrayJobId=49 ArrayTaskId=2 JobState=REQUEUED "
                            "ExitCode=0:0\n", "49")
-    assert shown == {"49_2": {"state": "REQUEUED", "exit_code": "0:0"}}
+    assert shown == {"49_2": JobState("REQUEUED", "0:0")}
 
 
-def state_of(run, job: dict | None, slurm_error: str | None = None, task: int = 0) -> str:
+def state_of(run, job: JobState | None, slurm_error: str | None = None, task: int = 0) -> str:
     jobs = {task: "41_0"}
     return task_state(run, task, jobs, {"41_0": job} if job else {}, False,
-                      slurm_error)["state"]
+                      slurm_error).state
 
 
 def test_task_states_from_canned_jobs(root):
     run = plan(root, PYDOCS, n=20, array=2)
     recent = (datetime.now() - timedelta(seconds=5)).isoformat(timespec="seconds")
     old = (datetime.now() - timedelta(minutes=5)).isoformat(timespec="seconds")
-    assert state_of(run, {"state": "PREEMPTED", "exit_code": "0:15"}) == "requeued"
-    assert state_of(run, {"state": "REQUEUED", "exit_code": ""}) == "requeued"
-    assert state_of(run, {"state": "PENDING", "exit_code": "", "reason": "BeginTime"}) == \
+    assert state_of(run, JobState("PREEMPTED", "0:15")) == "requeued"
+    assert state_of(run, JobState("REQUEUED")) == "requeued"
+    assert state_of(run, JobState("PENDING", reason="BeginTime")) == \
         "requeued"  # a requeued job waits out its begin time
-    assert state_of(run, {"state": "PENDING", "exit_code": "", "reason": "Priority"}) == \
+    assert state_of(run, JobState("PENDING", reason="Priority")) == \
         "pending"
-    assert state_of(run, {"state": "RUNNING", "exit_code": ""}) == "running"
-    assert state_of(run, {"state": "NODE_FAIL", "exit_code": "0:0", "end": old}) == "failed"
+    assert state_of(run, JobState("RUNNING")) == "running"
+    assert state_of(run, JobState("NODE_FAIL", "0:0", end=old)) == "failed"
     # COMPLETED but no completion record visible yet: the shared filesystem may lag
-    assert state_of(run, {"state": "COMPLETED", "exit_code": "0:0", "end": recent}) == \
+    assert state_of(run, JobState("COMPLETED", "0:0", end=recent)) == \
         "completing"
-    assert state_of(run, {"state": "COMPLETED", "exit_code": "0:0", "end": old}) == "failed"
+    assert state_of(run, JobState("COMPLETED", "0:0", end=old)) == "failed"
     assert state_of(run, None) == "missing"
     assert state_of(run, None, slurm_error="`squeue -h` did not answer") == "unknown"
 

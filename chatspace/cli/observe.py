@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import click
 
@@ -12,7 +11,7 @@ from chatspace.cli.options import json_option, open_run, root_option, run_argume
 from chatspace.cli.output import emit, run_summary
 from chatspace.errors import BadInput
 from chatspace.runs.record import Run
-from chatspace.runs.status import STATES
+from chatspace.runs.status import STATES, RunStatus
 from chatspace.text import printable
 
 
@@ -70,37 +69,36 @@ def _follow_logs(run: Run, task: int, offsets: dict) -> None:
             offsets[path] += len(more)
             if more:
                 click.echo(more.decode(errors="replace"), nl=False)
-        if run_status(run)["tasks"][task]["state"] not in STILL_RUNNING:
+        if run_status(run).tasks[task].state not in STILL_RUNNING:
             return
         time.sleep(2)
 
 
-def _status_lines(run: Run, state: dict[str, Any], wanted: set[str]) -> list[str]:
-    rate = (f"; {state['rows_per_second']:,.1f} rows/s, ETA {state['eta_seconds']} s"
-            if state["rows_per_second"] and state["eta_seconds"] else "")
-    manifest = state["manifest"] or ("(stale: tasks changed since the last reduce)"
-                                     if state["manifest_stale"] else "(not reduced yet)")
-    lines = [f"run {run.run_id} ({run.kind.name}): {state['rows_done']}/{state['rows']} rows; "
-             + ", ".join(f"{n} {s}" for s, n in state["counts"].items()) + rate,
+def _status_lines(state: RunStatus, wanted: set[str]) -> list[str]:
+    rate = (f"; {state.rows_per_second:,.1f} rows/s, ETA {state.eta_seconds} s"
+            if state.rows_per_second and state.eta_seconds else "")
+    manifest = state.manifest or ("(stale: tasks changed since the last reduce)"
+                                  if state.manifest_stale else "(not reduced yet)")
+    lines = [f"run {state.run_id} ({state.kind}): {state.rows_done}/{state.rows} rows; "
+             + ", ".join(f"{n} {s}" for s, n in state.counts.items()) + rate,
              f"manifest: {manifest}"]
-    if state["slurm_error"]:
-        lines.append(f"SLURM cannot be asked ({state['slurm_error']}): job states unknown")
-    for task in state["tasks"]:
-        if task["state"] != "done" or wanted:
-            slurm = task.get("slurm")
-            job = f" [{slurm['state']} exit {slurm.get('exit_code') or '-'}]" if slurm else ""
-            ran = (f", attempt {task['attempts']} on {task['node']}"
-                   + (f" for {task['elapsed_seconds']:.0f} s"
-                      if task["elapsed_seconds"] is not None else "")
-                   if task["attempts"] else "")
-            lines.append(f"  task {task['task']}: {task['state']}{job} "
-                         f"({task['rows_done']}/{task['rows']} rows{ran}) log: {task['log']}")
-            lines += [f"      {line}" for line in task.get("error", [])]
-    if state["reduce"]:
-        reduce = state["reduce"]
-        lines.append(f"reduce: job {reduce['job_id']} {reduce.get('state', 'unknown')}"
-                     + (f" ({reduce['reason']})" if reduce.get("reason") else "")
-                     + (f" log: {reduce['log']}" if reduce["log"] else ""))
+    if state.slurm_error:
+        lines.append(f"SLURM cannot be asked ({state.slurm_error}): job states unknown")
+    for task in state.tasks:
+        if task.state != "done" or wanted:
+            job = f" [{task.slurm.state} exit {task.slurm.exit_code or '-'}]" if task.slurm else ""
+            ran = (f", attempt {task.attempts} on {task.node}"
+                   + (f" for {task.elapsed_seconds:.0f} s"
+                      if task.elapsed_seconds is not None else "")
+                   if task.attempts else "")
+            lines.append(f"  task {task.task}: {task.state}{job} "
+                         f"({task.rows_done}/{task.rows} rows{ran}) log: {task.log}")
+            lines += [f"      {line}" for line in task.error or []]
+    if state.reduce:
+        reduce = state.reduce
+        lines.append(f"reduce: job {reduce.job_id} {state.reduce_state or 'unknown'}"
+                     + (f" ({reduce.job.reason})" if reduce.job and reduce.job.reason else "")
+                     + (f" log: {reduce.log}" if reduce.log else ""))
     return lines
 
 
@@ -122,6 +120,7 @@ def status(run_ref: str, root: str | None, failed: bool, states: tuple[str, ...]
     logs; rows/s and ETA; the reduce job; the manifest once it is current. A done task whose
     outputs are gone or changed size (any change, with --verify) shows as lost."""
     import time
+    from dataclasses import replace
 
     from chatspace.runs.slurm_cli import SLURM_LIVE_STATES
     from chatspace.runs.status import run_status
@@ -133,12 +132,12 @@ def status(run_ref: str, root: str | None, failed: bool, states: tuple[str, ...]
     while True:
         state = run_status(run, verify=check_hash)
         if wanted:
-            state["tasks"] = [t for t in state["tasks"] if t["state"] in wanted]
+            state = replace(state, tasks=[t for t in state.tasks if t.state in wanted])
         now = progress_key(state)
         if now != seen:
-            emit(as_json, state, _status_lines(run, state, wanted))
-        reduce_live = (state["reduce"] or {}).get("state") in SLURM_LIVE_STATES
-        if not watch or not (reduce_live or any(s in STILL_RUNNING for s in state["counts"])):
+            emit(as_json, state.as_json(), _status_lines(state, wanted))
+        reduce_live = state.reduce_state in SLURM_LIVE_STATES
+        if not watch or not (reduce_live or any(s in STILL_RUNNING for s in state.counts)):
             return
         delay, seen = next_poll(delay, now != seen), now
         time.sleep(delay)

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+from dataclasses import dataclass
 
 from chatspace.runs.attempts import reduce_job, task_jobs
 from chatspace.runs.record import Run
@@ -25,6 +26,22 @@ SLURM_LIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUE
 REQUEUED_STATES = {"PREEMPTED", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"}
 FINISHED_BAD = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
                 "DEADLINE"}
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What SLURM says of one job: its state, exit code ("" while it runs), and where the
+    command that was asked tells them, why it waits (squeue) and when it ended (sacct)."""
+
+    state: str
+    exit_code: str = ""
+    reason: str | None = None
+    end: str | None = None
+
+    def as_json(self) -> dict[str, str]:
+        return {"state": self.state, "exit_code": self.exit_code,
+                **({"reason": self.reason} if self.reason is not None else {}),
+                **({"end": self.end} if self.end is not None else {})}
 
 
 class SlurmUnavailable(Exception):
@@ -70,41 +87,39 @@ def _expand(job_id: str) -> list[str]:
     return out
 
 
-def parse_sacct(text: str) -> dict[str, dict[str, str]]:
-    """`sacct -n -P -X -o JobID,State,ExitCode,End` lines -> {job id: {state, exit_code,
-    end}}."""
+def parse_sacct(text: str) -> dict[str, JobState]:
+    """`sacct -n -P -X -o JobID,State,ExitCode,End` lines -> {job id: its state, exit code and
+    end}."""
     states = {}
     for line in text.splitlines():
         job, state, code, end = (line.split("|") + ["", "", ""])[:4]
         for one in _expand(job):
-            states[one] = {"state": state.split()[0] if state else "UNKNOWN", "exit_code": code,
-                           "end": end}
+            states[one] = JobState(state.split()[0] if state else "UNKNOWN", code, end=end)
     return states
 
 
-def parse_scontrol(text: str, job: str) -> dict[str, dict[str, str]]:
-    """`scontrol -o show job` lines -> {job id: {state, exit_code}}."""
+def parse_scontrol(text: str, job: str) -> dict[str, JobState]:
+    """`scontrol -o show job` lines -> {job id: its state and exit code}."""
     states = {}
     for line in text.splitlines():
         fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
         task = fields.get("ArrayTaskId")
         name = (f"{fields['ArrayJobId']}_{task}" if task and task.isdigit()
                 else fields.get("JobId", job))
-        states[name] = {"state": fields.get("JobState", "UNKNOWN"),
-                        "exit_code": fields.get("ExitCode", "")}
+        states[name] = JobState(fields.get("JobState", "UNKNOWN"), fields.get("ExitCode", ""))
     return states
 
 
-def parse_squeue(text: str) -> dict[str, dict[str, str]]:
-    """`squeue -h -r -o %i|%T|%r` lines -> {job id: {state, exit_code, reason}}."""
+def parse_squeue(text: str) -> dict[str, JobState]:
+    """`squeue -h -r -o %i|%T|%r` lines -> {job id: its state and pending reason}."""
     states = {}
     for line in text.splitlines():
         job, state, reason = (line.split("|") + ["", ""])[:3]
-        states[job] = {"state": state, "exit_code": "", "reason": reason}
+        states[job] = JobState(state, reason=reason)
     return states
 
 
-def job_states(job_ids: list[str]) -> dict[str, dict[str, str]]:
+def job_states(job_ids: list[str]) -> dict[str, JobState]:
     """Current state of each job id: sacct when accounting works, else scontrol; then squeue
     (authoritative for queued and running jobs). Never waits on a job; SlurmUnavailable when
     the controller cannot be asked."""
@@ -135,7 +150,7 @@ def run_comment(run: Run, offset: int | None) -> str:
     return f"chatspace:{run.dir}:" + ("reduce" if offset is None else f"offset={offset}")
 
 
-def queued_jobs(run: Run) -> tuple[dict[int, str], list[str], dict[str, dict[str, str]]]:
+def queued_jobs(run: Run) -> tuple[dict[int, str], list[str], dict[str, JobState]]:
     """This user's queued or running jobs tagged as `run`'s (see `run_comment`), found before
     any of them has started: task -> job id, the reduce job ids, and their states. Not asked
     where SLURM is not installed, nor for a run whose latest submission ran locally."""
@@ -153,7 +168,7 @@ def queued_jobs(run: Run) -> tuple[dict[int, str], list[str], dict[str, dict[str
         what = comment.removeprefix(prefix)
         if what == comment:
             continue
-        states[job] = {"state": state, "exit_code": "", "reason": reason}
+        states[job] = JobState(state, reason=reason)
         if what == "reduce":
             reduces.append(job)
         elif what.startswith("offset=") and "_" in job:
@@ -171,8 +186,8 @@ def live_jobs(run: Run) -> tuple[list[str], list[str]]:
     ids += [job for job in [reduce_job(run)] if job]
     live, stale = [], []
     for job, state in job_states(ids).items():
-        if job in ids and state["state"] in SLURM_LIVE_STATES and job not in live + stale:
-            never = state.get("reason") == "DependencyNeverSatisfied"
+        if job in ids and state.state in SLURM_LIVE_STATES and job not in live + stale:
+            never = state.reason == "DependencyNeverSatisfied"
             (stale if never else live).append(job)
     return live, stale
 

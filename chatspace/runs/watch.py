@@ -6,28 +6,26 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any
 
 from tqdm import tqdm
 
 from chatspace.errors import RunFailed
 from chatspace.runs.record import Run
 from chatspace.runs.slurm_cli import FINISHED_BAD, cancel
-from chatspace.runs.status import run_status
+from chatspace.runs.status import RunStatus, run_status
 
 log = logging.getLogger(__name__)
 
 STILL_RUNNING = ("pending", "running", "requeued", "completing", "unknown")  # may still finish
 
 
-def describe_failures(status: dict[str, Any]) -> str:
+def describe_failures(status: RunStatus) -> str:
     lines = []
-    for task in status["tasks"]:
-        if task["state"] in ("failed", "lost", "missing", "partial"):
-            slurm = task.get("slurm", {})
-            lines.append(f"task {task['task']}: {task['state']} "
-                         f"{slurm.get('state', '')} exit {slurm.get('exit_code', '?')} "
-                         f"(log: {task['log']})")
+    for task in status.tasks:
+        if task.state in ("failed", "lost", "missing", "partial"):
+            job = task.slurm
+            lines.append(f"task {task.task}: {task.state} {job.state if job else ''} "
+                         f"exit {job.exit_code if job else '?'} (log: {task.log})")
     return "\n  ".join(lines)
 
 
@@ -40,38 +38,38 @@ def next_poll(delay: float, changed: bool) -> float:
     return POLL_FIRST if changed else min(POLL_MAX, delay * POLL_GROWTH)
 
 
-def progress_key(status: dict[str, Any]) -> tuple:
+def progress_key(status: RunStatus) -> tuple:
     """What a change of means the run moved: rows done, tasks per state, the reduce's state."""
-    return status["rows_done"], status["counts"], (status["reduce"] or {}).get("state")
+    return status.rows_done, status.counts, status.reduce_state
 
 
-def progress_line(status: dict[str, Any]) -> str:
-    counts = ", ".join(f"{n} {s}" for s, n in status["counts"].items())
-    return f"run {status['run_id']}: {status['rows_done']}/{status['rows']} rows; {counts}"
+def progress_line(status: RunStatus) -> str:
+    counts = ", ".join(f"{n} {s}" for s, n in status.counts.items())
+    return f"run {status.run_id}: {status.rows_done}/{status.rows} rows; {counts}"
 
 
-def follow(run: Run, progress: bool = True) -> dict[str, Any]:
+def follow(run: Run, progress: bool = True) -> RunStatus:
     """Wait for the run's end: a progress bar on a terminal, else one line per poll."""
     status = run_status(run)
-    bar = tqdm(total=status["rows"], unit="rows", desc=run.run_id, file=sys.stderr,
+    bar = tqdm(total=status.rows, unit="rows", desc=run.run_id, file=sys.stderr,
                disable=not (progress and sys.stderr.isatty()))
     delay, seen = POLL_FIRST, None
     try:
         while True:
-            bar.update(status["rows_done"] - bar.n)
+            bar.update(status.rows_done - bar.n)
             now = progress_key(status)
             if progress and bar.disable and now != seen:
                 log.info("%s", progress_line(status))
             delay, seen = next_poll(delay, now != seen), now
-            reduce = status["reduce"] or {}
-            if reduce.get("state") == "COMPLETED" and status["manifest"]:
+            reduce = status.reduce_state
+            if reduce == "COMPLETED" and status.manifest:
                 return status
-            live = [t for t in status["tasks"] if t["state"] in STILL_RUNNING]
-            if reduce.get("state") in FINISHED_BAD or reduce.get("state") == "COMPLETED":
-                raise RunFailed(f"run {run.run_id}: reduce job {reduce['job_id']} ended "
-                                f"{reduce['state']}:\n  " + describe_failures(status))
-            if not live and any(t["state"] == "failed" for t in status["tasks"]):
-                cancel([reduce["job_id"]] if reduce.get("job_id") else [])
+            live = [t for t in status.tasks if t.state in STILL_RUNNING]
+            if reduce in FINISHED_BAD or reduce == "COMPLETED":
+                raise RunFailed(f"run {run.run_id}: reduce job {status.reduce.job_id} ended "
+                                f"{reduce}:\n  " + describe_failures(status))
+            if not live and any(t.state == "failed" for t in status.tasks):
+                cancel([status.reduce.job_id] if status.reduce else [])
                 raise RunFailed(f"run {run.run_id} failed (resume it with `chatspace resume "
                                 f"{run.run_id}`):\n  " + describe_failures(status))
             time.sleep(delay)
