@@ -1,5 +1,6 @@
 """`--smoke` for every benchmark: tiny sizes that run in seconds, so that a test runs each bench
-and a bench cannot break unseen (tests/test_bench.py). A smoke run's figures mean nothing."""
+and a bench cannot break unseen (tests/test_bench.py). A smoke run's figures mean nothing, and
+a bench that measures plain vLLM before and after its own engine starts the plain one once."""
 
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.corpus import passages
-from bench.smoke import parse_args
+from bench.smoke import SMOKE, parse_args
 from bench.steering_overhead import HIDDEN, LAYERS, build_bench_model
 from chatspace.jobs import KINDS
 from chatspace.jobs.steer.prompts import system_prompt
@@ -127,7 +127,7 @@ def measure_mode(work: Path, model: Path, texts: list[str], args, compiled: bool
                               AutoTokenizer.from_pretrained(model))
     before = plain_rate(model, requests, compiled)
     rates = {name: task_rates(run) for name, run in runs.items()}
-    after = plain_rate(model, requests, compiled)
+    after = before if SMOKE else plain_rate(model, requests, compiled)  # smoke: one engine
     base = max(before, after)
     print(f"\n{'compiled' if compiled else 'eager'}: plain vLLM LLM.generate {base:.1f} tok/s "
           f"(before {before:.1f}, after {after:.1f})")

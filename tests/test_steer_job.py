@@ -131,7 +131,7 @@ def assert_same_results(a: Run, b: Run) -> None:
 @pytest.mark.slurm
 def test_a_sweep_on_slurm_equals_a_debug_run_with_any_array_size(inputs, root, slurm_cluster):
     spec = str(inputs["spec"])
-    on_slurm = submitted(chatspace("submit", "steer", spec, "--array", "3", "--executor",
+    on_slurm = submitted(chatspace("submit", "steer", spec, "--array", "2", "--executor",
                                    "slurm", "--wait", "--json", "--mem", "6G", root=root,
                                    timeout=900))
     assert chatspace("verify", str(on_slurm.dir)).returncode == 0
@@ -177,31 +177,41 @@ def test_a_killed_task_resumes_from_its_last_part(inputs, root):
     assert_same_results(whole, run)
 
 
-def test_a_compiled_sweep_equals_the_eager_one_and_compiles_under_the_root(inputs, root):
+GREEDY = ["--executor", "debug", "--json", "--temperature", "0", "--n-reps", "1"]
+
+
+@pytest.fixture(scope="module")
+def greedy_run(inputs, tmp_path_factory) -> Run:
+    """The sweep greedy, one rep, eager, one worker: what the compiled and the
+    tensor-parallel runs below must equal (run once for both)."""
+    root = tmp_path_factory.mktemp("greedy") / "ws"
+    return submitted(chatspace("submit", "steer", str(inputs["spec"]), *GREEDY, "--run-id",
+                               "eager", root=root))
+
+
+def test_a_compiled_sweep_equals_the_eager_one_and_compiles_under_the_root(inputs, greedy_run,
+                                                                           root):
     """`--compile` on the CPU: vLLM's compiled model (inductor), steered and captured as in
     eager mode (the CPU default), with its compile cache under the root for the run's tasks."""
-    args = ["submit", "steer", str(inputs["spec"]), "--executor", "debug", "--json",
-            "--temperature", "0", "--n-reps", "1"]
-    eager = submitted(chatspace(*args, "--run-id", "eager", root=root))
-    compiled = submitted(chatspace(*args, "--compile", "--run-id", "compiled", root=root))
-    assert compiled.spec.model.compile and eager.spec.model.compile is None
-    assert_same_results(eager, compiled)
+    compiled = submitted(chatspace("submit", "steer", str(inputs["spec"]), *GREEDY,
+                                   "--compile", "--run-id", "compiled", root=root))
+    assert compiled.spec.model.compile and greedy_run.spec.model.compile is None
+    assert_same_results(greedy_run, compiled)
     assert any((root / "cache" / "vllm").rglob("*")), "no compile cache under the root"
 
 
-def test_a_sweep_with_two_tensor_parallel_workers_equals_one_worker(inputs, root, tmp_path):
+def test_a_sweep_with_two_tensor_parallel_workers_equals_one_worker(inputs, greedy_run, root,
+                                                                     tmp_path):
     """``model.tensor_parallel_size = 2`` on the CPU: chatspace binds each worker's threads;
     the rows and captures are one worker's."""
     spec = tmp_path / "tp2.toml"
     spec.write_text(inputs["spec"].read_text().replace(
         "max_model_len = 256", "max_model_len = 256\ntensor_parallel_size = 2"))
-    args = ["--executor", "debug", "--json", "--temperature", "0", "--n-reps", "1"]
-    one = submitted(chatspace("submit", "steer", str(inputs["spec"]), *args, "--run-id", "tp1",
+    two = submitted(chatspace("submit", "steer", str(spec), *GREEDY, "--run-id", "tp2",
                               root=root))
-    two = submitted(chatspace("submit", "steer", str(spec), *args, "--run-id", "tp2",
-                              root=root))
-    assert two.spec.model.tensor_parallel_size == 2
-    assert_same_results(one, two)
+    assert two.spec.model.tensor_parallel_size == 2 and \
+        greedy_run.spec.model.tensor_parallel_size == 1
+    assert_same_results(greedy_run, two)
 
 
 def _group(pgid: int) -> list[int]:
