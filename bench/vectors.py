@@ -1,6 +1,7 @@
 """The vectors job against a plain read of the same capture files, in one run.
 
     python -m bench.vectors [--generations 256] [--prompt-tokens 44] [--repeats 5]
+        [--evict-gb 6] [--warm-only] [--dtypes float32,bfloat16]
 
 A steer sweep (HF backend) on a random-weight model in Qwen2.5-0.5B's shape captures every
 layer's rows for each prompt (`rows = "all"`, one new token): 24 x 44 x 896 values per
@@ -148,7 +149,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--evict-gb", type=float, default=6,
                         help="GB read between runs to empty the host's cache (0: none)")
-    args = parse_args(parser, generations=8, prompt_tokens=16, repeats=1, evict_gb=0)
+    parser.add_argument("--warm-only", action="store_true",
+                        help="only reads from a warm page cache: the cache is never dropped "
+                             "(a machine that others use, or a smoke run in the test suite)")
+    parser.add_argument("--dtypes", default="float32,bfloat16",
+                        help="the capture dtypes to measure (comma-separated)")
+    args = parse_args(parser, generations=8, prompt_tokens=16, repeats=1, evict_gb=0,
+                      warm_only=True, dtypes="float32")
     work = Path(tempfile.mkdtemp(prefix="bench-vectors-"))
     try:
         measure(args, work)
@@ -158,7 +165,8 @@ def main() -> None:
 
 def measure(args: argparse.Namespace, work: Path) -> None:
     """Build the sweeps in `work` and print every measure."""
-    cold = Cold(eviction_file(work, args.evict_gb)) if drop_caches() else None
+    cold = Cold(eviction_file(work, args.evict_gb)) \
+        if not args.warm_only and drop_caches() else None
     model = build_bench_model(work)
     from transformers import AutoTokenizer
 
@@ -178,9 +186,9 @@ def measure(args: argparse.Namespace, work: Path) -> None:
           f"{HIDDEN}; "
           + (f"each read from the disk starts with the page cache dropped"
              f"{f' and {args.evict_gb:g} GB read to empty the host cache' if cold.evict else ''}"
-             if cold else "not root: the page cache cannot be dropped, so every read is from "
-             "a warm cache (the target is for reads from the disk)"))
-    for dtype in ("float32", "bfloat16"):
+             if cold else "the page cache is not dropped (--warm-only, or not root), so every "
+             "read is from a warm cache (the target is for reads from the disk)"))
+    for dtype in args.dtypes.split(","):
         run, files = sweep(root, model, work / "prompts.json", dtype)
         size = sum(f.stat().st_size for f in files) / 1e9
         print(f"{dtype}: {size:.2f} GB of captures in {len(files)} files")

@@ -34,7 +34,7 @@ fi
 [ "$(dpkg --print-architecture)" = amd64 ] || die "only amd64 is pinned"
 # patchelf for the relocation; squashfs-tools is what apptainer's package depends on
 command -v patchelf >/dev/null && command -v mksquashfs >/dev/null ||
-    apt-get install -y -q patchelf squashfs-tools >&2
+    apt-get -o DPkg::Lock::Timeout=600 install -y -q patchelf squashfs-tools >&2
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -20,8 +20,10 @@ cd "$REPO"
 die() { echo "dev-image: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root (debootstrap and chroot)"
 command -v "$APPTAINER" >/dev/null || die "apptainer not found: run containers/dev-apptainer.sh"
+# (waiting on the dpkg lock: the test suite's other set-up steps may be installing too)
 for tool in debootstrap mksquashfs; do
-    command -v $tool >/dev/null || apt-get install -y -q "${tool/mksquashfs/squashfs-tools}" >&2
+    command -v $tool >/dev/null ||
+        apt-get -o DPkg::Lock::Timeout=600 install -y -q "${tool/mksquashfs/squashfs-tools}" >&2
 done
 
 digest() { sha256sum "$@" | sha256sum | cut -c1-16; }

@@ -53,8 +53,8 @@ install_packages() {
     ((${#missing[@]} == 0)) && return
     say "installing SLURM packages (missing: ${missing[*]})"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >&2
-    apt-get install -y -qq slurmctld slurmd slurm-client munge slurmdbd mariadb-server >&2
+    apt-get -o DPkg::Lock::Timeout=600 update -qq >&2
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq slurmctld slurmd slurm-client munge slurmdbd mariadb-server >&2
 }
 
 write_config() {

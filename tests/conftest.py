@@ -19,22 +19,24 @@ from tests.helpers import PYDOCS, REPO  # noqa: E402
 SLURM_MAX_ARRAY_SIZE = 5
 
 
+def cluster_start_command() -> list[str]:
+    """Start (or find running) the dev cluster with a small MaxArraySize: one start at a time,
+    as test workers (pytest -n) share the one cluster (-o: the daemons the script starts must
+    not inherit, and keep, the lock)."""
+    return ["flock", "-o", "/tmp/chatspace-dev-cluster.lock", "env",
+            f"CHATSPACE_SLURM_MAX_ARRAY_SIZE={SLURM_MAX_ARRAY_SIZE}",
+            str(REPO / "hpc" / "dev-cluster.sh"), "start"]
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Iterator[str]:
-    """Start (or reuse) the dev cluster with a small MaxArraySize and export SLURM_CONF; skip,
-    saying why, if it cannot start."""
-    env = {**os.environ, "CHATSPACE_SLURM_MAX_ARRAY_SIZE": str(SLURM_MAX_ARRAY_SIZE)}
+    """The dev cluster (started in the background from collection, see `Background`), with
+    SLURM_CONF exported; skip, saying why, if it cannot start."""
     try:
-        # one start at a time: test workers (pytest -n) share the one cluster
-        # -o: the daemons the script starts must not inherit (and keep) the lock
-        out = subprocess.run(["flock", "-o", "/tmp/chatspace-dev-cluster.lock",
-                              str(REPO / "hpc" / "dev-cluster.sh"), "start"], env=env,
-                             capture_output=True, text=True, timeout=900)
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        out = CLUSTER_START.wait(timeout=900)  # it prints the conf, started or found running
+    except (OSError, subprocess.TimeoutExpired, RuntimeError) as exc:
         pytest.skip(f"the dev SLURM cluster could not start: {exc}")
-    if out.returncode != 0:
-        pytest.skip(f"the dev SLURM cluster could not start: {out.stderr.strip()[-500:]}")
-    conf = out.stdout.strip().splitlines()[-1].split("=", 1)[1]
+    conf = out.strip().splitlines()[-1].split("=", 1)[1]
     with pytest.MonkeyPatch.context() as env:
         env.setenv("SLURM_CONF", conf)  # for the tests' own sbatch/squeue and the CLI's
         yield conf
@@ -67,31 +69,25 @@ def small_jsonl(tmp_path: Path) -> Path:
     return path
 
 
-class ImageBuild:
-    """A real Apptainer (containers/dev-apptainer.sh) and the test image built from this checkout
-    (containers/dev-image.sh, cached by the lock file), started in the background as soon as
-    the collected tests include a container test, so that the build (minutes on a new
-    machine) overlaps the tests that do not need it."""
+class Background:
+    """A set-up command (minutes on a new machine) started in the background as soon as the
+    collected tests include one that needs it, so that it overlaps the tests that do not; the
+    first test that needs it waits for it."""
 
-    # under a lock: test workers (pytest -n) build it once and share it
-    SCRIPT = ('set -o pipefail; exec 9>/tmp/chatspace-image-build.lock; flock 9; '
-              'a=$(containers/dev-apptainer.sh 9>&- | tail -n 1) && '
-              'i=$(PATH="$(dirname "$a"):$PATH" containers/dev-image.sh 9>&- | tail -n 1) && '
-              'echo "$a" && echo "$i"')
-
-    def __init__(self) -> None:
+    def __init__(self, name: str, command: list[str]) -> None:
+        self.command = command
         self.proc: subprocess.Popen | None = None
-        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"chatspace-image-{os.getpid()}.log"
+        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"chatspace-{name}-{os.getpid()}.log"
 
     def start(self) -> None:
         if self.proc is None:
             with open(self.log, "wb") as err:
-                self.proc = subprocess.Popen(["bash", "-c", self.SCRIPT], cwd=REPO, text=True,
+                self.proc = subprocess.Popen(self.command, cwd=REPO, text=True,
                                              stdout=subprocess.PIPE, stderr=err,
                                              stdin=subprocess.DEVNULL, start_new_session=True)
 
     def finish(self, interrupted: bool) -> None:
-        """Let a build finish (another test worker may be waiting for it), or end it when the
+        """Let it finish (another test worker may be waiting for it), or end it when the
         session was interrupted."""
         if self.proc is None or self.proc.poll() is not None:
             return
@@ -99,22 +95,29 @@ class ImageBuild:
             os.killpg(self.proc.pid, signal.SIGTERM)
         self.proc.wait()
 
-    def wait(self, timeout: float = 2400) -> tuple[Path, Path]:
-        """(apptainer, image) once built; skip, saying why, where they cannot be set up."""
+    def wait(self, timeout: float) -> str:
+        """Its stdout once it succeeded; RuntimeError (the end of its log) if it failed,
+        subprocess.TimeoutExpired if it did not end in time."""
         self.start()
         try:
             out, _ = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            pytest.skip(f"the Apptainer test image did not build within {timeout:.0f} s")
+            raise
         if self.proc.returncode != 0:
-            pytest.skip("Apptainer or the test image could not be set up: "
-                        + self.log.read_text(errors="replace").strip()[-500:])
-        apptainer, image = out.strip().splitlines()[-2:]
-        return Path(apptainer), Path(image)
+            raise RuntimeError(self.log.read_text(errors="replace").strip()[-500:])
+        return out
 
 
-IMAGE_BUILD = ImageBuild()
+# A real Apptainer (containers/dev-apptainer.sh) and the test image built from this checkout
+# (containers/dev-image.sh, cached by the lock file), under a lock: test workers build it once.
+IMAGE_BUILD = Background("image", ["bash", "-c", (
+    'set -o pipefail; exec 9>/tmp/chatspace-image-build.lock; flock 9; '
+    'a=$(containers/dev-apptainer.sh 9>&- | tail -n 1) && '
+    'i=$(PATH="$(dirname "$a"):$PATH" containers/dev-image.sh 9>&- | tail -n 1) && '
+    'echo "$a" && echo "$i"')])
+# The dev cluster's first start installs SLURM and MariaDB (apt-get) and initialises them.
+CLUSTER_START = Background("cluster", cluster_start_command())
 
 
 # `pytest -m "not slow"` (minutes) while developing; the whole suite before a push. Slow: the
@@ -164,26 +167,37 @@ def pytest_itemcollected(item: pytest.Item) -> None:
 
 @pytest.hookimpl(trylast=True)  # after -m and -k have deselected
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Container tests run last, and their image starts building now, in the background
-    (only when a selected test needs it, and not for --collect-only)."""
+    """Container tests run last, and their image and the dev cluster start now, in the
+    background (only when a selected test needs them, and not for --collect-only)."""
     if config.option.collectonly:
         return
-    needs_image = {id(item) for item in items
-                   if "real_image" in getattr(item, "fixturenames", ())}
+
+    def needing(fixture: str) -> set[int]:
+        return {id(item) for item in items if fixture in getattr(item, "fixturenames", ())}
+    needs_image = needing("real_image")
     if needs_image:
         items[:] = [i for i in items if id(i) not in needs_image] + \
             [i for i in items if id(i) in needs_image]
         IMAGE_BUILD.start()
+    if needing("slurm_cluster"):
+        CLUSTER_START.start()
 
 
 def pytest_sessionfinish(exitstatus: int) -> None:
-    IMAGE_BUILD.finish(interrupted=exitstatus == pytest.ExitCode.INTERRUPTED)
+    for setup in (IMAGE_BUILD, CLUSTER_START):
+        setup.finish(interrupted=exitstatus == pytest.ExitCode.INTERRUPTED)
 
 
 @pytest.fixture(scope="session")
 def real_image() -> Iterator[Path]:
-    """The test image (see `ImageBuild`), with its apptainer put on PATH for the jobs."""
-    apptainer, image = IMAGE_BUILD.wait()
+    """The test image (see `IMAGE_BUILD`), with its apptainer put on PATH for the jobs; skip,
+    saying why, where it cannot be set up."""
+    try:
+        apptainer, image = map(Path, IMAGE_BUILD.wait(timeout=2400).strip().splitlines()[-2:])
+    except subprocess.TimeoutExpired:
+        pytest.skip("the Apptainer test image did not build within 2400 s")
+    except RuntimeError as exc:
+        pytest.skip(f"Apptainer or the test image could not be set up: {exc}")
     with pytest.MonkeyPatch.context() as env:
         env.setenv("PATH", f"{apptainer.parent}:{os.environ['PATH']}")  # jobs inherit it
         yield image

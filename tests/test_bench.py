@@ -22,7 +22,7 @@ BENCHES = {
     "task_memory": ([], "ratio large / small"),
 }
 SLURM_BENCHES = {"submit_latency": ([], "ratio submit / bare sbatch")}
-VLLM_BENCHES = {  # an engine start or more each: minutes
+SLOW_BENCHES = {  # a vLLM engine start or more, or a steer and a vectors run: a minute or more
     "steering_overhead": ([], "slower by"),
     "steering_overhead --tensor-parallel-size 2": (["--tensor-parallel-size", "2"],
                                                    "capture overhead TP=2 / TP=1"),
@@ -51,6 +51,6 @@ def test_each_slurm_benchmark_runs(name, slurm_cluster):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(VLLM_BENCHES))
-def test_each_vllm_benchmark_runs(name):
-    smoke(name, *VLLM_BENCHES[name])
+@pytest.mark.parametrize("name", sorted(SLOW_BENCHES))
+def test_each_slow_benchmark_runs(name):
+    smoke(name, *SLOW_BENCHES[name])

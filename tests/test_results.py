@@ -200,8 +200,9 @@ def browser():
     skip, saying why, where it cannot be had."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     if shutil.which("chromium") is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], capture_output=True,
-                       timeout=900)
+        # waiting on the dpkg lock: the suite's other set-up steps may be installing too
+        subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "-qq",
+                        "chromium"], capture_output=True, timeout=900)
     if shutil.which("chromium") is None:
         pytest.skip("no chromium on PATH and it could not be installed with apt-get")
     with sync_api.sync_playwright() as p:
