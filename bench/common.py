@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.corpus import passages  # noqa: E402
-from chatspace.jobs import KINDS  # noqa: E402
-from chatspace.jobs.embed.spec import EmbedSpec  # noqa: E402
+from chatspace.kinds import KINDS  # noqa: E402
+from chatspace.kinds.embed.spec import EmbedSpec  # noqa: E402
 from chatspace.runs.plan import plan_run  # noqa: E402
 from chatspace.runs.record import Run  # noqa: E402
 from chatspace.specs import resolve_spec  # noqa: E402

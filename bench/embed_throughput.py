@@ -16,7 +16,7 @@ import torch
 
 from bench.common import plan_embed, timed, write_corpus
 from bench.smoke import parse_args
-from chatspace.jobs.embed.st_model import resolve_model
+from chatspace.kinds.embed.st_model import resolve_model
 from chatspace.runs.task import run_task
 
 

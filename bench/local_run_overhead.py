@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench.common import timed, write_corpus
 from bench.smoke import parse_args
-from chatspace.jobs.embed.st_model import resolve_model
+from chatspace.kinds.embed.st_model import resolve_model
 
 
 def main() -> None:

@@ -22,8 +22,8 @@ import numpy as np
 
 from bench.common import plan_embed, timed, write_corpus
 from bench.smoke import parse_args
-from chatspace.jobs import KINDS
-from chatspace.jobs.embed.schema import WRITE_OPTIONS, build_table
+from chatspace.kinds import KINDS
+from chatspace.kinds.embed.schema import WRITE_OPTIONS, build_table
 from chatspace.results.catalog import Catalog
 from chatspace.results.query import connect, run_sql, views_in
 from chatspace.runs.files import write_parquet

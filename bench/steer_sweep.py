@@ -38,11 +38,11 @@ import numpy as np
 from bench.corpus import passages
 from bench.smoke import SMOKE, parse_args
 from bench.steering_overhead import HIDDEN, LAYERS, build_bench_model
-from chatspace.jobs import KINDS
-from chatspace.jobs.steer.prompts import system_prompt
-from chatspace.jobs.steer.rendering import row_ids
-from chatspace.jobs.steer.sweep import decode_row, row_seed
-from chatspace.jobs.steer.sweep_spec import SweepSpec
+from chatspace.kinds import KINDS
+from chatspace.kinds.steer.prompts import system_prompt
+from chatspace.kinds.steer.rendering import row_ids
+from chatspace.kinds.steer.spec import SteerSpec
+from chatspace.kinds.steer.sweep import decode_row, row_seed
 from chatspace.runs.plan import plan_run
 from chatspace.runs.task import run_task
 from chatspace.specs import resolve_spec
@@ -57,7 +57,7 @@ def plan(work: Path, model: Path, texts: list[str], args, name: str, compiled: b
     metrics, capture, points = VARIANTS[name]
     prompts = texts[:len(texts) // points]
     (work / f"{name}.json").write_text(json.dumps(prompts))
-    spec = resolve_spec(SweepSpec, None, {
+    spec = resolve_spec(SteerSpec, None, {
         "model": {"name": str(model), "dtype": "float32", "max_model_len": 512,
                   "compile": compiled},
         "prompts": {"file": str(work / f"{name}.json")},

@@ -18,7 +18,7 @@ from bench.smoke import parse_args
 CHILD = """
 import resource, sys
 from pathlib import Path
-from chatspace.jobs import KINDS
+from chatspace.kinds import KINDS
 from chatspace.runs.record import Run
 from chatspace.runs.task import run_task
 run_task(Run.open(sys.argv[1], Path('/nonexistent'), KINDS), 0)

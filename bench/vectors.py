@@ -37,8 +37,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from bench.corpus import passages  # noqa: E402
 from bench.smoke import parse_args  # noqa: E402
 from bench.steering_overhead import HIDDEN, LAYERS, build_bench_model  # noqa: E402
-from chatspace.jobs import KINDS  # noqa: E402
-from chatspace.jobs.steer.sweep_spec import SweepSpec  # noqa: E402
+from chatspace.kinds import KINDS  # noqa: E402
+from chatspace.kinds.steer.spec import SteerSpec  # noqa: E402
 from chatspace.runs.executors import DebugExecutor  # noqa: E402
 from chatspace.runs.plan import plan_run  # noqa: E402
 from chatspace.specs import resolve_spec  # noqa: E402
@@ -47,7 +47,7 @@ CLI = [sys.executable, "-m", "chatspace"]
 
 
 def sweep(root: Path, model: Path, prompts: Path, dtype: str) -> tuple[object, list[Path]]:
-    spec = resolve_spec(SweepSpec, None, {
+    spec = resolve_spec(SteerSpec, None, {
         "model": {"name": str(model), "backend": "hf", "dtype": "float32", "batch_size": 16},
         "prompts": {"file": str(prompts)}, "generation": {"max_tokens": 1, "thinking": False},
         "capture": {"layers": list(range(LAYERS)), "rows": "all", "dtype": dtype},

@@ -51,7 +51,7 @@ def root(tmp_path: Path) -> Path:
 def st_model():
     from sentence_transformers import SentenceTransformer
 
-    from chatspace.jobs.embed.st_model import resolve_model
+    from chatspace.kinds.embed.st_model import resolve_model
 
     return SentenceTransformer(resolve_model(None).path, device="cpu")
 

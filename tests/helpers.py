@@ -13,8 +13,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from chatspace.jobs import KINDS
-from chatspace.jobs.embed.spec import EmbedSpec
+from chatspace.kinds import KINDS
+from chatspace.kinds.embed.spec import EmbedSpec
 from chatspace.runs.executors import DebugExecutor
 from chatspace.runs.plan import plan_run
 from chatspace.runs.record import Run

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from chatspace.jobs.embed.tokens import encoding
+from chatspace.kinds.embed.tokens import encoding
 
 FAULTS = ("429", "500", "503", "slow", "drop", "truncated", "shuffle", "count")
 MODELS = ("text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002")

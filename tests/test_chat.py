@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from chatspace.jobs import KINDS
+from chatspace.kinds import KINDS
 from chatspace.runs.files import read_json
 from chatspace.runs.record import Run
 from chatspace.steering.spec import AddSpec, LayerSteeringSpec, SteeringSpec

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from chatspace.jobs import KINDS
+from chatspace.kinds import KINDS
 from chatspace.runs.files import read_json
 from chatspace.runs.formats import (
     RECORDS,

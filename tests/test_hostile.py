@@ -20,11 +20,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from chatspace.experiments import save_experiment
-from chatspace.jobs import KINDS
+from chatspace.kinds import KINDS
 from chatspace.runs.files import atomic_path, read_json, write_json
 from chatspace.runs.record import Run
 from tests.helpers import PYDOCS, chatspace, embed, files_under, plan
-from tests.test_vectors import steer, sweep_spec
+from tests.test_vectors import steer, steer_spec
 
 TITLE = "\x1b]0;pwned\x07"  # sets the terminal's title
 CLIPBOARD = "\x1b]52;c;cm0gLXJmIH4=\x07"  # puts `rm -rf ~` on the clipboard
@@ -150,7 +150,7 @@ def hostile_sweep(tmp_path_factory, tiny_model_dir) -> Run:
     where = tmp_path_factory.mktemp("hostile")
     (where / "prompts.json").write_text(json.dumps(["Hello?", "Why?"]))
     (where / "personas.json").write_text(json.dumps(PERSONAS))
-    return steer(where / "ws", sweep_spec(tiny_model_dir("qwen2"), where / "prompts.json", 2,
+    return steer(where / "ws", steer_spec(tiny_model_dir("qwen2"), where / "prompts.json", 2,
                                           rest=f"""
 [personas]
 file = "{where / 'personas.json'}"
@@ -368,7 +368,7 @@ def test_a_base_model_runs_with_raw_prompts(tmp_path, tiny_model_dir):
     (base / "chat_template.jinja").unlink(missing_ok=True)
     prompts = ["Once upon a time", "The capital of"]
     (tmp_path / "prompts.json").write_text(json.dumps(prompts))
-    spec = sweep_spec(base, tmp_path / "prompts.json", 3)
+    spec = steer_spec(base, tmp_path / "prompts.json", 3)
     refused = chatspace("plan", "steer", str(_written(tmp_path / "a.toml", spec)),
                         root=tmp_path / "ws")
     one_line(refused, 2, "has no chat template (a base model?)")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from chatspace.jobs import KINDS
+from chatspace.kinds import KINDS
 from chatspace.runs.commands import reduce_command, task_command
 from chatspace.runs.record import Run
 from tests.helpers import PYDOCS, REPO, chatspace
@@ -90,7 +90,7 @@ def test_apptainer_def_is_well_formed_and_pinned():
     assert "HF_HOME" in sections["environment"] and ".venv/bin:$PATH" in sections["environment"]
     assert sections["runscript"].strip() == 'exec chatspace "$@"'
     assert "import torch, sentence_transformers, vllm" in sections["test"]
-    assert "chatspace.steering.vllm_worker, chatspace.jobs.steer.kind" in sections["test"]
+    assert "chatspace.steering.vllm_worker, chatspace.kinds.steer.kind" in sections["test"]
     assert "chatspace --help" in sections["test"]
     assert "{{ VERSION }}" in sections["labels"] and "{{ GIT_SHA }}" in sections["labels"]
     assert sections["help"].strip()

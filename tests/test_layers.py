@@ -17,7 +17,7 @@ ORDER = [
     ["chatspace.__main__", "chatspace.cli"],
     ["chatspace.generation"],  # the original chatspace's API, over the steering library
     ["chatspace.chat"],
-    ["chatspace.jobs"],  # the kinds
+    ["chatspace.kinds"],  # the kinds
     ["chatspace.results"],  # handed the kinds
     ["chatspace.models"],
     ["chatspace.experiments"],
@@ -146,17 +146,17 @@ def test_no_two_modules_import_each_other_at_run_time():
 
 
 def test_the_checks_see_a_lazy_import_and_a_circle(tmp_path):
-    """An import inside a function is found (the check would catch `runs` importing a job),
+    """An import inside a function is found (the check would catch `runs` importing a kind),
     one under TYPE_CHECKING only when asked, and a circle of three is found."""
     module = tmp_path / "chatspace" / "runs" / "x.py"
     module.parent.mkdir(parents=True)
     module.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
                       "    from chatspace.cli import main\n"
-                      "def f():\n    from ..jobs import KINDS\n    return KINDS\n")
-    assert chatspace_imports(module, tmp_path) == {"chatspace.jobs", "chatspace.cli"}
-    assert chatspace_imports(module, tmp_path, type_hints=False) == {"chatspace.jobs"}
+                      "def f():\n    from ..kinds import KINDS\n    return KINDS\n")
+    assert chatspace_imports(module, tmp_path) == {"chatspace.kinds", "chatspace.cli"}
+    assert chatspace_imports(module, tmp_path, type_hints=False) == {"chatspace.kinds"}
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
-    assert place("chatspace.runs.x") > place("chatspace.jobs.embed")
+    assert place("chatspace.runs.x") > place("chatspace.kinds.embed")
 
 
 def test_modules_and_functions_stay_small():

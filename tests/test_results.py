@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from chatspace.jobs import KINDS
-from chatspace.jobs.steer.sweep_spec import SweepSpec
+from chatspace.kinds import KINDS
+from chatspace.kinds.steer.spec import SteerSpec
 from chatspace.runs.executors import DebugExecutor
 from chatspace.runs.files import read_json
 from chatspace.runs.plan import plan_run
@@ -51,7 +51,7 @@ layers = [1]
 vector = "{where / 'vector.npy'}"
 scales = [2.0, 8.0]
 """)
-    spec = resolve_spec(SweepSpec, where / "sweep.toml", {
+    spec = resolve_spec(SteerSpec, where / "sweep.toml", {
         "model": {"name": str(model), "backend": "hf", "dtype": "float32",
                   "max_model_len": 256},
         "prompts": {"file": str(where / "prompts.json")},
@@ -299,7 +299,7 @@ def test_viz_app(workspace, monkeypatch):
     testing = pytest.importorskip("streamlit.testing.v1",
                                   reason="the viz extra (streamlit) is not installed")
     monkeypatch.setenv("CHATSPACE_ROOT", str(workspace["root"]))
-    app = testing.AppTest.from_file(str(REPO / "chatspace" / "jobs" / "steer" / "viz_app.py"),
+    app = testing.AppTest.from_file(str(REPO / "chatspace" / "kinds" / "steer" / "viz_app.py"),
                                     default_timeout=120)
     app.run()
     assert not app.exception

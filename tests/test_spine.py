@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from chatspace.jobs.embed.schema import shard_schema
-from chatspace.jobs.embed.st_model import Encoder
+from chatspace.kinds.embed.schema import shard_schema
+from chatspace.kinds.embed.st_model import Encoder
 from chatspace.runs.files import read_json, sha256_file
 from chatspace.runs.reduce import reduce_run, verify_run
 from chatspace.runs.task import run_task as run_embed_task

@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from chatspace.jobs import KINDS
-from chatspace.jobs.steer.metrics import generation_metrics
-from chatspace.jobs.steer.prompts import messages, system_prompt
+from chatspace.kinds import KINDS
+from chatspace.kinds.steer.metrics import generation_metrics
+from chatspace.kinds.steer.prompts import messages, system_prompt
 from chatspace.runs.files import read_json
 from chatspace.runs.record import Run
 from tests.helpers import REPO, chatspace, files_under, wait_until
@@ -252,7 +252,7 @@ def test_a_sigkilled_vllm_task_leaves_no_engine_behind(inputs, root):
 def test_metrics_off_leave_the_generations_and_null_the_means(inputs, root):
     """``--no-metrics``: the per-token entropy and top-k mass are not computed; the rows are the
     same, their avg_ columns null. A spec with metrics on keeps its earlier hash."""
-    from chatspace.jobs.steer.schema import METRICS
+    from chatspace.kinds.steer.schema import METRICS
 
     args = ["submit", "steer", str(inputs["spec"]), "--backend", "hf", "--executor", "debug",
             "--json", "--temperature", "0", "--n-reps", "1", "--max-tokens", "4"]
@@ -509,11 +509,11 @@ def test_prompts_sampled_from_a_dataset(inputs, root, tmp_path):
 
 @pytest.mark.parametrize("example", ["persona-sweep.toml", "capture-sweep.toml"])
 def test_the_example_specs_are_valid(example, monkeypatch):
-    from chatspace.jobs.steer.prompts import load_personas, load_prompts
-    from chatspace.jobs.steer.sweep_spec import SweepSpec
+    from chatspace.kinds.steer.prompts import load_personas, load_prompts
+    from chatspace.kinds.steer.spec import SteerSpec
     from chatspace.specs import resolve_spec
 
     monkeypatch.chdir(REPO)  # their data paths are relative to the checkout
-    spec = resolve_spec(SweepSpec, REPO / "jobs" / example, {})
+    spec = resolve_spec(SteerSpec, REPO / "jobs" / example, {})
     assert load_prompts(spec.prompts)
     assert spec.personas.file is None or len(load_personas(spec.personas)) == 6

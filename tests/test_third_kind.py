@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from chatspace.jobs import KINDS
+from chatspace.kinds import KINDS
 from chatspace.results.catalog import Catalog
 from chatspace.results.query import best, compare, connect, run_sql, view_names
 from chatspace.results.report import render

@@ -16,8 +16,8 @@ from chatspace.data.sampling import draw_sample
 from chatspace.data.sources import RowReader, open_source
 from chatspace.data.texts import extract
 from chatspace.errors import BadInput
-from chatspace.jobs.embed.bucketing import make_batches
-from chatspace.jobs.embed.spec import EmbedSpec, ModelConfig
+from chatspace.kinds.embed.bucketing import make_batches
+from chatspace.kinds.embed.spec import EmbedSpec, ModelConfig
 from chatspace.runs.kind import PartOutput
 from chatspace.runs.plan import slice_bounds
 from chatspace.runs.task import part_bounds
@@ -147,7 +147,7 @@ def test_shipped_embed_specs_are_valid(spec_file: Path):  # steer ones: test_ste
 def test_the_run_machinery_imports_no_job_package_and_no_cli():
     import ast
 
-    lower = {"runs": ("chatspace.jobs", "chatspace.cli"), "data": ("chatspace.jobs",
+    lower = {"runs": ("chatspace.kinds", "chatspace.cli"), "data": ("chatspace.kinds",
                                                                    "chatspace.cli")}
     for folder, banned in lower.items():
         for path in (REPO / "chatspace" / folder).glob("*.py"):
@@ -162,7 +162,7 @@ def test_parts_made_before_a_job_fails_are_committed(tmp_path):
     """A job that fails on its fourth part (say, an API quota) keeps its first three."""
     import pyarrow as pa
 
-    from chatspace.jobs import KINDS
+    from chatspace.kinds import KINDS
     from chatspace.runs.record import Run
     from chatspace.runs.task import TaskRunner
     from tests.helpers import plan
@@ -186,7 +186,7 @@ def test_every_spec_key_has_one_generated_flag():
     """The flags are generated from the fields: one per key of every table, no two with one
     name, typed and defaulted by the field, and a flag value reaches its key."""
     from chatspace.cli.options import overrides_from, spec_flags
-    from chatspace.jobs import KINDS
+    from chatspace.kinds import KINDS
     from chatspace.specs import is_list, sections
 
     for kind in KINDS.values():

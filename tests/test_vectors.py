@@ -21,10 +21,10 @@ import torch
 from safetensors.torch import load_file
 
 from chatspace.errors import RunFailed
-from chatspace.jobs import KINDS
-from chatspace.jobs.steer.sweep_spec import SweepSpec
-from chatspace.jobs.vectors import stats
-from chatspace.jobs.vectors.stats import capture_means
+from chatspace.kinds import KINDS
+from chatspace.kinds.steer.spec import SteerSpec
+from chatspace.kinds.vectors import stats
+from chatspace.kinds.vectors.stats import capture_means
 from chatspace.runs.executors import DebugExecutor
 from chatspace.runs.files import read_json
 from chatspace.runs.plan import plan_run
@@ -40,7 +40,7 @@ PERSONAS = [{"persona": p, "category": c} for p, c in
             (("pirate", "fiction"), ("engineer", "work"), ("chef", "work"))]
 
 
-def sweep_spec(model: Path, prompts: Path, tokens: int, generation: str = "",
+def steer_spec(model: Path, prompts: Path, tokens: int, generation: str = "",
                rest: str = "") -> str:
     """A steer spec on the HF backend: the model, the prompts file, `tokens` new tokens (and
     more [generation] keys), then `rest` (more tables)."""
@@ -53,7 +53,7 @@ def steer(root: Path, spec: str, **sections) -> Run:
     """Plan and run a steer sweep in this process (debug executor)."""
     path = root.parent / f"{len(list(root.parent.glob('*.toml')))}.toml"
     path.write_text(spec)
-    run = plan_run(KINDS["steer"], resolve_spec(SweepSpec, path, sections), root).run
+    run = plan_run(KINDS["steer"], resolve_spec(SteerSpec, path, sections), root).run
     DebugExecutor().execute(run, range(run.num_tasks))
     return run
 
@@ -77,7 +77,7 @@ def personas_sweep(tmp_path_factory, tiny_model_dir) -> tuple[Path, Run]:
     (where / "prompts.json").write_text(json.dumps(PROMPTS))
     (where / "personas.json").write_text(json.dumps(PERSONAS))
     root = where / "ws"
-    run = steer(root, sweep_spec(tiny_model_dir("qwen2"), where / "prompts.json", 3,
+    run = steer(root, steer_spec(tiny_model_dir("qwen2"), where / "prompts.json", 3,
                                  "n_reps = 2\ntemperature = 0.8", f"""
 [personas]
 file = "{where / 'personas.json'}"
@@ -176,7 +176,7 @@ def test_the_closed_loop_recovers_a_planted_direction(tmp_path, tiny_model_dir):
     unit = unit / unit.norm()
     np.save(tmp_path / "planted.npy", unit.numpy())
     scale = 3.0
-    head = sweep_spec(model, tmp_path / "prompts.json", 8)
+    head = steer_spec(model, tmp_path / "prompts.json", 8)
     planted = steer(root, head + f"""
 [[steering]]
 name = "baseline"
@@ -226,7 +226,7 @@ def test_a_killed_task_resumes_from_its_committed_partials(tmp_path, tiny_model_
     (tmp_path / "prompts.json").write_text(json.dumps([f"Prompt number {i}?" for i in
                                                        range(50)]))
     (tmp_path / "personas.json").write_text(json.dumps(PERSONAS + [{"persona": "poet"}]))
-    sweep = steer(root, sweep_spec(tiny_model_dir("qwen2"), tmp_path / "prompts.json", 1,
+    sweep = steer(root, steer_spec(tiny_model_dir("qwen2"), tmp_path / "prompts.json", 1,
                                    rest=f"""
 [personas]
 file = "{tmp_path / 'personas.json'}"
@@ -267,7 +267,7 @@ def test_a_damaged_capture_file_fails_its_task_in_one_line(tmp_path, tiny_model_
     root = tmp_path / "ws"
     (tmp_path / "prompts.json").write_text(json.dumps(PROMPTS))
     (tmp_path / "personas.json").write_text(json.dumps(PERSONAS))
-    sweep = steer(root, sweep_spec(tiny_model_dir("qwen2"), tmp_path / "prompts.json", 1,
+    sweep = steer(root, steer_spec(tiny_model_dir("qwen2"), tmp_path / "prompts.json", 1,
                                    rest=f"""
 [personas]
 file = "{tmp_path / 'personas.json'}"
@@ -314,8 +314,8 @@ part_rows = 4
 def test_bad_input_is_one_line_and_writes_nothing(personas_sweep, tmp_path, tiny_model_dir):
     root, sweep = personas_sweep
     (tmp_path / "p.json").write_text(json.dumps(PROMPTS[:1]))
-    bare = steer(root, sweep_spec(tiny_model_dir("qwen2"), tmp_path / "p.json", 2))
-    small = steer(root, sweep_spec(build_model(tmp_path / "small", "qwen2", hidden=32),
+    bare = steer(root, steer_spec(tiny_model_dir("qwen2"), tmp_path / "p.json", 2))
+    small = steer(root, steer_spec(build_model(tmp_path / "small", "qwen2", hidden=32),
                                    tmp_path / "p.json", 2, rest="[capture]\nlayers = [1]\n"))
     before = files_under(root)
     for args, expected in (

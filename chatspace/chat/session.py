@@ -1,6 +1,6 @@
 """A chat's state: the history, the settings a researcher changes as they go, and the steering
 in force; the prompt of the next turn is rendered exactly as a steer sweep renders its rows
-(`chatspace.jobs.steer.prompts`: "You are a/an NAME." and the renamed assistant role)."""
+(`chatspace.kinds.steer.prompts`: "You are a/an NAME." and the renamed assistant role)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from chatspace.errors import BadInput
-from chatspace.jobs.steer.prompts import messages, system_prompt
+from chatspace.kinds.steer.prompts import messages, system_prompt
 from chatspace.runs.files import atomic_path, default_root
 from chatspace.steering.model import SteerModel
 from chatspace.steering.outputs import Sampling
@@ -54,7 +54,7 @@ def steering_from(path: str, layer: int | None, scale: float | None, op: str,
     one vector (from a file, or a vectors run under `root` with `key` naming it) applied with
     `op` at `layer` (default: the layer the key names, else the middle one; scale 1);
     ValueError naming what does not fit the model."""
-    from chatspace.jobs.vector_refs import layer_of, vectors_file
+    from chatspace.kinds.vector_refs import layer_of, vectors_file
 
     try:
         path = str(vectors_file(path, root or default_root()))

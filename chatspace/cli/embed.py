@@ -13,7 +13,7 @@ from chatspace.cli.options import json_option, resolve_root, root_option, spec_o
 from chatspace.cli.output import emit
 from chatspace.cli.runs import execute_option, run_id_option, submit_group
 from chatspace.errors import BadInput
-from chatspace.jobs import KINDS
+from chatspace.kinds import KINDS
 
 EMBED = KINDS["embed"]
 

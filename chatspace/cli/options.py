@@ -17,7 +17,7 @@ import click
 from pydantic import BaseModel
 
 from chatspace.errors import BadInput
-from chatspace.jobs import KINDS
+from chatspace.kinds import KINDS
 from chatspace.runs.files import default_root
 from chatspace.runs.kind import Kind
 from chatspace.runs.record import Run
@@ -39,14 +39,14 @@ SHARED = ("run", "slurm")  # the tables every spec has: their flags come after t
 class NumberList(click.ParamType):
     """A comma-separated list of numbers: ``4,8,12`` or ``0.5,1,2``."""
 
-    def __init__(self, kind: type):
-        self.kind, self.name = kind, f"{kind.__name__}s"
+    def __init__(self, number: type):
+        self.number, self.name = number, f"{number.__name__}s"
 
     def convert(self, value, param, ctx):
         if isinstance(value, list):
             return value
         try:
-            return [self.kind(v) for v in str(value).split(",") if v.strip()]
+            return [self.number(v) for v in str(value).split(",") if v.strip()]
         except ValueError:
             self.fail(f"{value!r} is not a comma-separated list of {self.kind.__name__}s",
                       param, ctx)
@@ -69,16 +69,16 @@ class Flag:
 def _click_options(hint: Any, default: Any, help_text: str) -> dict[str, Any]:
     """click keywords for a field of type `hint`; the default goes into the help text (the
     option itself defaults to None: a flag not given leaves the spec file's value)."""
-    kind = base_type(hint)
+    base = base_type(hint)
     options: dict[str, Any] = {"default": None}
-    if typing.get_origin(kind) is typing.Literal:
-        options["type"] = click.Choice([str(c) for c in typing.get_args(kind)])
-    elif is_list(kind):
-        (item,) = typing.get_args(kind)
+    if typing.get_origin(base) is typing.Literal:
+        options["type"] = click.Choice([str(c) for c in typing.get_args(base)])
+    elif is_list(base):
+        (item,) = typing.get_args(base)
         options.update({"multiple": True} if item is str else
                        {"type": NumberList(int if item is int else float)})
-    elif kind in (int, float):
-        options["type"] = kind
+    elif base in (int, float):
+        options["type"] = base
     shown = {True: "on", False: "off"}.get(default, default) if isinstance(default, bool) \
         else default
     if shown not in (None, "", []):

@@ -107,7 +107,7 @@ def query(sql: str | None, list_runs: bool, summary: bool, compare: tuple[str, s
     chatspace query --list · --summary · --compare RUN RUN · --best rows_per_s
     chatspace query --experiments --best loss --lowest
     """
-    from chatspace.jobs import KINDS
+    from chatspace.kinds import KINDS
     from chatspace.results import query as q
     from chatspace.results.catalog import Catalog
 
@@ -143,7 +143,7 @@ def query(sql: str | None, list_runs: bool, summary: bool, compare: tuple[str, s
 def _query_experiments(root: Path, sql: str | None, list_them: bool, summary: bool,
                        compare: tuple[str, str] | None, best: str | None, top: int,
                        lowest: bool, fmt: str | None) -> None:
-    from chatspace.jobs import KINDS
+    from chatspace.kinds import KINDS
     from chatspace.results import query as q
     from chatspace.results.catalog import Catalog
 
@@ -179,7 +179,7 @@ def report(run_ref: str, output: str | None, others: tuple[str, ...], root: str 
     steering point, with example generations. A run with tasks not done is reported with
     what it has, naming the missing tasks.
     """
-    from chatspace.jobs import KINDS
+    from chatspace.kinds import KINDS
     from chatspace.results.catalog import Catalog
     from chatspace.results.report import write_report
 
@@ -208,7 +208,7 @@ def viz(port: int, root: str | None) -> None:
     except ImportError:
         raise BadInput("chatspace viz needs the viz extra: pip install 'chatspace[viz]'") \
             from None
-    app = Path(__file__).resolve().parent.parent / "jobs" / "steer" / "viz_app.py"
+    app = Path(__file__).resolve().parent.parent / "kinds" / "steer" / "viz_app.py"
     env = {**os.environ, "CHATSPACE_ROOT": str(resolve_root(root))}
     # exec, not a child process: a signal to this command reaches the server itself
     os.execve(sys.executable, [sys.executable, "-m", "streamlit", "run", str(app),

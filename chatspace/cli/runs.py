@@ -25,7 +25,7 @@ from chatspace.cli.options import (
 )
 from chatspace.cli.output import emit, run_summary
 from chatspace.errors import BadInput, RunFailed
-from chatspace.jobs import KINDS
+from chatspace.kinds import KINDS
 from chatspace.runs.kind import Kind
 from chatspace.runs.plan import Planned, plan_run
 from chatspace.runs.record import Run

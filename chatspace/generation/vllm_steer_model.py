@@ -172,12 +172,12 @@ class VLLMSteerModel:
         atexit.register(_close_at_exit, weakref.ref(self._model))  # before module teardown
 
     # the README's steering state
-    def _set(self, layer: int, kind: str, op: Any) -> None:
-        self._ops.setdefault(layer, {})[kind] = op
+    def _set(self, layer: int, op_name: str, op: Any) -> None:
+        self._ops.setdefault(layer, {})[op_name] = op
         self.export_steering_spec().check(self.hidden_size, self.layer_count)
 
-    def _clear(self, layer: int, kind: str) -> None:
-        self._ops.get(layer, {}).pop(kind, None)
+    def _clear(self, layer: int, op_name: str) -> None:
+        self._ops.get(layer, {}).pop(op_name, None)
 
     async def set_layer_vector(self, layer_idx: int, vector: torch.Tensor,
                                scale: float = 1.0) -> None:

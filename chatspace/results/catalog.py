@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from chatspace.errors import BadInput, RunFailed
-from chatspace.runs.formats import NewerRecord, Plan
+from chatspace.runs.formats import Plan
 from chatspace.runs.kind import Kinds
 from chatspace.runs.record import Run, read_typed_record
 from chatspace.runs.run_files import RunFiles, parse_time
+from chatspace.runs.typed_records import NewerRecord
 from chatspace.text import one_line
 
 log = logging.getLogger(__name__)

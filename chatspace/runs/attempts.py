@@ -69,8 +69,8 @@ def recording(run: Run, task: int | None) -> Iterator[None]:
                      started_at=started.isoformat(timespec="microseconds"),
                      slurm=_slurm_fields(), logs=_own_logs(),
                      cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
-    path = (run.dir / "attempts" / attempt_group(task)
-            / f"{started:%Y%m%dT%H%M%S%f}-{host}-{os.getpid()}.json")
+    path = Attempt.path_in(run.root, run_id=run.run_id, group=attempt_group(task),
+                           started=started, host=host, pid=os.getpid())
     check_no_link(run.root, path.parent, f"run {run.run_id}")
     write_record(path, record)
     try:
@@ -87,7 +87,7 @@ def recording(run: Run, task: int | None) -> Iterator[None]:
 def attempts(run: Run, task: int | None) -> list[Attempt]:
     """The recorded attempts of `task` (None: the reduce), oldest first; a torn record is
     skipped (logged)."""
-    folder = run.dir / "attempts" / attempt_group(task)
+    folder = Attempt.folder_in(run.root, run_id=run.run_id, group=attempt_group(task))
     return [r for p in record_files(folder) if (r := read_typed_record(p, Attempt)) is not None]
 
 

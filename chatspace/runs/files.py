@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from chatspace import __version__
 from chatspace.errors import BadInput
-from chatspace.runs.formats import UnreadableRecord
+from chatspace.runs.typed_records import UnreadableRecord
 
 
 @contextlib.contextmanager

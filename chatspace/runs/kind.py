@@ -159,4 +159,4 @@ class Kind(ABC):
         return []
 
 
-Kinds = Mapping[str, Kind]  # the kinds a command knows, by name (`chatspace.jobs.KINDS`)
+Kinds = Mapping[str, Kind]  # the kinds a command knows, by name (`chatspace.kinds.KINDS`)

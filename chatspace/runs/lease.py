@@ -24,14 +24,15 @@ import stat
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from chatspace.errors import BadInput, RunFailed
 from chatspace.names import check_no_link
+from chatspace.runs.formats import Lease
 from chatspace.runs.record import Run
 from chatspace.runs.slurm_env import SlurmJobEnvironment
+from chatspace.runs.typed_records import UnreadableRecord
 
-_HELD: dict[Path, dict[str, Any]] = {}  # lock file -> this process's holder record
+_HELD: dict[Path, Lease] = {}  # lock file -> this process's holder record
 
 
 class TaskBusy(RunFailed):
@@ -43,23 +44,27 @@ class TaskBusy(RunFailed):
 
 
 def lease_path(run: Run, task: int) -> Path:
-    return run.dir / "leases" / f"task-{task:05d}.lock"
+    return Lease.path_in(run.root, run_id=run.run_id, task=task)
 
 
-def describe(owner: dict[str, Any]) -> str:
-    job = f", SLURM job {owner['slurm_job']}" if owner.get("slurm_job") else ""
-    return f"pid {owner.get('pid')} on {owner.get('host')} since {owner.get('since')}{job}"
+def describe(owner: Lease | None) -> str:
+    if owner is None:
+        return "a process its lease file does not name"
+    job = f", SLURM job {owner.slurm_job}" if owner.slurm_job else ""
+    return f"pid {owner.pid} on {owner.host} since {owner.since}{job}"
 
 
-def _read_owner(fd: int) -> dict[str, Any]:
+def _read_owner(fd: int) -> Lease | None:
+    """The holder its lease file names; None for a file torn while it is being written (or
+    not of chatspace's)."""
     try:
-        return json.loads(os.pread(fd, 4096, 0) or b"{}")
-    except (OSError, ValueError):
-        return {}
+        return Lease.parse(json.loads(os.pread(fd, 4096, 0) or b"{}"))
+    except (OSError, ValueError, TypeError, UnreadableRecord):
+        return None
 
 
 @contextlib.contextmanager
-def holding(run: Run, task: int) -> Iterator[dict[str, Any]]:
+def holding(run: Run, task: int) -> Iterator[Lease]:
     """Hold the lease of `task` for the block; TaskBusy naming the holder if a live process
     holds it."""
     path = lease_path(run, task)
@@ -84,11 +89,11 @@ def holding(run: Run, task: int) -> Iterator[dict[str, Any]]:
             raise
         raise TaskBusy(f"task {task} of run {run.run_id} is already running ({describe(owner)})"
                        "; wait for it, or stop it first") from None
-    owner = {"host": socket.gethostname(), "pid": os.getpid(),
-             "since": datetime.now(UTC).isoformat(timespec="seconds"),
-             "slurm_job": job.job_id if (job := SlurmJobEnvironment.current()) else None}
+    owner = Lease(host=socket.gethostname(), pid=os.getpid(),
+                  since=datetime.now(UTC).isoformat(timespec="seconds"),
+                  slurm_job=job.job_id if (job := SlurmJobEnvironment.current()) else None)
     os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(owner).encode(), 0)
+    os.pwrite(fd, json.dumps(owner.to_dict()).encode(), 0)
     _HELD[path] = owner
     try:
         yield owner
@@ -97,8 +102,9 @@ def holding(run: Run, task: int) -> Iterator[dict[str, Any]]:
         os.close(fd)  # releases the lock
 
 
-def holder(run: Run, task: int) -> dict[str, Any] | None:
-    """Who holds the lease of `task` now (host, pid, since), or None when nobody does."""
+def holder(run: Run, task: int) -> Lease | None:
+    """Who holds the lease of `task` now, or None when nobody does (a held lease whose file
+    does not parse is an unnamed holder: `Lease(host="?", pid=0, since="?")`)."""
     path = lease_path(run, task)
     if path in _HELD:
         return _HELD[path]
@@ -112,7 +118,7 @@ def holder(run: Run, task: int) -> dict[str, Any] | None:
         except OSError as exc:
             if exc.errno not in (errno.EACCES, errno.EAGAIN):
                 raise
-            return _read_owner(fd)
+            return _read_owner(fd) or Lease(host="?", pid=0, since="?")
         return None
     finally:
         os.close(fd)

@@ -32,11 +32,10 @@ from chatspace.runs.formats import (
     FileEntry,
     PartSidecar,
     Plan,
-    Record,
     Submission,
     Submissions,
-    UnreadableRecord,
 )
+from chatspace.runs.typed_records import Record, UnreadableRecord
 from chatspace.specs import JobSpec, spec_from_dict
 from chatspace.text import one_line
 
@@ -262,7 +261,7 @@ class Run:
         return Completion.path_in(self.root, run_id=self.run_id, task=task)
 
     def parts_dir(self, task: int) -> Path:
-        return PartSidecar.path_in(self.root, run_id=self.run_id, task=task, part=0).parent
+        return PartSidecar.folder_in(self.root, run_id=self.run_id, task=task)
 
     def completion_record(self, task: int) -> tuple[Completion | None, str | None]:
         """The task's completion record as written (its outputs not checked), or None; with

@@ -105,7 +105,7 @@ def task_state(run: Run, task: int, jobs: dict[int, str], states: dict[str, JobS
     state.log = str(logs[-1].path) if logs else None
     owner = holder(run, task) if state.state in ("partial", "missing") else None
     if owner is not None:  # a live process holds the task's lease, wherever it runs
-        state.state, state.node = "running", owner.get("host")
+        state.state, state.node = "running", owner.host
     job = states.get(jobs.get(task, ""))
     if job is None:
         if slurm_error and task in jobs and state.state in ("partial", "missing"):

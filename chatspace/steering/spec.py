@@ -106,9 +106,9 @@ class SteeringSpec:
         layers: dict[int, list[Op]] = {}
         for entry in wire:
             entry = dict(entry)
-            kind = OPS[entry.pop("op")]
+            op_type = OPS[entry.pop("op")]
             vector = torch.frombuffer(bytearray(entry.pop("vector")), dtype=torch.float32)
-            layers.setdefault(entry.pop("layer"), []).append(kind(vector=vector, **entry))
+            layers.setdefault(entry.pop("layer"), []).append(op_type(vector=vector, **entry))
         return cls({i: LayerSteeringSpec(tuple(ops)) for i, ops in layers.items()})
 
     def to_bytes(self) -> bytes:
@@ -140,9 +140,9 @@ class SteeringSpec:
                 if entry.get("op") not in OPS:
                     raise ValueError(f"{path}: unknown op {entry.get('op')!r} (ops: "
                                      f"{', '.join(OPS)})")
-                kind = OPS[entry.pop("op")]
+                op_type = OPS[entry.pop("op")]
                 vector = fh.get_tensor(entry.pop("key"))
-                layers.setdefault(entry.pop("layer"), []).append(kind(vector=vector, **entry))
+                layers.setdefault(entry.pop("layer"), []).append(op_type(vector=vector, **entry))
         return cls({i: LayerSteeringSpec(tuple(ops)) for i, ops in layers.items()})
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from chatspace.errors import BadInput
-from chatspace.jobs.steer.sweep_spec import SteeringPoint, SweepSpec
-from chatspace.jobs.vector_refs import vectors_file
+from chatspace.kinds.steer.spec import SteeringPoint, SteerSpec
+from chatspace.kinds.vector_refs import vectors_file
 from chatspace.steering.spec import LayerSteeringSpec, SteeringSpec, load_vector, make_op
 
 
@@ -28,7 +28,7 @@ class Point:
         return asdict(self)
 
 
-def expand_points(spec: SweepSpec, hidden_size: int, num_layers: int,
+def expand_points(spec: SteerSpec, hidden_size: int, num_layers: int,
                   root: Path) -> list[tuple[Point, SteeringSpec | None]]:
     """Every point of the sweep in order, with its steering spec (None: baseline). A spec
     without ``[[steering]]`` entries is one baseline point. A point's vector is a file or a

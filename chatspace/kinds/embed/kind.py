@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 from chatspace.data.sampling import draw_sample
 from chatspace.data.sources import SourceInfo, check_ids, open_source
 from chatspace.errors import BadInput, RunFailed
-from chatspace.jobs.embed.schema import WRITE_OPTIONS, shard_schema
-from chatspace.jobs.embed.spec import EmbedSpec
+from chatspace.kinds.embed.schema import WRITE_OPTIONS, shard_schema
+from chatspace.kinds.embed.spec import EmbedSpec
 from chatspace.runs.formats import Completion, Plan
 from chatspace.runs.kind import Kind, Part, PartOutput, Summary, TaskCheck, WorkPlan, summed
 from chatspace.runs.record import Run
@@ -41,10 +41,10 @@ def _check_fields(spec: EmbedSpec, columns: tuple[str, ...]) -> None:
 
 def _model_plan(spec: EmbedSpec) -> dict[str, Any]:
     if spec.model.backend == "openai":
-        from chatspace.jobs.embed.openai_plan import api_model
+        from chatspace.kinds.embed.openai_plan import api_model
 
         return api_model(spec)
-    from chatspace.jobs.embed.st_model import resolve_model
+    from chatspace.kinds.embed.st_model import resolve_model
 
     ref = resolve_model(spec.model.name)
     return {"backend": spec.model.backend, "label": ref.label, "path": ref.path}
@@ -66,7 +66,7 @@ class EmbedKind(Kind):
                 "tokens": summed(records, "tokens"), "cost_usd": summed(records, "cost_usd")}
 
     def report_blocks(self, runs: list[RunFiles]) -> list[str]:
-        from chatspace.jobs.embed.report import embed_blocks
+        from chatspace.kinds.embed.report import embed_blocks
 
         return embed_blocks(runs)
 
@@ -94,7 +94,7 @@ class EmbedKind(Kind):
     def estimate(self, spec: EmbedSpec, plan: WorkPlan, execute: bool) -> list[str]:
         if spec.model.backend != "openai":
             return []
-        from chatspace.jobs.embed.openai_plan import estimate_run
+        from chatspace.kinds.embed.openai_plan import estimate_run
 
         return estimate_run(spec, plan, execute)
 
@@ -107,9 +107,9 @@ class EmbedKind(Kind):
                      "split": run.spec.dataset.split, "model": details["model"]["label"],
                      "created_at": run.plan.created_at, "run_id": run.run_id}
         if details["model"]["backend"] == "openai":
-            from chatspace.jobs.embed.openai_backend import OpenAIParts as Backend
+            from chatspace.kinds.embed.openai_backend import OpenAIParts as Backend
         else:
-            from chatspace.jobs.embed.st_backend import STParts as Backend
+            from chatspace.kinds.embed.st_backend import STParts as Backend
         return Backend(run, source, sample, constants, timer)(parts)
 
     def write_options(self, output: str) -> dict[str, Any]:

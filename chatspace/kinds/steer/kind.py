@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from chatspace.errors import BadInput
-from chatspace.jobs.steer.prompts import load_personas, load_prompts
-from chatspace.jobs.steer.schema import METRICS, RESULTS_SCHEMA, WRITE_OPTIONS
-from chatspace.jobs.steer.sweep_spec import SweepSpec
+from chatspace.kinds.steer.prompts import load_personas, load_prompts
+from chatspace.kinds.steer.schema import METRICS, RESULTS_SCHEMA, WRITE_OPTIONS
+from chatspace.kinds.steer.spec import SteerSpec
 from chatspace.models import find_model, model_shape
 from chatspace.runs.formats import Completion, Plan
 from chatspace.runs.kind import (
@@ -40,7 +40,7 @@ class SteerKind(Kind):
     captures, then write a manifest summarising metrics per point and per category."""
 
     name = "steer"
-    spec_type = SweepSpec
+    spec_type = SteerSpec
     task_views = {"steer_results": "results"}
     metrics = Metrics("steer_results", ("point", "scale"), (
         "avg_entropy", "avg_entropy_thinking", "avg_entropy_output", "avg_top_k_mass",
@@ -54,13 +54,13 @@ class SteerKind(Kind):
                 "tokens": summed(records, "generated_tokens")}
 
     def report_blocks(self, runs: list[RunFiles]) -> list[str]:
-        from chatspace.jobs.steer.report import steer_blocks
+        from chatspace.kinds.steer.report import steer_blocks
 
         return steer_blocks(runs)
 
-    def plan(self, spec: SweepSpec, root: Path, run_id: str) -> WorkPlan:
-        from chatspace.jobs.steer.points import expand_points, point_file  # torch
-        from chatspace.jobs.steer.rendering import check_rows, prompt_template
+    def plan(self, spec: SteerSpec, root: Path, run_id: str) -> WorkPlan:
+        from chatspace.kinds.steer.points import expand_points, point_file  # torch
+        from chatspace.kinds.steer.rendering import check_rows, prompt_template
 
         ref = find_model(spec.model.name, root)
         hidden, layers, positions, tokenizer = model_shape(ref.path, spec.model.name)
@@ -98,7 +98,7 @@ class SteerKind(Kind):
 
     def run_parts(self, run: Run, task: int, parts: list[Part],
                   timer: StageTimer) -> Iterator[PartOutput]:
-        from chatspace.jobs.steer.sweep import SweepParts
+        from chatspace.kinds.steer.sweep import SweepParts
 
         return SweepParts(run, task, timer)(parts)
 

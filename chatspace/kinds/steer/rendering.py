@@ -8,12 +8,12 @@ from __future__ import annotations
 from typing import Any
 
 from chatspace.errors import BadInput
-from chatspace.jobs.steer.prompts import Prompt, messages, system_prompt
-from chatspace.jobs.steer.sweep_spec import SweepSpec
+from chatspace.kinds.steer.prompts import Prompt, messages, system_prompt
+from chatspace.kinds.steer.spec import SteerSpec
 from chatspace.steering.templates import chat_text, raw_ids, special_tokens
 
 
-def prompt_template(spec: SweepSpec, tokenizer: Any) -> str:
+def prompt_template(spec: SteerSpec, tokenizer: Any) -> str:
     """The run's template: the spec's ``prompts.template``, else ``chat`` when the tokenizer
     has a chat template; BadInput naming the option when neither applies."""
     chosen = spec.prompts.template
@@ -39,7 +39,7 @@ def row_ids(tokenizer: Any, template: str, prompt: Prompt, system: str | None,
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def check_rows(spec: SweepSpec, tokenizer: Any, template: str, prompts: list[Prompt],
+def check_rows(spec: SteerSpec, tokenizer: Any, template: str, prompts: list[Prompt],
                personas: list[dict[str, str]], context: int | None) -> None:
     """BadInput (one line) unless every row renders and fits `context` positions with room
     for one new token. Each prompt is rendered with the persona whose system prompt is

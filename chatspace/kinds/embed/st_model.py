@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from chatspace.errors import RunFailed
-from chatspace.jobs.embed.spec import ModelConfig
+from chatspace.kinds.embed.spec import ModelConfig
 from chatspace.models import ModelRef, find_model
 from chatspace.steering.devices import pick_device
 

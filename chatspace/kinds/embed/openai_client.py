@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from chatspace.errors import RunFailed
-from chatspace.jobs.embed.spec import OpenAIConfig
+from chatspace.kinds.embed.spec import OpenAIConfig
 
 log = logging.getLogger(__name__)
 
@@ -213,12 +213,12 @@ class Sender:
     def _correct_rates(self, headers: Any) -> None:
         """Follow the server's view of the limits: a lower limit than configured lowers this
         task's share of it; a spent budget pauses until it resets."""
-        for bucket, kind, configured in ((self.request_bucket, "requests", self.limits[0]),
+        for bucket, unit, configured in ((self.request_bucket, "requests", self.limits[0]),
                                          (self.token_bucket, "tokens", self.limits[1])):
-            limit = headers.get(f"x-ratelimit-limit-{kind}")
+            limit = headers.get(f"x-ratelimit-limit-{unit}")
             if limit and limit.isdigit() and int(limit) < configured:
                 bucket.limit_to(int(limit) / self.tasks)
-            remaining = headers.get(f"x-ratelimit-remaining-{kind}")
-            reset = _duration(headers.get(f"x-ratelimit-reset-{kind}"))
+            remaining = headers.get(f"x-ratelimit-remaining-{unit}")
+            reset = _duration(headers.get(f"x-ratelimit-reset-{unit}"))
             if remaining == "0" and reset:
                 bucket.drain(reset)

@@ -18,9 +18,9 @@ import numpy as np
 import pyarrow as pa
 
 from chatspace.errors import RunFailed
-from chatspace.jobs.vector_refs import VECTORS_FILE
-from chatspace.jobs.vectors.spec import GroupsConfig
-from chatspace.jobs.vectors.stats import generation_vectors, group_order
+from chatspace.kinds.vector_refs import VECTORS_FILE
+from chatspace.kinds.vectors.spec import GroupsConfig
+from chatspace.kinds.vectors.stats import generation_vectors, group_order
 from chatspace.runs.files import atomic_path, write_parquet
 
 FORMAT = "chatspace-vectors/1"

@@ -51,8 +51,8 @@ def build_table(
     vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
     created = datetime.fromisoformat(constants["created_at"])
 
-    def repeat(value: Any, kind: pa.DataType) -> pa.Array:
-        return pa.array([value] * rows, type=kind)
+    def repeat(value: Any, type_: pa.DataType) -> pa.Array:
+        return pa.array([value] * rows, type=type_)
 
     columns = {
         "id": pa.array(ids, pa.string()),

@@ -157,7 +157,7 @@ class MetricsConfig(Section):
     top_k_mass_k: int = option(5, ge=1)
 
 
-class SweepSpec(JobSpec):
+class SteerSpec(JobSpec):
     model: SteerModelConfig
     prompts: PromptsConfig
     personas: PersonasConfig = PersonasConfig()

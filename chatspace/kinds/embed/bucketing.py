@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from chatspace.jobs.embed.spec import ModelConfig
+from chatspace.kinds.embed.spec import ModelConfig
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from chatspace.errors import BadInput
-from chatspace.jobs.steer.kind import SteerKind
-from chatspace.jobs.steer.schema import RESULTS_SCHEMA
-from chatspace.jobs.vectors.spec import VectorsSpec
-from chatspace.jobs.vectors.stats import group_order
+from chatspace.kinds.steer.kind import SteerKind
+from chatspace.kinds.steer.schema import RESULTS_SCHEMA
+from chatspace.kinds.vectors.spec import VectorsSpec
+from chatspace.kinds.vectors.stats import group_order
 from chatspace.names import check_name
 from chatspace.runs.record import Run, stored_path
 

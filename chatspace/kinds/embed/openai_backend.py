@@ -18,9 +18,9 @@ import numpy as np
 
 from chatspace.data.sources import RowReader, SourceInfo
 from chatspace.errors import RunFailed
-from chatspace.jobs.embed.openai_client import Sender, SendStats
-from chatspace.jobs.embed.openai_plan import Inputs, api_key, part_requests
-from chatspace.jobs.embed.schema import build_table
+from chatspace.kinds.embed.openai_client import Sender, SendStats
+from chatspace.kinds.embed.openai_plan import Inputs, api_key, part_requests
+from chatspace.kinds.embed.schema import build_table
 from chatspace.runs.executor import tasks_at_once
 from chatspace.runs.kind import Part, PartOutput
 from chatspace.runs.record import Run

@@ -4,9 +4,9 @@ a kind from here; the machinery never imports this package."""
 
 from __future__ import annotations
 
-from chatspace.jobs.embed import EmbedKind
-from chatspace.jobs.steer.kind import SteerKind
-from chatspace.jobs.vectors.kind import VectorsKind
+from chatspace.kinds.embed import EmbedKind
+from chatspace.kinds.steer.kind import SteerKind
+from chatspace.kinds.vectors.kind import VectorsKind
 from chatspace.runs.kind import Kind
 
 KINDS: dict[str, Kind] = {kind.name: kind for kind in (EmbedKind(), SteerKind(), VectorsKind())}

@@ -17,7 +17,7 @@ from typing import Any
 
 from chatspace.data.config import SamplingConfig
 from chatspace.errors import BadInput
-from chatspace.jobs.steer.sweep_spec import PersonasConfig, PromptsConfig
+from chatspace.kinds.steer.spec import PersonasConfig, PromptsConfig
 from chatspace.text import is_text
 
 Prompt = str | list[dict[str, str]]

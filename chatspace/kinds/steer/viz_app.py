@@ -11,8 +11,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from chatspace.jobs.steer.kind import SteerKind
-from chatspace.jobs.steer.report import METRIC_VIEWS, PART_NAMES, steer_results
+from chatspace.kinds.steer.kind import SteerKind
+from chatspace.kinds.steer.report import METRIC_VIEWS, PART_NAMES, steer_results
 from chatspace.results.catalog import Catalog, run_row
 from chatspace.runs.files import default_root
 

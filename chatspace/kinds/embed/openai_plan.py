@@ -15,9 +15,9 @@ import numpy as np
 
 from chatspace.data.sources import RowReader, SourceInfo
 from chatspace.errors import BadInput
-from chatspace.jobs.embed.rows import PartRows, read_part_rows
-from chatspace.jobs.embed.spec import EmbedSpec
-from chatspace.jobs.embed.tokens import token_ids
+from chatspace.kinds.embed.rows import PartRows, read_part_rows
+from chatspace.kinds.embed.spec import EmbedSpec
+from chatspace.kinds.embed.tokens import token_ids
 from chatspace.runs.kind import WorkPlan
 from chatspace.runs.plan import slice_bounds
 from chatspace.runs.task import part_bounds
@@ -142,7 +142,7 @@ def check_access(model: dict[str, Any], key: str) -> None:
     try:
         client.models.retrieve(model["label"])
     except openai.APIStatusError as exc:
-        from chatspace.jobs.embed.openai_client import api_message
+        from chatspace.kinds.embed.openai_client import api_message
 
         message = api_message(exc)
         if exc.status_code in (401, 403):

@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from chatspace.jobs.vectors.spec import VectorsSpec
+from chatspace.kinds.vectors.spec import VectorsSpec
 from chatspace.runs.formats import Completion, Plan
 from chatspace.runs.kind import Kind, Part, PartOutput, Summary, TaskCheck, WorkPlan
 from chatspace.runs.record import Run
@@ -36,12 +36,12 @@ class VectorsKind(Kind):
         return {"model": plan.details["model"]["label"]}
 
     def report_blocks(self, runs: list[RunFiles]) -> list[str]:
-        from chatspace.jobs.vectors.report import vectors_blocks
+        from chatspace.kinds.vectors.report import vectors_blocks
 
         return vectors_blocks(runs)
 
     def plan(self, spec: VectorsSpec, root: Path, run_id: str) -> WorkPlan:
-        from chatspace.jobs.vectors.sources import ROWS_FILE, read_inputs, rows_bytes
+        from chatspace.kinds.vectors.sources import ROWS_FILE, read_inputs, rows_bytes
 
         inputs = read_inputs(spec, root)
         out = root / "vectors" / inputs.model["label"] / (spec.run.name or "vectors") / run_id
@@ -54,8 +54,8 @@ class VectorsKind(Kind):
 
     def run_parts(self, run: Run, task: int, parts: list[Part],
                   timer: StageTimer) -> Iterator[PartOutput]:
-        from chatspace.jobs.vectors.sources import ROWS_FILE
-        from chatspace.jobs.vectors.stats import part_statistics
+        from chatspace.kinds.vectors.sources import ROWS_FILE
+        from chatspace.kinds.vectors.stats import part_statistics
 
         rows = pq.read_table(run.dir / ROWS_FILE)
         statistics = part_statistics(run.root, rows, [(p.start, p.stop) for p in parts],
@@ -96,9 +96,9 @@ class VectorsKind(Kind):
         return TaskCheck(problems, keys)
 
     def summarize(self, run: Run, records: list[Completion]) -> Summary:
-        from chatspace.jobs.vectors.compute import compute, write_projections, write_vectors
-        from chatspace.jobs.vectors.sources import ROWS_FILE
-        from chatspace.jobs.vectors.stats import merge
+        from chatspace.kinds.vectors.compute import compute, write_projections, write_vectors
+        from chatspace.kinds.vectors.sources import ROWS_FILE
+        from chatspace.kinds.vectors.stats import merge
 
         plan = run.plan.details
         sums, counts = merge([pq.read_table(run.output_paths(r.task)["stats"])

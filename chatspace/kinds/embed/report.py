@@ -67,11 +67,11 @@ def _stages(files: RunFiles) -> list[Block]:
     tasks = sorted(files.records)
     stages = sorted({s for r in files.records.values() for s in r.timings} - {"wall"})
     blocks = []
-    for kind in ("busy", "idle"):
-        series = {s: [files.records[t].timings.get(s, {}).get(kind, 0.0) for t in tasks]
+    for measure in ("busy", "idle"):
+        series = {s: [files.records[t].timings.get(s, {}).get(measure, 0.0) for t in tasks]
                   for s in stages}
         blocks.append(chart(svg.bar_chart(
-            f"stage {kind} seconds per task · {files.run.run_id}",
+            f"stage {measure} seconds per task · {files.run.run_id}",
             [f"task {t}" for t in tasks], series, "seconds", stacked=True),
             "no task has finished"))
     return blocks

@@ -17,11 +17,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from chatspace.jobs.steer.metrics import THINK_END, generation_metrics
-from chatspace.jobs.steer.points import point_file
-from chatspace.jobs.steer.prompts import system_prompt
-from chatspace.jobs.steer.rendering import row_ids
-from chatspace.jobs.steer.schema import CAPTURE_INDEX_SCHEMA, RESULTS_SCHEMA
+from chatspace.kinds.steer.metrics import THINK_END, generation_metrics
+from chatspace.kinds.steer.points import point_file
+from chatspace.kinds.steer.prompts import system_prompt
+from chatspace.kinds.steer.rendering import row_ids
+from chatspace.kinds.steer.schema import CAPTURE_INDEX_SCHEMA, RESULTS_SCHEMA
 from chatspace.runs.files import read_json
 from chatspace.runs.kind import Part, PartOutput
 from chatspace.runs.record import Run

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from chatspace.data.sources import RowReader, SourceInfo
-from chatspace.jobs.embed.bucketing import Batch, make_batches
-from chatspace.jobs.embed.rows import PartRows, read_part_rows
-from chatspace.jobs.embed.schema import build_table
-from chatspace.jobs.embed.st_model import Encoder, ModelRef
+from chatspace.kinds.embed.bucketing import Batch, make_batches
+from chatspace.kinds.embed.rows import PartRows, read_part_rows
+from chatspace.kinds.embed.schema import build_table
+from chatspace.kinds.embed.st_model import Encoder, ModelRef
 from chatspace.runs.kind import Part, PartOutput
 from chatspace.runs.record import Run
 from chatspace.runs.stages import DONE, Stage, get, put
