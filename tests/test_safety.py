@@ -170,7 +170,7 @@ def test_sigterm_to_a_local_submit_stops_its_tasks_and_resume_continues(root, tm
                             cwd=REPO, stderr=subprocess.PIPE, text=True)
     run = wait_until(lambda: (root / "runs" / "term" / "plan.json").exists()
                      and open_run(root / "runs" / "term"), what="the plan")
-    pids = wait_until(lambda: [o["pid"] for t in range(2) if (o := holder(run, t))]
+    pids = wait_until(lambda: [o.pid for t in range(2) if (o := holder(run, t))]
                       if all(holder(run, t) for t in range(2)) else None, what="both tasks")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)

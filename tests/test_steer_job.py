@@ -239,12 +239,12 @@ def test_a_sigkilled_vllm_task_leaves_no_engine_behind(inputs, root):
     run = wait_until(lambda: (root / "runs" / "orphan" / "plan.json").exists()
                      and Run.open("orphan", root, KINDS), what="the plan")
     owner = wait_until(lambda: holder(run, 0), what="the task to start")
-    wait_until(lambda: len(_group(owner["pid"])) >= 2, timeout=300, what="its vLLM engine")
-    engine = [p for p in _group(owner["pid"]) if p != owner["pid"]]
-    os.kill(owner["pid"], signal.SIGKILL)  # the task alone, as an OOM killer would
+    wait_until(lambda: len(_group(owner.pid)) >= 2, timeout=300, what="its vLLM engine")
+    engine = [p for p in _group(owner.pid) if p != owner.pid]
+    os.kill(owner.pid, signal.SIGKILL)  # the task alone, as an OOM killer would
     _, err = submit.communicate(timeout=120)
     assert submit.returncode == 1 and "task 0" in err, err[-2000:]
-    wait_until(lambda: not _group(owner["pid"]), timeout=30, what="the engine to go")
+    wait_until(lambda: not _group(owner.pid), timeout=30, what="the engine to go")
     assert not [p for p in engine if Path(f"/proc/{p}").exists()
                 and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1][:3]]
 

@@ -128,3 +128,22 @@ def test_the_op_names_are_the_operations():
     from chatspace.steering.spec import OPS
 
     assert tuple(OPS) == OP_NAMES and all(OPS[name].op == name for name in OPS)
+
+
+def test_what_client_and_worker_exchange_is_typed_on_both_sides():
+    """The vLLM client and its worker extension exchange plain dicts (vLLM serialises them)
+    built and read through `chatspace.steering.wire`: each round-trips, and a field renamed on
+    one side fails on the other instead of reading as None."""
+    from chatspace.steering.wire import CollectAsk, Collected, Hooks, WorkerInfo
+
+    sent = [Hooks("k", "fp", (0, 3), 5), CollectAsk("k", 9, 4, "all", "none", None, 1 << 20, 2.0),
+            Collected(steered=3, entropy=[0.5], top_k_mass=[0.9], segment="s",
+                      entries=[{"layer": 0, "offset": 0, "shape": [9, 8], "dtype": "float32"}]),
+            WorkerInfo("Qwen2ForCausalLM", 1, 4, "CPUModelRunner", False, True)]
+    for message in sent:
+        assert type(message).from_wire(message.to_wire()) == message
+    assert Hooks.from_wire({"key": "k", "layers": [1, 2]}).layers == (1, 2)  # msgpack: a list
+    with pytest.raises(TypeError):
+        Collected.from_wire({"steered": 1, "segmnt": "s"})
+    with pytest.raises(TypeError):
+        CollectAsk.from_wire({"key": "k", "total": 9})

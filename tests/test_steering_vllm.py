@@ -251,7 +251,7 @@ def test_steered_and_unsteered_requests_never_share_cached_prefixes(qwen2, order
 def _chatspace_segments(model: SteerModel | None = None) -> set[str]:
     """This user's capture segments; with `model`, only those its engine's worker made (other
     test workers may run engines at the same time)."""
-    worker = model.stats() and model.backend.worker["pid"] if model is not None else None
+    worker = model.stats() and model.backend.worker.pid if model is not None else None
     return {p.name for p in shm.segments() if worker is None or shm.owner(p) == worker}
 
 
@@ -429,9 +429,10 @@ def test_only_a_streamed_request_gets_an_output_per_step():
     from vllm.sampling_params import RequestOutputKind
 
     from chatspace.steering.vllm_backend import _params
+    from chatspace.steering.wire import Hooks
 
     assert _params(GREEDY, None).output_kind == RequestOutputKind.FINAL_ONLY
-    assert _params(GREEDY, {"layers": [1]}).output_kind == RequestOutputKind.FINAL_ONLY
+    assert _params(GREEDY, Hooks("k", layers=(1,))).output_kind == RequestOutputKind.FINAL_ONLY
     assert _params(GREEDY, None, streamed=True).output_kind == RequestOutputKind.CUMULATIVE
 
 
@@ -499,7 +500,7 @@ def test_a_python_hook_is_lost_in_the_compiled_model_but_steering_is_not(qwen2, 
     engine = vllm_model.backend.engine
     # compiled by its first pass, before the probe exists (dynamo would trace a hook it found)
     vllm_model.generate_sync(PROMPTS[:1], Sampling(max_tokens=2))
-    assert vllm_model.backend.worker["compiled"] == compiled
+    assert vllm_model.backend.worker.compiled == compiled
 
     def add_probe(worker):
         worker._probe_calls = 0

@@ -84,7 +84,7 @@ def runs(request, tiny_model_dir):
     model = start_vllm(path, compiled, tensor_parallel_size=2)
     try:
         worker = model.run(model.backend.install())
-        with RankSegments(worker["pid"]) as watch:
+        with RankSegments(worker.pid) as watch:
             two = workload(model)
             long = model.generate_sync(PROMPTS * 4, Sampling(max_tokens=48, ignore_eos=True),
                                        capture_layers=list(range(model.num_layers)))
@@ -97,7 +97,7 @@ def runs(request, tiny_model_dir):
 
 
 def test_two_workers_steer_and_capture_as_one(runs):
-    assert runs["worker"]["captures"] is True
+    assert runs["worker"].captures is True
     for name, ones in runs["one"].items():
         for (tokens, caps, entropy, mass, logprobs), (tokens2, caps2, entropy2, mass2,
                                                       logprobs2) in zip(ones, runs["two"][name],
@@ -119,7 +119,7 @@ def test_only_rank_0_writes_shared_memory(runs):
     watch = runs["watch"]
     assert watch.polls > 20 and len(runs["kept"]) == len(PROMPTS) * 4
     assert watch.others == set(), watch.others
-    assert all(shm.owner(shm.SHM_DIR / name) in (None, runs["worker"]["pid"])
+    assert all(shm.owner(shm.SHM_DIR / name) in (None, runs["worker"].pid)
                for name in runs["kept"])
 
 

@@ -27,10 +27,10 @@ from chatspace.steering import shm
 from chatspace.steering.hf_backend import check_architecture
 from chatspace.steering.outputs import Capture, CaptureOptions, Generation, Sampling
 from chatspace.steering.spec import SteeringSpec
+from chatspace.steering.wire import EXTRA_KEY, CollectAsk, Collected, Hooks, WorkerInfo
 
 log = logging.getLogger(__name__)
 
-EXTRA_KEY = "chatspace"  # the key of a request's steering in SamplingParams.extra_args
 SHUTDOWN_SECONDS = 30.0
 
 # What vLLM needs here (set only where the caller has not): a bounded CPU KV cache, no usage
@@ -111,7 +111,7 @@ class VLLMBackend:
         args = AsyncEngineArgs(model=str(model), dtype=dtype, enforce_eager=not self.compiled,
                                worker_extension_cls=EXTENSION, **engine)
         self.engine: AsyncLLM | None = AsyncLLM.from_engine_args(args)
-        self.worker: dict | None = None
+        self.worker: WorkerInfo | None = None
         self._registered: set[str] = set()
         self._asks: list[tuple[dict, asyncio.Future]] = []
         # a capture segment's time to live and the cap on live segments (None: the
@@ -122,11 +122,11 @@ class VLLMBackend:
     async def _rpc(self, method: str, *args: object):
         return (await self.engine.collective_rpc(method, args=args))[0]
 
-    async def install(self) -> dict:
+    async def install(self) -> WorkerInfo:
         if self.worker is None:
-            self.worker = await self._rpc("chatspace_install")
-            log.info("steering hooks installed in vLLM worker %s (%s)", self.worker["pid"],
-                     self.worker["runner"])
+            self.worker = WorkerInfo.from_wire(await self._rpc("chatspace_install"))
+            log.info("steering hooks installed in vLLM worker %s (%s)", self.worker.pid,
+                     self.worker.runner)
         return self.worker
 
     async def stats(self, reset: bool = False) -> dict:
@@ -165,8 +165,8 @@ class VLLMBackend:
         key = uuid.uuid4().hex
         metrics_k = sampling.top_k_mass_k
         hooked = fingerprint is not None or bool(layers) or bool(metrics_k)
-        params = _params(sampling, {"key": key, "spec": fingerprint, "layers": layers or [],
-                                    "metrics_k": metrics_k} if hooked else None,
+        params = _params(sampling, Hooks(key, fingerprint, tuple(layers or ()), metrics_k)
+                         if hooked else None,
                          streamed=streamer is not None,
                          fresh_prompt=bool(layers) and options.needs_prompt_rows())
         request = TokensPrompt(prompt_token_ids=prompt)
@@ -189,20 +189,19 @@ class VLLMBackend:
             capture = None
             if hooked:
                 collected = True
-                result = await self._collect({
-                    "key": key, "total": len(prompt) + len(token_ids) - 1,
-                    "prompt_len": len(prompt), "rows": options.rows, "pool": options.pool,
-                    "dtype": options.dtype,
-                    "cap": shm.cap_bytes() if self.shm_cap is None else self.shm_cap,
-                    "ttl": shm.ttl_seconds() if self.shm_ttl is None else self.shm_ttl})
-                if "error" in result:
-                    raise RuntimeError(result["error"])
-                if fingerprint is not None and not result["steered"]:
+                result = await self._collect(CollectAsk(
+                    key=key, total=len(prompt) + len(token_ids) - 1, prompt_len=len(prompt),
+                    rows=options.rows, pool=options.pool, dtype=options.dtype,
+                    cap=shm.cap_bytes() if self.shm_cap is None else self.shm_cap,
+                    ttl=shm.ttl_seconds() if self.shm_ttl is None else self.shm_ttl))
+                if result.error is not None:
+                    raise RuntimeError(result.error)
+                if fingerprint is not None and not result.steered:
                     raise RuntimeError("steering was requested but no decoder-layer hook "
                                        "fired: the model does not run through the hooks")
-                if "segment" in result:
-                    capture = Capture(prompt_len=len(prompt), segment=result["segment"],
-                                      entries=result["entries"])
+                if result.segment is not None:
+                    capture = Capture(prompt_len=len(prompt), segment=result.segment,
+                                      entries=result.entries)
         finally:
             if hooked and not collected:
                 await asyncio.shield(self._rpc("chatspace_drop", [key]))
@@ -210,15 +209,15 @@ class VLLMBackend:
         if sampling.logprobs:
             logprobs = [step[token].logprob
                         for step, token in zip(output.logprobs, token_ids, strict=True)]
-        metrics = result if metrics_k else {}
+        metrics = result if metrics_k else Collected()
         return Generation(prompt_token_ids=prompt, token_ids=token_ids,
                           text=self.tokenizer.decode(token_ids, skip_special_tokens=False),
                           finish_reason="stopped" if halted else output.finish_reason or "length",
                           logprobs=logprobs,
-                          capture=capture, entropy=metrics.get("entropy"),
-                          top_k_mass=metrics.get("top_k_mass"), raw=final)
+                          capture=capture, entropy=metrics.entropy,
+                          top_k_mass=metrics.top_k_mass, raw=final)
 
-    async def _collect(self, ask: dict) -> dict:
+    async def _collect(self, ask: CollectAsk) -> Collected:
         """One request's collection; requests finishing in the same loop turn share one
         `collective_rpc`."""
         future = asyncio.get_running_loop().create_future()
@@ -230,7 +229,8 @@ class VLLMBackend:
     async def _flush(self) -> None:
         batch, self._asks = self._asks, []
         try:
-            results = await self._rpc("chatspace_collect", [ask for ask, _ in batch])
+            results = [Collected.from_wire(r) for r in await self._rpc(
+                "chatspace_collect", [ask.to_wire() for ask, _ in batch])]
         except Exception as exc:  # the engine failed: every waiting request fails with it
             for _, future in batch:
                 if not future.done():
@@ -238,8 +238,8 @@ class VLLMBackend:
             return
         for (_, future), result in zip(batch, results, strict=True):
             if future.cancelled():
-                if "segment" in result:
-                    shm.release(result["segment"])
+                if result.segment is not None:
+                    shm.release(result.segment)
                 continue
             future.set_result(result)
 
@@ -254,7 +254,7 @@ class VLLMBackend:
             engine.shutdown(timeout=SHUTDOWN_SECONDS)
 
 
-def _params(sampling: Sampling, hooks: dict | None, streamed: bool = False,
+def _params(sampling: Sampling, hooks: Hooks | None, streamed: bool = False,
             fresh_prompt: bool = False):
     """vLLM's SamplingParams for one request; `hooks` (its key, spec fingerprint, capture
     layers, metrics k) travel in extra_args, since vLLM renames request ids. A capture that
@@ -271,5 +271,5 @@ def _params(sampling: Sampling, hooks: dict | None, streamed: bool = False,
         top_p=sampling.top_p, seed=sampling.seed, ignore_eos=sampling.ignore_eos,
         detokenize=False,
         logprobs=sampling.top_logprobs or (0 if sampling.logprobs else None),
-        extra_args={EXTRA_KEY: hooks} if hooks else None,
+        extra_args={EXTRA_KEY: hooks.to_wire()} if hooks else None,
         skip_reading_prefix_cache=True if fresh_prompt else None)

@@ -40,7 +40,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -48,7 +48,7 @@ from chatspace.steering import shm, vllm_ops
 from chatspace.steering.hf_backend import check_architecture
 from chatspace.steering.outputs import CaptureOptions, token_metrics
 from chatspace.steering.spec import Op, SteeringSpec, apply_ops
-from chatspace.steering.vllm_backend import EXTRA_KEY
+from chatspace.steering.wire import EXTRA_KEY, CollectAsk, Collected, Hooks, WorkerInfo
 
 log = logging.getLogger(__name__)
 
@@ -107,14 +107,13 @@ class _WorkerState:
         state = self.runner.requests.get(req_id)
         extra = (state.sampling_params.extra_args or {}) if state and state.sampling_params \
             else {}
-        ask = extra.get(EXTRA_KEY)
+        hooks = Hooks.from_wire(extra[EXTRA_KEY]) if extra.get(EXTRA_KEY) else None
         request = None
-        if ask:
-            request = self.requests.get(ask["key"])
+        if hooks:
+            request = self.requests.get(hooks.key)
             if request is None:
-                request = _Request(ask["key"], ask.get("spec"), tuple(ask.get("layers") or ()),
-                                   metrics_k=ask.get("metrics_k"))
-                self.requests[ask["key"]] = request
+                request = _Request(hooks.key, hooks.spec, hooks.layers, metrics_k=hooks.metrics_k)
+                self.requests[hooks.key] = request
         if len(self.by_req_id) > 4 * max(len(self.runner.requests), 64):
             self.by_req_id = {r: q for r, q in self.by_req_id.items()
                               if r in self.runner.requests}
@@ -210,29 +209,29 @@ class _WorkerState:
             time.sleep(max(min(self.ttl / 2, 30), 0.2))
             shm.sweep(self.ttl)
 
-    def collect(self, ask: dict) -> dict:
+    def collect(self, ask: CollectAsk) -> Collected:
         """A finished request's steering count and captures (in a shared-memory segment)."""
-        request = self.requests.pop(ask["key"], None)
+        request = self.requests.pop(ask.key, None)
         if request is None:
             raise RuntimeError("no decoder-layer hook saw this request: steering and capture "
                                "did not run (is the model running through the hooked layers?)")
-        result: dict = {"steered": request.steered}
+        result = Collected(steered=request.steered)
         if not self.primary:
             return result
-        total, prompt_len = ask["total"], ask["prompt_len"]
+        total, prompt_len = ask.total, ask.prompt_len
         if request.metrics_k:
             positions = range(prompt_len - 1, total)  # one per generated token
             missing = [p for p in positions if p not in request.metrics]
             if missing:
                 raise RuntimeError(f"token metrics missing for positions {missing[:5]}: the "
                                    "logits hook did not see them")
-            result["entropy"] = [request.metrics[p][0] for p in positions]
-            result["top_k_mass"] = [request.metrics[p][1] for p in positions]
+            result = replace(result, entropy=[request.metrics[p][0] for p in positions],
+                             top_k_mass=[request.metrics[p][1] for p in positions])
         if not request.layers:
             return result
-        self.ttl = ask["ttl"]
+        self.ttl = ask.ttl
         shm.sweep(self.ttl)
-        options = CaptureOptions(ask["rows"], ask["pool"], ask["dtype"])
+        options = CaptureOptions(ask.rows, ask.pool, ask.dtype)
         model_dtype = next(iter(request.chunks.values()))[0][0].dtype if request.chunks \
             else torch.float32
         dtype = getattr(torch, options.dtype) if options.dtype else model_dtype
@@ -240,7 +239,7 @@ class _WorkerState:
         kept = options.kept_rows(total, prompt_len)
         needed = options.needed(total, prompt_len)  # the rows `select` reads
         entries, size = shm.layout({layer: (kept, hidden) for layer in request.layers}, dtype)
-        name, out = shm.create(entries, size, ask["cap"])
+        name, out = shm.create(entries, size, ask.cap)
         try:
             for layer in request.layers:
                 direct = kept == total and options.pool == "none" and dtype == model_dtype
@@ -261,14 +260,14 @@ class _WorkerState:
         except BaseException:
             shm.release(name)
             raise
-        result.update(segment=name, entries=entries)
-        return result
+        return replace(result, segment=name, entries=entries)
 
 
 class SteeringExtension:
     """Methods vLLM mixes into its worker; the client calls them with `collective_rpc`."""
 
     def chatspace_install(self) -> dict:
+        """Install the hooks (once); a `WorkerInfo`."""
         runner = self.model_runner
         model = runner.get_model()
         architecture = type(model).__name__
@@ -285,11 +284,11 @@ class SteeringExtension:
             model.logits_processor.register_forward_hook(self._chatspace.after_logits)
             vllm_ops.attach(self._chatspace)
             shm.sweep()
-        return {"architecture": architecture, "pid": os.getpid(),
-                "num_layers": len(model.model.layers),
-                "runner": f"{type(runner).__module__}.{type(runner).__name__}",
-                "compiled": not runner.model_config.enforce_eager,
-                "captures": self._chatspace.primary}
+        return WorkerInfo(architecture=architecture, pid=os.getpid(),
+                          num_layers=len(model.model.layers),
+                          runner=f"{type(runner).__module__}.{type(runner).__name__}",
+                          compiled=not runner.model_config.enforce_eager,
+                          captures=self._chatspace.primary).to_wire()
 
     def chatspace_register(self, fingerprint: str, wire: list[dict]) -> None:
         spec = SteeringSpec.from_wire(wire)
@@ -297,13 +296,14 @@ class SteeringExtension:
                                               for index, layer in spec.layers.items()}
 
     def chatspace_collect(self, asks: list[dict]) -> list[dict]:
+        """`CollectAsk`s in, `Collected`s out."""
         results = []
         for ask in asks:
             try:
-                results.append(self._chatspace.collect(ask))
+                results.append(self._chatspace.collect(CollectAsk.from_wire(ask)))
             except RuntimeError as exc:
-                results.append({"error": str(exc)})
-        return results
+                results.append(Collected(error=str(exc)))
+        return [r.to_wire() for r in results]
 
     def chatspace_drop(self, keys: list[str]) -> None:
         for key in keys:
