@@ -19,15 +19,6 @@ from tests.helpers import PYDOCS, REPO  # noqa: E402
 SLURM_MAX_ARRAY_SIZE = 5
 
 
-def cluster_start_command() -> list[str]:
-    """Start (or find running) the dev cluster with a small MaxArraySize: one start at a time,
-    as test workers (pytest -n) share the one cluster (-o: the daemons the script starts must
-    not inherit, and keep, the lock)."""
-    return ["flock", "-o", "/tmp/chatspace-dev-cluster.lock", "env",
-            f"CHATSPACE_SLURM_MAX_ARRAY_SIZE={SLURM_MAX_ARRAY_SIZE}",
-            str(REPO / "hpc" / "dev-cluster.sh"), "start"]
-
-
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Iterator[str]:
     """The dev cluster (started in the background from collection, see `Background`), with
@@ -116,8 +107,13 @@ IMAGE_BUILD = Background("image", ["bash", "-c", (
     'a=$(containers/dev-apptainer.sh 9>&- | tail -n 1) && '
     'i=$(PATH="$(dirname "$a"):$PATH" containers/dev-image.sh 9>&- | tail -n 1) && '
     'echo "$a" && echo "$i"')])
-# The dev cluster's first start installs SLURM and MariaDB (apt-get) and initialises them.
-CLUSTER_START = Background("cluster", cluster_start_command())
+# The dev cluster with a small MaxArraySize, started (or found running) one start at a time:
+# test workers share the one cluster (-o: the daemons the script starts must not inherit, and
+# keep, the lock). Its first start installs SLURM and MariaDB (apt-get) and initialises them.
+CLUSTER_START = Background("cluster", [
+    "flock", "-o", "/tmp/chatspace-dev-cluster.lock", "env",
+    f"CHATSPACE_SLURM_MAX_ARRAY_SIZE={SLURM_MAX_ARRAY_SIZE}",
+    str(REPO / "hpc" / "dev-cluster.sh"), "start"])
 
 
 # `pytest -m "not slow"` (minutes) while developing; the whole suite before a push. Slow: the

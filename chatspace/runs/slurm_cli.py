@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from chatspace.runs.attempts import reduce_job, task_jobs
 from chatspace.runs.record import Run
+from chatspace.runs.typed_records import Item
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +30,17 @@ FINISHED_BAD = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", 
 
 
 @dataclass(frozen=True)
-class JobState:
+class JobState(Item):
     """What SLURM says of one job: its state, exit code ("" while it runs), and where the
-    command that was asked tells them, why it waits (squeue) and when it ended (sacct)."""
+    command that was asked tells them, why it waits (squeue) and when it ended (sacct);
+    `to_dict` leaves out the two it did not tell."""
+
+    OMIT_NONE = True
 
     state: str
     exit_code: str = ""
     reason: str | None = None
     end: str | None = None
-
-    def as_json(self) -> dict[str, str]:
-        return {"state": self.state, "exit_code": self.exit_code,
-                **({"reason": self.reason} if self.reason is not None else {}),
-                **({"end": self.end} if self.end is not None else {})}
 
 
 class SlurmUnavailable(Exception):

@@ -87,7 +87,7 @@ class TaskStatus:
         if self.error is not None:
             out["error"] = self.error
         if self.slurm is not None:
-            out["slurm"] = self.slurm.as_json()
+            out["slurm"] = self.slurm.to_dict()
         return {**out, "elapsed_seconds": self.elapsed_seconds}
 
 
@@ -185,7 +185,7 @@ class ReduceStatus:
     log: str | None
 
     def as_json(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, **(self.job.as_json() if self.job else {}),
+        return {"job_id": self.job_id, **(self.job.to_dict() if self.job else {}),
                 "log": self.log}
 
 
