@@ -30,6 +30,7 @@ import pyarrow as pa
 from chatspace.errors import BadInput
 from chatspace.names import check_name
 from chatspace.runs.files import default_root, git_commit, write_parquet
+from chatspace.runs.formats import EXPERIMENT_FORMAT
 from chatspace.text import is_text
 
 SCHEMA = pa.schema([
@@ -37,7 +38,7 @@ SCHEMA = pa.schema([
     ("created_at", pa.timestamp("us", "UTC")), ("config", pa.string()),
     ("metrics", pa.map_(pa.string(), pa.float64())), ("tags", pa.list_(pa.string())),
     ("notes", pa.string()), ("git_sha", pa.string()), ("host", pa.string()),
-])
+], metadata=EXPERIMENT_FORMAT.tags())
 
 
 def _numbers(metrics: Any) -> dict[str, float]:
@@ -89,7 +90,8 @@ def save_experiment(name: str, config: dict[str, Any], metrics: dict[str, float]
            "config": config_json, "metrics": list(_numbers(metrics).items()),
            "tags": list(tags or []), "notes": notes, "git_sha": git_commit(Path.cwd()),
            "host": socket.gethostname()}
-    path = Path(root or default_root()) / "experiments" / name / f"{experiment_id}.parquet"
+    path = Path(root or default_root()) / EXPERIMENT_FORMAT.path.format(
+        name=name, experiment_id=experiment_id)
     table = pa.Table.from_pylist([row], SCHEMA)
     write_parquet(path, [table], SCHEMA, {"compression": "zstd"})
     return path

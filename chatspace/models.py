@@ -19,9 +19,11 @@ from chatspace.data.hub import check_revision, checked_listing, fetch, hub_offli
 from chatspace.errors import BadInput
 from chatspace.names import check_name, check_replaceable, replace_recorded, staging_dir
 from chatspace.runs.files import check_writable, sha256_file, tool_info, write_json
+from chatspace.runs.formats import ModelInfo, RecordedFile
 
 # Files worth copying from a model directory (weights, config, tokenizer, chat template).
 MODEL_FILES = ("*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken")
+INFO = ModelInfo.file_name()  # the recording's own record, which marks it as chatspace's
 
 
 @dataclass(frozen=True)
@@ -45,8 +47,8 @@ def find_model(name: str, root: Path | None = None,
         return ModelRef(path.resolve().name, str(path.resolve()))
     if name.startswith((".", "/", "~")):
         raise BadInput(f"model path not found: {name}")
-    if root is not None and (root / "models" / label_of(name) / "_info.json").exists():
-        return ModelRef(label_of(name), str(root / "models" / label_of(name)))
+    if root is not None and ModelInfo.path_in(root, label=label_of(name)).exists():
+        return ModelRef(label_of(name), str(ModelInfo.folder_in(root, label=label_of(name))))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from huggingface_hub import snapshot_download
 
@@ -108,7 +110,7 @@ def record_model(name: str, root: Path, revision: str | None = None,
         ref, commit = ModelRef(label_of(name), str(snapshot.path)), snapshot.commit
     check_name(ref.label, "model name")
     source = Path(ref.path)
-    dest = check_replaceable(root, root / "models" / ref.label)
+    dest = check_replaceable(root, ModelInfo.folder_in(root, label=ref.label), INFO)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = staging_dir(dest.parent)
     try:
@@ -116,15 +118,15 @@ def record_model(name: str, root: Path, revision: str | None = None,
         for src in sorted({p for pattern in patterns for p in source.glob(pattern)
                            if p.is_file()}):
             shutil.copyfile(src.resolve(), staging / src.name)  # cache entries are links
-            files.append({"path": src.name, "bytes": src.resolve().stat().st_size,
-                          "sha256": sha256_file(staging / src.name)})
+            files.append(RecordedFile(src.name, src.resolve().stat().st_size,
+                                      sha256_file(staging / src.name)))
         if not files:
             raise BadInput(f"model {name}: no file matches {', '.join(patterns)}")
-        info = {"name": name, "label": ref.label, "from": str(source), "revision": revision,
-                "commit": commit, "files": sorted(files, key=lambda f: f["path"]),
-                "tool": tool_info()}
-        write_json(staging / "_info.json", info)
-        replace_recorded(staging, dest, root)
+        info = ModelInfo(name=name, label=ref.label, copied_from=str(source),
+                         revision=revision, commit=commit, tool=tool_info(),
+                         files=tuple(sorted(files, key=lambda f: f.path)))
+        write_json(staging / INFO, info.to_dict())
+        replace_recorded(staging, dest, root, INFO)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return {**info, "path": str(dest)}
+    return {**info.to_dict(), "path": str(dest)}

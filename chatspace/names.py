@@ -85,12 +85,13 @@ def check_inside(root: Path, path: Path, what: str) -> Path:
     return path
 
 
-def check_replaceable(root: Path, dest: Path) -> Path:
+def check_replaceable(root: Path, dest: Path, marker: str) -> Path:
     """`dest` if a recording may be written there: inside `root`, and either absent or an
-    earlier recording of chatspace's (it has ``_info.json``); BadInput otherwise."""
+    earlier recording of chatspace's (it has the recording's record, `marker`); BadInput
+    otherwise."""
     check_inside(root, dest, "destination")
-    if dest.exists() and not (dest / "_info.json").is_file():
-        raise BadInput(f"{dest} exists and is not a recording of chatspace's (no _info.json): "
+    if dest.exists() and not (dest / marker).is_file():
+        raise BadInput(f"{dest} exists and is not a recording of chatspace's (no {marker}): "
                        "move it away first")
     return dest
 
@@ -106,9 +107,9 @@ def staging_dir(parent: Path) -> Path:
     return staging
 
 
-def replace_recorded(staging: Path, dest: Path, root: Path) -> None:
-    """Move a finished `staging` directory to `dest`, replacing an earlier recording there; a
-    directory chatspace did not record is never deleted."""
-    if check_replaceable(root, dest).exists():
+def replace_recorded(staging: Path, dest: Path, root: Path, marker: str) -> None:
+    """Move a finished `staging` directory to `dest`, replacing an earlier recording there
+    (one with `marker`); a directory chatspace did not record is never deleted."""
+    if check_replaceable(root, dest, marker).exists():
         shutil.rmtree(dest)
     staging.rename(dest)

@@ -9,6 +9,8 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from chatspace.kinds import KINDS
@@ -100,3 +102,64 @@ def test_every_record_round_trips_through_its_type(old_root):
         assert {e.task for e in manifest.files} >= set(range(run.num_tasks))
     embed = Manifest.parse(read_json(Run.open("embed-v1", old_root, KINDS).manifest_path))
     assert embed.details["rows_total"] == 6 and embed.kind == "embed"  # the job's summary
+
+
+def test_recordings_and_tagged_files_of_the_previous_release_still_read(old_root, tmp_path):
+    """`_info.json` of download-model / download-dataset and a saved steering spec, as the
+    release before their versions wrote them (21f7b7a), read as version 1 and are replaced by
+    version 2 recordings; every tagged file chatspace writes carries its format and version."""
+    from safetensors import safe_open
+
+    from chatspace.experiments import save_experiment
+    from chatspace.kinds.vectors.compute import Vector, write_vectors
+    from chatspace.models import find_model
+    from chatspace.runs.formats import (
+        EXPERIMENT_FORMAT,
+        STEERING_FORMAT,
+        VECTORS_FORMAT,
+        DatasetInfo,
+        ModelInfo,
+    )
+    from chatspace.steering import spec as steering
+
+    model_info = ModelInfo.path_in(old_root, label="model")
+    dataset_info = DatasetInfo.path_in(old_root, source="local", dataset="data", split="")
+    for cls, path in ((ModelInfo, model_info), (DatasetInfo, dataset_info)):
+        assert "version" not in read_json(path), f"{path} is not a version 1 recording"
+        record = cls.parse(read_json(path), path)
+        assert cls.parse(record.to_dict(), path) == record
+        assert record.to_dict()["version"] == 2 and "from" not in record.to_dict()
+    assert ModelInfo.parse(read_json(model_info)).copied_from == "/tmp/v1src/model"
+    dataset = DatasetInfo.parse(read_json(dataset_info))
+    assert dataset.rows == 2 and dataset.files[0].copied_from == "/tmp/v1src/data/docs.parquet"
+    assert find_model("model", old_root).path == str(model_info.parent)
+
+    source = tmp_path / "model"
+    shutil.copytree(model_info.parent, source)
+    again = chatspace("download-model", str(source), root=old_root)  # replaces the v1 one
+    assert again.returncode == 0, again.stderr
+    assert ModelInfo.parse(read_json(model_info)).copied_from == str(source)
+
+    assert (STEERING_FORMAT.format, STEERING_FORMAT.version) == (steering.FORMAT,
+                                                                 steering.VERSION)
+    old_spec = old_root / "spec-v1.safetensors"
+    assert steering.is_spec_file(old_spec)
+    loaded = steering.SteeringSpec.load(old_spec)
+    assert loaded.layers[1].ops[0].scale == 2.0
+    loaded.save(tmp_path / "spec.safetensors")
+    written = {STEERING_FORMAT: tmp_path / "spec.safetensors"}
+    written[VECTORS_FORMAT] = write_vectors(
+        [Vector("mean/a/L1", "mean", 1, ["a"], [3], np.ones(4))], tmp_path)[0]
+    for tagged, path in written.items():
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata()
+        assert {k: meta[k] for k in ("format", "version")} == tagged.tags()
+    experiment = save_experiment("e", {}, {"loss": 1.0}, root=tmp_path)
+    assert experiment.relative_to(tmp_path).parts[:2] == ("experiments", "e")
+    assert {k.decode(): v.decode() for k, v in pq.read_schema(experiment).metadata.items()
+            } == EXPERIMENT_FORMAT.tags()
+
+    newer = steering.SteeringSpec.to_bytes(loaded).replace(b'"version":"2"', b'"version":"9"')
+    (tmp_path / "newer.safetensors").write_bytes(newer)
+    with pytest.raises(ValueError, match="version 9; this chatspace reads up to version 2"):
+        steering.SteeringSpec.load(tmp_path / "newer.safetensors")

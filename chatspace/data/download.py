@@ -30,6 +30,9 @@ from chatspace.data.sources import (
 from chatspace.errors import BadInput
 from chatspace.names import check_replaceable, replace_recorded, staging_dir
 from chatspace.runs.files import check_writable, sha256_file, tool_info, write_json
+from chatspace.runs.formats import DatasetInfo, RecordedFile
+
+INFO = DatasetInfo.file_name()
 
 
 def _source(name: str, subset: str | None, split: str | None,
@@ -55,8 +58,8 @@ def record_dataset(name: str, subset: str | None, split: str | None, root: Path,
     check_split(subset, split)
     check_revision(revision)
     source, split, commit = _source(name, subset, split, revision)
-    dest = check_replaceable(root, root.joinpath("datasets", "raw", source.origin,
-                                                 source.dataset, *([split] if split else [])))
+    dest = check_replaceable(root, DatasetInfo.folder_in(
+        root, source=source.origin, dataset=source.dataset, split=split or ""), INFO)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = staging_dir(dest.parent)
     try:
@@ -66,14 +69,13 @@ def record_dataset(name: str, subset: str | None, split: str | None, root: Path,
             features = features or {f.name: str(f.type) for f in table.schema}
             out = staging / f"part-{number:05d}.parquet"
             pq.write_table(table, out, compression="zstd")
-            files.append({"path": out.name, "rows": table.num_rows, "from": src.path,
-                          "bytes": out.stat().st_size, "sha256": sha256_file(out)})
-        info = {"name": name, "subset": subset, "split": split, "source": source.origin,
-                "revision": revision, "commit": commit,
-                "rows": sum(f["rows"] for f in files), "features": features, "files": files,
-                "tool": tool_info()}
-        write_json(staging / "_info.json", info)
-        replace_recorded(staging, dest, root)
+            files.append(RecordedFile(out.name, out.stat().st_size, sha256_file(out),
+                                      table.num_rows, str(src.path)))
+        info = DatasetInfo(name=name, subset=subset, split=split, source=source.origin,
+                           revision=revision, commit=commit, rows=sum(f.rows for f in files),
+                           features=features, files=tuple(files), tool=tool_info())
+        write_json(staging / INFO, info.to_dict())
+        replace_recorded(staging, dest, root, INFO)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return {**info, "path": str(dest)}
+    return {**info.to_dict(), "path": str(dest)}

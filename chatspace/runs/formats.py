@@ -229,5 +229,106 @@ class Lease(Record):
     details: dict[str, Any] = doc("unused", default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RecordedFile(Item):
+    OMIT_NONE = True  # a dataset's files have rows and a source, a model's do not
+
+    path: str = doc("the file, relative to the recording's folder")
+    bytes: int = doc("its size")
+    sha256: str = doc("its checksum")
+    rows: int | None = doc("Parquet rows in it (datasets)", None)
+    copied_from: str | None = doc("the file it was converted from (datasets; version 1: "
+                                  "`from`)", None)
+
+
+def _from_v1(data: Any) -> Any:
+    """A version 1 recording's ``from`` (a keyword in Python) read as ``copied_from``."""
+    if isinstance(data, dict) and "from" in data and "format" not in data:
+        data = {("copied_from" if k == "from" else k): v for k, v in data.items()}
+    return data
+
+
+@dataclass(frozen=True)
+class DatasetInfo(Record):
+    """A dataset recorded under the root by `download-dataset` (`{split}` empty for a dataset
+    without splits): what it was, where from, every file's size and checksum."""
+
+    FORMAT = "chatspace-dataset"
+    VERSION = 2
+    PATH = "datasets/raw/{source}/{dataset}/{split}/_info.json"
+    WRITER = ("`download-dataset`, last in its staging folder, which then replaces the "
+              "folder at once (version 1: without format and version)")
+
+    name: str = doc("the name or path it was recorded from")
+    source: str = doc("hf | local | …: where the files came from")
+    rows: int = doc("rows in all its files")
+    features: dict[str, str] | None = doc("column -> Arrow type")
+    files: tuple[RecordedFile, ...] = doc("its Parquet files, with rows and source file")
+    tool: dict[str, Any] = doc("chatspace version and git_sha that recorded it")
+    subset: str | None = doc("the Hub subset (config)", None)
+    split: str | None = doc("the split", None)
+    revision: str | None = doc("the Hub revision asked for", None)
+    commit: str | None = doc("the Hub commit the files were taken at", None)
+    details: dict[str, Any] = doc("unused", default_factory=dict)
+
+    @classmethod
+    def parse(cls, data: Any, where: object = "record") -> Self:
+        if isinstance(data, dict) and "format" not in data:
+            data = {**data, "files": [_from_v1(f) for f in data.get("files", [])]}
+        return super().parse(data, where)
+
+
+@dataclass(frozen=True)
+class ModelInfo(Record):
+    """A model recorded under the root by `download-model`, where tasks load it from."""
+
+    FORMAT = "chatspace-model"
+    VERSION = 2
+    PATH = "models/{label}/_info.json"
+    WRITER = DatasetInfo.WRITER.replace("download-dataset", "download-model")
+
+    name: str = doc("the name or path it was recorded from")
+    label: str = doc("its folder's name (the name with `/` as `__`)")
+    copied_from: str = doc("the directory its files were copied from (version 1: `from`)")
+    files: tuple[RecordedFile, ...] = doc("its files (weights, config, tokenizer)")
+    tool: dict[str, Any] = doc("chatspace version and git_sha that recorded it")
+    revision: str | None = doc("the Hub revision asked for", None)
+    commit: str | None = doc("the Hub commit the files were taken at", None)
+    details: dict[str, Any] = doc("unused", default_factory=dict)
+
+    @classmethod
+    def parse(cls, data: Any, where: object = "record") -> Self:
+        return super().parse(_from_v1(data), where)
+
+
 RECORDS: tuple[type[Record], ...] = (Plan, Completion, PartSidecar, Attempt, Submissions,
-                                     Manifest, Lease)
+                                     Manifest, Lease, DatasetInfo, ModelInfo)
+
+
+@dataclass(frozen=True)
+class TaggedFile:
+    """A file that is not JSON (safetensors, Parquet) but carries a record's ``format`` and
+    ``version`` in its own metadata (safetensors' header metadata, Parquet's schema
+    metadata), as text: those formats hold only strings."""
+
+    format: str
+    version: int
+    path: str
+    what: str
+
+    def tags(self) -> dict[str, str]:
+        """The metadata to write."""
+        return {"format": self.format, "version": str(self.version)}
+
+
+VECTORS_FORMAT = TaggedFile(
+    "chatspace-vectors", 2, "{output_dir}/vectors.safetensors",
+    "a vectors run's vectors, one tensor per key (version 1: format `chatspace-vectors/1`)")
+STEERING_FORMAT = TaggedFile(
+    "chatspace-steering", 2, "any path (`SteeringSpec.save`)",
+    "a steering spec: its vectors as tensors, its ops as JSON in metadata `ops` (version 1: "
+    "format `chatspace-steering/1`)")
+EXPERIMENT_FORMAT = TaggedFile(
+    "chatspace-experiment", 1, "experiments/{name}/{experiment_id}.parquet",
+    "one experiment's row (`save_experiment`); files before versions are version 1 too")
+TAGGED_FILES = (VECTORS_FORMAT, STEERING_FORMAT, EXPERIMENT_FORMAT)

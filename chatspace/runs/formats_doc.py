@@ -11,10 +11,12 @@ from typing import Any
 
 from chatspace.runs.formats import (
     RECORDS,
+    TAGGED_FILES,
     FileEntry,
     LogFile,
     ManifestFile,
     PartTime,
+    RecordedFile,
     Submission,
     TaskSlice,
 )
@@ -34,8 +36,15 @@ def formats_markdown() -> str:
                   " ".join((cls.__doc__ or "").split()), "", f"Written by: {cls.WRITER}.", ""]
         lines += _field_table(cls)
     lines += ["## Objects inside records", ""]
-    for item in (FileEntry, ManifestFile, TaskSlice, PartTime, LogFile, Submission):
+    for item in (FileEntry, ManifestFile, TaskSlice, PartTime, LogFile, Submission,
+                 RecordedFile):
         lines += [f"### {item.__name__}", ""] + _field_table(item)
+    lines += ["## Files with a format in their metadata", "",
+              "Safetensors and Parquet files carry `format` and `version` as text (safetensors' "
+              "header metadata, Parquet's schema metadata).", "",
+              "| file | format | version | what |", "|---|---|---|---|"]
+    lines += [f"| `{t.path}` | {t.format} | {t.version} | {t.what} |" for t in TAGGED_FILES]
+    lines += [""]
     lines += ["## Other files of a run", "", "| file | what | written |", "|---|---|---|"]
     lines += [f"| `{path}` | {what} | {when} |" for path, what, when in OTHER_FILES]
     lines += ["", "## Names inside outputs", "", *NAMES]

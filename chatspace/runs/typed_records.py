@@ -71,6 +71,11 @@ class Record(Item):
         return root / cls.PATH.format(**fields)
 
     @classmethod
+    def file_name(cls) -> str:
+        """The name its PATH gives the file itself."""
+        return cls.PATH.rsplit("/", 1)[-1]
+
+    @classmethod
     def folder_in(cls, root: Path, **fields: Any) -> Path:
         """The folder its PATH puts it in, under `root`, with the folder's `fields` filled in."""
         return root / cls.PATH.rsplit("/", 1)[0].format(**fields)

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-FORMAT = "chatspace-steering/1"
+# The saved spec's format and version (docs/formats.md lists it: runs/formats.py STEERING_FORMAT).
+FORMAT, VERSION = "chatspace-steering", 2
 # A vector's norm must lie in this range: outside it float32 projections lose the direction
 # (1e-30 entries square to 0) or overflow (1e30 entries square to inf).
 NORM_RANGE = (1e-8, 1e8)
@@ -121,7 +122,8 @@ class SteeringSpec:
                 key = f"layers.{index}.ops.{number}.vector"
                 tensors[key] = op.vector.detach().cpu().contiguous()
                 ops.append({"layer": index, "key": key, **_op_fields(op)})
-        return save(tensors, metadata={"format": FORMAT, "ops": json.dumps(ops)})
+        return save(tensors, metadata={"format": FORMAT, "version": str(VERSION),
+                                       "ops": json.dumps(ops)})
 
     def save(self, path: str | Path) -> None:
         Path(path).write_bytes(self.to_bytes())
@@ -132,9 +134,13 @@ class SteeringSpec:
 
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
-            if meta.get("format") != FORMAT:
+            version = _spec_version(meta)
+            if version is None:
                 raise ValueError(f"{path}: not a chatspace steering spec (format "
                                  f"{meta.get('format')!r}, expected {FORMAT!r})")
+            if version > VERSION:
+                raise ValueError(f"{path} is {FORMAT} version {version}; this chatspace reads "
+                                 f"up to version {VERSION}: upgrade chatspace to read it")
             layers: dict[int, list[Op]] = {}
             for entry in json.loads(meta["ops"]):
                 if entry.get("op") not in OPS:
@@ -144,6 +150,15 @@ class SteeringSpec:
                 vector = fh.get_tensor(entry.pop("key"))
                 layers.setdefault(entry.pop("layer"), []).append(op_type(vector=vector, **entry))
         return cls({i: LayerSteeringSpec(tuple(ops)) for i, ops in layers.items()})
+
+
+def _spec_version(meta: dict[str, str]) -> int | None:
+    """The version of steering spec a safetensors file's metadata names (version 1 wrote
+    ``chatspace-steering/1`` as its format); None when it is not a steering spec."""
+    if meta.get("format") == f"{FORMAT}/1":
+        return 1
+    version = meta.get("version", "")
+    return int(version) if meta.get("format") == FORMAT and version.isdigit() else None
 
 
 def _op_fields(op: Op) -> dict:
@@ -213,7 +228,7 @@ def is_spec_file(path: str | Path) -> bool:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as fh:
-        return (fh.metadata() or {}).get("format") == FORMAT
+        return _spec_version(fh.metadata() or {}) is not None
 
 
 def make_op(op: str, vector: torch.Tensor, scale: float | None = None,

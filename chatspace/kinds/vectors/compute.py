@@ -22,8 +22,8 @@ from chatspace.kinds.vector_refs import VECTORS_FILE
 from chatspace.kinds.vectors.spec import GroupsConfig
 from chatspace.kinds.vectors.stats import generation_vectors, group_order
 from chatspace.runs.files import atomic_path, write_parquet
+from chatspace.runs.formats import VECTORS_FORMAT
 
-FORMAT = "chatspace-vectors/1"
 VECTORS_SCHEMA = pa.schema([
     ("key", pa.string()), ("kind", pa.string()), ("layer", pa.int32()),
     ("groups", pa.list_(pa.string())), ("counts", pa.list_(pa.int64())),
@@ -117,7 +117,7 @@ def write_vectors(vectors: list[Vector], folder: Path) -> list[Path]:
 
     tensors = {v.key: torch.from_numpy(v.values.astype(np.float32)) for v in vectors}
     with atomic_path(folder / VECTORS_FILE) as tmp:
-        tmp.write_bytes(save(tensors, metadata={"format": FORMAT}))
+        tmp.write_bytes(save(tensors, metadata=VECTORS_FORMAT.tags()))
     table = pa.Table.from_pylist([
         {"key": v.key, "kind": v.kind, "layer": v.layer, "groups": v.groups,
          "counts": v.counts, "norm": float(np.linalg.norm(v.values)),
