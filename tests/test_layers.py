@@ -17,6 +17,7 @@ ORDER = [
     ["chatspace.__main__", "chatspace.cli"],
     ["chatspace.generation"],  # the original chatspace's API, over the steering library
     ["chatspace.chat"],
+    ["chatspace.serve"],  # vLLM's OpenAI server with the steering middleware
     ["chatspace.kinds"],  # the kinds
     ["chatspace.results"],  # handed the kinds
     ["chatspace.models"],

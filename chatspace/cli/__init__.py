@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from chatspace.cli import chat, embed, observe, results, runs
+from chatspace.cli import chat, embed, observe, results, runs, serve
 from chatspace.errors import BadInput, RunFailed
 from chatspace.text import printable
 
@@ -35,7 +35,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 
 
 for command in (*runs.COMMANDS, *observe.COMMANDS, *embed.COMMANDS, *results.COMMANDS,
-                *chat.COMMANDS):
+                *chat.COMMANDS, *serve.COMMANDS):
     cli.add_command(command)
 
 

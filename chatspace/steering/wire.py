@@ -12,6 +12,7 @@ each side builds and reads them through these types, so a field renamed on one s
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -51,7 +52,11 @@ class Hooks(Wire):
     metrics_k: int | None = None
 
     @classmethod
-    def from_wire(cls, data: dict[str, Any]) -> Self:
+    def from_wire(cls, data: dict[str, Any] | str) -> Self:
+        """From the dict `VLLMBackend` puts in extra_args, or the JSON text `chatspace serve`
+        puts in a request's ``vllm_xargs`` (whose values vLLM allows only as scalars)."""
+        if isinstance(data, str):
+            data = json.loads(data)
         return cls(**{**data, "layers": tuple(data.get("layers") or ())})
 
 

