@@ -28,6 +28,7 @@ SLOW_BENCHES = {  # a vLLM engine start or more, or a steer and a vectors run: a
                                                    "capture overhead TP=2 / TP=1"),
     "steer_sweep": ([], "whole run tok/s"),
     "vectors": ([], "peak RSS"),
+    "serve": ([], "slower by"),
 }
 
 

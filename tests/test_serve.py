@@ -18,6 +18,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy
 import pytest
 import torch
 
@@ -47,6 +48,7 @@ class Server:
     key: str
     log: Path
     model: str
+    flag_default: list | None = None  # the default spec --vector gave
 
     def client(self, key: str | None = None) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url, api_key=key or self.key, max_retries=0)
@@ -76,17 +78,24 @@ def server(model_path, tmp_path_factory):
     key_file = home / "key"
     key_file.write_text("test-key-0123\n")
     log = home / "server.log"
+    numpy.save(home / "default.npy", vector(8).numpy())
     with open(log, "w") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "chatspace", "serve", str(model_path), "--port", "0",
              "--dtype", "float32", "--max-model-len", "512", "--api-key-file", str(key_file),
+             "--vector", str(home / "default.npy"), "--layer", "2", "--scale", "3",
              "--root", str(home)], stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     try:
         line = wait_until(lambda: next((x for x in log.read_text().splitlines()
                                         if x.startswith("serving at ")), None)
                           or process.poll() is not None, timeout=600, what="the server")
         assert process.poll() is None, log.read_text()[-3000:]
-        yield Server(line.removeprefix("serving at "), "test-key-0123", log, model_path.name)
+        server = Server(line.removeprefix("serving at "), "test-key-0123", log,
+                        model_path.name)
+        status, body = server.call("PUT", "/v1/steering/default", {"steering": None})
+        assert status == 200  # the tests start unsteered; the flags' default as it was:
+        server.flag_default = json.loads(body)["previous"]
+        yield server
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(120)
@@ -134,13 +143,20 @@ SPECS = {
 
 def test_unsteered_answers_are_steer_models(server, hf):
     expected = reference(hf, None)
-    assert chat_ids(server, n=2) == [expected, expected]  # n > 1: greedy twice
+    assert chat_ids(server) == [expected]
     streamed = server.client().chat.completions.create(
         model=server.model, messages=MESSAGES, max_tokens=TOKENS, temperature=0, stream=True)
     whole = server.client().chat.completions.create(
         model=server.model, messages=MESSAGES, max_tokens=TOKENS, temperature=0)
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == \
         whole.choices[0].message.content
+    for steering in (None, points(SPECS["add"])):  # n > 1 (sampled: vLLM refuses greedy)
+        sampled = server.client().chat.completions.create(
+            model=server.model, messages=MESSAGES, max_tokens=TOKENS, temperature=1.0, n=2,
+            seed=1, extra_body={"steering": steering})
+        assert len(sampled.choices) == 2
+        steered = (sampled.model_extra.get("chatspace") or {}).get("steered", 0)
+        assert (steered > 0) == (steering is not None)
     ids = hf.tokenizer.encode(PROMPT)
     completion = server.client().completions.create(
         model=server.model, prompt=ids, max_tokens=TOKENS, temperature=0, logprobs=1,
@@ -187,6 +203,9 @@ def test_concurrent_requests_each_get_their_own_spec(server, hf):
 
 
 def test_default_spec_null_and_registered_vectors(server, hf):
+    assert [{k: v for k, v in op.items() if k != "norm"} for op in server.flag_default] == \
+        [{"layer": 2, "op": "add", "scale": 3.0}]
+    assert server.flag_default[0]["norm"] == pytest.approx(float(vector(8).norm()), rel=1e-6)
     status, body = server.call("POST", "/v1/steering/vectors",
                                {"name": "persona", "vector": vector(7).tolist()})
     assert status == 200 and json.loads(body) == {"name": "persona", "size": 64}
@@ -256,13 +275,16 @@ BAD = [
 
 
 def test_bad_fields_are_400_with_one_line_and_the_server_keeps_serving(server, hf):
-    for body, message in BAD:
-        with pytest.raises(openai.BadRequestError) as raised:
-            server.client().chat.completions.create(
-                model=server.model, messages=MESSAGES, max_tokens=2, extra_body=body)
-        error = raised.value.body
-        assert error["message"].startswith(message), (body, error)
+    for fields, message in BAD:  # over plain HTTP: the openai client refuses to send a NaN
+        status, answer = server.call("POST", "/v1/chat/completions", {
+            "model": server.model, "messages": MESSAGES, "max_tokens": 2, **fields})
+        error = json.loads(answer)["error"]
+        assert status == 400 and error["message"].startswith(message), (fields, error)
         assert "\n" not in error["message"]
+    with pytest.raises(openai.BadRequestError) as raised:  # as a client sees it
+        server.client().completions.create(model=server.model, prompt=PROMPT, max_tokens=2,
+                                           extra_body=BAD[0][0])
+    assert raised.value.body["message"].startswith(BAD[0][1])
     with pytest.raises(openai.AuthenticationError):
         server.client("wrong-key").chat.completions.create(
             model=server.model, messages=MESSAGES, max_tokens=2,
@@ -273,9 +295,14 @@ def test_bad_fields_are_400_with_one_line_and_the_server_keeps_serving(server, h
     assert chat_ids(server) == [reference(hf, None)]
 
 
-def test_serve_refuses_bad_flags_before_starting(tmp_path):
+def test_serve_refuses_bad_flags_before_starting(tmp_path, model_path):
     missing = chatspace("serve", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "model path not found" in missing.stderr
     keyless = chatspace("serve", str(tmp_path), "--api-key-file", str(tmp_path / "no-key"))
     assert keyless.returncode == 2 and "--api-key-file" in keyless.stderr
+    numpy.save(tmp_path / "v.npy", vector(1).numpy())
+    outside = chatspace("serve", str(model_path), "--vector", str(tmp_path / "v.npy"),
+                        "--layer", "9")
+    assert outside.returncode == 2 and outside.stderr.strip().splitlines()[-1].startswith(
+        "chatspace: error: --vector: layers[9]"), outside.stderr
     assert os.environ.get("VLLM_API_KEY") is None

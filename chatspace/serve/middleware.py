@@ -26,7 +26,7 @@ from dataclasses import replace
 from typing import Any
 
 from chatspace.serve.fields import DEFAULT, Extras, FieldError, steering_of
-from chatspace.serve.state import ServeState, Settings
+from chatspace.serve.state import ServeState, Settings, describe
 from chatspace.steering import shm
 from chatspace.steering.wire import EXTRA_KEY, CollectAsk, Hooks
 
@@ -87,9 +87,10 @@ class SteeringMiddleware:
             if "steering" not in request:
                 raise FieldError("steering", "is required (a list of points, or null)")
             points = request["steering"]
+            previous = describe(state.default)
             state.default = None if points is None else steering_of(points, state.shape,
                                                                     state.lookup)
-            return 200, state.describe()
+            return 200, {**state.describe(), "previous": previous}
         except json.JSONDecodeError as exc:
             return 400, _error("body", f"body: not JSON ({exc})")
         except ValueError as exc:
