@@ -62,13 +62,13 @@ class Served:
         self.url = f"http://127.0.0.1:{self.port}"
         if chatspace:
             command = [sys.executable, "-m", "chatspace", "serve", str(path), "--port",
-                       str(self.port), "--dtype", "float32", "--max-model-len", "1024",
+                       str(self.port), "--dtype", "float32", "--max-model-len", "512",
                        "--root", str(path.parent),
                        "--compile" if compiled else "--no-compile"]
             env = {**ENV_DEFAULTS, **os.environ}
         else:  # the same command line less chatspace's extension and middleware
             command, env = server_command(str(path), "127.0.0.1", self.port, compiled, 1,
-                                          1024, "float32")
+                                          512, "float32")
             for flag in ("--worker-extension-cls", "--middleware"):
                 at = command.index(flag)
                 del command[at:at + 2]
@@ -90,19 +90,19 @@ async def load(url: str, clients: int, requests: list[dict]) -> float:
     """Seconds for `clients` concurrent clients to get through every request."""
     import openai
 
-    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0,
-                                timeout=3600)
     queue = list(requests)
+    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0,
+                                  timeout=3600) as client:
 
-    async def worker() -> None:
-        while queue:
-            body = queue.pop()
-            answer = await client.completions.create(**body)
-            assert answer.usage.completion_tokens == body["max_tokens"]
+        async def worker() -> None:
+            while queue:
+                body = queue.pop()
+                answer = await client.completions.create(**body)
+                assert answer.usage.completion_tokens == body["max_tokens"]
 
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(clients)))
-    return time.perf_counter() - start
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        return time.perf_counter() - start
 
 
 def requests_for(prompt: list[int], args, steering: list | None, model: str) -> list[dict]:
