@@ -271,6 +271,10 @@ BAD = [
      "steering[0].op: 'push' is not one of add, cap, ablate"),
     ({"capture": {"layers": [1], "rows": "some"}}, "capture: rows must be one of"),
     ({"capture": {"layer": [1]}}, "capture.layer: is not a capture field"),
+    ({"vllm_xargs": {"chatspace": json.dumps({"key": "k", "layers": [99]})}},
+     "vllm_xargs.chatspace: is chatspace's own"),
+    ({"steering": [{"op": "add", "layers": [1], "vector": [1.0] * 64}], "n": 2,
+      "temperature": 1, "capture": {"layers": [1]}}, "n: capture and chatspace_metrics"),
 ]
 
 

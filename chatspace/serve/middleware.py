@@ -25,7 +25,7 @@ import uuid
 from dataclasses import replace
 from typing import Any
 
-from chatspace.serve.fields import DEFAULT, Extras, FieldError, steering_of
+from chatspace.serve.fields import DEFAULT, FIELDS, Extras, FieldError, steering_of
 from chatspace.serve.state import ServeState, Settings, describe
 from chatspace.steering import shm
 from chatspace.steering.wire import EXTRA_KEY, CollectAsk, Hooks
@@ -54,6 +54,9 @@ class SteeringMiddleware:
         if self.state is None:
             self.state = ServeState(scope["app"].state.engine_client, self.settings)
         body = await _read(receive)
+        if body is None:
+            return await _respond(send, 413, _error("body", f"the request is over "
+                                                            f"{BODY_LIMIT >> 20} MB"))
         if ours:
             status, answer = await self._route(scope["method"], path, body)
             return await _respond(send, status, answer)
@@ -102,8 +105,11 @@ class SteeringMiddleware:
             request = json.loads(body)
         except ValueError:
             request = None
-        if not isinstance(request, dict) or not (set(request) & {"steering", "capture",
-                                                                 "chatspace_metrics"}
+        if isinstance(request, dict) and EXTRA_KEY in (request.get("vllm_xargs") or {}):
+            return await _respond(send, 400, _error(  # hooks come from checked fields only
+                f"vllm_xargs.{EXTRA_KEY}", f"vllm_xargs.{EXTRA_KEY}: is chatspace's own: ask "
+                f"with {', '.join(FIELDS)}"))
+        if not isinstance(request, dict) or not (set(request) & set(FIELDS)
                                                  or state.default is not None):
             state.counters.requests += 1
             return await self.app(scope, _replay(body, receive), send)
@@ -235,12 +241,15 @@ async def _respond(send, status: int, answer: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def _read(receive) -> bytes:
+async def _read(receive) -> bytes | None:
+    """The request's body; None when it is over BODY_LIMIT."""
     body = b""
     while True:
         message = await receive()
         body += message.get("body", b"")
-        if len(body) > BODY_LIMIT or not message.get("more_body"):
+        if len(body) > BODY_LIMIT:
+            return None
+        if not message.get("more_body"):
             return body
 
 
