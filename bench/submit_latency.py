@@ -30,7 +30,12 @@ def main() -> None:
 
     baseline, out = timed(lambda: subprocess.run(
         ["sbatch", "--parsable", f"--array=0-{args.array - 1}", "--wrap=true",
-         f"--output={work}/wrap-%A_%a.out"], capture_output=True, text=True, check=True))
+         f"--output={work}/wrap-%A_%a.out"], capture_output=True, text=True))
+    if out.returncode != 0:  # e.g. a cluster whose MaxArraySize is under --array
+        first = (out.stderr.strip().splitlines() or ["no message"])[0]
+        raise SystemExit(f"bare sbatch --array=0-{args.array - 1} failed: {first} (this bench "
+                         f"needs a cluster whose MaxArraySize is at least {args.array}, or a "
+                         "smaller --array)")
     subprocess.run(["scancel", out.stdout.strip()], check=False)
 
     cmd = [sys.executable, "-m", "chatspace", "submit", "embed", "--dataset", str(data),
