@@ -8,6 +8,7 @@ one line, a wrong key 401, and the server keeps serving."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -72,34 +73,41 @@ def model_path(tiny_model_dir) -> Path:
     return tiny_model_dir("qwen2")
 
 
-@pytest.fixture(scope="module")
-def server(model_path, tmp_path_factory):
-    home = tmp_path_factory.mktemp("serve")
+@contextlib.contextmanager
+def serving(model_path: Path, home: Path, *flags: str, env: dict | None = None):
+    """`chatspace serve` of the model with `flags`, a key in a file, until the block ends; the
+    key never reaches its log."""
     key_file = home / "key"
     key_file.write_text("test-key-0123\n")
     log = home / "server.log"
-    numpy.save(home / "default.npy", vector(8).numpy())
     with open(log, "w") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "chatspace", "serve", str(model_path), "--port", "0",
              "--dtype", "float32", "--max-model-len", "512", "--api-key-file", str(key_file),
-             "--vector", str(home / "default.npy"), "--layer", "2", "--scale", "3",
-             "--root", str(home)], stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+             "--root", str(home), *flags], stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+            env={**os.environ, **(env or {})})
     try:
         line = wait_until(lambda: next((x for x in log.read_text().splitlines()
                                         if x.startswith("serving at ")), None)
                           or process.poll() is not None, timeout=600, what="the server")
         assert process.poll() is None, log.read_text()[-3000:]
-        server = Server(line.removeprefix("serving at "), "test-key-0123", log,
-                        model_path.name)
+        yield Server(line.removeprefix("serving at "), "test-key-0123", log, model_path.name)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(120)
+    assert "test-key-0123" not in log.read_text()
+
+
+@pytest.fixture(scope="module")
+def server(model_path, tmp_path_factory):
+    home = tmp_path_factory.mktemp("serve")
+    numpy.save(home / "default.npy", vector(8).numpy())
+    with serving(model_path, home, "--vector", str(home / "default.npy"), "--layer", "2",
+                 "--scale", "3") as server:
         status, body = server.call("PUT", "/v1/steering/default", {"steering": None})
         assert status == 200  # the tests start unsteered; the flags' default as it was:
         server.flag_default = json.loads(body)["previous"]
         yield server
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(120)
-    assert "test-key-0123" not in log.read_text()  # the key never reaches the log
 
 
 @pytest.fixture(scope="module")
@@ -371,3 +379,26 @@ def test_an_evaluation_harness_runs_against_the_server_steered_and_not(server, t
         server.call("PUT", "/v1/steering/default", {"steering": None})
     assert counted["requests"] == 12 and counted["steered"] == 12
     assert results["results"]["chatspace_tiny"]["alias"] == "chatspace_tiny"
+
+
+def test_a_compiled_server_steers_and_captures_as_steer_model(model_path, hf, tmp_path):
+    """vLLM's compiled model (dynamo's eager backend on this CPU, as the compiled vLLM tests):
+    each op and a capture as `SteerModel` gives them."""
+    ids = hf.tokenizer.encode(PROMPT)
+    with serving(model_path, tmp_path, "--compile", env={"VLLM_CPU_CI_ENV": "1"}) as server:
+        for name in ("add", "multi-layer"):
+            assert chat_ids(server, points(SPECS[name])) == [reference(hf, SPECS[name])]
+        answer = server.client().completions.create(
+            model=server.model, prompt=ids, max_tokens=TOKENS, temperature=0,
+            extra_body={"steering": points(SPECS["cap"]), "capture": {"layers": [2]}})
+        capture = answer.model_extra["chatspace"]["capture"]
+        status, data = server.call("GET", f"/v1/captures/{capture['id']}")
+        assert json.loads(server.call("GET", "/v1/steering")[1])["worker"]["compiled"]
+    from safetensors.torch import load
+
+    expected = hf.generate_sync([ids], Sampling(max_tokens=TOKENS), steering_spec=SPECS["cap"],
+                                capture_layers=[2], capture=CaptureOptions(rows="last"))
+    expected = expected[0].capture[2]
+    got = load(data)[f"{capture['id']}/layer2"]
+    assert status == 200 and got.shape == expected.shape == (1, 64)  # rows: last
+    assert torch.nn.functional.cosine_similarity(got, expected, dim=-1).min() >= 0.9999
