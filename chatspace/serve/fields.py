@@ -109,6 +109,8 @@ def steering_of(points: Any, shape: Shape, lookup: VectorLookup) -> SteeringSpec
                    for name in ("scale", "min", "max")}
         if op == "cap" and numbers["scale"] is not None:
             raise FieldError(f"{where}.scale", "op cap takes min and max, not scale")
+        if op == "cap" and numbers["min"] is None and numbers["max"] is None:
+            raise FieldError(where, "op cap needs min, max or both")
         if op != "cap" and (numbers["min"] is not None or numbers["max"] is not None):
             raise FieldError(f"{where}.min", f"op {op} takes scale, not min/max")
         for layer in _layers(point.get("layers"), f"{where}.layers", shape, empty=False):
