@@ -113,7 +113,7 @@ def steering_of(points: Any, shape: Shape, lookup: VectorLookup) -> SteeringSpec
             raise FieldError(where, "op cap needs min, max or both")
         if op != "cap" and (numbers["min"] is not None or numbers["max"] is not None):
             raise FieldError(f"{where}.min", f"op {op} takes scale, not min/max")
-        for layer in _layers(point.get("layers"), f"{where}.layers", shape, empty=False):
+        for layer in _layers(point.get("layers"), f"{where}.layers", shape):
             try:
                 layers.setdefault(layer, []).append(make_op(op, vector, **numbers))
             except ValueError as exc:
@@ -134,7 +134,7 @@ def capture_of(capture: Any, shape: Shape) -> tuple[tuple[int, ...], CaptureOpti
     if unknown := sorted(set(capture) - CAPTURE_KEYS):
         raise FieldError(f"capture.{unknown[0]}", "is not a capture field "
                                                   f"({', '.join(sorted(CAPTURE_KEYS))})")
-    layers = _layers(capture.get("layers"), "capture.layers", shape, empty=False)
+    layers = _layers(capture.get("layers"), "capture.layers", shape)
     options = {k: capture[k] for k in ("rows", "pool", "dtype") if capture.get(k) is not None}
     for name, value in options.items():
         if not isinstance(value, str):
@@ -188,9 +188,9 @@ def _number(value: Any, where: str) -> float | None:
     return float(value)
 
 
-def _layers(value: Any, where: str, shape: Shape, empty: bool) -> list[int]:
+def _layers(value: Any, where: str, shape: Shape) -> list[int]:
     if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool)
-                                              for v in value) or (not value and not empty):
+                                              for v in value) or not value:
         raise FieldError(where, f"must be a non-empty list of layer indices, got "
                                 f"{str(value)[:40]}")
     if bad := [v for v in value if not 0 <= v < shape.num_layers]:

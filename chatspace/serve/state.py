@@ -72,7 +72,7 @@ class ServeState:
         self.root = Path(settings.root)
         shape = model_shape(settings.model, settings.model)
         self.shape = Shape(shape.hidden_size, shape.num_layers)
-        self.think_end_id = _think_end_id(settings.model)
+        self.think_end_id = _think_end_id(shape.tokenizer)  # the tokenizer model_shape loaded
         self.default = SteeringSpec.load(settings.default) if settings.default else None
         self.vectors: dict[str, torch.Tensor] = {}
         self.captures: dict[str, Held] = {}
@@ -193,9 +193,6 @@ def describe(spec: SteeringSpec | None) -> list[dict[str, Any]] | None:
     return out
 
 
-def _think_end_id(model: str) -> int | None:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model)
+def _think_end_id(tokenizer) -> int | None:
     token = tokenizer.convert_tokens_to_ids("</think>")
     return token if isinstance(token, int) and token != tokenizer.unk_token_id else None
