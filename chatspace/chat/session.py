@@ -9,18 +9,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chatspace.errors import BadInput
 from chatspace.kinds.steer.prompts import messages, system_prompt
+from chatspace.kinds.vector_refs import default_steering
 from chatspace.runs.files import atomic_path, default_root
 from chatspace.steering.model import SteerModel
 from chatspace.steering.outputs import Sampling
-from chatspace.steering.spec import (
-    LayerSteeringSpec,
-    SteeringSpec,
-    is_spec_file,
-    load_vector,
-    make_op,
-)
+from chatspace.steering.spec import SteeringSpec
 
 
 @dataclass
@@ -50,27 +44,9 @@ class Steering:
 def steering_from(path: str, layer: int | None, scale: float | None, op: str,
                   hidden_size: int, num_layers: int, key: str | None = None,
                   root: Path | None = None) -> Steering:
-    """A chatspace steering spec file as it is (its add/ablate ops at `scale` if given), or
-    one vector (from a file, or a vectors run under `root` with `key` naming it) applied with
-    `op` at `layer` (default: the layer the key names, else the middle one; scale 1);
-    ValueError naming what does not fit the model."""
-    from chatspace.kinds.vector_refs import layer_of, vectors_file
-
-    try:
-        path = str(vectors_file(path, root or default_root()))
-    except BadInput as exc:
-        raise ValueError(str(exc)) from None
-    if is_spec_file(path) and key is None:
-        spec, source = SteeringSpec.load(path), path
-        spec = spec if scale is None else spec.with_scale(scale)
-    else:
-        where = layer if layer is not None else layer_of(key)
-        where = num_layers // 2 if where is None else where
-        spec = SteeringSpec({where: LayerSteeringSpec((make_op(op, load_vector(path, key),
-                                                               scale),))})
-        source = f"{path}{f' [{key}]' if key else ''} ({op} at layer {where})"
-    spec.check(hidden_size, num_layers)
-    return Steering(spec, source)
+    """The steering in force from a spec file or one vector (`default_steering`)."""
+    return Steering(*default_steering(path, layer, scale, op, hidden_size, num_layers, key,
+                                      root or default_root()))
 
 
 @dataclass

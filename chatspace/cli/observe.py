@@ -82,6 +82,8 @@ def _status_lines(state: RunStatus, wanted: set[str]) -> list[str]:
     lines = [f"run {state.run_id} ({state.kind}): {state.rows_done}/{state.rows} rows; "
              + ", ".join(f"{n} {s}" for s, n in state.counts.items()) + rate,
              f"manifest: {manifest}"]
+    if state.note:
+        lines.append(state.note.line)
     if state.slurm_error:
         lines.append(f"SLURM cannot be asked ({state.slurm_error}): job states unknown")
     for task in state.tasks:

@@ -125,6 +125,9 @@ def spec_options(kind: Kind) -> Callable[[Callable], Callable]:
 
     def decorate(fn: Callable) -> Callable:
         fn = _add_options(fn, flags)
+        if kind.argument:  # a spec file, or the value of the key the kind names
+            return click.argument("spec_file", required=False,
+                                  metavar=f"[SPEC_FILE|{kind.argument[0].upper()}]")(fn)
         return click.argument("spec_file", required=False, type=click.Path(dir_okay=False))(fn)
     return decorate
 
@@ -158,6 +161,14 @@ def slurm_from_cli(current: SlurmConfig, params: dict[str, Any]) -> SlurmConfig:
 
 
 def spec_from_cli(kind: Kind, spec_file: str | None, params: dict[str, Any]) -> JobSpec:
+    if kind.argument and spec_file is not None and not spec_file.endswith(".toml"):
+        # `submit serve MODEL`: the first argument is the key the kind names, not a spec file
+        param = next(f.param for f in spec_flags(kind.spec_type)
+                     if (f.table, f.key) == kind.argument)
+        if params.get(param) is not None:
+            raise BadInput(f"{spec_file!r} is not a spec file (.toml), and --{param} is given "
+                           "too: give one of them")
+        spec_file, params = None, {**params, param: spec_file}
     spec = resolve_spec(kind.spec_type, spec_file,
                         overrides_from(params, spec_flags(kind.spec_type)))
     if spec.run.name is None and spec_file is not None:

@@ -3,25 +3,24 @@ harnesses and `openai` clients (README, Evaluating a steered model)."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
+import shlex
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import click
 
-from chatspace.cli.options import resolve_root, root_option
+from chatspace.cli.options import json_option, open_run, resolve_root, root_option, run_argument
+from chatspace.cli.output import emit
 from chatspace.errors import BadInput, RunFailed
+from chatspace.kinds.serve.server import (
+    api_key_from,
+    free_port,
+    public_host,
+    serve_until_stopped,
+    server_command,
+    server_env,
+)
 from chatspace.steering.choices import OP_NAMES
-
-MIDDLEWARE = "chatspace.serve.middleware.SteeringMiddleware"
-READY_SECONDS = 1800.0
 
 
 @click.command()
@@ -69,113 +68,52 @@ def serve(model: str, steer_file: str | None, vector: str | None, vector_key: st
         raise BadInput("give --steer or --vector, not both")
     if not 0 <= port < 65536 or tensor_parallel_size < 1:
         raise BadInput("--port must be within 0..65535 and --tensor-parallel-size >= 1")
-    key = _api_key(api_key_file)
+    key = api_key_from(api_key_file, "--api-key-file") if api_key_file else None
     root_path = resolve_root(root)
     path = find_model(model, root_path).path
     shape = model_shape(path, model)
     with tempfile.TemporaryDirectory(prefix="chatspace-serve-") as scratch:
         default = None
         if steer_file or vector:
-            from chatspace.chat.session import steering_from
+            from chatspace.kinds.vector_refs import default_steering
 
             try:
-                steering = steering_from(steer_file or vector, layer, scale, op,
-                                         shape.hidden_size, shape.num_layers, vector_key,
-                                         root_path)
+                spec, _ = default_steering(steer_file or vector, layer, scale, op,
+                                           shape.hidden_size, shape.num_layers, vector_key,
+                                           root_path)
             except Exception as exc:  # any file that does not load is bad input
                 raise BadInput(f"--{'steer' if steer_file else 'vector'}: {exc}") from None
             default = str(Path(scratch) / "default.safetensors")
-            steering.spec.save(default)
+            spec.save(default)
         port = port or free_port(host)
         command, env = server_command(path, host, port, compile_model, tensor_parallel_size,
                                       max_model_len, dtype)
-        env["CHATSPACE_SERVE"] = json.dumps({"model": path, "root": str(root_path),
-                                             "default": default})
-        if key is not None:
-            env["VLLM_API_KEY"] = key  # not an argument: vLLM logs its arguments
-        run_server(command, env, f"http://{host}:{port}")
+        url = f"http://{public_host(host)}:{port}/v1"
+        serve_until_stopped(command, server_env(env, path, root_path, default, key),
+                            url.removesuffix("/v1"),
+                            lambda pid: click.echo(f"serving at {url}", err=True))
 
 
-def server_command(path: str, host: str, port: int, compile_model: bool | None, ranks: int,
-                   max_model_len: int | None, dtype: str) -> tuple[list[str], dict[str, str]]:
-    """The `vllm serve` command line of a steered server, and its environment."""
-    import torch
+@click.command()
+@run_argument
+@json_option
+def endpoint(run_ref: str, root: str | None, as_json: bool) -> None:
+    """Print the lines that point an OpenAI client at serve run RUN's server, once it serves:
+    `eval "$(chatspace endpoint RUN)"` sets OPENAI_BASE_URL and OPENAI_API_KEY (the run's key,
+    readable only by you). Exit 1 while it is not serving (queued, starting or ended)."""
+    from chatspace.kinds.serve.endpoint import endpoint_state, read_key
+    from chatspace.runs.status import run_status
 
-    from chatspace.steering.vllm_backend import (
-        ENV_DEFAULTS,
-        EXTENSION,
-        check_v1_runner,
-        compiles,
-        cpu_thread_binding,
-    )
-
-    env = {**ENV_DEFAULTS, **os.environ}
-    cuda = torch.cuda.is_available()
-    if ranks > 1 and not cuda:
-        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_thread_binding(ranks))
-    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", env["VLLM_USE_V2_MODEL_RUNNER"])
-    try:
-        check_v1_runner()
-    except ValueError as exc:
-        raise BadInput(str(exc)) from None
-    # vLLM's server module (`vllm serve` itself reads the version of a package named vllm,
-    # which vllm-cpu is not); its warning that the module path is deprecated is silenced
-    command = [sys.executable, "-W", "ignore::DeprecationWarning", "-m",
-               "vllm.entrypoints.openai.api_server", "--model", path, "--host", host,
-               "--port", str(port), "--dtype", dtype,
-               "--tensor-parallel-size", str(ranks), "--worker-extension-cls", EXTENSION,
-               "--middleware", MIDDLEWARE, "--served-model-name", Path(path).name]
-    if max_model_len is not None:
-        command += ["--max-model-len", str(max_model_len)]
-    if not cuda:  # as VLLMBackend: the CPU runner cannot rewind a seeded partial prefill
-        command += ["--no-enable-chunked-prefill"]
-    if not compiles(compile_model):
-        command += ["--enforce-eager"]
-    elif cuda:
-        from chatspace.steering.vllm_ops import cuda_compilation
-
-        command += ["--compilation-config", json.dumps(cuda_compilation())]
-    return command, env
+    run = open_run(run_ref, root)
+    if run.kind.name != "serve":
+        raise BadInput(f"run {run.run_id} is a {run.kind.name} run, not a serve run")
+    state = endpoint_state(run, run_status(run).tasks[0].state)
+    if state.state != "serving" or state.endpoint is None:
+        raise RunFailed(f"run {run.run_id} is not serving: {state.line()}")
+    key = read_key(run)
+    emit(as_json, {"run_id": run.run_id, "base_url": state.endpoint.url, "api_key": key},
+         [f"export OPENAI_BASE_URL={shlex.quote(state.endpoint.url)}",
+          f"export OPENAI_API_KEY={shlex.quote(key)}"])
 
 
-def run_server(command: list[str], env: dict[str, str], url: str) -> None:
-    """Start the server, print its base URL once it answers, and wait for it; SIGINT and
-    SIGTERM stop it (SLURM's cancel among them)."""
-    process = subprocess.Popen(command, env=env)
-    stop = lambda *_: process.send_signal(signal.SIGTERM)  # noqa: E731
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, stop)
-    deadline = time.monotonic() + READY_SECONDS
-    while process.poll() is None and time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                click.echo(f"serving at {url}/v1", err=True)
-                break
-        except OSError:
-            time.sleep(0.5)
-    code = process.wait()
-    if code not in (0, -signal.SIGTERM):
-        raise RunFailed(f"the vLLM server exited with status {code} (its log is above)")
-
-
-def _api_key(path: str | None) -> str | None:
-    if path is None:
-        return None
-    try:
-        key = Path(path).read_text().splitlines()[0].strip()
-    except (OSError, IndexError, UnicodeDecodeError):
-        key = ""
-    if not key:
-        raise BadInput(f"--api-key-file {path}: not a readable file with a key on its first "
-                       "line")
-    return key
-
-
-def free_port(host: str) -> int:
-    """A port free on `host` now (the server binds it moments later)."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
-
-
-COMMANDS = [serve]
+COMMANDS = [serve, endpoint]

@@ -1,15 +1,19 @@
 """Where a steering vector comes from: a vector file, or a vectors run (its id or directory),
 whose ``vectors.safetensors`` holds every vector by key (``contrast/pirate-assistant/L12``).
-Used by a steer spec's ``vector`` and by `chat`'s ``--vector`` and ``/steer``; the vectors
-kind writes that file (`VECTORS_FILE`)."""
+Used by a steer spec's ``vector``, by `chat`'s and `serve`'s ``--vector`` and by ``/steer``;
+the vectors kind writes that file (`VECTORS_FILE`)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from chatspace.errors import BadInput
 from chatspace.runs.record import inside_root, locate_run
+
+if TYPE_CHECKING:
+    from chatspace.steering.spec import SteeringSpec
 
 VECTORS_FILE = "vectors.safetensors"  # a vectors run's vectors, in its output directory
 
@@ -38,3 +42,36 @@ def layer_of(key: str | None) -> int | None:
     """The layer a vector key names (``…/L12`` -> 12), if it names one."""
     match = re.search(r"/L(\d+)$", key or "")
     return int(match.group(1)) if match else None
+
+
+def default_steering(path: str, layer: int | None, scale: float | None, op: str,
+                     hidden_size: int, num_layers: int, key: str | None,
+                     root: Path) -> tuple[SteeringSpec, str]:
+    """A chatspace steering spec file as it is (its add/ablate ops at `scale` if given), or
+    one vector (from a file, or a vectors run under `root` with `key` naming it) applied with
+    `op` at `layer` (default: the layer the key names, else the middle one; scale 1), and
+    where it came from; ValueError naming what does not fit the model. What `chat`'s and
+    `serve`'s --steer / --vector flags give."""
+    from chatspace.steering.spec import (
+        LayerSteeringSpec,
+        SteeringSpec,
+        is_spec_file,
+        load_vector,
+        make_op,
+    )
+
+    try:
+        path = str(vectors_file(path, root))
+    except BadInput as exc:
+        raise ValueError(str(exc)) from None
+    if is_spec_file(path) and key is None:
+        spec, source = SteeringSpec.load(path), path
+        spec = spec if scale is None else spec.with_scale(scale)
+    else:
+        where = layer if layer is not None else layer_of(key)
+        where = num_layers // 2 if where is None else where
+        spec = SteeringSpec({where: LayerSteeringSpec((make_op(op, load_vector(path, key),
+                                                               scale),))})
+        source = f"{path}{f' [{key}]' if key else ''} ({op} at layer {where})"
+    spec.check(hidden_size, num_layers)
+    return spec, source

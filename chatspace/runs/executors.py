@@ -117,7 +117,7 @@ class LocalExecutor(RunsHere):
         # a bar on a terminal; in a log, one line each time the run moves
         bar = tqdm(total=run.rows, unit="rows", desc=run.run_id, file=sys.stderr,
                    disable=not (self.progress and sys.stderr.isatty()))
-        seen = None
+        seen = said = None
         try:
             with _stopped_by_sigterm():
                 while queue or running or waiting:
@@ -150,6 +150,17 @@ class LocalExecutor(RunsHere):
                         seen = (done, len(running))
                         log.info("run %s: %d/%d rows; %d task(s) running, %d failed",
                                  run.run_id, done, run.rows, len(running), len(failed))
+                    note = _note(run, running) if self.progress else None
+                    if note is not None and note != said:
+                        said = note
+                        log.info("run %s: %s", run.run_id, note)
+        except (Stopped, KeyboardInterrupt):
+            _stop_all(running.values())
+            running.clear()
+            if any(run.completion(t, check_hash=False) is None for t in tasks):
+                raise
+            # stopped once every task was done (a serving task ends when it is stopped)
+            log.info("run %s: stopped, every task done", run.run_id)
         finally:
             _stop_all(running.values())
             bar.close()
@@ -157,6 +168,14 @@ class LocalExecutor(RunsHere):
             raise RunFailed(f"run {run.run_id}: {len(failed)} task(s) failed:\n  "
                             + "\n  ".join(task_problem(run, t) for t in sorted(failed)))
         reduce_run(run)
+
+
+def _note(run: Run, running: dict[int, subprocess.Popen]) -> str | None:
+    """The kind's status line (a serving run's endpoint), from the tasks' files and processes."""
+    states = ["running" if t in running else "done" if run.completion_path(t).exists()
+              else "missing" for t in range(run.num_tasks)]
+    note = run.kind.status_note(run, states)
+    return note.line if note else None
 
 
 def rows_done(run: Run, tasks: Sequence[int]) -> int:

@@ -230,6 +230,29 @@ class Lease(Record):
 
 
 @dataclass(frozen=True)
+class Endpoint(Record):
+    """Where a serving task's server answers (the serve kind): written once the server is
+    ready, and again with `ended_at` when it stops. The API key is not in it: it is in the
+    0600 file `api-key` beside it."""
+
+    FORMAT = "chatspace-endpoint"
+    VERSION = 1
+    PATH = "runs/{run_id}/endpoint.json"
+    WRITER = "a serve task, when its server first answers and when it has stopped"
+
+    url: str = doc("the OpenAI base URL clients use (http://NODE:PORT/v1)")
+    node: str = doc("the host the server runs on")
+    port: int = doc("the port it listens on")
+    pid: int = doc("the server's process id")
+    task_pid: int = doc("the id of the task process that started it (its lease holder)")
+    started_at: str = doc("when the server first answered")
+    ended_at: str | None = doc("when it stopped (null while it serves)", None)
+    stopped_by: str | None = doc("the signal that stopped it (SIGTERM: cancel or the time "
+                                 "limit; SIGUSR2: SLURM's pre-timeout signal)", None)
+    details: dict[str, Any] = doc("unused", default_factory=dict)
+
+
+@dataclass(frozen=True)
 class RecordedFile(Item):
     OMIT_NONE = True  # a dataset's files have rows and a source, a model's do not
 
@@ -302,7 +325,7 @@ class ModelInfo(Record):
 
 
 RECORDS: tuple[type[Record], ...] = (Plan, Completion, PartSidecar, Attempt, Submissions,
-                                     Manifest, Lease, DatasetInfo, ModelInfo)
+                                     Manifest, Lease, Endpoint, DatasetInfo, ModelInfo)
 
 
 @dataclass(frozen=True)

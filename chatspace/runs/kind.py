@@ -14,6 +14,7 @@ blocks (`report_blocks`).
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -98,6 +99,16 @@ class Summary:
     reduce_outputs: list[FileEntry] = field(default_factory=list)  # files the reduce wrote
 
 
+@dataclass(frozen=True)
+class StatusNote:
+    """What a kind adds to `chatspace status` about a run (a serving run's endpoint): one
+    line, and its facts under `key` in ``status --json``."""
+
+    key: str
+    line: str
+    facts: dict[str, Any]
+
+
 def summed(records: list[Completion], key: str) -> float | None:
     """The sum of a kind's completion stat over the records that have it (None if none)."""
     values = [r.details[key] for r in records if r.details.get(key) is not None]
@@ -112,9 +123,12 @@ class Kind(ABC):
     # view name -> a Parquet file the reduce writes (the manifest lists it with task null)
     reduce_views: ClassVar[dict[str, str]] = {}
     metrics: ClassVar[Metrics | None] = None
+    # (table, key) that a first argument which is not a spec file (.toml) sets (`submit serve
+    # MODEL`); None: the first argument is always the spec file
+    argument: ClassVar[tuple[str, str] | None] = None
 
     def help(self) -> str:
-        return self.__class__.__doc__ or self.name
+        return inspect.cleandoc(self.__class__.__doc__ or self.name)
 
     @abstractmethod
     def plan(self, spec: JobSpec, root: Path, run_id: str) -> WorkPlan:
@@ -147,6 +161,10 @@ class Kind(ABC):
     def summarize(self, run: Run, records: list[Completion]) -> Summary:
         """The kind's section of the manifest, its totals and the files the reduce wrote,
         from every task's completion record."""
+
+    def status_note(self, run: Run, task_states: list[str]) -> StatusNote | None:
+        """A line for `chatspace status` beside the tasks' states (`task_states`, by task)."""
+        return None
 
     def run_facts(self, plan: Plan, records: list[Completion]) -> dict[str, Any]:
         """A run's `model`, `backend`, `dataset`, `tokens` and `cost_usd` for the run table,

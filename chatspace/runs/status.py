@@ -19,6 +19,7 @@ from typing import Any
 
 from chatspace.runs.attempts import attempts, log_spans, reduce_job, task_jobs
 from chatspace.runs.formats import Attempt, Completion, Manifest, Submission
+from chatspace.runs.kind import StatusNote
 from chatspace.runs.lease import holder
 from chatspace.runs.record import Run, output_problems, read_typed, read_typed_record
 from chatspace.runs.slurm_cli import (
@@ -208,6 +209,7 @@ class RunStatus:
     counts: dict[str, int]
     reduce: ReduceStatus | None
     slurm_error: str | None
+    note: StatusNote | None = None  # the kind's own line (a serving run's endpoint)
 
     @property
     def reduce_state(self) -> str | None:
@@ -215,9 +217,10 @@ class RunStatus:
         return self.reduce.job.state if self.reduce and self.reduce.job else None
 
     def as_json(self) -> dict[str, Any]:
-        return {**{f.name: getattr(self, f.name) for f in fields(self)},
-                "tasks": [t.as_json() for t in self.tasks],
-                "reduce": self.reduce.as_json() if self.reduce else None}
+        out = {**{f.name: getattr(self, f.name) for f in fields(self) if f.name != "note"},
+               "tasks": [t.as_json() for t in self.tasks],
+               "reduce": self.reduce.as_json() if self.reduce else None}
+        return {**out, self.note.key: self.note.facts} if self.note else out
 
 
 def run_status(run: Run, verify: bool = False) -> RunStatus:
@@ -255,4 +258,5 @@ def run_status(run: Run, verify: bool = False) -> RunStatus:
         reduce=ReduceStatus(reduce_id, states.get(reduce_id),
                             str(reduce_logs[-1].path) if reduce_logs else None)
         if reduce_id else None,
-        slurm_error=slurm_error)
+        slurm_error=slurm_error,
+        note=run.kind.status_note(run, [t.state for t in tasks]))
