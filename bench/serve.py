@@ -2,7 +2,7 @@
 one load generator, measured in one run:
 
     python -m bench.serve [--clients 64] [--requests 128] [--tokens 32] [--repeats 2]
-        [--modes eager]
+        [--modes eager] [--submit]
 
 A random-weight model with the shape of Qwen2.5-0.5B (as `bench.steering_overhead`) is served by
 plain ``vllm.entrypoints.openai.api_server`` and by ``chatspace serve`` (one server at a time:
@@ -12,6 +12,11 @@ EOS ignored, greedy) over HTTP; a figure is requests/s and output tokens/s, the 
 `--repeats`. Plain vLLM is measured before and after chatspace; chatspace with the idle
 extension (no chatspace fields), one steering spec on every request, and four different specs
 mixed. Targets: idle within 2 %, one spec within 5 %, four mixed within 10 %.
+
+With `--submit` (SLURM_CONF set: the dev cluster, `hpc/dev-cluster.sh`) chatspace's server is a
+`chatspace submit serve` run on SLURM instead, reached through its recorded endpoint and key,
+and the bench also prints the time from `submit serve` to the run's `serving at`, against the
+plain server's own start (process start to ``/health``), and the time `cancel` takes to end it.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ def wait_ready(url: str, process: subprocess.Popen) -> None:
 class Served:
     """One server process (plain vLLM, or chatspace serve) for the length of a `with`."""
 
+    key = "none"
+
     def __init__(self, path: Path, chatspace: bool, compiled: bool, log: Path):
         self.port = free_port("127.0.0.1")
         self.url = f"http://127.0.0.1:{self.port}"
@@ -68,10 +75,12 @@ class Served:
         self.command, self.env, self.log = command, env, log
 
     def __enter__(self) -> Served:
+        start = time.perf_counter()
         with open(self.log, "a") as out:
             self.process = subprocess.Popen(self.command, env=self.env, stdout=out,
                                             stderr=subprocess.STDOUT)
         wait_ready(self.url, self.process)
+        self.start_seconds = time.perf_counter() - start
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -79,12 +88,53 @@ class Served:
         self.process.wait(120)
 
 
-async def load(url: str, clients: int, requests: list[dict]) -> float:
+class Submitted:
+    """chatspace's server as a `submit serve` run on SLURM for the length of a `with`: its URL
+    and key from the run, the seconds from submit to `serving at` and from cancel to ended."""
+
+    def __init__(self, path: Path, compiled: bool, root: Path):
+        self.command = [sys.executable, "-m", "chatspace", "submit", "serve", str(path),
+                        "--dtype", "float32", "--max-model-len", "512", "--root", str(root),
+                        # the node's CPUs, as the plain server has (one in a smoke run, which
+                        # shares the dev cluster with other tests)
+                        "--cpus-per-task", str(1 if SMOKE else len(os.sched_getaffinity(0))),
+                        "--compile" if compiled else "--no-compile", "--json"]
+        self.root = root
+
+    def _endpoint(self):
+        from chatspace.kinds.serve.endpoint import read_endpoint
+
+        return read_endpoint(self.run)
+
+    def __enter__(self) -> Submitted:
+        from chatspace.kinds import KINDS
+        from chatspace.kinds.serve.endpoint import read_key
+        from chatspace.runs.record import Run
+
+        start = time.perf_counter()
+        done = subprocess.run(self.command, capture_output=True, text=True, check=True)
+        self.run = Run.open(json.loads(done.stdout)["run_id"], self.root, KINDS)
+        while (endpoint := self._endpoint()) is None:
+            time.sleep(0.2)
+        self.start_seconds = time.perf_counter() - start
+        self.url, self.key = endpoint.url.removesuffix("/v1"), read_key(self.run)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "chatspace", "cancel", str(self.run.dir)],
+                       check=True, capture_output=True)
+        while not self._endpoint().ended_at:
+            time.sleep(0.2)
+        self.stop_seconds = time.perf_counter() - start
+
+
+async def load(url: str, clients: int, requests: list[dict], key: str = "none") -> float:
     """Seconds for `clients` concurrent clients to get through every request."""
     import openai
 
     queue = list(requests)
-    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0,
+    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0,
                                   timeout=3600) as client:
 
         async def worker() -> None:
@@ -109,9 +159,10 @@ def requests_for(prompt: list[int], args, steering: list | None, model: str) -> 
     return out
 
 
-def best(url: str, args, requests: list[dict]) -> float:
-    asyncio.run(load(url, args.clients, requests[:args.clients]))  # warm up
-    return min(asyncio.run(load(url, args.clients, requests)) for _ in range(args.repeats))
+def best(server: Served | Submitted, args, requests: list[dict]) -> float:
+    asyncio.run(load(server.url, args.clients, requests[:args.clients], server.key))  # warm up
+    return min(asyncio.run(load(server.url, args.clients, requests, server.key))
+               for _ in range(args.repeats))
 
 
 def specs(count: int) -> list[list[dict]]:
@@ -126,17 +177,20 @@ def measure(path: Path, prompt: list[int], args, compiled: bool, log: Path) -> N
     model = path.name
     plain = requests_for(prompt, args, None, model)
     with Served(path, False, compiled, log) as server:
-        before = best(server.url, args, plain)
+        before = best(server, args, plain)
+        plain_start = server.start_seconds
     cases = {"idle extension": plain,
              "one spec, every request": requests_for(prompt, args, specs(1), model),
              "four specs mixed": requests_for(prompt, args, specs(4), model)}
-    with Served(path, True, compiled, log) as server:
-        seconds = {name: best(server.url, args, requests) for name, requests in cases.items()}
+    ours = Submitted(path, compiled, log.parent / "root") if args.submit else \
+        Served(path, True, compiled, log)
+    with ours as server:
+        seconds = {name: best(server, args, requests) for name, requests in cases.items()}
     if SMOKE:  # one plain server: a smoke run's figures mean nothing
         after = before
     else:
         with Served(path, False, compiled, log) as server:
-            after = best(server.url, args, plain)
+            after = best(server, args, plain)
     base = min(before, after)
     tokens = args.requests * args.tokens
     mode = "compiled" if compiled else "eager"
@@ -146,6 +200,10 @@ def measure(path: Path, prompt: list[int], args, compiled: bool, log: Path) -> N
         slower = took / base - 1
         print(f"  {name:26} {args.requests / took:7.2f} req/s {tokens / took:8.1f} tok/s  "
               f"slower by {slower * 100:5.1f} % (target <= {TARGETS[name] * 100:.0f} %)")
+    if args.submit:
+        print(f"  submit serve to serving at: {ours.start_seconds:.1f} s (the plain server's "
+              f"start: {plain_start:.1f} s; ratio {ours.start_seconds / plain_start:.2f}x); "
+              f"cancel to ended: {ours.stop_seconds:.1f} s")
 
 
 def main() -> None:
@@ -156,6 +214,8 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--modes", default="eager", help="eager, compiled or both (a,b)")
+    parser.add_argument("--submit", action="store_true",
+                        help="chatspace's server as a `submit serve` run on SLURM")
     args = parse_args(parser, clients=4, requests=8, tokens=4, repeats=1)
     from transformers import AutoTokenizer
 

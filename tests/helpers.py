@@ -35,6 +35,34 @@ def chatspace(*args: str, root: Path | None = None, env: dict | None = None,
                           env={**os.environ, **(env or {})})
 
 
+def chatspace_here(*args: str, root: Path | None = None) -> subprocess.CompletedProcess:
+    """The CLI in this process, for what fails before any work (bad input): its exit code,
+    stdout and stderr as a subprocess gives them (UTF-8, stderr with Python's
+    backslashreplace, run from the checkout), without a new interpreter's imports."""
+    import contextlib
+    import io
+
+    from chatspace.cli import main
+
+    argv = ["chatspace", *args] + (["--root", str(root)] if root is not None else [])
+    streams = [io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors=errors)
+               for errors in ("strict", "backslashreplace")]
+    code: int | str | None = 0
+    with contextlib.redirect_stdout(streams[0]), contextlib.redirect_stderr(streams[1]), \
+            contextlib.chdir(REPO):
+        saved, sys.argv = sys.argv, argv
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code
+        finally:
+            sys.argv = saved
+    for stream in streams:
+        stream.flush()
+    out, err = (stream.buffer.getvalue().decode() for stream in streams)
+    return subprocess.CompletedProcess(argv, code or 0, out, err)
+
+
 def files_under(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file()) if path.exists() else []
 

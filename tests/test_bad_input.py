@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import PYDOCS, chatspace, files_under
+from tests.helpers import PYDOCS, chatspace, chatspace_here, files_under
 
 BASE = ["submit", "embed", "--executor", "local", "--dataset", str(PYDOCS),
         "--text-field", "text"]
 
 
 def assert_bad(args: list[str], root: Path, expected: str) -> None:
-    result = chatspace(*args, root=root)
+    result = chatspace_here(*args, root=root)
     assert result.returncode == 2, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -52,7 +52,7 @@ def test_bad_submit_input(root, extra, expected):
 
 
 def test_text_field_error_lists_columns(root):
-    result = chatspace(*BASE, "--n", "3", "--text-field", "body", root=root)
+    result = chatspace_here(*BASE, "--n", "3", "--text-field", "body", root=root)
     assert "(columns: id, doc, text)" in result.stderr
 
 
@@ -71,7 +71,7 @@ def test_model_directory_that_is_not_a_model(root, tmp_path):
 def test_unwritable_root(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    result = chatspace(*BASE, "--n", "3", root=blocker / "ws")
+    result = chatspace_here(*BASE, "--n", "3", root=blocker / "ws")
     assert result.returncode == 2 and "is not writable" in result.stderr
     assert blocker.read_text() == "not a directory"
 
@@ -81,7 +81,7 @@ def test_existing_run_id_with_a_different_spec(root):
                       "--n", "5", "--run-id", "fixed", root=root)
     assert first.returncode == 0, first.stderr
     before = files_under(root)
-    result = chatspace(*BASE, "--n", "6", "--run-id", "fixed", root=root)
+    result = chatspace_here(*BASE, "--n", "6", "--run-id", "fixed", root=root)
     assert result.returncode == 2
     assert "run id fixed already exists" in result.stderr and "different spec" in result.stderr
     assert files_under(root) == before
@@ -135,12 +135,12 @@ def test_task_out_of_range(root):
     planned = chatspace("plan", "embed", "--dataset", str(PYDOCS), "--text-field", "text",
                         "--n", "5", "--array", "2", "--json", root=root)
     run_dir = json.loads(planned.stdout)["run_dir"]
-    result = chatspace("run", "embed-task", run_dir, "--task", "2")
+    result = chatspace_here("run", "embed-task", run_dir, "--task", "2")
     assert result.returncode == 2 and "--task 2 is out of range" in result.stderr
 
 
 def test_unknown_run(root):
-    result = chatspace("status", "nope", root=root)
+    result = chatspace_here("status", "nope", root=root)
     assert result.returncode == 2 and "no planned run 'nope'" in result.stderr
 
 

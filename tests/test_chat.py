@@ -21,7 +21,7 @@ from chatspace.kinds import KINDS
 from chatspace.runs.files import read_json
 from chatspace.runs.record import Run
 from chatspace.steering.spec import AddSpec, LayerSteeringSpec, SteeringSpec
-from tests.helpers import REPO, chatspace, wait_until
+from tests.helpers import REPO, chatspace, chatspace_here, wait_until
 
 # one tmux server per test process: xdist workers each run chat tests, and one worker's
 # kill-server must not end the other's session
@@ -241,7 +241,7 @@ def test_piped_messages_get_one_reply_each(files):
 ])
 def test_bad_input_exits_2_before_the_chat(files, args, message):
     args = [a.format(model=files["model"], dir=files["dir"]) for a in args]
-    result = chatspace("chat", *args, "--max-tokens", "4")
+    result = chatspace_here("chat", *args, "--max-tokens", "4")
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines

@@ -164,7 +164,7 @@ def test_sigterm_to_a_local_submit_stops_its_tasks_and_resume_continues(root, tm
     data = tmp_path / "big.jsonl"
     data.write_text(PYDOCS.read_text() * 2)
     proc = subprocess.Popen([sys.executable, "-m", "chatspace", "submit", "embed",
-                             "--dataset", str(data), "--text-field", "text", "--n", "800",
+                             "--dataset", str(data), "--text-field", "text", "--n", "300",
                              "--array", "2", "--part-rows", "50", "--run-id", "term",
                              "--executor", "local", "--root", str(root)],
                             cwd=REPO, stderr=subprocess.PIPE, text=True)

@@ -1,9 +1,14 @@
-"""`chatspace serve`: a real vLLM OpenAI-compatible server (eager, on the CPU) with chatspace's
+"""The steered server: a real vLLM OpenAI-compatible server (eager, on the CPU) with chatspace's
 middleware and worker extension, driven by the real `openai` client over HTTP. Each answer is
 compared with `SteerModel` (the HF backend, the reference the vLLM backend is tested against)
 given the same spec: unsteered, each op, specs mixed in concurrent requests, a default spec,
 a registered vector, captures fetched over HTTP, token metrics; bad fields are HTTP 400 with
-one line, a wrong key 401, and the server keeps serving."""
+one line, a wrong key 401, and the server keeps serving.
+
+The module's server is a run of the serve kind on the dev SLURM cluster (`submit serve`,
+`status`, `endpoint`, `cancel`); the compiled one runs in the foreground (`--executor local`,
+stopped with Ctrl-C). `chatspace serve` itself starts the same server (`bench.serve`'s smoke
+runs it); its flags are checked here."""
 
 from __future__ import annotations
 
@@ -48,8 +53,10 @@ TOKENS = 8
 class Server:
     url: str
     key: str
-    log: Path
+    logs: Path
     model: str
+    run_id: str
+    root: Path
     flag_default: list | None = None  # the default spec --vector gave
 
     def client(self, key: str | None = None) -> openai.OpenAI:
@@ -74,33 +81,11 @@ def model_path(tiny_model_dir) -> Path:
     return tiny_model_dir("qwen2")
 
 
-@contextlib.contextmanager
-def serving(model_path: Path, home: Path, *flags: str, env: dict | None = None):
-    """`chatspace serve` of the model with `flags`, a key in a file, until the block ends; the
-    key never reaches its log."""
-    key_file = home / "key"
-    key_file.write_text("test-key-0123\n")
-    log = home / "server.log"
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "chatspace", "serve", str(model_path), "--port", "0",
-             "--dtype", "float32", "--max-model-len", "512", "--api-key-file", str(key_file),
-             "--root", str(home), *flags], stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-            env={**os.environ, **(env or {})})
-    try:
-        line = wait_until(lambda: next((x for x in log.read_text().splitlines()
-                                        if x.startswith("serving at ")), None)
-                          or process.poll() is not None, timeout=600, what="the server")
-        assert process.poll() is None, log.read_text()[-3000:]
-        yield Server(line.removeprefix("serving at "), "test-key-0123", log, model_path.name)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(120)
-    assert "test-key-0123" not in log.read_text()
+SERVE = ["--dtype", "float32", "--max-model-len", "512"]
 
 
 @contextlib.contextmanager
-def served_run(model_path: Path, root: Path, *flags: str):
+def served_run(model_path: Path, root: Path, *flags: str, env: dict | None = None):
     """`chatspace submit serve` of the model on the local executor (its task in the
     foreground) until the block ends with Ctrl-C; then the run has ended, its server is gone and
     its key is in no record or log."""
@@ -108,9 +93,9 @@ def served_run(model_path: Path, root: Path, *flags: str):
     root.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "chatspace", "submit", "serve", str(model_path), "--executor",
-             "local", "--dtype", "float32", "--max-model-len", "512", "--cpus-per-task", "2",
-             "--root", str(root), *flags], stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+            [sys.executable, "-m", "chatspace", "submit", "serve", str(model_path), *SERVE,
+             "--executor", "local", "--cpus-per-task", "2", "--root", str(root), *flags],
+            stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})})
     run_id = None
     try:
         line = wait_until(lambda: next((x for x in log.read_text().splitlines()
@@ -118,13 +103,20 @@ def served_run(model_path: Path, root: Path, *flags: str):
                           or process.poll() is not None, timeout=600, what="the server")
         assert process.poll() is None, log.read_text()[-3000:]
         run_id = line.split(": serving at ")[0].rsplit("run ", 1)[1]
-        endpoint = json.loads(chatspace("endpoint", run_id, "--json", root=root).stdout)
-        yield Server(endpoint["base_url"], endpoint["api_key"], log, model_path.name)
+        yield served(root, run_id, model_path)
     finally:
         process.send_signal(signal.SIGINT)  # Ctrl-C
         process.wait(120)
+    assert process.returncode == 0, log.read_text()[-3000:]  # stopped with its task done
     if run_id is not None:
         assert_ended(root, run_id)
+
+
+def served(root: Path, run_id: str, model_path: Path) -> Server:
+    """A serving run's server, as `chatspace endpoint` hands it to a client."""
+    endpoint = json.loads(chatspace("endpoint", run_id, "--json", root=root).stdout)
+    return Server(endpoint["base_url"], endpoint["api_key"], root / "runs" / run_id / "logs",
+                  model_path.name, run_id=run_id, root=root)
 
 
 def assert_ended(root: Path, run_id: str) -> None:
@@ -151,15 +143,40 @@ def serving_processes(root: Path) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def server(model_path, tmp_path_factory):
+def server(model_path, tmp_path_factory, slurm_cluster):
+    """The module's server: a `submit serve` run on the dev cluster, with a default vector
+    given by the flags, reached through `chatspace endpoint`; `cancel` ends it, and then the
+    run has ended, its server is gone and its key is in no record or log."""
     home = tmp_path_factory.mktemp("serve")
+    root = home / "ws"
     numpy.save(home / "default.npy", vector(8).numpy())
-    with served_run(model_path, home / "ws", "--vector", str(home / "default.npy"), "--layer",
-                    "2", "--scale", "3") as server:
+    submitted = chatspace("submit", "serve", str(model_path), *SERVE, "--vector",
+                          str(home / "default.npy"), "--layer", "2", "--scale", "3", "--time",
+                          "30", "--mem", "6G", "--json", root=root)
+    assert submitted.returncode == 0, submitted.stderr
+    run_id = json.loads(submitted.stdout)["run_id"]
+    try:
+        wait_until(lambda: endpoint_state(root, run_id)["state"] not in ("queued", "starting"),
+                   timeout=600, what="the served run")
+        state = endpoint_state(root, run_id)
+        assert state["state"] == "serving", (state, chatspace("logs", run_id, "--task", "0",
+                                                               root=root).stdout[-3000:])
+        server = served(root, run_id, model_path)
         status, body = server.call("PUT", "/v1/steering/default", {"steering": None})
         assert status == 200  # the tests start unsteered; the flags' default as it was:
         server.flag_default = json.loads(body)["previous"]
         yield server
+    finally:
+        cancelled = chatspace("cancel", run_id, root=root)
+    assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout, cancelled.stderr
+    wait_until(lambda: endpoint_state(root, run_id)["state"] == "ended", timeout=120,
+               what="the end of the served run")
+    assert_ended(root, run_id)
+
+
+def endpoint_state(root: Path, run_id: str) -> dict:
+    """`chatspace status --json`'s endpoint of a serve run."""
+    return json.loads(chatspace("status", run_id, "--json", root=root).stdout)["endpoint"]
 
 
 @pytest.fixture(scope="module")
@@ -434,10 +451,12 @@ def test_an_evaluation_harness_runs_against_the_server_steered_and_not(server, t
 
 
 def test_a_compiled_server_steers_and_captures_as_steer_model(model_path, hf, tmp_path):
-    """vLLM's compiled model (dynamo's eager backend on this CPU, as the compiled vLLM tests):
-    each op and a capture as `SteerModel` gives them."""
+    """vLLM's compiled model (dynamo's eager backend on this CPU, as the compiled vLLM tests),
+    served in the foreground by `submit serve --executor local`: each op and a capture as
+    `SteerModel` gives them; Ctrl-C ends the run with its task done."""
     ids = hf.tokenizer.encode(PROMPT)
-    with serving(model_path, tmp_path, "--compile", env={"VLLM_CPU_CI_ENV": "1"}) as server:
+    with served_run(model_path, tmp_path / "ws", "--compile",
+                    env={"VLLM_CPU_CI_ENV": "1"}) as server:
         for name in ("add", "multi-layer"):
             assert chat_ids(server, points(SPECS[name])) == [reference(hf, SPECS[name])]
         answer = server.client().completions.create(
@@ -456,36 +475,27 @@ def test_a_compiled_server_steers_and_captures_as_steer_model(model_path, hf, tm
     assert torch.nn.functional.cosine_similarity(got, expected, dim=-1).min() >= 0.9999
 
 
-def test_a_serve_run_on_slurm_serves_until_cancelled(model_path, hf, slurm_cluster, tmp_path):
-    """`submit serve` on the dev cluster: queued or starting, then `serving at` its endpoint,
-    which `endpoint` hands a client with the run's key; `cancel` ends the job and its server."""
-    root = tmp_path / "ws"
-    submitted = chatspace("submit", "serve", str(model_path), "--dtype", "float32",
-                          "--max-model-len", "512", "--time", "20", "--json", root=root)
-    assert submitted.returncode == 0, submitted.stderr
-    run_id = json.loads(submitted.stdout)["run_id"]
 
-    def status() -> dict:
-        return json.loads(chatspace("status", run_id, "--json", root=root).stdout)
-    assert status()["endpoint"]["state"] in ("queued", "starting")
-    early = chatspace("endpoint", run_id, root=root)
-    assert early.returncode == 1 and f"run {run_id} is not serving" in early.stderr
-    serving = wait_until(lambda: (s := status())["endpoint"]["state"] == "serving" and s,
-                         timeout=600, what="serving")["endpoint"]
-    assert serving["url"] == f"http://{socket.gethostname()}:{serving['port']}/v1"
-    assert f"serving at {serving['url']}" in chatspace("status", run_id, root=root).stdout
-    lines = chatspace("endpoint", run_id, root=root).stdout.splitlines()
+def test_a_serve_run_on_slurm_says_where_it_serves_and_keeps_its_key_to_its_user(server, hf):
+    """The module's server is a `submit serve` run on the dev cluster: `status` says `serving
+    at` its recorded endpoint (this node's name, the port the task chose), `endpoint` prints
+    the lines a client exports, its key file is 0600, and a client without the key is
+    refused."""
+    state = endpoint_state(server.root, server.run_id)
+    assert state["url"] == f"http://{socket.gethostname()}:{state['port']}/v1" == server.url
+    text = chatspace("status", server.run_id, root=server.root).stdout
+    assert f"serving at {state['url']}" in text
+    lines = chatspace("endpoint", server.run_id, root=server.root).stdout.splitlines()
     given = dict(line.removeprefix("export ").split("=", 1) for line in lines)
-    assert given["OPENAI_BASE_URL"] == serving["url"]
+    assert given == {"OPENAI_BASE_URL": server.url, "OPENAI_API_KEY": server.key}
+    key_file = server.root / "runs" / server.run_id / "api-key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert key_file.read_text().strip() == server.key
     client = openai.OpenAI(base_url=given["OPENAI_BASE_URL"], api_key=given["OPENAI_API_KEY"],
                            max_retries=0)
     answer = client.chat.completions.create(
-        model=model_path.name, messages=MESSAGES, max_tokens=TOKENS, temperature=0,
+        model=server.model, messages=MESSAGES, max_tokens=TOKENS, temperature=0,
         extra_body={"return_token_ids": True, "steering": points(SPECS["add"])})
     assert answer.choices[0].model_extra["token_ids"] == reference(hf, SPECS["add"])
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=serving["url"], api_key="guess", max_retries=0).models.list()
-    cancelled = chatspace("cancel", run_id, root=root)
-    assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
-    wait_until(lambda: status()["endpoint"]["state"] == "ended", timeout=120, what="the end")
-    assert_ended(root, run_id)
+        openai.OpenAI(base_url=server.url, api_key="guess", max_retries=0).models.list()

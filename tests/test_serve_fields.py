@@ -113,7 +113,8 @@ def test_a_serve_run_plans_from_its_model_argument_and_refuses_bad_input(tiny_mo
     import numpy
 
     from chatspace.steering.spec import SteeringSpec
-    from tests.helpers import chatspace, files_under, vector
+    from tests.helpers import chatspace_here as chatspace
+    from tests.helpers import files_under, vector
 
     model = tiny_model_dir("qwen2")
     root = tmp_path / "ws"

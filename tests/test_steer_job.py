@@ -25,7 +25,7 @@ from chatspace.kinds.steer.metrics import generation_metrics
 from chatspace.kinds.steer.prompts import messages, system_prompt
 from chatspace.runs.files import read_json
 from chatspace.runs.record import Run
-from tests.helpers import REPO, chatspace, files_under, wait_until
+from tests.helpers import REPO, chatspace, chatspace_here, files_under, wait_until
 
 PROMPTS = ["How do lists work?", "Explain the module system.", "What is a decorator?"]
 PERSONAS = [{"persona": "pirate", "category": "fiction", "article": "a"},
@@ -454,8 +454,8 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(inputs, root, extra,
         (base / "tokenizer_config.json").write_text(json.dumps(config))
         (base / "chat_template.jinja").unlink(missing_ok=True)
     args = [a.format(dir=where) for a in extra]
-    result = chatspace("submit", "steer", str(inputs["spec"]), "--executor", "debug", *args,
-                       root=root)
+    result = chatspace_here("submit", "steer", str(inputs["spec"]), "--executor", "debug",
+                            *args, root=root)
     assert result.returncode == 2, (result.stdout, result.stderr[-2000:])
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], result.stderr
@@ -465,7 +465,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(inputs, root, extra,
 def test_an_unknown_op_in_a_spec_file_is_named(inputs, root, tmp_path):
     spec = tmp_path / "bad.toml"
     spec.write_text(inputs["spec"].read_text().replace('op = "add"', 'op = "push"'))
-    result = chatspace("submit", "steer", str(spec), "--executor", "debug", root=root)
+    result = chatspace_here("submit", "steer", str(spec), "--executor", "debug", root=root)
     assert result.returncode == 2
     assert "steering[1].op must be one of add, cap, ablate, got 'push'" in result.stderr
     assert files_under(root) == []

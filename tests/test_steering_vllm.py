@@ -7,7 +7,8 @@ steering that stops running, shared-memory release, and bad input refused before
 Every test that takes `engines` runs in both modes (one eager and one compiled engine per
 shape). The compiled engines are traced by dynamo as vLLM's compiled model is, with dynamo's
 eager backend (vLLM's CPU test setting, VLLM_CPU_CI_ENV): what decides whether steering survives
-compilation is the tracing, which drops Python hooks; one test compiles with inductor itself.
+compilation is the tracing, which drops Python hooks. Inductor itself compiles the steer job's
+compiled sweep (tests/test_steer_job.py), which must equal the eager sweep.
 
 The Qwen2 engine forces chunked prefill (a 32-token budget; the long prompt has ~100 tokens)."""
 
@@ -537,18 +538,3 @@ def test_new_specs_layers_and_batch_shapes_compile_nothing(qwen2, request):
                              steering_spec=[STEERING["cap"], None, STEERING["ablate"], None,
                                             STEERING["multi-op on two layers"]])
     assert vllm_model.stats()["graphs_compiled"] == before
-
-
-def test_the_inductor_compiled_model_steers_and_captures_as_hf_does(tiny_model_dir):
-    """vLLM's CPU compilation itself (dynamo, then inductor's C++ kernels), as a GPU user's
-    default: the op stays a call between the compiled kernels."""
-    path = tiny_model_dir("qwen2")
-    hf = SteerModel(path, "hf")
-    layers = [0, 3]
-    with SteerModel(path, "vllm", compile=True, max_model_len=512, seed=0) as vllm_model:
-        for spec in (None, STEERING["multi-op on two layers"]):
-            assert_same(vllm_model.generate_sync(PROMPTS, GREEDY, steering_spec=spec,
-                                                 capture_layers=layers),
-                        hf.generate_sync(PROMPTS, GREEDY, steering_spec=spec,
-                                         capture_layers=layers), layers)
-        assert vllm_model.stats()["graphs_compiled"] >= 1
