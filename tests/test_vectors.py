@@ -31,7 +31,7 @@ from chatspace.runs.plan import plan_run
 from chatspace.runs.record import Run
 from chatspace.specs import resolve_spec
 from chatspace.steering import load_vector
-from tests.helpers import REPO, chatspace, files_under, wait_until
+from tests.helpers import REPO, chatspace, chatspace_here, files_under, wait_until
 from tests.tiny_models import build_model
 
 PROMPTS = ["How do lists work?", "Explain the module system.", "What is a decorator?",
@@ -330,7 +330,8 @@ def test_bad_input_is_one_line_and_writes_nothing(personas_sweep, tmp_path, tiny
             (["--from", sweep.run_id, "--layers", "2"], "layer(s) [2] not captured"),
             (["--from", "nope"], "no planned run 'nope'"),
             ([], "source.runs is required")):
-        result = chatspace("submit", "vectors", *args, "--executor", "debug", root=root)
+        result = chatspace_here("submit", "vectors", *args, "--executor", "debug",
+                                root=root)
         assert result.returncode == 2, (args, result.stderr[-2000:])
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0], (args, result.stderr[-2000:])
