@@ -1,5 +1,9 @@
-"""A local HTTP server that plays OpenAI's ``/v1/embeddings`` (and ``GET /v1/models/{id}``,
-logged apart in `checks`) for tests and benchmarks.
+"""A local HTTP server that plays OpenAI's ``/v1/embeddings`` and ``/v1/chat/completions`` (and
+``GET /v1/models/{id}``, logged apart in `checks`) for tests and benchmarks.
+
+Chat replies are a deterministic judge (`judge_answer`): a score from the last user message's
+hash, as JSON when structured output is asked; some messages get a reply without a number
+(once, or always) or a content-filter stop, by their hash too.
 
 It enforces the API's input limits (≤ 2,048 inputs, ≤ 300k tokens per request, ≤ 8,191 tokens
 per input, no empty input), answers with deterministic vectors derived from each input
@@ -23,10 +27,28 @@ from typing import Any
 
 import numpy as np
 
-from chatspace.kinds.embed.tokens import encoding
+from chatspace.kinds.tokens import encoding
 
 FAULTS = ("429", "500", "503", "slow", "drop", "truncated", "shuffle", "count")
-MODELS = ("text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002")
+MODELS = ("text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002",
+          "gpt-4.1-mini", "gpt-4o-mini")
+REMINDER = "Reply with only"  # how the judge's second ask starts (the rubric's reminder)
+
+
+def judge_answer(messages: list[dict[str, str]], high: int = 3,
+                 field: str | None = None) -> tuple[str, str]:
+    """The stand-in judge's (reply, finish_reason) to chat `messages`: by the first user
+    message's hash h, a score h % (high + 1); h % 10 == 7: no number at the first ask (a
+    number once reminded); h % 10 == 8: never a number; h % 10 == 9: a content-filter stop."""
+    first = next(m["content"] for m in messages if m["role"] == "user")
+    h = int.from_bytes(hashlib.sha256(first.encode()).digest()[:8], "little")
+    reminded = messages[-1]["content"].startswith(REMINDER)
+    if h % 10 == 9:
+        return "", "content_filter"
+    if h % 10 == 8 or (h % 10 == 7 and not reminded):
+        return "I would rather not give a number.", "stop"
+    score = h % (high + 1)
+    return (json.dumps({field: score}) if field else f"Score: {score}"), "stop"
 POISON = "POISON-ROW"  # an input containing this gets a 400, like a policy rejection
 
 
@@ -154,7 +176,8 @@ class FakeOpenAI:
 
     def _answer(self, h: BaseHTTPRequestHandler, raw: bytes, entry: dict[str, Any],
                 number: int) -> None:
-        if h.path.rstrip("/") != "/v1/embeddings":
+        route = h.path.rstrip("/")
+        if route not in ("/v1/embeddings", "/v1/chat/completions"):
             entry["status"] = 404
             return self._error(h, 404, f"no route {h.path}", "unknown_url")
         fault = self.fault(number) if self.fault else None
@@ -164,6 +187,8 @@ class FakeOpenAI:
             entry["status"] = 401
             return self._error(h, 401, "Incorrect API key provided.", "invalid_api_key")
         request = json.loads(raw)
+        if route == "/v1/chat/completions":
+            return self._chat(h, request, entry, fault)
         inputs = request["input"] if isinstance(request["input"], list) else [request["input"]]
         if inputs and isinstance(inputs[0], int):
             inputs = [inputs]
@@ -181,21 +206,7 @@ class FakeOpenAI:
         if problem:
             entry["status"] = 400
             return self._error(h, 400, problem, None)
-        entry["fault"] = fault if fault in FAULTS or fault in ("quota",) else None
-        if fault == "quota":
-            entry["status"] = 429
-            return self._error(h, 429, "You exceeded your current quota.", "insufficient_quota")
-        if fault == "429":
-            entry["status"] = 429
-            return self._error(h, 429, "Rate limit reached.", "rate_limit_exceeded",
-                               {"retry-after": "0.2"})
-        if fault in ("500", "503"):
-            entry["status"] = int(fault)
-            return self._error(h, int(fault), "The server had an error.", None)
-        if fault == "drop":
-            entry["status"] = 0
-            h.close_connection = True
-            h.connection.shutdown(socket.SHUT_RDWR)
+        if self._faulted(h, entry, fault):
             return None
         wait = self._take_tokens(sum(tokens))
         if wait > 0:
@@ -230,3 +241,57 @@ class FakeOpenAI:
                                       "total_tokens": sum(tokens)}},
                    headers, cut=fault == "truncated")
         return None
+
+    def _faulted(self, h: BaseHTTPRequestHandler, entry: dict[str, Any],
+                 fault: str | None) -> bool:
+        """Answer with the injected fault, if it is one that replaces the answer."""
+        entry["fault"] = fault if fault in FAULTS or fault in ("quota",) else None
+        if fault == "quota":
+            entry["status"] = 429
+            self._error(h, 429, "You exceeded your current quota.", "insufficient_quota")
+        elif fault == "429":
+            entry["status"] = 429
+            self._error(h, 429, "Rate limit reached.", "rate_limit_exceeded",
+                        {"retry-after": "0.2"})
+        elif fault in ("500", "503"):
+            entry["status"] = int(fault)
+            self._error(h, int(fault), "The server had an error.", None)
+        elif fault == "drop":
+            entry["status"] = 0
+            h.close_connection = True
+            h.connection.shutdown(socket.SHUT_RDWR)
+        else:
+            return False
+        return True
+
+    def _chat(self, h: BaseHTTPRequestHandler, request: dict[str, Any], entry: dict[str, Any],
+              fault: str | None) -> None:
+        """``/v1/chat/completions``: the deterministic judge (`judge_answer`), with usage."""
+        messages = request["messages"]
+        entry["messages"] = messages
+        tokens = sum(len(self.encoding.encode(m["content"], disallowed_special=())) + 3
+                     for m in messages) + 3
+        entry["tokens"] = tokens
+        if self._faulted(h, entry, fault):
+            return
+        wait = self._take_tokens(tokens)
+        if wait > 0:
+            entry["status"], entry["fault"] = 429, "rate-limited"
+            return self._error(h, 429, "Rate limit reached for tokens per min.",
+                               "rate_limit_exceeded", {"retry-after-ms": f"{wait * 1000:.0f}"})
+        if self.latency:
+            time.sleep(self.latency + random.uniform(-self.jitter, self.jitter))
+        entry["response_format"] = request.get("response_format")
+        schema = (request.get("response_format") or {}).get("json_schema", {}).get("schema")
+        field = schema["required"][0] if schema else None
+        high = max(schema["properties"][field].get("enum", [3])) if schema else 3
+        reply, finish = judge_answer(messages, high, field)
+        entry["status"] = 200
+        out = len(self.encoding.encode(reply))
+        self._send(h, 200, {
+            "id": f"chatcmpl-{entry['n']}", "object": "chat.completion", "created": 0,
+            "model": request["model"],
+            "choices": [{"index": 0, "finish_reason": finish,
+                         "message": {"role": "assistant", "content": reply or None}}],
+            "usage": {"prompt_tokens": tokens, "completion_tokens": out,
+                      "total_tokens": tokens + out}}, cut=fault == "truncated")

@@ -14,9 +14,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from chatspace.kinds.embed.openai_client import TokenBucket, retry_after
 from chatspace.kinds.embed.openai_plan import pack_requests
-from chatspace.kinds.embed.tokens import encoding
+from chatspace.kinds.openai_api import TokenBucket, retry_after
+from chatspace.kinds.tokens import encoding
 from chatspace.runs.files import read_json
 from tests.helpers import PYDOCS, REPO, chatspace, files_under, open_run, read_run, wait_until
 from tests.openai_server import FAULTS, POISON, FakeOpenAI, vector_for

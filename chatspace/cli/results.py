@@ -100,6 +100,10 @@ def query(sql: str | None, list_runs: bool, summary: bool, compare: tuple[str, s
       embeddings     every embed shard (id, text, embedding, norm, …, run_id)
       steer_results  every steer results file (point, scale, persona, category,
                      output_text, avg_entropy…, run_id)
+      judgments      every judge run's judgments (id, steer_run_id, score, label,
+                     verdict, raw_reply, tokens, cost_usd, run_id)
+      judged         steer_results joined with each generation's latest judgment
+                     (score, label, verdict, judge_model, judge_run_id)
       experiments    every save_experiment call: experiment_id, name, created_at,
                      config (JSON), metrics (map: metrics['loss']), tags, notes, git_sha
     \b

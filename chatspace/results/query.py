@@ -5,7 +5,9 @@ declares over its Parquet files (`Kind.task_views`: every done task's file of an
 e.g. ``embeddings``, ``steer_results``; `Kind.reduce_views`: a file its reduce wrote, e.g.
 ``vectors``), and ``experiments`` (what scripts logged with
 `chatspace.experiments.save_experiment`); all but the first two read the Parquet files in
-place. The canned questions of `chatspace query` are SQL over them.
+place. A kind may also declare views over other views (`Kind.derived_views`: ``judged``, the
+steer results with their latest judgments). The canned questions of `chatspace query` are
+SQL over them.
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ def _parquet_source(files: RunFiles, output: str) -> str | None:
 
 def view_names(kinds: Kinds) -> list[str]:
     """Every view: the run and task tables, each kind's, and the experiments."""
-    views = [v for kind in kinds.values() for v in (*kind.task_views, *kind.reduce_views)]
+    views = [v for kind in kinds.values()
+             for v in (*kind.task_views, *kind.reduce_views, *kind.derived_views)]
     return ["runs", "tasks", *views, "experiments"]
 
 
@@ -104,7 +107,11 @@ def views_in(sql: str, kinds: Kinds) -> set[str]:
 def connect(catalog: Catalog, views: set[str] | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with views over `catalog`'s runs (of the catalog's kinds): all of
     them, or just `views` (a root's records are read only for the views a question needs)."""
-    wanted = set(view_names(catalog.kinds)) if views is None else views
+    wanted = set(view_names(catalog.kinds)) if views is None else set(views)
+    derived = {v: d for kind in catalog.kinds.values() for v, d in kind.derived_views.items()
+               if v in wanted}
+    wanted |= {base for reads, _ in derived.values() for base in reads}
+    empty: set[str] = set()  # views with no file to read (no run of their kind yet)
     con = duckdb.connect()
     if "runs" in wanted:
         con.register("runs", pa.Table.from_pylist(catalog.run_rows(), RUNS_SCHEMA))
@@ -116,6 +123,7 @@ def connect(catalog: Catalog, views: set[str] | None = None) -> duckdb.DuckDBPyC
                 # one scan per run (its files share a schema), joined by column name
                 scans = [f"SELECT * FROM read_parquet({source})" for f in catalog.of_kind(kind_name)
                          if (source := _parquet_source(f, output))]
+                empty |= set() if scans else {view}
                 con.execute(f"CREATE VIEW {view} AS " + (" UNION ALL BY NAME ".join(scans)
                             or "SELECT NULL::VARCHAR AS run_id LIMIT 0"))
         for view, name in kind.reduce_views.items():
@@ -125,6 +133,9 @@ def connect(catalog: Catalog, views: set[str] | None = None) -> duckdb.DuckDBPyC
                 con.execute(f"CREATE VIEW {view} AS " + (
                     f"SELECT * FROM read_parquet({_sql_list(paths)}, union_by_name = true)"
                     if paths else "SELECT NULL::VARCHAR AS key LIMIT 0"))
+    for view, (reads, select) in derived.items():
+        con.execute(f"CREATE VIEW {view} AS " + ("SELECT NULL::VARCHAR AS run_id LIMIT 0"
+                                                 if empty & set(reads) else select))
     if "experiments" in wanted:
         files = [str(f) for f in experiment_files(catalog.root)]
         if files:

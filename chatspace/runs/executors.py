@@ -106,6 +106,17 @@ class LocalExecutor(RunsHere):
             return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
 
+    def _say_note(self, run: Run, running: dict[int, subprocess.Popen],
+                  said: str | None) -> str | None:
+        """Log the kind's status line (a serving run's endpoint) when it changes; return it."""
+        states = ["running" if t in running else "done" if run.completion_path(t).exists()
+                  else "missing" for t in range(run.num_tasks)]
+        note = run.kind.status_note(run, states) if self.progress else None
+        if note is not None and note.line != said:
+            log.info("run %s: %s", run.run_id, note.line)
+            return note.line
+        return said
+
     def execute(self, run: Run, tasks: Sequence[int]) -> None:
         queue = list(tasks)
         workers = min(self.parallelism(run), max(len(queue), 1))
@@ -117,7 +128,8 @@ class LocalExecutor(RunsHere):
         # a bar on a terminal; in a log, one line each time the run moves
         bar = tqdm(total=run.rows, unit="rows", desc=run.run_id, file=sys.stderr,
                    disable=not (self.progress and sys.stderr.isatty()))
-        seen = said = None
+        seen: tuple[int, int] | None = None
+        said: str | None = None
         try:
             with _stopped_by_sigterm():
                 while queue or running or waiting:
@@ -150,10 +162,7 @@ class LocalExecutor(RunsHere):
                         seen = (done, len(running))
                         log.info("run %s: %d/%d rows; %d task(s) running, %d failed",
                                  run.run_id, done, run.rows, len(running), len(failed))
-                    note = _note(run, running) if self.progress else None
-                    if note is not None and note != said:
-                        said = note
-                        log.info("run %s: %s", run.run_id, note)
+                    said = self._say_note(run, running, said)
         except (Stopped, KeyboardInterrupt):
             _stop_all(running.values())
             running.clear()
@@ -168,14 +177,6 @@ class LocalExecutor(RunsHere):
             raise RunFailed(f"run {run.run_id}: {len(failed)} task(s) failed:\n  "
                             + "\n  ".join(task_problem(run, t) for t in sorted(failed)))
         reduce_run(run)
-
-
-def _note(run: Run, running: dict[int, subprocess.Popen]) -> str | None:
-    """The kind's status line (a serving run's endpoint), from the tasks' files and processes."""
-    states = ["running" if t in running else "done" if run.completion_path(t).exists()
-              else "missing" for t in range(run.num_tasks)]
-    note = run.kind.status_note(run, states)
-    return note.line if note else None
 
 
 def rows_done(run: Run, tasks: Sequence[int]) -> int:

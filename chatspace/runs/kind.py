@@ -122,6 +122,8 @@ class Kind(ABC):
     task_views: ClassVar[dict[str, str]] = {}
     # view name -> a Parquet file the reduce writes (the manifest lists it with task null)
     reduce_views: ClassVar[dict[str, str]] = {}
+    # view name -> (the views it reads, its SELECT over them): e.g. results joined with scores
+    derived_views: ClassVar[dict[str, tuple[tuple[str, ...], str]]] = {}
     metrics: ClassVar[Metrics | None] = None
     # (table, key) that a first argument which is not a spec file (.toml) sets (`submit serve
     # MODEL`); None: the first argument is always the spec file

@@ -18,22 +18,13 @@ import numpy as np
 
 from chatspace.data.sources import RowReader, SourceInfo
 from chatspace.errors import RunFailed
-from chatspace.kinds.embed.openai_client import Sender, SendStats
-from chatspace.kinds.embed.openai_plan import Inputs, api_key, part_requests
+from chatspace.kinds.embed.openai_client import EmbedSender
+from chatspace.kinds.embed.openai_plan import Inputs, part_requests
 from chatspace.kinds.embed.schema import build_table
-from chatspace.runs.executor import tasks_at_once
+from chatspace.kinds.openai_api import SendStats, async_client, sharing_tasks
 from chatspace.runs.kind import Part, PartOutput
 from chatspace.runs.record import Run
 from chatspace.runs.timing import StageTimer
-
-
-def sharing_tasks(run: Run) -> int:
-    """How many tasks of this run share the rate limits: as its latest submission records,
-    else (tasks started by hand with the templates) the array throttle or the array size."""
-    submitted = run.submissions()
-    if submitted and submitted[-1].tasks_at_once:
-        return submitted[-1].tasks_at_once
-    return tasks_at_once(run.spec.slurm.array_parallelism, run.num_tasks)
 
 
 class OpenAIParts:
@@ -44,16 +35,7 @@ class OpenAIParts:
         self.model = run.plan.details["model"]
         self.reader = RowReader(source)  # keeps the last block read: parts are consecutive
 
-    def _client(self) -> Any:
-        import openai
-
-        key = api_key()
-        if not key:
-            raise RunFailed("OPENAI_API_KEY is not set in the task's environment or ./.env")
-        return openai.AsyncOpenAI(api_key=key, base_url=self.model["base_url"],
-                                  timeout=self.model["timeout"], max_retries=0)
-
-    async def _embed(self, sender: Sender, part: Part) -> PartOutput:
+    async def _embed(self, sender: EmbedSender, part: Part) -> PartOutput:
         with self.timer.measure("read_and_tokenize"):
             rows, inputs, requests = part_requests(self.reader,
                                                    self.sample[part.start:part.stop], self.spec)
@@ -104,7 +86,7 @@ class OpenAIParts:
 
     def __call__(self, parts: list[Part]) -> Iterator[PartOutput]:
         with asyncio.Runner() as loop:
-            client = self._client()
+            client = async_client(self.model)
             sender = loop.run(self._sender(client))
             try:
                 for part in parts:
@@ -112,5 +94,5 @@ class OpenAIParts:
             finally:
                 loop.run(client.close())
 
-    async def _sender(self, client: Any) -> Sender:
-        return Sender(client, self.model, self.spec.openai, sharing_tasks(self.run))
+    async def _sender(self, client: Any) -> EmbedSender:
+        return EmbedSender(client, self.model, self.spec.openai, sharing_tasks(self.run))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +16,14 @@ from chatspace.data.sources import RowReader, SourceInfo
 from chatspace.errors import BadInput
 from chatspace.kinds.embed.rows import PartRows, read_part_rows
 from chatspace.kinds.embed.spec import EmbedSpec
-from chatspace.kinds.embed.tokens import token_ids
+from chatspace.kinds.openai_api import (
+    BATCH_DISCOUNT,
+    PRICES,
+    api_key,
+    check_access,
+    timeout_seconds,
+)
+from chatspace.kinds.tokens import token_ids
 from chatspace.runs.kind import WorkPlan
 from chatspace.runs.plan import slice_bounds
 from chatspace.runs.task import part_bounds
@@ -26,29 +32,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "text-embedding-3-small"
 MAX_INPUT_TOKENS = 8191
-DEFAULT_TIMEOUT = 60.0
-# USD per 1M input tokens at standard prices; the Batch API costs half (spec key
-# openai.price_per_million overrides the table).
-PRICES = {"text-embedding-3-small": 0.02, "text-embedding-3-large": 0.13,
-          "text-embedding-ada-002": 0.10}
-BATCH_DISCOUNT = 0.5
 NATIVE_DIMENSIONS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072,
                      "text-embedding-ada-002": 1536}
 ENCODING = "cl100k_base"  # the tokenizer of every model above
-
-
-def api_key() -> str | None:
-    """OPENAI_API_KEY from the environment, else from ./.env (never copied anywhere)."""
-    key = os.environ.get("OPENAI_API_KEY")
-    if key:
-        return key
-    dotenv = Path(".env")
-    if dotenv.is_file():
-        for line in dotenv.read_text().splitlines():
-            name, sep, value = line.strip().removeprefix("export ").partition("=")
-            if sep and name.strip() == "OPENAI_API_KEY":
-                return value.strip().strip("'\"") or None
-    return None
 
 
 def api_model(spec: EmbedSpec) -> dict[str, Any]:
@@ -61,16 +47,11 @@ def api_model(spec: EmbedSpec) -> dict[str, Any]:
     if dims is not None and name in NATIVE_DIMENSIONS and not 1 <= dims <= NATIVE_DIMENSIONS[name]:
         raise BadInput(f"openai.dimensions (--dimensions) must be 1 to "
                        f"{NATIVE_DIMENSIONS[name]} for {name}, got {dims}")
-    try:
-        timeout = spec.openai.timeout or float(os.environ.get("OPENAI_TIMEOUT") or
-                                               DEFAULT_TIMEOUT)
-    except ValueError:
-        raise BadInput(f"OPENAI_TIMEOUT {os.environ['OPENAI_TIMEOUT']!r} is not a number of "
-                       "seconds") from None
+    timeout = timeout_seconds(spec.openai.timeout)
     price = spec.openai.price_per_million
     return {"backend": "openai", "label": name, "base_url": os.environ.get("OPENAI_BASE_URL"),
             "timeout": timeout, "dimensions": dims, "encoding": ENCODING,
-            "price_per_million": price if price is not None else PRICES.get(name)}
+            "price_per_million": price if price is not None else PRICES.get(name, (None,))[0]}
 
 
 @dataclass
@@ -129,33 +110,6 @@ def part_requests(reader: RowReader, indices: np.ndarray,
     inputs = make_inputs(rows.texts, spec.openai.long_inputs)
     return rows, inputs, pack_requests(inputs.tokens, spec.openai.max_inputs_per_request,
                                        spec.openai.max_tokens_per_request)
-
-
-def check_access(model: dict[str, Any], key: str) -> None:
-    """Before anything is written, one free request (``GET /models/{model}``): BadInput when
-    the API rejects the key or does not serve the model. Any other failure (a server error,
-    no route from this node) is logged and left to the tasks, which retry."""
-    import openai
-
-    client = openai.OpenAI(api_key=key, base_url=model["base_url"], timeout=model["timeout"],
-                           max_retries=1)
-    try:
-        client.models.retrieve(model["label"])
-    except openai.APIStatusError as exc:
-        from chatspace.kinds.embed.openai_client import api_message
-
-        message = api_message(exc)
-        if exc.status_code in (401, 403):
-            raise BadInput(f"OpenAI rejected the API key ({exc.status_code}): "
-                           f"{message}") from None
-        if exc.status_code == 404:
-            raise BadInput(f"model.name: OpenAI does not serve {model['label']!r} (404): "
-                           f"{message}") from None
-        log.warning("could not check the API key before submitting (HTTP %d): the tasks will "
-                    "retry", exc.status_code)
-    except openai.APIError as exc:
-        log.warning("could not check the API key before submitting (%s): the tasks will "
-                    "retry", type(exc).__name__)
 
 
 def estimate_run(spec: EmbedSpec, plan: WorkPlan, execute: bool) -> list[str]:

@@ -46,7 +46,8 @@ class VectorsKind(Kind):
         inputs = read_inputs(spec, root)
         out = root / "vectors" / inputs.model["label"] / (spec.run.name or "vectors") / run_id
         details = {"model": inputs.model, "sources": inputs.sources, "layers": inputs.layers,
-                   "groups": inputs.groups, "generations": inputs.rows.num_rows}
+                   "groups": inputs.groups, "generations": inputs.rows.num_rows,
+                   "selection": inputs.selection}
         return WorkPlan(rows=inputs.rows.num_rows, details=details, output_dir=out,
                        manifest_path=out / "manifest.json",
                        outputs={"stats": "stats-{task:05d}.parquet"},
@@ -115,6 +116,7 @@ class VectorsKind(Kind):
         return Summary({
             "model": plan["model"]["label"], "sources": [s["run_id"] for s in plan["sources"]],
             "group_by": run.spec.groups.by, "groups": plan["groups"], "layers": plan["layers"],
+            "selection": plan.get("selection"),
             "generations": sum(r.details["generations"] for r in records),
             "vectors": [{"key": v.key, "kind": v.kind, "layer": v.layer,
                          "explained_variance": v.explained_variance} for v in vectors],

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from chatspace.errors import BadInput
 from chatspace.kinds.steer.kind import SteerKind
 from chatspace.kinds.steer.schema import RESULTS_SCHEMA
+from chatspace.kinds.vectors.judged import kept_ids, small_groups
 from chatspace.kinds.vectors.spec import VectorsSpec
 from chatspace.kinds.vectors.stats import group_order
 from chatspace.names import check_name
@@ -31,6 +32,7 @@ class Inputs:
     groups: list[str]
     model: dict[str, Any]
     sources: list[dict[str, Any]]
+    selection: dict[str, Any]  # judged_by, where, min_count and the groups left out
 
 
 def _open(ref: str, root: Path) -> Run:
@@ -80,15 +82,20 @@ def read_inputs(spec: VectorsSpec, root: Path) -> Inputs:
                        + "; ".join(f"{m} hidden {h}" for m, h in sorted(shapes)) + ")")
     records: list[dict[str, Any]] = []
     captured: set[int] | None = None
+    chosen = kept_ids(runs, spec.source.judged_by, spec.source.where, root)
     for number, run in enumerate(runs):
         entries, layers = _generations(run, by)
         captured = layers if captured is None else captured & layers
-        records += [{**e, "source": number} for e in entries]
-    chosen = spec.source.layers if spec.source.layers is not None else sorted(captured or ())
-    missing = sorted(set(chosen) - (captured or set()))
-    if missing or not chosen:
-        raise BadInput(f"source.layers (--layers): layer(s) {missing or chosen} not captured in "
-                       f"every run (captured in all: {sorted(captured or ()) or 'none'})")
+        records += [{**e, "source": number} for e in entries
+                    if chosen is None or (run.run_id, e["id"]) in chosen]
+    records, selection = _selected(records, spec)
+    wanted_layers = spec.source.layers if spec.source.layers is not None \
+        else sorted(captured or ())
+    missing = sorted(set(wanted_layers) - (captured or set()))
+    if missing or not wanted_layers:
+        raise BadInput(f"source.layers (--layers): layer(s) {missing or wanted_layers} not "
+                       f"captured in every run (captured in all: "
+                       f"{sorted(captured or ()) or 'none'})")
     groups = sorted({r["group"] for r in records}, key=group_order)
     wanted = [g for pair in spec.groups.pairs() for g in pair]
     wanted += [spec.groups.baseline] if spec.groups.baseline is not None else []
@@ -110,14 +117,30 @@ def read_inputs(spec: VectorsSpec, root: Path) -> Inputs:
         "id": [r["id"] for r in records],
         "row": pa.array([r["row"] for r in records], pa.int64()),
         "group": [r["group"] for r in records],
-        "file": [stored_path(r["folder"] / r["keys"][chosen[0]][0], root) for r in records],
-        "keys": [[r["keys"][layer][1] for layer in chosen] for r in records],
+        "file": [stored_path(r["folder"] / r["keys"][wanted_layers[0]][0], root)
+                 for r in records],
+        "keys": [[r["keys"][layer][1] for layer in wanted_layers] for r in records],
     })
     model = runs[0].plan.details["model"]
-    return Inputs(rows, list(chosen), groups,
+    return Inputs(rows, list(wanted_layers), groups,
                   {"label": model["label"], "hidden_size": model["hidden_size"]},
                   [{"run_id": r.run_id, "run_dir": stored_path(r.dir, root),
-                    "capture": r.spec.capture.model_dump()} for r in runs])
+                    "capture": r.spec.capture.model_dump()} for r in runs], selection)
+
+
+def _selected(records: list[dict[str, Any]],
+              spec: VectorsSpec) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The records left once groups under --min-count are left out, and what the plan says
+    of the selection."""
+    small = small_groups([r["group"] for r in records], spec.source.min_count)
+    records = [r for r in records if r["group"] not in small]
+    if not records:
+        raise BadInput("source: no generation left to read (--judged-by / --where / "
+                       "--min-count leave none)")
+    return records, {"judged_by": spec.source.judged_by, "where": spec.source.where,
+                     "min_count": spec.source.min_count,
+                     "left_out_groups": [{"group": g, "generations": n} for g, n in
+                                         sorted(small.items(), key=lambda x: shown(x[0]))]}
 
 
 def shown(group: str | None) -> str:

@@ -12,11 +12,21 @@ class SourceConfig(Section):
                                  "repeatable.", flag="--from-run|--from")
     layers: list[int] | None = option(None, "Layers to use, e.g. 8,12 (default: every "
                                             "captured one).")
+    judged_by: str | None = option(None, "A finished judge run of these generations: only "
+                                         "those --where keeps are read.")
+    where: str | None = option(None, "A SQL predicate over the results columns and, with "
+                                     "--judged-by, the judgment's (score, label, verdict), "
+                                     "e.g. \"score >= 3\".")
+    min_count: int = option(0, "Leave out groups with fewer generations than this (the "
+                               "manifest lists them).", ge=0)
 
     def check(self) -> None:
         if not self.runs:
             raise BadInput("source.runs is required: the steer runs to read (--from RUN, "
                            "repeatable)")
+        if self.where is not None and (not self.where.strip() or ";" in self.where):
+            raise BadInput(f"source.where (--where) {self.where!r} must be one SQL expression "
+                           "(no ';')")
 
 
 class GroupsConfig(Section):
@@ -43,3 +53,10 @@ class GroupsConfig(Section):
 class VectorsSpec(JobSpec):
     source: SourceConfig
     groups: GroupsConfig = GroupsConfig()
+
+    def work_dict(self) -> dict:
+        out = super().work_dict()
+        for key, unset in (("judged_by", None), ("where", None), ("min_count", 0)):
+            if out["source"][key] == unset:  # later keys: runs planned before keep their hash
+                del out["source"][key]
+        return out

