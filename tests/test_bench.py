@@ -16,6 +16,7 @@ BENCHES = {
     "cli_latency": ([], "x baseline"),
     "embed_throughput": ([], "ratio task / best encode"),
     "hf_batching": ([], "ratio batched / one at a time"),
+    "judge_rate": ([], "ratio achieved / limit"),
     "local_run_overhead": ([], "ratio local run / pure encode"),
     "openai_rate": ([], "ratio achieved / limit"),
     "query": ([], "worst ratio"),

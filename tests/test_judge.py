@@ -259,7 +259,7 @@ def test_the_local_backend_equals_a_direct_steer_model_run(sweep, tiny_model_dir
         assert j["verdict"] == ("scored" if j["score"] is not None else "unparsed")
 
 
-def test_the_views_join_generations_with_their_latest_judgments(sweep, monkeypatch):
+def test_the_views_and_the_report_show_the_judgments(sweep, monkeypatch):
     root, steer = sweep
     with FakeOpenAI() as server:
         for name, value in server.env().items():
@@ -272,6 +272,11 @@ def test_the_views_join_generations_with_their_latest_judgments(sweep, monkeypat
     rows = json.loads(out.stdout)
     want = sorted((j["id"], j["score"]) for j in judgments(run))
     assert [(r["id"], r["score"]) for r in rows] == want
+    page = root.parent / "judge.html"
+    made = chatspace_here("report", run.run_id, "-o", str(page), root=root)
+    assert made.returncode == 0, made.stderr
+    html = page.read_text()
+    assert "scores by persona" in html and "scores by point" in html and "scored" in html
 
 
 @pytest.mark.parametrize(("args", "message"), [

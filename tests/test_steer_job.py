@@ -130,8 +130,12 @@ def assert_same_results(a: Run, b: Run) -> None:
 
 @pytest.mark.slurm
 def test_a_sweep_on_slurm_equals_a_debug_run_with_any_array_size(inputs, root, slurm_cluster):
+    """The HF backend (seconds per task; vLLM under SLURM is the serve kind's server in
+    tests/test_serve.py): sampled rows, their seeds and captures as one in-process task makes
+    them."""
     spec = str(inputs["spec"])
-    on_slurm = submitted(chatspace("submit", "steer", spec, "--array", "2", "--executor",
+    hf = ["--backend", "hf"]
+    on_slurm = submitted(chatspace("submit", "steer", spec, *hf, "--array", "2", "--executor",
                                    "slurm", "--wait", "--json", "--mem", "6G", root=root,
                                    timeout=900))
     assert chatspace("verify", str(on_slurm.dir)).returncode == 0
@@ -142,8 +146,8 @@ def test_a_sweep_on_slurm_equals_a_debug_run_with_any_array_size(inputs, root, s
                                           "vec/L2/x8"}
     assert on_slurm.manifest_path.parent == root / "steering" / inputs["model"].name / "sweep" \
         / on_slurm.run_id
-    in_process = submitted(chatspace("submit", "steer", spec, "--array", "1", "--executor",
-                                     "debug", "--json", root=root, timeout=900))
+    in_process = submitted(chatspace("submit", "steer", spec, *hf, "--array", "1",
+                                     "--executor", "debug", "--json", root=root, timeout=900))
     assert_same_results(on_slurm, in_process)
     table = results(in_process)
     baseline = table.filter(pa.compute.equal(table.column("point"), "baseline"))
@@ -182,8 +186,9 @@ GREEDY = ["--executor", "debug", "--json", "--temperature", "0", "--n-reps", "1"
 
 @pytest.fixture(scope="module")
 def greedy_run(inputs, tmp_path_factory) -> Run:
-    """The sweep greedy, one rep, eager, one worker: what the compiled and the
-    tensor-parallel runs below must equal (run once for both)."""
+    """The sweep greedy, one rep, eager, one worker: what the compiled run below must equal.
+    (Two tensor-parallel workers are checked against one on the model itself:
+    tests/test_tensor_parallel.py.)"""
     root = tmp_path_factory.mktemp("greedy") / "ws"
     return submitted(chatspace("submit", "steer", str(inputs["spec"]), *GREEDY, "--run-id",
                                "eager", root=root))
@@ -198,20 +203,6 @@ def test_a_compiled_sweep_equals_the_eager_one_and_compiles_under_the_root(input
     assert compiled.spec.model.compile and greedy_run.spec.model.compile is None
     assert_same_results(greedy_run, compiled)
     assert any((root / "cache" / "vllm").rglob("*")), "no compile cache under the root"
-
-
-def test_a_sweep_with_two_tensor_parallel_workers_equals_one_worker(inputs, greedy_run, root,
-                                                                     tmp_path):
-    """``model.tensor_parallel_size = 2`` on the CPU: chatspace binds each worker's threads;
-    the rows and captures are one worker's."""
-    spec = tmp_path / "tp2.toml"
-    spec.write_text(inputs["spec"].read_text().replace(
-        "max_model_len = 256", "max_model_len = 256\ntensor_parallel_size = 2"))
-    two = submitted(chatspace("submit", "steer", str(spec), *GREEDY, "--run-id", "tp2",
-                              root=root))
-    assert two.spec.model.tensor_parallel_size == 2 and \
-        greedy_run.spec.model.tensor_parallel_size == 1
-    assert_same_results(greedy_run, two)
 
 
 def _group(pgid: int) -> list[int]:

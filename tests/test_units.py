@@ -137,11 +137,22 @@ def test_extract_text_and_messages():
 
 
 @pytest.mark.parametrize("spec_file", sorted(p for p in (REPO / "jobs").glob("*.toml")
-                                             if "[prompts]" not in p.read_text()),
+                                             if "[dataset]" in p.read_text()),
                          ids=lambda p: p.name)
 def test_shipped_embed_specs_are_valid(spec_file: Path):  # steer ones: test_steer_job.py
     spec = resolve_spec(EmbedSpec, spec_file, {})
     assert spec.dataset.name and spec.run.array >= 1
+
+
+def test_the_shipped_serve_spec_and_rubrics_are_valid():
+    from chatspace.kinds.judge.rubric import load_rubric
+    from chatspace.kinds.judge.sources import COLUMNS
+    from chatspace.kinds.serve.spec import ServeSpec
+
+    spec = resolve_spec(ServeSpec, REPO / "jobs" / "serve.toml", {"model": {"name": "m"}})
+    assert spec.server.port == 0 and spec.slurm.gpus_per_task == 1
+    for rubric in (REPO / "jobs" / "rubrics").glob("*.toml"):
+        assert load_rubric(rubric, set(COLUMNS)).fields() <= set(COLUMNS)
 
 
 def test_the_run_machinery_imports_no_job_package_and_no_cli():

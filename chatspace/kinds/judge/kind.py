@@ -19,6 +19,7 @@ from chatspace.kinds.judge.spec import JudgeSpec
 from chatspace.runs.formats import Completion, Plan
 from chatspace.runs.kind import Kind, Part, PartOutput, Summary, TaskCheck, WorkPlan
 from chatspace.runs.record import Run
+from chatspace.runs.run_files import RunFiles
 from chatspace.runs.timing import StageTimer
 
 
@@ -134,6 +135,11 @@ class JudgeKind(Kind):
                         "rubric": run.plan.details["rubric"], "judged": run.rows,
                         "scores": dict(sorted(scores.items())), **totals},
                        totals={"tokens": totals["tokens"], "cost_usd": totals["cost_usd"]})
+
+    def report_blocks(self, runs: list[RunFiles]) -> list[str]:
+        from chatspace.kinds.judge.report import judge_blocks
+
+        return judge_blocks(runs)
 
     def run_facts(self, plan: Plan, records: list[Completion]) -> dict[str, Any]:
         tokens = sum(r.details.get("tokens", 0) for r in records)
