@@ -347,3 +347,27 @@ def test_vectors_from_the_judged_good_generations_only(sweep, monkeypatch):
     assert [(e["group"], e["generations"]) for e in manifest["selection"]["left_out_groups"]] \
         == small
     assert manifest["generations"] == sum(len(v) for v in kept.values())
+
+
+def test_viz_shows_the_judges_scores_of_a_steer_run(sweep, monkeypatch):
+    pytest.importorskip("pandas", reason="the viz extra (pandas) is not installed")
+    testing = pytest.importorskip("streamlit.testing.v1",
+                                  reason="the viz extra (streamlit) is not installed")
+    root, steer = sweep
+    with FakeOpenAI() as server:
+        for name, value in server.env().items():
+            monkeypatch.setenv(name, value)
+        run = judge(root, "--from", steer.run_id, "--rubric", ROLE, "--where",
+                    "persona = 'poet'", "--execute")
+    monkeypatch.setenv("CHATSPACE_ROOT", str(root))
+    app = testing.AppTest.from_file(str(REPO / "chatspace" / "kinds" / "steer" / "viz_app.py"),
+                                    default_timeout=120)
+    app.run()
+    assert not app.exception
+    assert [t.label for t in app.tabs] == ["Mean entropy", "Top-k mass", "Thinking length",
+                                           "Judgments", "Raw data"]
+    shown = next(d.value for d in app.dataframe if "judge_run_id" in d.value.columns)
+    latest = {j["id"]: j["score"] for j in judgments(run)}
+    assert len(shown) == 8 and set(shown["judge_run_id"]) == {run.run_id}
+    assert {i: (None if s != s else int(s)) for i, s in zip(shown["id"], shown["score"],
+                                                             strict=True)} == latest

@@ -5,10 +5,11 @@ chunked prefill and prefix-cache hits, cache isolation between steered and unste
 steering that stops running, shared-memory release, and bad input refused before anything runs.
 
 Every test that takes `engines` runs in both modes (an eager and a compiled engine); the Qwen3
-and Llama layers are checked in eager mode. The compiled engines are traced by dynamo as vLLM's compiled model is, with dynamo's
-eager backend (vLLM's CPU test setting, VLLM_CPU_CI_ENV): what decides whether steering survives
-compilation is the tracing, which drops Python hooks. Inductor itself compiles the steer job's
-compiled sweep (tests/test_steer_job.py), which must equal the eager sweep.
+and Llama layers are checked in eager mode. The compiled engines are traced by dynamo as vLLM's
+compiled model is, with dynamo's eager backend (vLLM's CPU test setting, VLLM_CPU_CI_ENV): what
+decides whether steering survives compilation is the tracing, which drops Python hooks.
+Inductor itself compiles the steer job's compiled sweep (tests/test_steer_job.py), which must
+equal the eager sweep.
 
 The Qwen2 engine forces chunked prefill (a 32-token budget; the long prompt has ~100 tokens)."""
 

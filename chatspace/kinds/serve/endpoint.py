@@ -1,7 +1,7 @@
 """A serve run's endpoint: its API key (a random per-run secret in a 0600 file in the run
 directory, never in a record or a log), the `Endpoint` record its task writes once the server
 answers, and what that makes of the run (`endpoint_state`: queued, starting, serving, ended,
-failed)."""
+failed, unknown, not started)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,8 @@ def read_endpoint(run: Run) -> Endpoint | None:
 
 @dataclass(frozen=True)
 class EndpointState:
-    """What a serve run is doing: `state` (queued, starting, serving, ended, failed) and, once
+    """What a serve run is doing: `state` (queued, starting, serving, ended, failed, unknown,
+    not started) and, once
     its server answered, its endpoint."""
 
     state: str
@@ -88,7 +89,7 @@ def endpoint_state(run: Run, task_state: str) -> EndpointState:
         current = (endpoint is not None and endpoint.ended_at is None and owner is not None
                    and (owner.host, owner.pid) == (endpoint.node, endpoint.task_pid))
         return EndpointState("serving" if current else "starting", endpoint)
-    if task_state == "failed":
-        return EndpointState("failed", endpoint)
+    if task_state in ("failed", "unknown"):  # unknown: SLURM cannot be asked
+        return EndpointState(task_state, endpoint)
     return EndpointState("ended" if endpoint is not None or task_state == "done"
                          else "not started", endpoint)
