@@ -160,6 +160,11 @@ class TokenBucket:
                 return
             await asyncio.sleep((need - self.level) / self.rate)
 
+    def refund(self, amount: float) -> None:
+        """Give back what a request the server did not serve took (a fault, a 429)."""
+        self._refill()
+        self.level = min(self.capacity, self.level + amount)
+
     def drain(self, seconds: float) -> None:
         """The server says the budget is spent: wait `seconds` before the next request."""
         self._refill()
@@ -240,6 +245,9 @@ class Sender:
                     return result
                 except Exception as exc:  # noqa: BLE001 - classified below
                     wait, reason = self._classify(exc)
+            # not served: its share of the limits is free for the next request
+            self.request_bucket.refund(1)
+            self.token_bucket.refund(tokens)
             self.stats.errors[reason] = self.stats.errors.get(reason, 0) + 1
             if attempt == self.max_attempts:
                 raise RunFailed(f"OpenAI request of {what} failed after {attempt} attempts; "
