@@ -4,12 +4,13 @@ A kind says what its spec is, how a spec becomes rows to run (`plan`), how one t
 its parts of those rows into tables (`run_parts`), what a finished task's outputs must satisfy
 (`check_task`), and what the manifest says about the whole run (`summarize`). The machinery does
 the rest the same way for every kind: slicing, part commits, assembly, completion records,
-reduce, status, resume and the executors.
+reduce, status, resume and the executors. A kind may add a line to `status` (`status_note`: a
+serving run's endpoint) and name the spec key its first argument sets (`argument`).
 
 A kind also says what its results are to the results layer (`query`, `report`), which
-names no kind: the Parquet views over its files (`task_views`, `reduce_views`), its
-per-generation metrics (`metrics`), its facts in the run table (`run_facts`) and its report
-blocks (`report_blocks`).
+names no kind: the Parquet views over its files (`task_views`, `reduce_views`) and over other
+views (`derived_views`), its per-generation metrics (`metrics`), its facts in the run table
+(`run_facts`) and its report blocks (`report_blocks`).
 """
 
 from __future__ import annotations
