@@ -161,7 +161,8 @@ class TokenBucket:
             await asyncio.sleep((need - self.level) / self.rate)
 
     def refund(self, amount: float) -> None:
-        """Give back what a request the server did not serve took (a fault, a 429)."""
+        """Give back what a request took that the server failed (not one it refused for its
+        rate limit: that budget is spent)."""
         self._refill()
         self.level = min(self.capacity, self.level + amount)
 
@@ -245,9 +246,9 @@ class Sender:
                     return result
                 except Exception as exc:  # noqa: BLE001 - classified below
                     wait, reason = self._classify(exc)
-            # not served: its share of the limits is free for the next request
-            self.request_bucket.refund(1)
-            self.token_bucket.refund(tokens)
+            if reason != "HTTP 429":  # a fault, not the server's limit: its share is free
+                self.request_bucket.refund(1)
+                self.token_bucket.refund(tokens)
             self.stats.errors[reason] = self.stats.errors.get(reason, 0) + 1
             if attempt == self.max_attempts:
                 raise RunFailed(f"OpenAI request of {what} failed after {attempt} attempts; "
