@@ -287,6 +287,7 @@ def test_the_views_and_the_report_show_the_judgments(sweep, monkeypatch):
     (["--rubric", ROLE, "--where", "persona = 'nobody'"], "nothing to judge"),
     (["--rubric", ROLE, "--from", "{serve_run}"], "is a serve run: only steer runs"),
     (["--rubric", ROLE, "--execute"], "OPENAI_API_KEY is not set"),
+    (["--rubric", ROLE, "--judge-model", ".."], "judge.model (--judge-model) '..' starts with"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(sweep, tmp_path, monkeypatch, tiny_model_dir,
                                                  args, message):

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from chatspace.kinds.judge.spec import JudgeSpec
+from chatspace.names import check_name
 from chatspace.runs.formats import Completion, Plan
 from chatspace.runs.kind import Kind, Part, PartOutput, Summary, TaskCheck, WorkPlan
 from chatspace.runs.record import Run
@@ -71,7 +72,7 @@ class JudgeKind(Kind):
             rows = rows.append_column("input_tokens", pa.array(counts, pa.int64()))
             details.update(input_tokens=sum(counts),
                            output_tokens=output_tokens(rubric, model["encoding"]))
-        label = model["label"].replace("/", "__")
+        label = check_name(model["label"].replace("/", "__"), "judge.model (--judge-model)")
         out = root / "judgments" / label / (spec.run.name or "judge") / run_id
         return WorkPlan(rows=rows.num_rows, details=details, output_dir=out,
                         manifest_path=out / "manifest.json",
