@@ -83,6 +83,12 @@ def judgments(run: Run) -> list[dict]:
                             for t in range(run.num_tasks)).to_pylist()
 
 
+def use(server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point the OpenAI client of this process (the debug executor's tasks) at `server`."""
+    for name, value in server.env().items():
+        monkeypatch.setenv(name, value)
+
+
 def judge(root: Path, *args: str) -> Run:
     out = chatspace_here("submit", "judge", *args, "--executor", "debug", "--json", root=root)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -122,8 +128,7 @@ def test_every_generation_is_judged_once_through_faults(sweep, monkeypatch):
     fault = lambda n: chaos.choice(["429", "500", "drop", "truncated"]) \
         if chaos.random() < 0.3 else None  # noqa: E731
     with FakeOpenAI(fault=fault) as server:
-        for name, value in server.env().items():
-            monkeypatch.setenv(name, value)
+        use(server, monkeypatch)
         run = judge(root, "--from", steer.run_id, "--rubric", ROLE, "--array", "2",
                     "--part-rows", "5", "--execute")
         faults = sum(1 for e in server.log if e["fault"] is not None)
@@ -155,8 +160,7 @@ def test_every_generation_is_judged_once_through_faults(sweep, monkeypatch):
 def test_structured_output_and_a_where_filter(sweep, monkeypatch):
     root, steer = sweep
     with FakeOpenAI() as server:
-        for name, value in server.env().items():
-            monkeypatch.setenv(name, value)
+        use(server, monkeypatch)
         run = judge(root, "--from", steer.run_id, "--rubric", REFUSAL, "--where",
                     "persona = 'pirate' AND rep = 0", "--execute")
         asked = [e for e in server.ok_requests() if e.get("messages")]
@@ -173,8 +177,7 @@ def test_structured_output_and_a_where_filter(sweep, monkeypatch):
 def test_the_dry_run_sends_nothing_and_counts_tokens_as_tiktoken(sweep, monkeypatch):
     root, steer = sweep
     with FakeOpenAI() as server:
-        for name, value in server.env().items():
-            monkeypatch.setenv(name, value)
+        use(server, monkeypatch)
         before = files_under(root)
         out = chatspace_here("submit", "judge", "--from", steer.run_id, "--rubric", ROLE,
                              "--executor", "debug", "--json", root=root)
@@ -262,8 +265,7 @@ def test_the_local_backend_equals_a_direct_steer_model_run(sweep, tiny_model_dir
 def test_the_views_and_the_report_show_the_judgments(sweep, monkeypatch):
     root, steer = sweep
     with FakeOpenAI() as server:
-        for name, value in server.env().items():
-            monkeypatch.setenv(name, value)
+        use(server, monkeypatch)
         run = judge(root, "--from", steer.run_id, "--rubric", ROLE, "--where", "rep = 1",
                     "--execute")
     out = chatspace_here("query", "SELECT id, score, judge_run_id FROM judged WHERE "
@@ -320,8 +322,7 @@ def test_vectors_from_the_judged_good_generations_only(sweep, monkeypatch):
 
     root, steer = sweep
     with FakeOpenAI() as server:
-        for name, value in server.env().items():
-            monkeypatch.setenv(name, value)
+        use(server, monkeypatch)
         graded = judge(root, "--from", steer.run_id, "--rubric", ROLE, "--execute")
     good = {j["id"] for j in judgments(graded) if j["score"] is not None and j["score"] >= 1}
     personas = {g["id"]: g["persona"] for g in results(steer)}
@@ -356,8 +357,7 @@ def test_viz_shows_the_judges_scores_of_a_steer_run(sweep, monkeypatch):
                                   reason="the viz extra (streamlit) is not installed")
     root, steer = sweep
     with FakeOpenAI() as server:
-        for name, value in server.env().items():
-            monkeypatch.setenv(name, value)
+        use(server, monkeypatch)
         run = judge(root, "--from", steer.run_id, "--rubric", ROLE, "--where",
                     "persona = 'poet'", "--execute")
     monkeypatch.setenv("CHATSPACE_ROOT", str(root))

@@ -320,3 +320,17 @@ class Run:
         except BadInput as exc:
             raise BadInput(f"run {ref}: its plan's spec is not a {kind} spec: {exc}") from None
         return run
+
+
+def open_finished(ref: str, root: Path, kind: Kind, field: str, wrong_kind: str) -> Run:
+    """A run of `kind` whose every task is done; BadInput naming `field` when it is of another
+    kind (the message goes on with `wrong_kind`) or not finished."""
+    _, run_id, plan = locate_run(ref, root)
+    if plan.kind != kind.name:
+        raise BadInput(f"{field}: run {run_id} is a {plan.kind} run{wrong_kind}")
+    run = Run.open(ref, root, {kind.name: kind})
+    undone = [t for t in range(run.num_tasks) if run.completion(t, check_hash=False) is None]
+    if undone:
+        raise BadInput(f"{field}: {kind.name} run {run.run_id} is not finished (tasks "
+                       f"{', '.join(map(str, undone[:5]))} not done): resume it first")
+    return run

@@ -22,7 +22,13 @@ def judged_parts(run: Run, task: int, parts: list[Part],
     details = run.plan.details
     rubric = Rubric.from_dict(details["rubric"])
     journal = Journal(run.parts_dir(task))
-    chunks = ((part.start, read_rows(run, part.start, part.stop)) for part in parts)
+    read: dict[int, list[dict[str, Any]]] = {}  # each part's rows, read once
+
+    def rows_of(part: Part) -> tuple[int, list[dict[str, Any]]]:
+        read[part.start] = read_rows(run, part.start, part.stop)
+        return part.start, read[part.start]
+
+    chunks = (rows_of(part) for part in parts)
     try:
         if details["model"]["backend"] == "openai":
             from chatspace.kinds.judge.openai_judge import judge_parts
@@ -33,7 +39,7 @@ def judged_parts(run: Run, task: int, parts: list[Part],
         for part in parts:
             with timer.measure("judge"):
                 stats = next(judged)
-            yield _output(run, part, journal, stats)
+            yield _output(run, part, read.pop(part.start), journal, stats)
     finally:
         journal.close()
 
@@ -55,8 +61,8 @@ def _local_parts(model: dict[str, Any], rubric: Rubric, journal: Journal,
         loaded.close()
 
 
-def _output(run: Run, part: Part, journal: Journal, stats: dict[str, Any]) -> PartOutput:
-    rows = read_rows(run, part.start, part.stop)
+def _output(run: Run, part: Part, rows: list[dict[str, Any]], journal: Journal,
+            stats: dict[str, Any]) -> PartOutput:
     model = run.plan.details["model"]
     judged = [journal.done[part.start + i] for i in range(len(rows))]
     table = pa.Table.from_pylist([

@@ -12,11 +12,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from chatspace.errors import BadInput
 from chatspace.kinds.judge.rubric import Rubric
 from chatspace.kinds.steer.kind import SteerKind
 from chatspace.kinds.steer.schema import RESULTS_SCHEMA
-from chatspace.runs.record import Run, locate_run
+from chatspace.runs.record import Run, open_finished
 
 ROWS_FILE = "judge-rows.parquet"  # in the run directory
 # results columns a rubric or a predicate may name (token ids are not text)
@@ -25,16 +24,8 @@ COLUMNS = [name for name in RESULTS_SCHEMA.names if name != "output_token_ids"]
 
 def open_steer_run(ref: str, root: Path) -> Run:
     """A finished steer run; BadInput naming it when it is not one."""
-    _, run_id, plan = locate_run(ref, root)
-    if plan.kind != "steer":
-        raise BadInput(f"source.runs: run {run_id} is a {plan.kind} run: only steer runs have "
-                       "generations (results) to judge")
-    run = Run.open(ref, root, {"steer": SteerKind()})
-    undone = [t for t in range(run.num_tasks) if run.completion(t, check_hash=False) is None]
-    if undone:
-        raise BadInput(f"source.runs: steer run {run.run_id} is not finished (tasks "
-                       f"{', '.join(map(str, undone[:5]))} not done): resume it first")
-    return run
+    return open_finished(ref, root, SteerKind(), "source.runs",
+                         ": only steer runs have generations (results) to judge")
 
 
 def results_of(runs: list[Run]) -> pa.Table:

@@ -10,26 +10,18 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from chatspace.errors import BadInput
 from chatspace.kinds.judge.kind import JudgeKind
 from chatspace.kinds.judge.sources import results_of
 from chatspace.kinds.predicates import kept
-from chatspace.runs.record import Run, locate_run
+from chatspace.runs.record import Run, open_finished
 
 JUDGED = ["steer_run_id", "id", "score", "label", "verdict", "judge_model"]
 
 
 def open_judge_run(ref: str, root: Path) -> Run:
     """A finished judge run; BadInput naming it when it is not one."""
-    _, run_id, plan = locate_run(ref, root)
-    if plan.kind != "judge":
-        raise BadInput(f"source.judged_by (--judged-by): run {run_id} is a {plan.kind} run, "
-                       "not a judge run")
-    run = Run.open(ref, root, {"judge": JudgeKind()})
-    if any(run.completion(t, check_hash=False) is None for t in range(run.num_tasks)):
-        raise BadInput(f"source.judged_by (--judged-by): judge run {run_id} is not finished: "
-                       "resume it first")
-    return run
+    return open_finished(ref, root, JudgeKind(), "source.judged_by (--judged-by)",
+                         ", not a judge run")
 
 
 def kept_ids(runs: list[Run], judged_by: str | None, where: str | None,
