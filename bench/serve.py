@@ -9,9 +9,10 @@ plain ``vllm.entrypoints.openai.api_server`` and by ``chatspace serve`` (one ser
 an idle server's engine still polls the CPU). `--clients` concurrent clients send
 `--requests` completion requests in all (the same prompt tokens, `--tokens` new tokens each,
 EOS ignored, greedy) over HTTP; a figure is requests/s and output tokens/s, the best of
-`--repeats`. Plain vLLM is measured before and after chatspace; chatspace with the idle
-extension (no chatspace fields), one steering spec on every request, and four different specs
-mixed. Targets: idle within 2 %, one spec within 5 %, four mixed within 10 %.
+`--repeats` rounds in which the cases take turns. Plain vLLM is measured before and after
+chatspace; chatspace with the idle extension (no chatspace fields), one steering spec on every
+request, and four different specs mixed. Targets: idle within 2 %, one spec within 5 %, four
+mixed within 10 %.
 
 With `--submit` (SLURM_CONF set: the dev cluster, `hpc/dev-cluster.sh`) chatspace's server is a
 `chatspace submit serve` run on SLURM instead, reached through its recorded endpoint and key,
@@ -159,10 +160,17 @@ def requests_for(prompt: list[int], args, steering: list | None, model: str) -> 
     return out
 
 
-def best(server: Served | Submitted, args, requests: list[dict]) -> float:
-    asyncio.run(load(server.url, args.clients, requests[:args.clients], server.key))  # warm up
-    return min(asyncio.run(load(server.url, args.clients, requests, server.key))
-               for _ in range(args.repeats))
+def best(server: Served | Submitted, args, cases: dict[str, list[dict]]) -> dict[str, float]:
+    """The best time of each case over `--repeats` rounds, the cases taking turns within a
+    round (no case is favoured by coming first), after one warm-up batch of each."""
+    def run(requests: list[dict]) -> float:
+        return asyncio.run(load(server.url, args.clients, requests, server.key))
+
+    for requests in cases.values():
+        run(requests[:args.clients])
+    rounds = [{name: run(requests) for name, requests in cases.items()}
+              for _ in range(args.repeats)]
+    return {name: min(r[name] for r in rounds) for name in cases}
 
 
 def specs(count: int) -> list[list[dict]]:
@@ -177,7 +185,7 @@ def measure(path: Path, prompt: list[int], args, compiled: bool, log: Path) -> N
     model = path.name
     plain = requests_for(prompt, args, None, model)
     with Served(path, False, compiled, log) as server:
-        before = best(server, args, plain)
+        before = best(server, args, {"plain": plain})["plain"]
         plain_start = server.start_seconds
     cases = {"idle extension": plain,
              "one spec, every request": requests_for(prompt, args, specs(1), model),
@@ -185,12 +193,12 @@ def measure(path: Path, prompt: list[int], args, compiled: bool, log: Path) -> N
     ours = Submitted(path, compiled, log.parent / "root") if args.submit else \
         Served(path, True, compiled, log)
     with ours as server:
-        seconds = {name: best(server, args, requests) for name, requests in cases.items()}
+        seconds = best(server, args, cases)
     if SMOKE:  # one plain server: a smoke run's figures mean nothing
         after = before
     else:
         with Served(path, False, compiled, log) as server:
-            after = best(server, args, plain)
+            after = best(server, args, {"plain": plain})["plain"]
     base = min(before, after)
     tokens = args.requests * args.tokens
     mode = "compiled" if compiled else "eager"

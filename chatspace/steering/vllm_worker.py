@@ -44,7 +44,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from chatspace.steering import shm, vllm_ops
+from chatspace.steering import probes, shm, vllm_ops
 from chatspace.steering.hf_backend import check_architecture
 from chatspace.steering.outputs import CaptureOptions, token_metrics
 from chatspace.steering.spec import Op, SteeringSpec, apply_ops
@@ -67,6 +67,10 @@ class _Request:
     steered: int = 0  # layer calls that steered this request's rows
     metrics_k: int | None = None  # per sampled token: entropy and top-k mass
     metrics: dict[int, tuple[float, float]] = field(default_factory=dict)  # position ->
+    probes: str | None = None  # the probe set's fingerprint
+    # layer -> [(values [rows, k], first row, end row, position of the first row)]
+    probe_chunks: dict[int, list[tuple[torch.Tensor, int, int, int]]] = \
+        field(default_factory=dict)
 
 
 @dataclass
@@ -75,6 +79,8 @@ class _Step:
 
     steer: dict[int, list[tuple[slice | torch.Tensor, tuple[Op, ...], list[_Request]]]]
     capture: dict[int, tuple[slice | torch.Tensor, list[tuple[_Request, int, int, int]]]]
+    # layer -> [(rows, directions [hidden, k], [(request, first, end row, position)])]
+    probe: dict[int, list[tuple[slice | torch.Tensor, torch.Tensor, list]]]
     requests: int  # in the batch: the rows of the logits, in batch order
     sampled: list[tuple[_Request, int, int]]  # (request, batch index, last position)
 
@@ -93,6 +99,8 @@ class _WorkerState:
         # only the first captures, computes token metrics and writes shared memory
         self.primary = primary
         self.specs: dict[str, dict[int, tuple[Op, ...]]] = {}
+        # probe set fingerprint -> layer -> (probe names, directions [hidden, k])
+        self.probe_sets: dict[str, dict[int, tuple[list[str], torch.Tensor]]] = {}
         self.requests: dict[str, _Request] = {}
         self.by_req_id: dict[str, _Request | None] = {}
         self.step: _Step | None = None
@@ -112,7 +120,8 @@ class _WorkerState:
         if hooks:
             request = self.requests.get(hooks.key)
             if request is None:
-                request = _Request(hooks.key, hooks.spec, hooks.layers, metrics_k=hooks.metrics_k)
+                request = _Request(hooks.key, hooks.spec, hooks.layers,
+                                   metrics_k=hooks.metrics_k, probes=hooks.probes)
                 self.requests[hooks.key] = request
         if len(self.by_req_id) > 4 * max(len(self.runner.requests), 64):
             self.by_req_id = {r: q for r, q in self.by_req_id.items()
@@ -159,14 +168,21 @@ class _WorkerState:
         for (request, start, end), position in zip(spans, first, strict=True):
             for layer in request.layers if self.primary else ():
                 capture.setdefault(layer, []).append((request, start, end, position))
-        planned = {}
-        for layer, members in capture.items():
-            kept, offset = [], 0
-            for request, start, end, position in members:  # rows in the kept tensor
-                kept.append((request, offset, offset + end - start, position))
-                offset += end - start
-            planned[layer] = (_rows([(s, e) for _, s, e, _ in members]), kept)
-        self.step = _Step(steer, planned, count, sampled)
+        planned = {layer: _kept(members) for layer, members in capture.items()}
+        self.step = _Step(steer, planned, self._probe_plan(spans, first), count, sampled)
+
+    def _probe_plan(self, spans: list[tuple[_Request, int, int]], first: list[int]) -> dict:
+        """Per layer: each probe set's rows in this pass, its directions and its requests."""
+        by_set: dict[str, list[tuple[_Request, int, int, int]]] = {}
+        for (request, start, end), position in zip(spans, first, strict=True):
+            if request.probes is not None and end > start and self.primary:
+                by_set.setdefault(request.probes, []).append((request, start, end, position))
+        planned: dict = {}
+        for fingerprint, members in by_set.items():
+            rows, kept = _kept(members)
+            for layer, (_, matrix) in self.probe_sets[fingerprint].items():
+                planned.setdefault(layer, []).append((rows, matrix, kept))
+        return planned
 
     def after_layer(self, index: int, hidden: torch.Tensor, residual: torch.Tensor) -> None:
         """Called by the ``chatspace::after_layer`` op at the end of decoder layer `index`
@@ -174,7 +190,8 @@ class _WorkerState:
         rows are computed whole before they are written), then keep the rows to capture."""
         self.hook_calls += 1
         step = self.step
-        if step is None or (index not in step.steer and index not in step.capture):
+        if step is None or (index not in step.steer and index not in step.capture
+                            and index not in step.probe):
             return
         for rows, ops, members in step.steer.get(index, ()):
             hidden[rows] = apply_ops(hidden[rows] + residual[rows], ops) - residual[rows]
@@ -185,6 +202,11 @@ class _WorkerState:
             kept = hidden[rows] + residual[rows]  # a new tensor, never a view
             for request, start, end, position in members:
                 request.chunks.setdefault(index, []).append((kept, start, end, position))
+        for rows, matrix, members in step.probe.get(index, ()):  # after the steering
+            values = probes.read_rows(hidden[rows] + residual[rows], matrix)
+            for request, start, end, position in members:
+                request.probe_chunks.setdefault(index, []).append((values, start, end,
+                                                                   position))
 
     def after_logits(self, module, args, logits: torch.Tensor) -> None:
         """Forward hook on the logits processor: entropy and top-k mass of the distribution
@@ -227,6 +249,8 @@ class _WorkerState:
                                    "logits hook did not see them")
             result = replace(result, entropy=[request.metrics[p][0] for p in positions],
                              top_k_mass=[request.metrics[p][1] for p in positions])
+        if request.probes is not None:
+            result = replace(result, probes=self._probe_values(request, total))
         if not request.layers:
             return result
         self.ttl = ask.ttl
@@ -262,6 +286,35 @@ class _WorkerState:
             raise
         return replace(result, segment=name, entries=entries)
 
+    def _probe_values(self, request: _Request, total: int) -> list[tuple[str, int, list[float]]]:
+        """Each probe's value on each of the request's `total` rows, at each of its layers."""
+        out = []
+        for layer, (names, _) in self.probe_sets[request.probes].items():
+            values = torch.full((total, len(names)), float("nan"))
+            seen = torch.zeros(total, dtype=torch.bool)
+            for chunk, start, end, position in request.probe_chunks.get(layer, ()):
+                count = min(end - start, total - position)
+                if count > 0:
+                    values[position:position + count] = chunk[start:start + count].cpu()
+                    seen[position:position + count] = True
+            if not seen.all():
+                missing = (~seen).nonzero().flatten()[:5].tolist()
+                raise RuntimeError(f"probes at layer {layer}: rows at positions {missing} "
+                                   "never ran through the model")
+            out += [(name, layer, values[:, column].tolist())
+                    for column, name in enumerate(names)]
+        return out
+
+
+def _kept(members: list[tuple[_Request, int, int, int]]) -> tuple:
+    """The rows of `members`' spans in this pass, and where each member's rows sit in the
+    tensor those rows make."""
+    kept, offset = [], 0
+    for request, start, end, position in members:
+        kept.append((request, offset, offset + end - start, position))
+        offset += end - start
+    return _rows([(s, e) for _, s, e, _ in members]), kept
+
 
 class SteeringExtension:
     """Methods vLLM mixes into its worker; the client calls them with `collective_rpc`."""
@@ -294,6 +347,12 @@ class SteeringExtension:
         spec = SteeringSpec.from_wire(wire)
         self._chatspace.specs[fingerprint] = {index: layer.ops
                                               for index, layer in spec.layers.items()}
+
+    def chatspace_register_probes(self, fingerprint: str, wire: list[dict]) -> None:
+        device = getattr(self.model_runner, "device", "cpu")  # read there on every pass
+        self._chatspace.probe_sets[fingerprint] = {
+            layer: (names, matrix.to(device))
+            for layer, (names, matrix) in probes.by_layer(probes.from_wire(wire)).items()}
 
     def chatspace_collect(self, asks: list[dict]) -> list[dict]:
         """`CollectAsk`s in, `Collected`s out."""

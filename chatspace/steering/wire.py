@@ -44,12 +44,13 @@ class WorkerInfo(Wire):
 @dataclass(frozen=True)
 class Hooks(Wire):
     """One request's hooks: its key (vLLM renames request ids), steering fingerprint, capture
-    layers and token-metrics k."""
+    layers, token-metrics k and probe-set fingerprint."""
 
     key: str
     spec: str | None = None
     layers: tuple[int, ...] = ()
     metrics_k: int | None = None
+    probes: str | None = None
 
     @classmethod
     def from_wire(cls, data: dict[str, Any] | str) -> Self:
@@ -85,4 +86,5 @@ class Collected(Wire):
     top_k_mass: list[float] | None = None
     segment: str | None = None
     entries: list[dict[str, Any]] | None = None
+    probes: list[tuple[str, int, list[float]]] | None = None  # (name, layer, values)
     error: str | None = None
