@@ -131,6 +131,24 @@ class ReduceConfig(Section):
         parse_time(self.time)
 
 
+def layer_list(value: Any) -> Any:
+    """Layers as a list, or as text: ``"46-53"`` (both ends included) or ``"8,12"``."""
+    if not isinstance(value, str):
+        return value
+    layers: list[int] = []
+    for piece in filter(None, (p.strip() for p in value.split(","))):
+        first, dash, last = piece.partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()) or \
+                (dash and int(last) < int(first)):
+            raise ValueError(f"{value!r} is not a layer list such as 46-53 or 8,12")
+        layers += range(int(first), int(last) + 1) if dash else [int(first)]
+    return layers
+
+
+# layers: a list, or text such as "46-53" (a range) or "8,12"
+LayerList = Annotated[list[int], BeforeValidator(layer_list)]
+
+
 def _sbatch_args(args: Any) -> Any:
     for arg in args if isinstance(args, list) else []:
         if not isinstance(arg, str) or not arg.startswith("--") or "=" not in arg:

@@ -140,6 +140,10 @@ STEERING = {
     "multi-op on two layers": SteeringSpec({
         1: LayerSteeringSpec((AblationSpec(vector(4), 0.0), AddSpec(vector(5), 6.0))),
         3: LayerSteeringSpec((ProjectionCapSpec(vector(6), max=-10.0),))}),
+    # a multi-layer point of a sweep (`per_layer = false`): one cap over a layer range
+    "cap over layers 1-3": SteeringSpec({
+        layer: LayerSteeringSpec((ProjectionCapSpec(vector(20 + layer), min=15.0),))
+        for layer in (1, 2, 3)}),
 }
 
 

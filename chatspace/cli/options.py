@@ -27,6 +27,7 @@ from chatspace.specs import (
     base_type,
     flag_spellings,
     is_list,
+    layer_list,
     primary_flag,
     resolve_spec,
     sections,
@@ -37,7 +38,8 @@ SHARED = ("run", "slurm")  # the tables every spec has: their flags come after t
 
 
 class NumberList(click.ParamType):
-    """A comma-separated list of numbers: ``4,8,12`` or ``0.5,1,2``."""
+    """A comma-separated list of numbers: ``4,8,12`` or ``0.5,1,2`` (integers may be ranges:
+    ``46-53``)."""
 
     def __init__(self, number: type):
         self.number, self.name = number, f"{number.__name__}s"
@@ -46,9 +48,11 @@ class NumberList(click.ParamType):
         if isinstance(value, list):
             return value
         try:
+            if self.number is int:
+                return layer_list(str(value))
             return [self.number(v) for v in str(value).split(",") if v.strip()]
         except ValueError:
-            self.fail(f"{value!r} is not a comma-separated list of {self.kind.__name__}s",
+            self.fail(f"{value!r} is not a comma-separated list of {self.number.__name__}s",
                       param, ctx)
 
 

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from chatspace.steering.spec import SteeringSpec
 
 VECTORS_FILE = "vectors.safetensors"  # a vectors run's vectors, in its output directory
+# beside it, with --percentiles: {key: {"p25": value, …}} of the generations' projections
+PERCENTILES_FILE = "percentiles.json"
 
 
 def vectors_file(ref: str, root: Path) -> Path:
@@ -36,6 +38,23 @@ def vectors_file(ref: str, root: Path) -> Path:
         raise BadInput(f"vectors run {run_id} has no vectors yet (it has not been reduced: "
                        f"chatspace status {run_id})")
     return found
+
+
+def recorded_percentile(ref: str, key: str, name: str, root: Path) -> float:
+    """Percentile `name` (``p25``) of the projections on vector `key` that the vectors run
+    `ref` recorded (``submit vectors --percentiles``); BadInput saying what is missing."""
+    import json
+
+    path = vectors_file(ref, root)
+    table = path.parent / PERCENTILES_FILE
+    if path.name != VECTORS_FILE or not table.is_file():
+        raise BadInput(f"{ref}: a percentile bound ({name}) needs a vectors run that recorded "
+                       "percentiles (submit vectors --percentiles …)")
+    recorded = json.loads(table.read_text())
+    if key not in recorded or name not in recorded[key]:
+        have = sorted(recorded.get(key, {})) if key in recorded else "no such key"
+        raise BadInput(f"{ref}: no {name} recorded for {key!r} (recorded: {have})")
+    return float(recorded[key][name])
 
 
 def layer_of(key: str | None) -> int | None:

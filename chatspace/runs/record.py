@@ -142,9 +142,27 @@ def inside_root(root: Path, stored: str, what: str) -> Path:
     return check_inside(root, path, what)
 
 
+NAMED = "name:"  # RUN as name:NAME: the latest run under the root whose spec's run.name is NAME
+
+
+def latest_named(name: str, root: Path) -> str:
+    """The id of the latest planned run under `root` named `name` (its spec's run.name)."""
+    for plan_path in sorted((root / "runs").glob("[!.]*/plan.json"), reverse=True):
+        try:
+            plan = read_typed(plan_path, Plan)
+        except UnreadableRecord:
+            continue
+        if (plan.spec.get("run") or {}).get("name") == name:
+            return plan_path.parent.name
+    raise BadInput(f"no run named {name!r} under {root} (RUN as name:NAME finds the latest "
+                   "run whose spec's run.name is NAME)")
+
+
 def locate_run(ref: str, root: Path) -> tuple[Path, str, Plan]:
-    """RUN (a run directory, or a run id under root) as (its root, its id, its plan), whatever
-    its kind; BadInput if it is not a planned run."""
+    """RUN (a run directory, a run id under root, or ``name:NAME``: the latest run named NAME)
+    as (its root, its id, its plan), whatever its kind; BadInput if it is not a planned run."""
+    if ref.startswith(NAMED):
+        ref = latest_named(ref.removeprefix(NAMED), root)
     path = Path(ref).expanduser()
     if (path / "plan.json").exists():
         path = path.resolve()

@@ -41,7 +41,7 @@ class SteerKind(Kind):
 
     name = "steer"
     spec_type = SteerSpec
-    task_views = {"steer_results": "results"}
+    task_views = {"steer_results": "results", "steer_probes": "probes"}
     metrics = Metrics("steer_results", ("point", "scale"), (
         "avg_entropy", "avg_entropy_thinking", "avg_entropy_output", "avg_top_k_mass",
         "avg_top_k_mass_thinking", "avg_top_k_mass_output", "think_end_position",
@@ -60,6 +60,7 @@ class SteerKind(Kind):
 
     def plan(self, spec: SteerSpec, root: Path, run_id: str) -> WorkPlan:
         from chatspace.kinds.steer.points import expand_points, point_file  # torch
+        from chatspace.kinds.steer.probes import PROBES_FILE, probes_bytes, resolve_probes
         from chatspace.kinds.steer.rendering import check_rows, prompt_template
 
         ref = find_model(spec.model.name, root)
@@ -80,12 +81,16 @@ class SteerKind(Kind):
         files = {"inputs.json": json.dumps(inputs, indent=1).encode()}
         files.update({point_file(n): s.to_bytes() for n, (_, s) in enumerate(points)
                       if s is not None})
+        if spec.probes:
+            files[PROBES_FILE] = probes_bytes(resolve_probes(spec, hidden, layers, root))
         out = root / "steering" / ref.label / (spec.run.name or "steer") / run_id
         outputs = {"results": "results-{task:05d}.parquet"}
         part_files = {}
         if spec.capture.layers:
             outputs["capture_index"] = "captures-{task:05d}/index.parquet"
             part_files["captures"] = "captures-{task:05d}/part-{part:05d}.safetensors"
+        if spec.probes:
+            outputs["probes"] = "probes-{task:05d}.parquet"
         details = {"model": {"label": ref.label, "path": stored_path(Path(ref.path), root),
                              "hidden_size": hidden,
                              "num_layers": layers, "backend": spec.model.backend},

@@ -18,12 +18,19 @@ def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def thinking_split(token_ids: Sequence[int], think_end_id: int | None,
+                   thinking: bool) -> tuple[int | None, int]:
+    """The position of the first ``</think>`` (None without one) and how many generated
+    tokens are thinking."""
+    end = token_ids.index(think_end_id) if think_end_id in token_ids else None
+    return end, end + 1 if end is not None else (len(token_ids) if thinking else 0)
+
+
 def generation_metrics(token_ids: Sequence[int], entropy: Sequence[float] | None,
                        top_k_mass: Sequence[float] | None, think_end_id: int | None,
                        thinking: bool) -> dict[str, float | int | None]:
     """The row's metrics; the means are None without per-token values (metrics off)."""
-    end = token_ids.index(think_end_id) if think_end_id in token_ids else None
-    split = end + 1 if end is not None else (len(token_ids) if thinking else 0)
+    end, split = thinking_split(token_ids, think_end_id, thinking)
     if entropy is None or top_k_mass is None:
         return {"think_end_position": end, **dict.fromkeys(
             [f"avg_{name}{part}" for name in ("entropy", "top_k_mass")

@@ -6,11 +6,14 @@ ranges, the prompts themselves) is checked when the run is planned."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator
 
 from chatspace.data.config import check_split
 from chatspace.errors import BadInput
-from chatspace.specs import Fraction, JobSpec, Section, option
+from chatspace.specs import Fraction, JobSpec, LayerList, Section, option
 from chatspace.steering.choices import Backend, DType, OpName, Pool, Rows
 
 
@@ -104,23 +107,46 @@ class GenerationConfig(Section):
                                         "--thinking-mode/--no-thinking-mode")
 
 
+PERCENTILE = re.compile(r"p(\d+(?:\.\d+)?)")
+
+
+def _cap_bound(value: Any) -> Any:
+    """A cap bound: a number, or ``pNN`` (a percentile a vectors run recorded)."""
+    if isinstance(value, str) and not PERCENTILE.fullmatch(value):
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is neither a number nor a percentile such as "
+                             "p25") from None
+    return value
+
+
+CapBound = Annotated[float | str, BeforeValidator(_cap_bound)]
+
+
 class SteeringPoint(Section):
     """One ``[[steering]]`` entry: no op is the baseline; otherwise each layer x scale (add,
-    ablate) or each layer (cap, with min/max) is one point of the sweep. Its flags describe
-    one entry, which then replaces the spec file's entries."""
+    ablate) or each layer (cap, with min/max) is one point of the sweep, or with ``per_layer =
+    false`` each scale is one point applying the op at every listed layer together. Its flags
+    describe one entry, which then replaces the spec file's entries."""
 
     name: str = option("", "Name of the one steering entry the following flags describe.",
                        flag="--point-name")
     op: OpName | None = option(None)
-    layers: list[int] = option([], "Layers to steer, e.g. 8,12.")
+    layers: LayerList = option([], "Layers to steer, e.g. 8,12 or 46-53.")
+    per_layer: bool = option(True, "One point per layer (off: one point steering every listed "
+                                   "layer together).", flag="--per-layer/--all-layers")
     vector: str | None = option(None, ".npy, .pt or .safetensors vector file, or a vectors run "
                                       "(id or directory).")
     vector_key: str | None = option(None, "Tensor name in the vector file, e.g. "
-                                          "contrast/pirate-assistant/L12.")
+                                          "contrast/pirate-assistant/L12; {layer} stands for "
+                                          "each steered layer (axis/L{layer}).")
     # kept as written (1 stays an int): a spec's hash, and so a planned run's id, depends on it
     scales: list[int | float] = option([], "add/ablate scales, e.g. 1,2,4.")
-    min: float | None = option(None, flag="--cap-min")
-    max: float | None = option(None, flag="--cap-max")
+    min: CapBound | None = option(None, "cap: a number, or pNN: that percentile of the "
+                                        "vectors run's projections on vector_key.",
+                                  flag="--cap-min")
+    max: CapBound | None = option(None, "cap: as min.", flag="--cap-max")
 
     def check_point(self, where: str) -> None:
         if not self.name:
@@ -136,15 +162,36 @@ class SteeringPoint(Section):
         if self.op == "cap":
             if self.min is None and self.max is None:
                 raise BadInput(f"{where}: op cap needs min, max or both")
-            if self.min is not None and self.max is not None and self.min > self.max:
+            if isinstance(self.min, float) and isinstance(self.max, float) and \
+                    self.min > self.max:
                 raise BadInput(f"{where}: min {self.min} > max {self.max}")
         elif not self.scales:
             raise BadInput(f"{where}.scales is empty: op {self.op} needs at least one scale")
 
 
+class ProbeConfig(Section):
+    """One ``[[probes]]`` entry: a direction read on every token at each of its layers."""
+
+    flag_prefix = "probe-"
+    name: str = option("", "Name of the one probe the following flags describe.")
+    vector: str = option("", ".npy, .pt or .safetensors vector file, or a vectors run.")
+    vector_key: str | None = option(None, "Tensor name in the vector file ({layer}: each "
+                                          "probed layer).")
+    layers: LayerList = option([], "Layers to read it at, e.g. 8,12 or 46-53.")
+    normalize: bool = option(True, "Dot the unit vector (the projection); off: the vector as "
+                                   "it is.", flag="--probe-normalize/--probe-dot")
+
+    def check_probe(self, where: str) -> None:
+        for name in ("name", "vector", "layers"):
+            if not getattr(self, name):
+                raise BadInput(f"{where}.{name} is required")
+        if "@" in self.name:
+            raise BadInput(f"{where}.name {self.name!r}: '@' is kept for per-layer vectors")
+
+
 class CaptureConfig(Section):
     flag_prefix = "capture-"
-    layers: list[int] = option([], "Layers whose hidden states to keep.")
+    layers: LayerList = option([], "Layers whose hidden states to keep, e.g. 8,12 or 46-53.")
     rows: Rows = option("last")
     pool: Pool = option("none")
     dtype: DType | None = option(None)
@@ -163,6 +210,7 @@ class SteerSpec(JobSpec):
     personas: PersonasConfig = PersonasConfig()
     generation: GenerationConfig = GenerationConfig()
     steering: list[SteeringPoint] = []
+    probes: list[ProbeConfig] = []
     capture: CaptureConfig = CaptureConfig()
     metrics: MetricsConfig = MetricsConfig()
 
@@ -172,6 +220,11 @@ class SteerSpec(JobSpec):
             del out["model"]["compile"]
         if out["metrics"]["token_metrics"]:  # likewise
             del out["metrics"]["token_metrics"]
+        if not out["probes"]:  # likewise
+            del out["probes"]
+        for point in out["steering"]:
+            if point["per_layer"]:  # likewise
+                del point["per_layer"]
         return out
 
     def check(self) -> None:
@@ -181,3 +234,9 @@ class SteerSpec(JobSpec):
             if point.name in names:
                 raise BadInput(f"steering[{number}].name {point.name!r} is used twice")
             names.add(point.name)
+        probes = set()
+        for number, probe in enumerate(self.probes):
+            probe.check_probe(f"probes[{number}]")
+            if probe.name in probes:
+                raise BadInput(f"probes[{number}].name {probe.name!r} is used twice")
+            probes.add(probe.name)

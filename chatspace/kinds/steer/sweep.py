@@ -17,8 +17,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from chatspace.kinds.steer.metrics import THINK_END, generation_metrics
-from chatspace.kinds.steer.points import point_file
+from chatspace.kinds.steer.metrics import THINK_END, generation_metrics, thinking_split
+from chatspace.kinds.steer.points import point_file, point_layers
+from chatspace.kinds.steer.probes import PROBES_FILE, PROBES_SCHEMA, load_probes, probe_rows
 from chatspace.kinds.steer.prompts import system_prompt
 from chatspace.kinds.steer.rendering import row_ids
 from chatspace.kinds.steer.schema import CAPTURE_INDEX_SCHEMA, RESULTS_SCHEMA
@@ -71,6 +72,7 @@ class SweepParts:
         self.template = run.plan.details.get("template", "chat")  # runs planned before: chat
         self.steering = [SteeringSpec.load(run.dir / point_file(n)) if p["op"] else None
                          for n, p in enumerate(self.points)]
+        self.probes = load_probes(run.dir / PROBES_FILE) if self.spec.probes else None
         model = self.spec.model
         engine: dict[str, Any] = {}
         if model.backend == "vllm":
@@ -125,7 +127,8 @@ class SweepParts:
                 [r.token_ids for r in rows], samplings,
                 steering_spec=[self.steering[r.point] for r in rows],
                 capture_layers=capture.layers or None,
-                capture=CaptureOptions(capture.rows, capture.pool, capture.dtype))
+                capture=CaptureOptions(capture.rows, capture.pool, capture.dtype),
+                probes=self.probes)
         with self.timer.measure("results"):
             results = self._results(rows, outs, samplings)
             index, files = self._captures(part, results.column("id").to_pylist(), outs)
@@ -133,6 +136,8 @@ class SweepParts:
         tables = {"results": results}
         if capture.layers:
             tables["capture_index"] = index
+        if self.probes:
+            tables["probes"] = self._probes(rows, outs, results)
         log.info("task %d: part %d generated %d tokens for %d rows", self.task, part.number,
                  tokens, len(rows))
         return PartOutput(part, tables, {"generated_tokens": tokens}, files)
@@ -143,7 +148,7 @@ class SweepParts:
             meta, who = self.points[r.point], r.persona
             records.append({
                 "id": f"{self.run.run_id}:{r.row}", "row": r.row, "point": meta["name"],
-                "op": meta["op"], "layers": [meta["layer"]] if meta["layer"] is not None else [],
+                "op": meta["op"], "layers": point_layers(meta),
                 "scale": meta["scale"], "persona": who["persona"] if who else None,
                 "category": who.get("category") if who else None, "prompt_index": r.prompt,
                 "rep": r.rep, "prompt": self._prompt_text(r.prompt), "system_prompt": r.system,
@@ -155,6 +160,16 @@ class SweepParts:
                 "seed": sampling.seed, "run_id": self.run.run_id,
                 "created_at": plan.created_at})
         return pa.Table.from_pylist(records, schema=RESULTS_SCHEMA)
+
+    def _probes(self, rows: list[SweepRow], outs, results: pa.Table) -> pa.Table:
+        thinking = self.spec.generation.thinking is not False
+        records = []
+        for r, out, result in zip(rows, outs, results.to_pylist(), strict=True):
+            _, split = thinking_split(out.token_ids, self.think_end, thinking)
+            keys = ("id", "row", "point", "persona", "category", "run_id", "created_at")
+            records += probe_rows(out.probes, len(r.token_ids), split,
+                                  {k: result[k] for k in keys})
+        return pa.Table.from_pylist(records, schema=PROBES_SCHEMA)
 
     def _prompt_text(self, number: int) -> str:
         prompt = self.prompts[number]

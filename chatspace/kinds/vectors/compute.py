@@ -18,10 +18,10 @@ import numpy as np
 import pyarrow as pa
 
 from chatspace.errors import RunFailed
-from chatspace.kinds.vector_refs import VECTORS_FILE
+from chatspace.kinds.vector_refs import PERCENTILES_FILE, VECTORS_FILE
 from chatspace.kinds.vectors.spec import GroupsConfig
 from chatspace.kinds.vectors.stats import generation_vectors, group_order
-from chatspace.runs.files import atomic_path, write_parquet
+from chatspace.runs.files import atomic_path, write_json, write_parquet
 from chatspace.runs.formats import VECTORS_FORMAT
 
 VECTORS_SCHEMA = pa.schema([
@@ -172,3 +172,21 @@ def write_projections(root: Path, rows: pa.Table, layers: list[int], hidden: int
     path = folder / "projections.parquet"
     write_parquet(path, tables(), PROJECTIONS_SCHEMA, {"compression": "zstd"})
     return path
+
+
+def write_percentiles(projections: Path, cfg: GroupsConfig, folder: Path) -> Path:
+    """``percentiles.json``: per vector key, the asked percentiles of every generation's
+    projection on it (numpy's linear method, over all of them at once)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(projections, columns=["key", "projection"])
+    keys = table.column("key").to_numpy(zero_copy_only=False)
+    values = table.column("projection").to_numpy()
+    order = np.argsort(keys, kind="stable")
+    names, starts = np.unique(keys[order], return_index=True)
+    recorded = {}
+    for name, group in zip(names, np.split(values[order], starts[1:]), strict=True):
+        found = np.percentile(group, cfg.percentiles)
+        recorded[str(name)] = dict(zip(cfg.percentile_names(), map(float, found), strict=True))
+    write_json(folder / PERCENTILES_FILE, recorded)
+    return folder / PERCENTILES_FILE

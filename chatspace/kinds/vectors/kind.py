@@ -97,7 +97,12 @@ class VectorsKind(Kind):
         return TaskCheck(problems, keys)
 
     def summarize(self, run: Run, records: list[Completion]) -> Summary:
-        from chatspace.kinds.vectors.compute import compute, write_projections, write_vectors
+        from chatspace.kinds.vectors.compute import (
+            compute,
+            write_percentiles,
+            write_projections,
+            write_vectors,
+        )
         from chatspace.kinds.vectors.sources import ROWS_FILE
         from chatspace.kinds.vectors.stats import merge
 
@@ -110,6 +115,8 @@ class VectorsKind(Kind):
                                          plan["layers"], plan["model"]["hidden_size"], vectors,
                                          [s["run_id"] for s in plan["sources"]],
                                          run.output_dir))
+        if run.spec.groups.percentiles:
+            written.append(write_percentiles(written[-1], run.spec.groups, run.output_dir))
         timings: dict[str, dict[str, float]] = {}
         for record in records:
             add_timings(timings, record.timings)
@@ -117,6 +124,7 @@ class VectorsKind(Kind):
             "model": plan["model"]["label"], "sources": [s["run_id"] for s in plan["sources"]],
             "group_by": run.spec.groups.by, "groups": plan["groups"], "layers": plan["layers"],
             "selection": plan.get("selection"),
+            "percentiles": run.spec.groups.percentile_names() or None,
             "generations": sum(r.details["generations"] for r in records),
             "vectors": [{"key": v.key, "kind": v.kind, "layer": v.layer,
                          "explained_variance": v.explained_variance} for v in vectors],

@@ -38,6 +38,9 @@ class GroupsConfig(Section):
     baseline: str | None = option(None, "Every other group against this one.")
     pca: int = option(0, "Top K principal components of the group means (0: none).", ge=0)
     normalize: bool = option(False, "Scale mean and contrast vectors to unit norm.")
+    percentiles: list[float] = option([], "Record these percentiles of the generations' "
+                                          "projections on each vector, e.g. 1,5,25,50 (a "
+                                          "steer cap's min = \"p25\").")
 
     def check(self) -> None:
         for contrast in self.contrasts:
@@ -45,6 +48,13 @@ class GroupsConfig(Section):
             if not sep or not left or not right:
                 raise BadInput(f"groups.contrasts (--contrast) {contrast!r} must look like "
                                "A:B (two group names)")
+        for q in self.percentiles:
+            if not 0 <= q <= 100:
+                raise BadInput(f"groups.percentiles (--percentiles) {q:g} is not in [0, 100]")
+
+    def percentile_names(self) -> list[str]:
+        """``p25`` for 25, ``p2.5`` for 2.5."""
+        return [f"p{int(q) if float(q).is_integer() else q}" for q in self.percentiles]
 
     def pairs(self) -> list[tuple[str, str]]:
         return [tuple(c.split(":", 1)) for c in self.contrasts]  # type: ignore[misc]
@@ -59,4 +69,6 @@ class VectorsSpec(JobSpec):
         for key, unset in (("judged_by", None), ("where", None), ("min_count", 0)):
             if out["source"][key] == unset:  # later keys: runs planned before keep their hash
                 del out["source"][key]
+        if not out["groups"]["percentiles"]:  # likewise
+            del out["groups"]["percentiles"]
         return out
