@@ -1,5 +1,7 @@
 """Cost of chatspace's vLLM steering extension against plain vLLM, measured in one run, in
-eager mode against the eager plain engine and compiled against the compiled one.
+eager mode against the eager plain engine and compiled against the compiled one: idle, steering,
+captures, and probes (eight directions read on every token at one layer, and at every layer;
+against capturing every layer whole and projecting afterwards, the speed-up).
 
     python -m bench.steering_overhead [--prompts 32] [--tokens 64] [--repeats 2]
         [--modes eager,compiled]
@@ -43,6 +45,7 @@ from bench.smoke import SMOKE, parse_args  # noqa: E402
 from chatspace.steering import AddSpec, LayerSteeringSpec, SteeringSpec, shm  # noqa: E402
 from chatspace.steering.model import SteerModel  # noqa: E402
 from chatspace.steering.outputs import Sampling  # noqa: E402
+from chatspace.steering.probes import Probe, values_of  # noqa: E402
 from chatspace.steering.vllm_backend import ENV_DEFAULTS  # noqa: E402
 from tests.tiny_models import build_model  # noqa: E402
 
@@ -65,12 +68,19 @@ async def plain_run(engine, prompts: list[list[int]], tokens: int) -> None:
 
 
 async def steered_run(model: SteerModel, prompts, tokens: int, **kwargs) -> None:
+    """One batch through the chatspace engine; with `project` (probes), every capture is read
+    and projected on their directions afterwards, as one would without probes."""
     sampling = [Sampling(max_tokens=tokens, ignore_eos=True)] * len(prompts)
+    probes = kwargs.get("probes")
     out = await model.backend.generate(prompts, sampling,
                                        kwargs.get("specs", [None] * len(prompts)),
-                                       kwargs.get("layers"), kwargs["options"])
+                                       kwargs.get("layers"), kwargs["options"], None,
+                                       [probes] * len(prompts) if probes else None)
+    project = kwargs.get("project")
     for gen in out:
         if gen.capture is not None:
+            if project:
+                values_of(gen.capture.layers, project)
             await gen.capture.close()
 
 
@@ -151,6 +161,10 @@ def mode_cases(model: SteerModel, prompts, tokens: int) -> dict:
     one = add()
     each = [add() for _ in prompts]
     none = CaptureOptions()
+    directions = [torch.randn(HIDDEN, generator=gen) for _ in range(8)]
+    every = tuple(range(LAYERS))
+    at_middle = [Probe(f"p{i}", v, (middle,)) for i, v in enumerate(directions)]
+    everywhere = [Probe(f"p{i}", v, every) for i, v in enumerate(directions)]
     return {
         "idle extension": lambda: steered_run(model, prompts, tokens, options=none),
         "one-layer steering, every request": lambda: steered_run(
@@ -159,11 +173,19 @@ def mode_cases(model: SteerModel, prompts, tokens: int) -> dict:
             model, prompts, tokens, specs=each, options=none),
         "capture every layer, every request": lambda: steered_run(
             model, prompts, tokens, layers=list(range(LAYERS)), options=none),
+        "8 probes at one layer, every request": lambda: steered_run(
+            model, prompts, tokens, options=none, probes=at_middle),
+        "8 probes on every layer, every request": lambda: steered_run(
+            model, prompts, tokens, options=none, probes=everywhere),
+        "capture every layer, project afterwards": lambda: steered_run(
+            model, prompts, tokens, layers=list(every), options=none, project=everywhere),
     }
 
 
 TARGETS = {"idle extension": 0.01, "one-layer steering, every request": 0.05,
-           "a different spec per request": 0.10, "capture every layer, every request": 0.15}
+           "a different spec per request": 0.10, "capture every layer, every request": 0.15,
+           "8 probes at one layer, every request": 0.03,
+           "8 probes on every layer, every request": 0.10}
 
 
 def measure_mode(path: Path, prompts, args, compiled: bool) -> None:
@@ -216,13 +238,16 @@ def measure_mode(path: Path, prompts, args, compiled: bool) -> None:
     mode = "compiled" if compiled else "eager"
     print(f"\n{mode}: engine start {starts[0]:.0f} s cold, {starts[-1]:.0f} s with the compile "
           f"cache warm; chatspace engine {chatspace_start:.0f} s")
-    print(f"{'case':38} {'tok/s':>9} {'slower by':>10} {'target':>7}")
-    print(f"{'plain vLLM (best of before/after)':38} {tokens / base:9.1f} {0:10.1%}   "
+    print(f"{'case':40} {'tok/s':>9} {'slower by':>10} {'target':>7}")
+    print(f"{'plain vLLM (best of before/after)':40} {tokens / base:9.1f} {0:10.1%}   "
           f"(before {tokens / before:.1f}, after {tokens / after:.1f} tok/s)")
     for name, values in timings.items():
         seconds = min(values)
-        print(f"{name:38} {tokens / seconds:9.1f} {seconds / base - 1:10.1%} "
-              f"{TARGETS[name]:7.0%}")
+        target = f"{TARGETS[name]:7.0%}" if name in TARGETS else f"{'-':>7}"
+        print(f"{name:40} {tokens / seconds:9.1f} {seconds / base - 1:10.1%} {target}")
+    probed = min(timings["8 probes on every layer, every request"])
+    print(f"probes on every layer against capturing them whole and projecting afterwards: "
+          f"{min(timings['capture every layer, project afterwards']) / probed:.2f}x faster")
 
 
 def capture_overhead(path: Path, prompts, args, compiled: bool, ranks: int) -> tuple:

@@ -133,6 +133,15 @@ def test_the_pipeline_runs_end_to_end_and_each_stage_agrees_with_numpy(tmp_path,
         if point_of[row["id"]] == cap["name"]:  # every capped row reads at least the threshold
             threshold = thresholds[row["layer"]]
             assert values.min() >= threshold - 1e-4 * max(1.0, abs(threshold))
+    out = chatspace_here("query", "--json", "SELECT point, layer, count(*) AS n, avg(last) AS "
+                         "last FROM steer_probes GROUP BY ALL ORDER BY ALL", root=root)
+    assert out.returncode == 0, out.stderr
+    assert [(r["point"], r["layer"], r["n"]) for r in json.loads(out.stdout)] == sorted(
+        (p, layer, sum(v == p for v in point_of.values())) for p in set(point_of.values())
+        for layer in LAYERS)
+    report = tmp_path / "report.html"
+    assert chatspace_here("report", capped.run_id, "-o", str(report), root=root).returncode == 0
+    assert all(f"probe axis at layer {layer}" in report.read_text() for layer in LAYERS)
     baseline = [np.array(r["values"]) for r in probes if point_of[r["id"]] == "baseline"
                 and r["layer"] == 1]
     assert min(v.min() for v in baseline) < thresholds[1]  # the cap had something to do

@@ -100,6 +100,9 @@ def query(sql: str | None, list_runs: bool, summary: bool, compare: tuple[str, s
       embeddings     every embed shard (id, text, embedding, norm, …, run_id)
       steer_results  every steer results file (point, scale, persona, category,
                      output_text, avg_entropy…, run_id)
+      steer_probes   every steer run's probes: one row per generation, probe and
+                     layer (prompt_mean, response_mean, thinking_mean,
+                     output_mean, last, values: per token)
       judgments      every judge run's judgments (id, steer_run_id, score, label,
                      verdict, raw_reply, tokens, cost_usd, run_id)
       judged         steer_results joined with each generation's latest judgment
@@ -180,7 +183,8 @@ def report(run_ref: str, output: str | None, others: tuple[str, ...], root: str 
 
     Embed runs: rows/s per task over time, stage busy/idle, norms, skipped rows, tokens and
     padding, cost. Steer runs: entropy, top-k mass and thinking length per category and per
-    steering point, with example generations. A run with tasks not done is reported with
+    steering point, each probe's mean value per response token and point, with example
+    generations. A run with tasks not done is reported with
     what it has, naming the missing tasks.
     """
     from chatspace.kinds import KINDS

@@ -1,6 +1,7 @@
 """Steering and capture on HF transformers and vLLM: specs of what to do to a decoder's residual
 stream (`spec`), the model that applies them per request and returns captures (`model`), and
-its sampling and capture options (`outputs`).
+its sampling and capture options (`outputs`), and the directions it reads on every token
+(`probes`).
 
 Every public name is importable from here; each is loaded on first use (PEP 562), so that
 importing a submodule, or this package, costs no torch import until a name needs it.
@@ -17,7 +18,7 @@ _WHERE = {
     "load_vector": "spec",
     "SteerModel": "model",
     "Capture": "outputs", "CaptureOptions": "outputs", "Generation": "outputs",
-    "Sampling": "outputs",
+    "Sampling": "outputs", "Probe": "probes",
 }
 
 __all__ = sorted(_WHERE)

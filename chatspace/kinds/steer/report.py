@@ -1,7 +1,8 @@
 """The steer kind's results as reports and the viz app show them: every generation with its
 thinking length, the persona experiments' three metric views (mean entropy, top-k mass,
 thinking length; split at the end of the thinking section), and the report's blocks (box plots
-per persona category and per steering point, example generations)."""
+per persona category and per steering point, each probe's mean value per response token and
+steering point, example generations)."""
 
 from __future__ import annotations
 
@@ -71,4 +72,31 @@ def steer_blocks(runs: list[RunFiles]) -> list[Block]:
                 series = {rid: grouped(rows, key, columns[0]) for rid, rows in tables.items()}
             blocks.append(chart(svg.box_plot(f"{view} {title}", groups, series, view),
                                 f"no generations to show {view} {title}"))
-    return [*blocks, heading("Example generations"), _examples(tables)]
+    return [*blocks, *_probe_blocks(runs), heading("Example generations"), _examples(tables)]
+
+
+def _probe_blocks(runs: list[RunFiles]) -> list[Block]:
+    """Per probe and layer, a line per steering point (per run and point when several runs):
+    the mean value at each response token over the point's generations."""
+    sums: dict[tuple[str, int], dict[str, dict[int, list[float]]]] = {}
+    for files in runs:
+        prefix = f"{files.run.run_id} " if len(runs) > 1 else ""
+        results = {r["id"]: r["prompt_tokens"] for p in files.files("results")
+                   for r in pq.read_table(p, columns=["id", "prompt_tokens"]).to_pylist()}
+        for path in files.files("probes"):
+            for row in pq.read_table(path, columns=["id", "point", "probe", "layer",
+                                                    "values"]).to_pylist():
+                lines = sums.setdefault((row["probe"], row["layer"]), {})
+                line = lines.setdefault(prefix + row["point"], {})
+                for token, value in enumerate(row["values"][results[row["id"]]:]):
+                    line.setdefault(token, []).append(value)
+    if not sums:
+        return []
+    blocks = [heading("Probes per response token")]
+    for (probe, layer), lines in sorted(sums.items()):
+        series = {name: [(t, sum(v) / len(v)) for t, v in sorted(line.items())]
+                  for name, line in sorted(lines.items())}
+        blocks.append(chart(svg.line_chart(f"probe {probe} at layer {layer}", series,
+                                           "response token", "mean value", whole_x=True),
+                            f"no response tokens for probe {probe} at layer {layer}"))
+    return blocks
