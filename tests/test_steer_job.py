@@ -418,6 +418,23 @@ BAD = [
       "--scales", "3e38"], "scale: 3e+38 times the vector overflows float32"),
     (["--vector", "{dir}/vector.npy", "--point-name", "v", "--op", "add", "--layers", "1",
       "--scales", "1,1.0"], "point label 'v/L1/x1' is given twice"),
+    # phase 22: probes, multi-layer points, percentile bounds
+    (["--vector", "{dir}/vector.npy", "--point-name", "v", "--op", "cap", "--layers", "3-1",
+      "--cap-min", "1"], "'3-1' is not a layer list such as 46-53 or 8,12"),
+    (["--vector", "{dir}/vector.npy", "--point-name", "v", "--op", "cap", "--layers", "1-2",
+      "--all-layers", "--cap-min", "p25"], "steering[0].min: p25 needs vector_key"),
+    (["--vector", "{dir}/vector.npy", "--point-name", "v", "--op", "cap", "--layers", "1",
+      "--vector-key", "x", "--cap-min", "p25"], "needs a vectors run that recorded percentiles"),
+    (["--vector", "{dir}/vector.npy", "--point-name", "v", "--op", "cap", "--layers", "1",
+      "--cap-min", "p2x"], "'p2x' is neither a number nor a percentile such as p25"),
+    (["--probe-name", "a", "--probe-vector", "{dir}/vector.npy", "--probe-layers", "2-4"],
+     "probes[0]: .layers: layer 4 out of range"),
+    (["--probe-name", "a@L1", "--probe-vector", "{dir}/vector.npy", "--probe-layers", "1"],
+     "probes[0].name 'a@L1': '@' is kept for per-layer vectors"),
+    (["--probe-name", "a", "--probe-vector", "{dir}/short.npy", "--probe-layers", "1"],
+     "must be a 1-D tensor of the model's hidden size 64"),
+    (["--probe-name", "a", "--probe-vector", "name:nothing", "--probe-layers", "1"],
+     "no run named 'nothing'"),
 ]
 
 

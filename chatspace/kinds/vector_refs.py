@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chatspace.errors import BadInput
-from chatspace.runs.record import inside_root, locate_run
+from chatspace.runs.record import NAMED, inside_root, locate_run
 
 if TYPE_CHECKING:
     from chatspace.steering.spec import SteeringSpec
@@ -30,6 +30,8 @@ def vectors_file(ref: str, root: Path) -> Path:
     try:
         root, run_id, plan = locate_run(ref, root)
     except BadInput:
+        if ref.startswith(NAMED):  # no run of that name: say so
+            raise
         plan = None
     if plan is None or plan.kind != "vectors":
         raise BadInput(f"{ref}: neither a vector file nor a vectors run under {root}")

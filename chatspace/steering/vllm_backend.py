@@ -174,13 +174,10 @@ class VLLMBackend:
                    streamer=None, probe_set: str | None = None) -> Generation:
         from vllm.inputs import TokensPrompt
 
-        key = uuid.uuid4().hex
-        metrics_k = sampling.top_k_mass_k
-        hooked = fingerprint is not None or bool(layers) or bool(metrics_k) or \
-            probe_set is not None
-        params = _params(sampling, Hooks(key, fingerprint, tuple(layers or ()), metrics_k,
-                                         probe_set) if hooked else None,
-                         streamed=streamer is not None,
+        key, metrics_k = uuid.uuid4().hex, sampling.top_k_mass_k
+        hooks = Hooks(key, fingerprint, tuple(layers or ()), metrics_k, probe_set)
+        hooked = hooks != Hooks(key)
+        params = _params(sampling, hooks if hooked else None, streamed=streamer is not None,
                          fresh_prompt=probe_set is not None or
                          (bool(layers) and options.needs_prompt_rows()))
         request = TokensPrompt(prompt_token_ids=prompt)
@@ -224,11 +221,7 @@ class VLLMBackend:
             logprobs = [step[token].logprob
                         for step, token in zip(output.logprobs, token_ids, strict=True)]
         metrics = result if metrics_k else Collected()
-        values = None
-        if probe_set is not None:
-            values = {}
-            for name, layer, row_values in result.probes:
-                values.setdefault(name, {})[layer] = row_values
+        values = _probe_values(result.probes) if probe_set is not None else None
         return Generation(prompt_token_ids=prompt, token_ids=token_ids,
                           text=self.tokenizer.decode(token_ids, skip_special_tokens=False),
                           finish_reason="stopped" if halted else output.finish_reason or "length",
@@ -271,6 +264,14 @@ class VLLMBackend:
             # up to SHUTDOWN_SECONDS for the engine to exit on its own (vLLM's default, 5 s,
             # kills a busy machine's engine, whose shared memory then leaks)
             engine.shutdown(timeout=SHUTDOWN_SECONDS)
+
+
+def _probe_values(wire: list) -> dict[str, dict[int, list[float]]]:
+    """`Collected.probes` as `Generation.probes`: name -> layer -> values."""
+    values: dict[str, dict[int, list[float]]] = {}
+    for name, layer, row_values in wire:
+        values.setdefault(name, {})[layer] = row_values
+    return values
 
 
 def _params(sampling: Sampling, hooks: Hooks | None, streamed: bool = False,
