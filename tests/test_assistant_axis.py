@@ -56,7 +56,9 @@ def test_the_pipeline_runs_end_to_end_and_each_stage_agrees_with_numpy(tmp_path,
     with FakeOpenAI() as server:
         for name, value in server.env().items():
             monkeypatch.setenv(name, value)
-        judge = submit(root, "judge", str(JOBS / "judge.toml"), "--execute")
+        # the shipped rate limits would make the stand-in's 144 answers take half a minute
+        judge = submit(root, "judge", str(JOBS / "judge.toml"), "--execute",
+                       "--requests-per-minute", "60000", "--tokens-per-minute", "100000000")
     results = {r["id"]: r for r in table(roles, "results")}
     scores = {j["id"]: j["score"] for j in table(judge, "judgments")}
     assert set(scores) == set(results)
