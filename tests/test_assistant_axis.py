@@ -135,6 +135,7 @@ def test_the_pipeline_runs_end_to_end_and_each_stage_agrees_with_numpy(tmp_path,
         if point_of[row["id"]] == cap["name"]:  # every capped row reads at least the threshold
             threshold = thresholds[row["layer"]]
             assert values.min() >= threshold - 1e-4 * max(1.0, abs(threshold))
+    same_as_by_hand(model, saved, generations, probes, cap["name"])
     out = chatspace_here("query", "--json", "SELECT point, layer, count(*) AS n, avg(last) AS "
                          "last FROM steer_probes GROUP BY ALL ORDER BY ALL", root=root)
     assert out.returncode == 0, out.stderr
@@ -147,3 +148,28 @@ def test_the_pipeline_runs_end_to_end_and_each_stage_agrees_with_numpy(tmp_path,
     baseline = [np.array(r["values"]) for r in probes if point_of[r["id"]] == "baseline"
                 and r["layer"] == 1]
     assert min(v.min() for v in baseline) < thresholds[1]  # the cap had something to do
+
+
+def same_as_by_hand(model: Path, saved, generations: dict, probes: list[dict], name: str) -> None:
+    """A few of the sweep's capped generations equal `SteerModel` runs with a spec of every
+    layer's cap and a probe of every layer's axis: the same tokens and probe values."""
+    from chatspace.kinds.steer.rendering import row_ids
+    from chatspace.steering import Probe, Sampling, SteerModel
+    from chatspace.steering.spec import LayerSteeringSpec, SteeringSpec
+
+    rows = [r for r in generations.values() if r["point"] == name][:4]
+    spec = SteeringSpec({layer: LayerSteeringSpec(saved.layers[layer].ops) for layer in LAYERS})
+    by_hand = [Probe(f"L{layer}", saved.layers[layer].ops[0].vector, (layer,))
+               for layer in LAYERS]
+    with SteerModel(str(model), "hf") as steer_model:
+        prompts = [row_ids(steer_model.tokenizer, "chat", r["prompt"], r["system_prompt"], False,
+                           r["persona"]) for r in rows]
+        outs = steer_model.generate_sync(
+            prompts, [Sampling(max_tokens=6, temperature=0.7, seed=r["seed"]) for r in rows],
+            steering_spec=spec, probes=by_hand)
+    swept = {(p["id"], p["layer"]): p["values"] for p in probes}
+    for row, out in zip(rows, outs, strict=True):
+        assert out.token_ids == row["output_token_ids"]
+        for layer in LAYERS:
+            np.testing.assert_allclose(out.probes[f"L{layer}"][layer], swept[(row["id"], layer)],
+                                       rtol=1e-5, atol=1e-5)
