@@ -95,6 +95,14 @@ def judge(root: Path, *args: str) -> Run:
     return Run.open(json.loads(out.stdout)["run_dir"], root, KINDS)
 
 
+def engine_processes() -> set[int]:
+    """This process's vLLM engine-core children."""
+    import psutil
+
+    return {c.pid for c in psutil.Process().children(recursive=True)
+            if "EngineCore" in " ".join(c.cmdline()) + c.name()}
+
+
 def first_asks(server: FakeOpenAI) -> dict[str, int]:
     """Answered first asks (not reminders) per judged generation (its first user message)."""
     counted: dict[str, int] = {}
@@ -233,16 +241,21 @@ def test_a_killed_task_resumes_without_asking_a_row_twice(sweep, tmp_path):
     assert [j["id"] for j in judgments(run)] == [g["id"] for g in results(steer)]
 
 
-def test_the_local_backend_equals_a_direct_steer_model_run(sweep, tiny_model_dir):
+@pytest.mark.parametrize("runtime", ["hf", "vllm"])
+def test_the_local_backend_equals_a_direct_steer_model_run(sweep, tiny_model_dir, runtime):
+    """The judge model on either runtime (vLLM eager on the CPU) gives the replies of a
+    direct HF `SteerModel` run (greedy: vLLM's tokens equal HF's, tests/test_steering_vllm)."""
     from chatspace.kinds.judge.rubric import load_rubric
     from chatspace.steering.model import SteerModel
     from chatspace.steering.outputs import Sampling
 
     root, steer = sweep
     model = tiny_model_dir("qwen2")
+    engines = engine_processes()
     run = judge(root, "--from", steer.run_id, "--rubric", ROLE, "--where", "rep = 0",
                 "--judge-backend", "local", "--judge-model", str(model), "--judge-dtype",
-                "float32")
+                "float32", "--judge-runtime", runtime)
+    assert engine_processes() == engines  # the task closed its engine
     rubric = load_rubric(ROLE)
     direct = SteerModel(model, "hf")
     greedy = Sampling(max_tokens=rubric.max_tokens)

@@ -49,16 +49,18 @@ def _local_parts(model: dict[str, Any], rubric: Rubric, journal: Journal,
     from chatspace.kinds.judge.local_judge import judge_rows, local_model
 
     loaded = None
-    for start, rows in chunks:
-        todo = [i for i in range(len(rows)) if start + i not in journal.done]
-        if todo:
-            loaded = loaded or local_model(model)
-            for i, judged in zip(todo, judge_rows(loaded, rubric, [rows[i] for i in todo]),
-                                 strict=True):
-                journal.add(start + i, judged)
-        yield {}
-    if loaded is not None:
-        loaded.close()
+    try:
+        for start, rows in chunks:
+            todo = [i for i in range(len(rows)) if start + i not in journal.done]
+            if todo:
+                loaded = loaded or local_model(model)
+                for i, judged in zip(todo, judge_rows(loaded, rubric, [rows[i] for i in todo]),
+                                     strict=True):
+                    journal.add(start + i, judged)
+            yield {}
+    finally:  # also when the task stops taking parts after the last one (the generator closes)
+        if loaded is not None:
+            loaded.close()
 
 
 def _output(run: Run, part: Part, rows: list[dict[str, Any]], journal: Journal,
