@@ -99,8 +99,15 @@ def engine_processes() -> set[int]:
     """This process's vLLM engine-core children."""
     import psutil
 
-    return {c.pid for c in psutil.Process().children(recursive=True)
-            if "EngineCore" in " ".join(c.cmdline()) + c.name()}
+    found = set()
+    for child in psutil.Process().children(recursive=True):
+        try:  # a child that already exited (a zombie not yet reaped) is no engine
+            if child.status() != psutil.STATUS_ZOMBIE and \
+                    "EngineCor" in child.name() + " ".join(child.cmdline()):  # comm: 15 chars
+                found.add(child.pid)
+        except psutil.Error:
+            continue
+    return found
 
 
 def first_asks(server: FakeOpenAI) -> dict[str, int]:

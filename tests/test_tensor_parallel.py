@@ -1,6 +1,7 @@
 """Tensor parallelism on the CPU (two workers, threads bound by chatspace): steering, captures
-and token metrics equal one worker's, in eager and compiled mode, and only rank 0 captures: no
-segment of rank 1 appears in /dev/shm at any time during a long generation."""
+and token metrics equal the HF reference's (as one worker's do), in eager and compiled mode,
+and only rank 0 captures: no segment of rank 1 appears in /dev/shm at any time during a long
+generation."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from chatspace.steering import shm
+from chatspace.steering.model import SteerModel
 from chatspace.steering.outputs import Sampling
 from chatspace.steering.spec import AblationSpec, AddSpec, ProjectionCapSpec
 from chatspace.steering.vllm_backend import cpu_thread_binding
@@ -74,13 +76,10 @@ class RankSegments:
 
 @pytest.fixture(scope="module", params=["eager", "compiled"])
 def runs(request, tiny_model_dir):
-    """The workload with one worker, then with two; and what /dev/shm held meanwhile."""
+    """The workload on the HF backend (the reference one vLLM worker equals: tests/
+    test_steering_vllm.py), then with two vLLM workers; and what /dev/shm held meanwhile."""
     path, compiled = tiny_model_dir("qwen3"), request.param == "compiled"
-    model = start_vllm(path, compiled)
-    try:
-        one = workload(model)
-    finally:
-        model.close()
+    one = workload(SteerModel(path, "hf"))
     model = start_vllm(path, compiled, tensor_parallel_size=2)
     try:
         worker = model.run(model.backend.install())
