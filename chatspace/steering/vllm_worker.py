@@ -68,9 +68,8 @@ class _Request:
     metrics_k: int | None = None  # per sampled token: entropy and top-k mass
     metrics: dict[int, tuple[float, float]] = field(default_factory=dict)  # position ->
     probes: str | None = None  # the probe set's fingerprint
-    # layer -> [(values [rows, k], first row, end row, position of the first row)]
-    probe_chunks: dict[int, list[tuple[torch.Tensor, int, int, int]]] = \
-        field(default_factory=dict)
+    # per pass: (values [rows, every probed layer's k], first row, end row, first position)
+    probe_chunks: list[tuple[torch.Tensor, int, int, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -79,10 +78,28 @@ class _Step:
 
     steer: dict[int, list[tuple[slice | torch.Tensor, tuple[Op, ...], list[_Request]]]]
     capture: dict[int, tuple[slice | torch.Tensor, list[tuple[_Request, int, int, int]]]]
-    # layer -> [(rows, directions [hidden, k], [(request, first, end row, position)])]
-    probe: dict[int, list[tuple[slice | torch.Tensor, torch.Tensor, list]]]
+    # layer -> [(rows, directions [hidden, k], the probe set's pass)]
+    probe: dict[int, list[tuple[slice | torch.Tensor, torch.Tensor, _ProbePass]]]
     requests: int  # in the batch: the rows of the logits, in batch order
     sampled: list[tuple[_Request, int, int]]  # (request, batch index, last position)
+
+
+@dataclass
+class _ProbePass:
+    """One probe set's values in one forward pass: each probed layer's ``[rows, k]``, in layer
+    order, joined at its last layer into one block that each member request keeps a view of
+    (one entry per request and pass, not per layer)."""
+
+    last: int  # the last probed layer
+    members: list[tuple[_Request, int, int, int]]  # (request, first, end row, position)
+    values: list[torch.Tensor] = field(default_factory=list)
+
+    def add(self, layer: int, values: torch.Tensor) -> None:
+        self.values.append(values)
+        if layer == self.last:
+            block = torch.cat(self.values, dim=1)
+            for request, start, end, position in self.members:
+                request.probe_chunks.append((block, start, end, position))
 
 
 def _rows(spans: list[tuple[int, int]]) -> slice | torch.Tensor:
@@ -180,8 +197,10 @@ class _WorkerState:
         planned: dict = {}
         for fingerprint, members in by_set.items():
             rows, kept = _kept(members)
-            for layer, (_, matrix) in self.probe_sets[fingerprint].items():
-                planned.setdefault(layer, []).append((rows, matrix, kept))
+            layers = self.probe_sets[fingerprint]
+            group = _ProbePass(max(layers), kept)
+            for layer, (_, matrix) in layers.items():
+                planned.setdefault(layer, []).append((rows, matrix, group))
         return planned
 
     def after_layer(self, index: int, hidden: torch.Tensor, residual: torch.Tensor) -> None:
@@ -202,11 +221,8 @@ class _WorkerState:
             kept = hidden[rows] + residual[rows]  # a new tensor, never a view
             for request, start, end, position in members:
                 request.chunks.setdefault(index, []).append((kept, start, end, position))
-        for rows, matrix, members in step.probe.get(index, ()):  # after the steering
-            values = probes.read_rows(hidden[rows] + residual[rows], matrix)
-            for request, start, end, position in members:
-                request.probe_chunks.setdefault(index, []).append((values, start, end,
-                                                                   position))
+        for rows, matrix, group in step.probe.get(index, ()):  # after the steering
+            group.add(index, probes.read_rows(hidden[rows] + residual[rows], matrix))
 
     def after_logits(self, module, args, logits: torch.Tensor) -> None:
         """Forward hook on the logits processor: entropy and top-k mass of the distribution
@@ -288,22 +304,21 @@ class _WorkerState:
 
     def _probe_values(self, request: _Request, total: int) -> list[tuple[str, int, list[float]]]:
         """Each probe's value on each of the request's `total` rows, at each of its layers."""
-        out = []
-        for layer, (names, _) in self.probe_sets[request.probes].items():
-            values = torch.full((total, len(names)), float("nan"))
-            seen = torch.zeros(total, dtype=torch.bool)
-            for chunk, start, end, position in request.probe_chunks.get(layer, ()):
-                count = min(end - start, total - position)
-                if count > 0:
-                    values[position:position + count] = chunk[start:start + count].cpu()
-                    seen[position:position + count] = True
-            if not seen.all():
-                missing = (~seen).nonzero().flatten()[:5].tolist()
-                raise RuntimeError(f"probes at layer {layer}: rows at positions {missing} "
-                                   "never ran through the model")
-            out += [(name, layer, values[:, column].tolist())
-                    for column, name in enumerate(names)]
-        return out
+        layers = self.probe_sets[request.probes]  # in layer order, as a pass's block columns
+        columns = [(name, layer) for layer, (names, _) in layers.items() for name in names]
+        values = torch.full((total, len(columns)), float("nan"))
+        seen = torch.zeros(total, dtype=torch.bool)
+        for chunk, start, end, position in request.probe_chunks:
+            count = min(end - start, total - position)
+            if count > 0:
+                values[position:position + count] = chunk[start:start + count].cpu()
+                seen[position:position + count] = True
+        if not seen.all():
+            missing = (~seen).nonzero().flatten()[:5].tolist()
+            raise RuntimeError(f"probes: rows at positions {missing} never ran through the "
+                               "model")
+        return [(name, layer, column) for (name, layer), column in
+                zip(columns, values.T.tolist(), strict=True)]
 
 
 def _kept(members: list[tuple[_Request, int, int, int]]) -> tuple:
