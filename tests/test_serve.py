@@ -95,7 +95,11 @@ def served_run(model_path: Path, root: Path, *flags: str, env: dict | None = Non
         process = subprocess.Popen(
             [sys.executable, "-m", "chatspace", "submit", "serve", str(model_path), *SERVE,
              "--executor", "local", "--cpus-per-task", "2", "--root", str(root), *flags],
-            stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})})
+            stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})},
+            # Ctrl-C at its default in the submit process, whatever this test worker's own
+            # disposition is (an ignored SIGINT is inherited across exec, and Python then
+            # never raises KeyboardInterrupt: seen twice in whole-suite runs on one worker)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     run_id = None
     try:
         line = wait_until(lambda: next((x for x in log.read_text().splitlines()
