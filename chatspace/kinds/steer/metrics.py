@@ -14,7 +14,8 @@ from collections.abc import Sequence
 THINK_END = "</think>"
 
 
-def _mean(values: Sequence[float]) -> float | None:
+def mean_of(values: Sequence[float]) -> float | None:
+    """The mean, None for no values (a part with no tokens)."""
     return sum(values) / len(values) if values else None
 
 
@@ -37,10 +38,10 @@ def generation_metrics(token_ids: Sequence[int], entropy: Sequence[float] | None
              for part in ("", "_thinking", "_output")])}
     return {
         "think_end_position": end,
-        "avg_entropy": _mean(entropy),
-        "avg_entropy_thinking": _mean(entropy[:split]),
-        "avg_entropy_output": _mean(entropy[split:]),
-        "avg_top_k_mass": _mean(top_k_mass),
-        "avg_top_k_mass_thinking": _mean(top_k_mass[:split]),
-        "avg_top_k_mass_output": _mean(top_k_mass[split:]),
+        "avg_entropy": mean_of(entropy),
+        "avg_entropy_thinking": mean_of(entropy[:split]),
+        "avg_entropy_output": mean_of(entropy[split:]),
+        "avg_top_k_mass": mean_of(top_k_mass),
+        "avg_top_k_mass_thinking": mean_of(top_k_mass[:split]),
+        "avg_top_k_mass_output": mean_of(top_k_mass[split:]),
     }

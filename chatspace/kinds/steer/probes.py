@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from chatspace.errors import BadInput
+from chatspace.kinds.steer.metrics import mean_of
 from chatspace.kinds.steer.spec import SteerSpec
 from chatspace.kinds.vector_refs import vectors_file
 
@@ -87,10 +88,6 @@ def load_probes(path: Path) -> list:
                 for n, m in enumerate(meta)]
 
 
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
 def probe_rows(values: dict[str, dict[int, list[float]]], prompt_len: int, split: int,
                row: dict[str, Any]) -> list[dict[str, Any]]:
     """One generation's probes table rows: `row` holds its id, row, point, persona, category,
@@ -100,9 +97,9 @@ def probe_rows(values: dict[str, dict[int, list[float]]], prompt_len: int, split
         for layer, series in sorted(layers.items()):
             response = series[prompt_len:]
             out.append({**row, "probe": name.split("@L")[0], "layer": layer,
-                        "prompt_mean": _mean(series[:prompt_len]),
-                        "response_mean": _mean(response),
-                        "thinking_mean": _mean(response[:split]),
-                        "output_mean": _mean(response[split:]),
+                        "prompt_mean": mean_of(series[:prompt_len]),
+                        "response_mean": mean_of(response),
+                        "thinking_mean": mean_of(response[:split]),
+                        "output_mean": mean_of(response[split:]),
                         "last": series[-1] if series else None, "values": series})
     return out

@@ -148,7 +148,7 @@ class SteeringPoint(Section):
                                   flag="--cap-min")
     max: CapBound | None = option(None, "cap: as min.", flag="--cap-max")
 
-    def check_point(self, where: str) -> None:
+    def check_entry(self, where: str) -> None:
         if not self.name:
             raise BadInput(f"{where}.name is required")
         if self.op is None:
@@ -181,7 +181,7 @@ class ProbeConfig(Section):
     normalize: bool = option(True, "Dot the unit vector (the projection); off: the vector as "
                                    "it is.", flag="--probe-normalize/--probe-dot")
 
-    def check_probe(self, where: str) -> None:
+    def check_entry(self, where: str) -> None:
         for name in ("name", "vector", "layers"):
             if not getattr(self, name):
                 raise BadInput(f"{where}.{name} is required")
@@ -228,15 +228,12 @@ class SteerSpec(JobSpec):
         return out
 
     def check(self) -> None:
-        names = set()
-        for number, point in enumerate(self.steering):
-            point.check_point(f"steering[{number}]")
-            if point.name in names:
-                raise BadInput(f"steering[{number}].name {point.name!r} is used twice")
-            names.add(point.name)
-        probes = set()
-        for number, probe in enumerate(self.probes):
-            probe.check_probe(f"probes[{number}]")
-            if probe.name in probes:
-                raise BadInput(f"probes[{number}].name {probe.name!r} is used twice")
-            probes.add(probe.name)
+        tables: dict[str, list[SteeringPoint] | list[ProbeConfig]] = {
+            "steering": self.steering, "probes": self.probes}
+        for table, entries in tables.items():  # each entry checked, each name used once
+            names = set()
+            for number, entry in enumerate(entries):
+                entry.check_entry(f"{table}[{number}]")
+                if entry.name in names:
+                    raise BadInput(f"{table}[{number}].name {entry.name!r} is used twice")
+                names.add(entry.name)
